@@ -1,0 +1,116 @@
+//! Command line. Flags are spelled like Prometheus exporters'; they override the
+//! config file, which overrides the defaults.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ListenAddress, LogFormat, LogLevel};
+
+#[derive(Debug, Parser)]
+#[command(name = "overlay-agent", version, about = "Prometheus exporter for overlayfs: mounts, upper-dir contents and copy-ups")]
+pub struct Cli {
+    /// YAML config file (see config/overlay-agent.yaml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on: host:port, :port or [v6]:port [default: :9864].
+    #[arg(long = "web.listen-address", global = true, value_name = "ADDR")]
+    pub listen_address: Option<ListenAddress>,
+
+    /// procfs mount point; mountinfo is read from DIR/1/mountinfo, else DIR/self/mountinfo [default: /proc].
+    #[arg(long = "path.procfs", global = true, value_name = "DIR")]
+    pub procfs: Option<PathBuf>,
+
+    /// Log level [default: info].
+    #[arg(long = "log.level", global = true, value_enum)]
+    pub log_level: Option<LogLevel>,
+
+    /// Log format [default: plain].
+    #[arg(long = "log.format", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (the default).
+    Serve,
+    /// Discover and measure once, print the Prometheus exposition to stdout.
+    Once,
+    /// List overlay mounts, one per superblock.
+    Mounts {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file: exit 0 when valid, 2 with file:line:column otherwise.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+impl Cli {
+    /// Applies the flags given on the command line over `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(a) = self.listen_address {
+            config.web.listen_address = a;
+        }
+        if let Some(p) = &self.procfs {
+            config.discovery.procfs = p.clone();
+        }
+        if let Some(l) = self.log_level {
+            config.log.level = l;
+        }
+        if let Some(f) = self.log_format {
+            config.log.format = f;
+        }
+    }
+
+    /// Loads the config file (if any) and applies the flags.
+    pub fn effective_config(&self) -> Result<Config, crate::config::ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        self.apply(&mut config);
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_config() {
+        let cli = Cli::parse_from([
+            "overlay-agent",
+            "--web.listen-address",
+            "127.0.0.1:1",
+            "--path.procfs",
+            "/host/proc",
+            "--log.format",
+            "json",
+            "once",
+        ]);
+        let mut c = Config::default();
+        c.log.level = LogLevel::Debug;
+        cli.apply(&mut c);
+        assert_eq!(c.web.listen_address.to_string(), "127.0.0.1:1");
+        assert_eq!(c.discovery.procfs, PathBuf::from("/host/proc"));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, LogLevel::Debug, "unset flag keeps the config value");
+        assert!(matches!(cli.command, Some(Command::Once)));
+    }
+
+    #[test]
+    fn global_flags_after_subcommand() {
+        let cli = Cli::parse_from(["overlay-agent", "mounts", "--json", "--path.procfs", "/x"]);
+        assert_eq!(cli.procfs, Some(PathBuf::from("/x")));
+        assert!(matches!(cli.command, Some(Command::Mounts { json: true })));
+    }
+}

@@ -1,0 +1,391 @@
+//! Configuration file: YAML, every key optional, unknown keys rejected.
+//!
+//! Errors name the file, the line and column, and the key (serde_yaml reports the
+//! path of the offending key, e.g. `scan.interval`). Values that need more than a
+//! type check (durations, regexes, addresses) are validated while deserializing so
+//! that their errors carry a location too.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+/// Default port: in the exporters' 9100-9999 range, not used by well-known exporters.
+pub const DEFAULT_PORT: u16 = 9864;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub web: WebConfig,
+    pub discovery: DiscoveryConfig,
+    pub scan: ScanConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// `host:port`, `:port` (all interfaces) or `[v6]:port`.
+    pub listen_address: ListenAddress,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self { listen_address: ListenAddress(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))) }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// procfs root; mountinfo is read from `<procfs>/1/mountinfo`, else `<procfs>/self/mountinfo`.
+    pub procfs: PathBuf,
+    /// Only mountpoints matching one of these (anchored) regexes are exported; empty = all.
+    pub include_mountpoints: Vec<MountRegex>,
+    /// Mountpoints matching one of these (anchored) regexes are not exported.
+    pub exclude_mountpoints: Vec<MountRegex>,
+    /// Re-read mountinfo at least this often, even without a kernel change notification.
+    #[serde(deserialize_with = "de_duration")]
+    pub resync_interval: Duration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            procfs: PathBuf::from("/proc"),
+            include_mountpoints: Vec::new(),
+            exclude_mountpoints: Vec::new(),
+            resync_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScanConfig {
+    /// Walk upper dirs at all.
+    pub enabled: bool,
+    /// Time between the end of one scan of an upper dir and the start of the next.
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// Upper dirs scanned at the same time (each on its own thread).
+    pub concurrency: usize,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        Self { enabled: true, interval: Duration::from_secs(60), concurrency: 2 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: LogLevel::Info, format: LogFormat::Plain }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// A listen address in the spelling Prometheus exporters accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddress(pub SocketAddr);
+
+impl std::str::FromStr for ListenAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
+        full.parse::<SocketAddr>().map(ListenAddress).map_err(|_| {
+            format!("invalid listen address {s:?}: want host:port, :port or [v6]:port")
+        })
+    }
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(ParseVisitor(str::parse, "a listen address"))
+    }
+}
+
+/// Parses a string inside the deserializer call, so that the error is reported
+/// with the key's full path and location.
+struct ParseVisitor<T>(fn(&str) -> Result<T, String>, &'static str);
+
+impl<T> de::Visitor<'_> for ParseVisitor<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.1)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        (self.0)(v).map_err(E::custom)
+    }
+}
+
+/// A mountpoint regex, anchored at both ends like Prometheus relabelling regexes.
+#[derive(Debug, Clone)]
+pub struct MountRegex {
+    source: String,
+    regex: regex::Regex,
+}
+
+impl MountRegex {
+    pub fn new(source: &str) -> Result<Self, String> {
+        regex::Regex::new(&format!("^(?:{source})$"))
+            .map(|regex| MountRegex { source: source.to_owned(), regex })
+            .map_err(|e| {
+                // regex errors are multi-line drawings; keep the final sentence.
+                let e = e.to_string();
+                let why = e.lines().last().unwrap_or("").trim_start_matches("error: ").to_owned();
+                format!("invalid regex {source:?}: {why}")
+            })
+    }
+    pub fn is_match(&self, s: &str) -> bool {
+        self.regex.is_match(s)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl PartialEq for MountRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl<'de> Deserialize<'de> for MountRegex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(ParseVisitor(MountRegex::new, "a regular expression"))
+    }
+}
+
+/// Parses Prometheus-style durations: `500ms`, `30s`, `5m`, `1h`, `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}: want e.g. 500ms, 30s, 5m, 1h");
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86400)),
+            _ => return Err(bad()),
+        };
+        total = total.saturating_add(unit);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_str(ParseVisitor(parse_duration, "a duration such as 30s"))
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses config text; `path` is only used in error messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        // An empty file (or one holding only comments) means "all defaults".
+        if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            return Ok(Config::default());
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let (line, column) = inner.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            let mut message = inner.to_string();
+            // serde_yaml appends " at line L column C" and may prefix a partial
+            // path; the location goes in front and the full key path is ours.
+            if let Some(i) = message.rfind(" at line ") {
+                message.truncate(i);
+            }
+            if let Some((prefix, rest)) = message.split_once(": ") {
+                if !prefix.contains(' ') {
+                    message = rest.to_owned();
+                }
+            }
+            let message = if key.is_empty() || key == "." { message } else { format!("{key}: {message}") };
+            ConfigError::Parse { path: path.to_owned(), line, column, message }
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid { path: path.to_owned(), message });
+        if self.scan.concurrency == 0 || self.scan.concurrency > 64 {
+            return invalid(format!(
+                "scan.concurrency: must be between 1 and 64, got {}",
+                self.scan.concurrency
+            ));
+        }
+        if self.scan.interval < Duration::from_secs(1) {
+            return invalid("scan.interval: must be at least 1s".to_owned());
+        }
+        if self.discovery.resync_interval < Duration::from_secs(1) {
+            return invalid("discovery.resync_interval: must be at least 1s".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Whether a mountpoint passes the include/exclude filters.
+    pub fn mountpoint_selected(&self, mountpoint: &str) -> bool {
+        let d = &self.discovery;
+        let included = d.include_mountpoints.is_empty()
+            || d.include_mountpoints.iter().any(|r| r.is_match(mountpoint));
+        included && !d.exclude_mountpoints.iter().any(|r| r.is_match(mountpoint))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.yaml"), text)
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(parse("# nothing\n\n").ok(), Some(Config::default()));
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse(
+            "web:\n  listen_address: 127.0.0.1:9999\ndiscovery:\n  procfs: /host/proc\n  \
+             exclude_mountpoints: ['/run/.*']\n  resync_interval: 1m30s\nscan:\n  interval: 10s\n  \
+             concurrency: 4\nlog:\n  level: debug\n  format: json\n",
+        )
+        .expect("valid config");
+        assert_eq!(c.web.listen_address.to_string(), "127.0.0.1:9999");
+        assert_eq!(c.discovery.procfs, PathBuf::from("/host/proc"));
+        assert_eq!(c.discovery.resync_interval, Duration::from_secs(90));
+        assert_eq!(c.scan.interval, Duration::from_secs(10));
+        assert_eq!(c.scan.concurrency, 4);
+        assert_eq!(c.log.level, LogLevel::Debug);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(!c.mountpoint_selected("/run/containers/x"));
+        assert!(c.mountpoint_selected("/var/lib/x/run/y"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = parse("scan:\n  interval: 10s\n  intervall: 5s\n").expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.starts_with("test.yaml:3:"), "{msg}");
+        assert!(msg.contains("intervall"), "{msg}");
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_line() {
+        let err = parse("log:\n  level: info\nscan:\n  interval: soon\n").expect_err("must fail");
+        let msg = err.to_string();
+        assert!(msg.starts_with("test.yaml:4:"), "{msg}");
+        assert!(msg.contains("scan.interval"), "{msg}");
+        assert!(msg.contains("invalid duration"), "{msg}");
+    }
+
+    #[test]
+    fn bad_regex_and_address_are_rejected() {
+        let msg = parse("discovery:\n  include_mountpoints: ['(']\n").expect_err("bad regex").to_string();
+        assert!(msg.contains("test.yaml:2:") && msg.contains("include_mountpoints"), "{msg}");
+        let msg = parse("web:\n  listen_address: nowhere\n").expect_err("bad addr").to_string();
+        assert!(msg.contains("test.yaml:2:") && msg.contains("web.listen_address"), "{msg}");
+    }
+
+    #[test]
+    fn semantic_limits() {
+        let msg = parse("scan:\n  concurrency: 0\n").expect_err("zero").to_string();
+        assert!(msg.contains("scan.concurrency"), "{msg}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn listen_address_spellings() {
+        assert_eq!(":9864".parse::<ListenAddress>().map(|a| a.to_string()), Ok("0.0.0.0:9864".into()));
+        assert_eq!("[::1]:80".parse::<ListenAddress>().map(|a| a.to_string()), Ok("[::1]:80".into()));
+        assert!("9864".parse::<ListenAddress>().is_err());
+    }
+}

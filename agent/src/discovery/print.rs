@@ -1,0 +1,72 @@
+//! `overlay-agent mounts`: the mount table as a table or as JSON.
+
+use std::io::{self, Write};
+
+use super::{LayerPath, MountTable};
+
+fn notable_options(m: &super::Mount) -> String {
+    let o = &m.options;
+    let mut v: Vec<String> = Vec::new();
+    if m.read_only || o.upper.is_none() {
+        v.push("ro".into());
+    }
+    for (k, val) in [("metacopy", o.metacopy), ("index", o.index), ("nfs_export", o.nfs_export)] {
+        if let Some(b) = val {
+            v.push(format!("{k}={}", if b { "on" } else { "off" }));
+        }
+    }
+    for (k, val) in [("redirect_dir", &o.redirect_dir), ("xino", &o.xino), ("uuid", &o.uuid), ("verity", &o.verity)] {
+        if let Some(s) = val {
+            v.push(format!("{k}={s}"));
+        }
+    }
+    if o.is_volatile() {
+        v.push("volatile".into());
+    }
+    if o.userxattr {
+        v.push("userxattr".into());
+    }
+    if o.relative_paths() > 0 {
+        v.push(format!("relative_paths={}", o.relative_paths()));
+    }
+    v.join(",")
+}
+
+pub fn mounts(table: &MountTable, json: bool, out: &mut impl Write) -> io::Result<()> {
+    if json {
+        let list: Vec<serde_json::Value> = table
+            .mounts
+            .values()
+            .map(|m| {
+                serde_json::json!({
+                    "mount_id": m.mount_id,
+                    "device": m.device.to_string(),
+                    "mountpoint": m.mountpoint_label(),
+                    "other_mountpoints": m.other_mountpoints.iter().map(|p| super::path_label(p)).collect::<Vec<_>>(),
+                    "upperdir": m.options.upper.as_ref().map(LayerPath::label),
+                    "workdir": m.options.work.as_ref().map(LayerPath::label),
+                    "lower_layers": m.options.lower.len(),
+                    "options": m.options,
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &list)?;
+        return writeln!(out);
+    }
+    writeln!(out, "MOUNT_ID\tDEVICE\tMOUNTPOINT\tUPPERDIR\tWORKDIR\tLOWER\tOPTIONS")?;
+    for m in table.mounts.values() {
+        let dash = || "-".to_owned();
+        writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            m.mount_id,
+            m.device,
+            m.mountpoint_label(),
+            m.options.upper.as_ref().map(LayerPath::label).unwrap_or_else(dash),
+            m.options.work.as_ref().map(LayerPath::label).unwrap_or_else(dash),
+            m.options.lower.len(),
+            notable_options(m),
+        )?;
+    }
+    Ok(())
+}

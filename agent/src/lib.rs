@@ -1,0 +1,13 @@
+//! overlay-agent: overlayfs mounts, upper-dir contents and copy-ups for Prometheus.
+//!
+//! Data flows one way: [`discovery`] (mountinfo -> `MountTable`) -> [`scan`] (upper
+//! dirs -> `ScanResult`) -> [`metrics`] (collectors joined by device) -> [`http`].
+//! [`agent`] wires them together for the daemon and the one-shot commands.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod discovery;
+pub mod http;
+pub mod metrics;
+pub mod scan;

@@ -1,0 +1,73 @@
+//! overlay-agent binary: parse the command line, set up logging, run, map errors to
+//! exit codes (0 ok, 1 runtime failure, 2 bad usage or config).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use overlay_agent::agent;
+use overlay_agent::cli::{Cli, Command};
+use overlay_agent::config::{Config, LogConfig, LogFormat};
+
+fn init_logging(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OVERLAY_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log.level.as_str()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        return match Config::load(file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match cli.effective_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("overlay-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log);
+    match run(&cli, config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("overlay-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
+    match &cli.command {
+        None | Some(Command::Serve) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(agent::serve(cli, config))?;
+        }
+        Some(Command::Once) => agent::once(&config, &mut std::io::stdout().lock())?,
+        Some(Command::Mounts { json }) => {
+            let table = agent::discover(&config)?;
+            let mut out = std::io::stdout().lock();
+            overlay_agent::discovery::print::mounts(&table, *json, &mut out).context("writing the mount list")?;
+        }
+        Some(Command::CheckConfig { .. }) => unreachable!("handled before logging starts"),
+    }
+    Ok(())
+}

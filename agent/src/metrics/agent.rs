@@ -1,0 +1,72 @@
+//! Collector for the agent itself: build info and discovery health.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{MetricFamily, MetricType};
+
+use super::{descs, Def, Family};
+use crate::discovery::SharedTable;
+
+static BUILD: Def = Def {
+    name: "overlayfs_agent_build_info",
+    help: "overlay-agent build metadata; always 1.",
+    kind: MetricType::GAUGE,
+    labels: &["version"],
+};
+static READS: Def = Def {
+    name: "overlayfs_discovery_reads_total",
+    help: "Reads of mountinfo (at start, on kernel change notifications and on the resync timer).",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+static ERRORS: Def = Def {
+    name: "overlayfs_discovery_errors_total",
+    help: "Reads of mountinfo that failed; the last good mount table is kept.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+static BAD_LINES: Def = Def {
+    name: "overlayfs_discovery_bad_lines",
+    help: "Overlay lines of mountinfo that could not be parsed in the last read.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+
+/// Discovery counters, written by the discovery loop.
+#[derive(Debug, Default)]
+pub struct DiscoveryStats {
+    pub reads: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+pub struct AgentCollector {
+    table: SharedTable,
+    stats: Arc<DiscoveryStats>,
+    descs: Vec<Desc>,
+}
+
+impl AgentCollector {
+    pub fn new(table: SharedTable, stats: Arc<DiscoveryStats>) -> Self {
+        AgentCollector { table, stats, descs: descs(&[&BUILD, &READS, &ERRORS, &BAD_LINES]) }
+    }
+}
+
+impl Collector for AgentCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut build = Family::new(&BUILD);
+        build.add(&[env!("CARGO_PKG_VERSION")], 1.0);
+        let mut reads = Family::new(&READS);
+        reads.add(&[], self.stats.reads.load(Ordering::Relaxed) as f64);
+        let mut errors = Family::new(&ERRORS);
+        errors.add(&[], self.stats.errors.load(Ordering::Relaxed) as f64);
+        let mut bad = Family::new(&BAD_LINES);
+        bad.add(&[], self.table.get().bad_lines.len() as f64);
+        vec![build.finish(), reads.finish(), errors.finish(), bad.finish()]
+    }
+}

@@ -1,0 +1,115 @@
+//! Collector for the mount table: which overlays exist and how they are built.
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{MetricFamily, MetricType};
+
+use super::{descs, Def, Family};
+use crate::discovery::{LayerPath, SharedTable};
+
+static MOUNTS: Def = Def {
+    name: "overlayfs_mounts",
+    help: "Number of overlay superblocks the agent watches (after include/exclude filters).",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+static INFO: Def = Def {
+    name: "overlayfs_mount_info",
+    help: "Overlay mount metadata; always 1. Join on mountpoint for the other overlayfs_ series.",
+    kind: MetricType::GAUGE,
+    labels: &[
+        "mountpoint", "device", "upperdir", "workdir", "readonly", "metacopy", "index", "redirect_dir",
+        "xino", "volatile", "userxattr",
+    ],
+};
+static LOWER: Def = Def {
+    name: "overlayfs_mount_lower_layers",
+    help: "Number of lower layers of the overlay (data-only layers not included).",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+static DATA: Def = Def {
+    name: "overlayfs_mount_data_layers",
+    help: "Number of data-only lower layers of the overlay (lowerdir '::' or datadir+).",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+static RELATIVE: Def = Def {
+    name: "overlayfs_mount_relative_paths",
+    help: "Layer paths given relative to the mounter's working directory; they cannot be located, so a relative upperdir is not scanned.",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+static MOUNTPOINTS: Def = Def {
+    name: "overlayfs_mount_mountpoints",
+    help: "Number of places the overlay is mounted (1 + bind mounts).",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+
+pub struct MountCollector {
+    table: SharedTable,
+    descs: Vec<Desc>,
+}
+
+impl MountCollector {
+    pub fn new(table: SharedTable) -> Self {
+        MountCollector { table, descs: descs(&[&MOUNTS, &INFO, &LOWER, &DATA, &RELATIVE, &MOUNTPOINTS]) }
+    }
+}
+
+fn on_off(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "on",
+        Some(false) => "off",
+        None => "",
+    }
+}
+
+fn bool_str(v: bool) -> &'static str {
+    if v { "true" } else { "false" }
+}
+
+impl Collector for MountCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let table = self.table.get();
+        let mut count = Family::new(&MOUNTS);
+        let mut info = Family::new(&INFO);
+        let mut lower = Family::new(&LOWER);
+        let mut data = Family::new(&DATA);
+        let mut relative = Family::new(&RELATIVE);
+        let mut mountpoints = Family::new(&MOUNTPOINTS);
+        count.add(&[], table.mounts.len() as f64);
+        for m in table.mounts.values() {
+            let mp = m.mountpoint_label();
+            let o = &m.options;
+            let upper = o.upper.as_ref().map(LayerPath::label).unwrap_or_default();
+            let work = o.work.as_ref().map(LayerPath::label).unwrap_or_default();
+            let device = m.device.to_string();
+            info.add(
+                &[
+                    &mp,
+                    &device,
+                    &upper,
+                    &work,
+                    bool_str(m.read_only || o.upper.is_none()),
+                    on_off(o.metacopy),
+                    on_off(o.index),
+                    o.redirect_dir.as_deref().unwrap_or(""),
+                    o.xino.as_deref().unwrap_or(""),
+                    bool_str(o.is_volatile()),
+                    bool_str(o.userxattr),
+                ],
+                1.0,
+            );
+            lower.add(&[&mp], o.lower.len() as f64);
+            data.add(&[&mp], o.data.len() as f64);
+            relative.add(&[&mp], o.relative_paths() as f64);
+            mountpoints.add(&[&mp], (1 + m.other_mountpoints.len()) as f64);
+        }
+        vec![count.finish(), info.finish(), lower.finish(), data.finish(), relative.finish(), mountpoints.finish()]
+    }
+}

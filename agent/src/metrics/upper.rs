@@ -1,0 +1,127 @@
+//! Collector for upper-dir scans, joined to the mount table by upper dir.
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{MetricFamily, MetricType};
+
+use super::{descs, unix_seconds, Def, Family};
+use crate::discovery::SharedTable;
+use crate::scan::{EntryKind, ScanStore};
+
+static BYTES: Def = Def {
+    name: "overlayfs_upper_bytes",
+    help: "Disk space allocated to the upper dir (sum of st_blocks x 512 over distinct inodes, like du -s).",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+static APPARENT: Def = Def {
+    name: "overlayfs_upper_apparent_bytes",
+    help: "Apparent size of the upper dir (sum of st_size over distinct inodes, like du -s -b).",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+static INODES: Def = Def {
+    name: "overlayfs_upper_inodes",
+    help: "Distinct inodes in the upper dir, the upper dir itself included.",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+static ENTRIES: Def = Def {
+    name: "overlayfs_upper_entries",
+    help: "Upper-dir entries by kind: dir, opaque_dir, created, copied_up, metacopy, whiteout (hard links once).",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint", "kind"],
+};
+static COPIED_UP_BYTES: Def = Def {
+    name: "overlayfs_upper_copied_up_bytes",
+    help: "Apparent size of the files in the upper dir that were copied up from a lower layer.",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+static DURATION: Def = Def {
+    name: "overlayfs_upper_scan_duration_seconds",
+    help: "Duration of the last completed scan of the upper dir.",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+static TIMESTAMP: Def = Def {
+    name: "overlayfs_upper_scan_timestamp_seconds",
+    help: "Unix time at which the last completed scan of the upper dir ended.",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+static SCANS: Def = Def {
+    name: "overlayfs_upper_scans_total",
+    help: "Completed scans of the upper dir.",
+    kind: MetricType::COUNTER,
+    labels: &["mountpoint"],
+};
+static ERRORS: Def = Def {
+    name: "overlayfs_upper_scan_errors_total",
+    help: "Entries (or whole scans) of the upper dir that could not be read, by reason.",
+    kind: MetricType::COUNTER,
+    labels: &["mountpoint", "reason"],
+};
+
+pub struct UpperCollector {
+    table: SharedTable,
+    store: ScanStore,
+    descs: Vec<Desc>,
+}
+
+impl UpperCollector {
+    pub fn new(table: SharedTable, store: ScanStore) -> Self {
+        let descs = descs(&[
+            &BYTES, &APPARENT, &INODES, &ENTRIES, &COPIED_UP_BYTES, &DURATION, &TIMESTAMP, &SCANS, &ERRORS,
+        ]);
+        UpperCollector { table, store, descs }
+    }
+}
+
+impl Collector for UpperCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let table = self.table.get();
+        let store = self.store.lock();
+        let mut bytes = Family::new(&BYTES);
+        let mut apparent = Family::new(&APPARENT);
+        let mut inodes = Family::new(&INODES);
+        let mut entries = Family::new(&ENTRIES);
+        let mut copied = Family::new(&COPIED_UP_BYTES);
+        let mut duration = Family::new(&DURATION);
+        let mut timestamp = Family::new(&TIMESTAMP);
+        let mut scans = Family::new(&SCANS);
+        let mut errors = Family::new(&ERRORS);
+        for m in table.mounts.values() {
+            let Some(rec) = m.upper_dir().and_then(|u| store.get(u)) else { continue };
+            let mp = m.mountpoint_label();
+            for (reason, n) in &rec.errors_total {
+                errors.add(&[&mp, reason.as_str()], *n as f64);
+            }
+            let (Some(r), Some(end)) = (&rec.last, rec.last_end) else { continue };
+            bytes.add(&[&mp], r.allocated_bytes as f64);
+            apparent.add(&[&mp], r.apparent_bytes as f64);
+            inodes.add(&[&mp], r.inodes as f64);
+            for kind in EntryKind::ALL {
+                entries.add(&[&mp, kind.as_str()], r.entries(kind) as f64);
+            }
+            copied.add(&[&mp], r.copied_up_bytes as f64);
+            duration.add(&[&mp], rec.last_duration.as_secs_f64());
+            timestamp.add(&[&mp], unix_seconds(end));
+            scans.add(&[&mp], rec.scans_total as f64);
+        }
+        vec![
+            bytes.finish(),
+            apparent.finish(),
+            inodes.finish(),
+            entries.finish(),
+            copied.finish(),
+            duration.finish(),
+            timestamp.finish(),
+            scans.finish(),
+            errors.finish(),
+        ]
+    }
+}

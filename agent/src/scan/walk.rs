@@ -1,0 +1,241 @@
+//! The upper-dir walker: one pass, every inode stat'ed once, every entry
+//! classified exactly once.
+//!
+//! Safety against what containers put in their upper dirs:
+//! - directories are opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//!   RESOLVE_NO_XDEV)` relative to the upper dir: no symlink is ever followed and the
+//!   walk never leaves the upper dir's filesystem, even if the tree changes under it;
+//! - entries are stat'ed with `AT_SYMLINK_NOFOLLOW` relative to their directory;
+//! - xattrs are read with the `l*` calls on a single path component after
+//!   `fchdir` into the directory (the calling thread must own its cwd: see
+//!   [`super::pool`]), so the lookup is as cheap as the stat.
+
+use std::collections::HashSet;
+use std::ffi::CStr;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{openat2, statat, AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::io::Errno;
+
+use super::{EntryKind, ErrorReason, ScanError, ScanResult};
+
+/// Which xattr namespace the mount uses for its overlay xattrs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum XattrNamespace {
+    /// `trusted.overlay.*` (the default; reading needs CAP_SYS_ADMIN).
+    Trusted,
+    /// `user.overlay.*` (mounts with `userxattr`).
+    User,
+}
+
+impl XattrNamespace {
+    fn prefix(self) -> &'static [u8] {
+        match self {
+            XattrNamespace::Trusted => b"trusted.overlay.",
+            XattrNamespace::User => b"user.overlay.",
+        }
+    }
+}
+
+/// What the overlay xattrs of one entry say.
+#[derive(Debug, Default, Clone, Copy)]
+struct OverlayXattrs {
+    origin: bool,
+    metacopy: bool,
+    whiteout: bool,
+    opaque: bool,
+}
+
+struct Walker<'a> {
+    ns: XattrNamespace,
+    root: OwnedFd,
+    root_dev: u64,
+    /// Inodes with more than one link already counted.
+    seen: HashSet<u64>,
+    result: ScanResult,
+    xattr_buf: Vec<u8>,
+    /// Whether `fchdir` may be used (the thread owns its cwd).
+    use_cwd: bool,
+    upper: &'a Path,
+}
+
+/// Scans one upper dir. `own_cwd` must only be true on a thread that has unshared
+/// its filesystem context (`unshare(CLONE_FS)`): the walk `fchdir`s into each
+/// directory.
+pub fn scan(upper: &Path, ns: XattrNamespace, own_cwd: bool) -> Result<ScanResult, ScanError> {
+    let open_error = |e: Errno| {
+        let reason = if e == Errno::NOENT { ErrorReason::Missing } else { ErrorReason::from_errno(e) };
+        ScanError::Open { path: upper.to_owned(), reason, source: e.into() }
+    };
+    let root = rustix::fs::open(upper, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(open_error)?;
+    let st = rustix::fs::fstat(&root).map_err(open_error)?;
+    let mut w = Walker {
+        ns,
+        root,
+        root_dev: st.st_dev,
+        seen: HashSet::new(),
+        result: ScanResult::default(),
+        xattr_buf: vec![0u8; 1024],
+        use_cwd: own_cwd,
+        upper,
+    };
+    w.account(&st);
+    w.walk();
+    if w.use_cwd {
+        // Leave no directory of the scanned tree pinned as our cwd.
+        let _ = rustix::process::chdir("/");
+    }
+    Ok(w.result)
+}
+
+impl Walker<'_> {
+    fn account(&mut self, st: &Stat) {
+        self.result.inodes += 1;
+        self.result.allocated_bytes += (st.st_blocks as u64).saturating_mul(512);
+        self.result.apparent_bytes += st.st_size.max(0) as u64;
+    }
+
+    fn error(&mut self, e: Errno) {
+        *self.result.errors.entry(ErrorReason::from_errno(e)).or_default() += 1;
+    }
+
+    fn walk(&mut self) {
+        // Depth-first over relative paths; only one directory is open at a time.
+        let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let dir = if rel.as_os_str().is_empty() {
+                rustix::io::fcntl_dupfd_cloexec(&self.root, 0)
+            } else {
+                openat2(
+                    &self.root,
+                    &rel,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV | ResolveFlags::NO_MAGICLINKS,
+                )
+            };
+            let dir = match dir {
+                Ok(d) => d,
+                Err(Errno::XDEV) => continue, // something got mounted there meanwhile
+                Err(e) => {
+                    self.error(e);
+                    continue;
+                }
+            };
+            self.walk_dir(dir, &rel, &mut stack);
+        }
+    }
+
+    fn walk_dir(&mut self, dir: OwnedFd, rel: &Path, stack: &mut Vec<PathBuf>) {
+        let cwd_ok = self.use_cwd && rustix::process::fchdir(&dir).is_ok();
+        let mut entries = match Dir::new(dir) {
+            Ok(d) => d,
+            Err(e) => return self.error(e),
+        };
+        loop {
+            let entry = match entries.next() {
+                None => break,
+                Some(Ok(e)) => e,
+                Some(Err(e)) => {
+                    self.error(e);
+                    break;
+                }
+            };
+            let name = entry.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            let Ok(dirfd) = entries.fd() else { break };
+            let st = match statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(e) => {
+                    self.error(e);
+                    continue;
+                }
+            };
+            if st.st_dev != self.root_dev {
+                continue; // a mountpoint inside the upper dir: never leave its filesystem
+            }
+            let ftype = FileType::from_raw_mode(st.st_mode);
+            if ftype != FileType::Directory && st.st_nlink > 1 && !self.seen.insert(st.st_ino) {
+                continue; // another name of an inode already counted
+            }
+            self.account(&st);
+            let kind = if ftype == FileType::CharacterDevice && st.st_rdev == 0 {
+                EntryKind::Whiteout
+            } else {
+                let x = self.xattrs(cwd_ok, rel, name);
+                match ftype {
+                    FileType::Directory if x.opaque => EntryKind::OpaqueDir,
+                    FileType::Directory => EntryKind::Dir,
+                    _ if x.whiteout => EntryKind::Whiteout,
+                    _ if x.metacopy => EntryKind::Metacopy,
+                    _ if x.origin => EntryKind::CopiedUp,
+                    _ => EntryKind::Created,
+                }
+            };
+            self.result.entries[kind as usize] += 1;
+            if kind == EntryKind::CopiedUp {
+                self.result.copied_up_bytes += st.st_size.max(0) as u64;
+            }
+            if ftype == FileType::Directory {
+                stack.push(rel.join(std::ffi::OsStr::from_bytes(name.to_bytes())));
+            }
+        }
+    }
+
+    /// Reads the overlay xattrs of `name` in the directory `rel`.
+    fn xattrs(&mut self, cwd_ok: bool, rel: &Path, name: &CStr) -> OverlayXattrs {
+        let full;
+        let path: &CStr = if cwd_ok {
+            name
+        } else {
+            let p = self.upper.join(rel).join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            full = match std::ffi::CString::new(p.as_os_str().as_bytes()) {
+                Ok(c) => c,
+                Err(_) => return OverlayXattrs::default(),
+            };
+            &full
+        };
+        let list = loop {
+            match rustix::fs::llistxattr(path, &mut self.xattr_buf[..]) {
+                Ok(n) => break &self.xattr_buf[..n],
+                Err(Errno::RANGE) if self.xattr_buf.len() < 1 << 20 => {
+                    let n = self.xattr_buf.len() * 4;
+                    self.xattr_buf.resize(n, 0);
+                }
+                Err(Errno::NOTSUP) => return OverlayXattrs::default(),
+                Err(e) => {
+                    self.error(e);
+                    return OverlayXattrs::default();
+                }
+            }
+        };
+        let prefix = self.ns.prefix();
+        let mut x = OverlayXattrs::default();
+        for attr in list.split(|&b| b == 0) {
+            let Some(suffix) = attr.strip_prefix(prefix) else { continue };
+            match suffix {
+                b"origin" => x.origin = true,
+                b"metacopy" => x.metacopy = true,
+                b"whiteout" => x.whiteout = true,
+                b"opaque" => x.opaque = true, // value checked below
+                _ => {}
+            }
+        }
+        if x.opaque {
+            // "y": opaque dir; "x" (6.7+): a dir that merely holds xattr whiteouts.
+            let mut name_buf = prefix.to_vec();
+            name_buf.extend_from_slice(b"opaque");
+            let mut val = [0u8; 8];
+            x.opaque = match std::ffi::CString::new(name_buf) {
+                Ok(attr) => matches!(rustix::fs::lgetxattr(path, attr.as_c_str(), &mut val[..]), Ok(n) if &val[..n] == b"y"),
+                Err(_) => false,
+            };
+        }
+        x
+    }
+}
