@@ -32,6 +32,11 @@ fn notable_options(m: &super::Mount) -> String {
     v.join(",")
 }
 
+/// Table cells escape tab, newline and backslash the way mountinfo does.
+fn cell(s: String) -> String {
+    s.replace('\\', "\\134").replace('\t', "\\011").replace('\n', "\\012")
+}
+
 pub fn mounts(table: &MountTable, json: bool, out: &mut impl Write) -> io::Result<()> {
     if json {
         let list: Vec<serde_json::Value> = table
@@ -61,9 +66,9 @@ pub fn mounts(table: &MountTable, json: bool, out: &mut impl Write) -> io::Resul
             "{}\t{}\t{}\t{}\t{}\t{}\t{}",
             m.mount_id,
             m.device,
-            m.mountpoint_label(),
-            m.options.upper.as_ref().map(LayerPath::label).unwrap_or_else(dash),
-            m.options.work.as_ref().map(LayerPath::label).unwrap_or_else(dash),
+            cell(m.mountpoint_label()),
+            cell(m.options.upper.as_ref().map(LayerPath::label).unwrap_or_else(dash)),
+            cell(m.options.work.as_ref().map(LayerPath::label).unwrap_or_else(dash)),
             m.options.lower.len(),
             notable_options(m),
         )?;
