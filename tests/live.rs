@@ -1,1 +1,201 @@
+//! The real binary on real overlay mounts (root): exact upper-dir figures, mount
+//! churn, HTTP behaviour, reload and shutdown.
+
 mod common;
+
+use std::os::unix::fs::{chown, symlink};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{config_for, scrape_until, write_file, Agent, Bind, Overlay};
+use rustix::process::Signal;
+
+fn scans(m: &common::Metrics, mp: &str) -> f64 {
+    m.get("overlayfs_upper_scans_total", &[("mountpoint", mp)]).unwrap_or(0.0)
+}
+
+#[test]
+fn upper_dir_contents_are_counted_exactly_and_follow_the_mount() {
+    common::require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut ov = Overlay::new(tmp.path(), "merged", "", |lower| {
+        write_file(&lower.join("big"), 200_000);
+        write_file(&lower.join("a"), 10);
+        write_file(&lower.join("b"), 20);
+        write_file(&lower.join("sub/deep/c"), 30);
+        write_file(&lower.join("gone"), 1);
+        write_file(&lower.join("dir/x"), 1);
+        write_file(&lower.join("keep/y"), 1);
+    });
+    let m = &ov.merged;
+    // Copied up: big (chown), a (append), b (chmod). Parents sub, sub/deep copied
+    // up by a create in sub/deep; keep by a create in it.
+    chown(m.join("big"), Some(1000), Some(1000)).expect("chown");
+    std::fs::OpenOptions::new().append(true).open(m.join("a")).expect("open a").set_len(11).expect("grow a");
+    std::fs::set_permissions(m.join("b"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    write_file(&m.join("sub/deep/new"), 5);
+    write_file(&m.join("keep/new2"), 7);
+    // Created: new (above), new2 (above), fresh, a symlink; a hard link counted once.
+    write_file(&m.join("fresh"), 3);
+    std::fs::hard_link(m.join("fresh"), m.join("fresh-link")).expect("link");
+    symlink("fresh", m.join("sym")).expect("symlink");
+    // Whiteout: gone. Opaque dir: dir replaced by a new dir of the same name.
+    std::fs::remove_file(m.join("gone")).expect("rm");
+    std::fs::remove_dir_all(m.join("dir")).expect("rm -r");
+    std::fs::create_dir(m.join("dir")).expect("mkdir");
+
+    let mp = m.display().to_string();
+    let cfg = config_for(tmp.path(), "");
+    let agent = Agent::start(tmp.path(), &["--config", cfg.to_str().expect("utf8")]);
+    let metrics = scrape_until(&agent, "a completed scan", |x| scans(x, &mp) >= 1.0);
+    let kind = |k: &str| metrics.get("overlayfs_upper_entries", &[("mountpoint", &mp), ("kind", k)]);
+    assert_eq!(kind("copied_up"), Some(3.0), "big, a, b\n{}", metrics.text);
+    assert_eq!(kind("created"), Some(4.0), "new, new2, fresh (its hard link once), sym");
+    assert_eq!(kind("dir"), Some(3.0), "sub, sub/deep, keep");
+    assert_eq!(kind("opaque_dir"), Some(1.0));
+    assert_eq!(kind("whiteout"), Some(1.0));
+    assert_eq!(kind("metacopy"), Some(0.0));
+    assert_eq!(
+        metrics.get("overlayfs_upper_copied_up_bytes", &[("mountpoint", &mp)]),
+        Some(200_000.0 + 11.0 + 20.0)
+    );
+    // Bytes and inodes agree with du on the same tree.
+    let upper = &ov.upper;
+    assert_eq!(metrics.get("overlayfs_upper_bytes", &[("mountpoint", &mp)]), Some(common::du(&["-s", "-B1"], upper)));
+    assert_eq!(metrics.get("overlayfs_upper_apparent_bytes", &[("mountpoint", &mp)]), Some(common::du(&["-s", "-b"], upper)));
+    assert_eq!(metrics.get("overlayfs_upper_inodes", &[("mountpoint", &mp)]), Some(common::du(&["-s", "--inodes"], upper)));
+    assert_eq!(metrics.get("overlayfs_upper_inodes", &[("mountpoint", &mp)]), Some(13.0));
+    assert!(metrics.get("overlayfs_upper_scan_timestamp_seconds", &[("mountpoint", &mp)]).unwrap_or(0.0) > 1.7e9);
+    common::promtool_check(&metrics.text);
+
+    // A later copy-up shows in a later scan.
+    let before = scans(&metrics, &mp);
+    chown(m.join("sub/deep/c"), Some(1), Some(1)).expect("chown c");
+    let metrics = scrape_until(&agent, "a rescan with the new copy-up", |x| {
+        scans(x, &mp) > before
+            && x.get("overlayfs_upper_entries", &[("mountpoint", &mp), ("kind", "copied_up")]) == Some(4.0)
+    });
+    assert_eq!(metrics.get("overlayfs_upper_copied_up_bytes", &[("mountpoint", &mp)]), Some(200_061.0));
+
+    // Unmounted: every series of the mount leaves /metrics.
+    ov.unmount();
+    let metrics = scrape_until(&agent, "the mount's series to go", |x| !x.text.contains(&mp));
+    assert_eq!(metrics.get("overlayfs_mounts", &[]), Some(0.0));
+}
+
+#[test]
+fn http_endpoints_reload_and_shutdown() {
+    common::require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ov = Overlay::new(tmp.path(), "merged", "", |l| write_file(&l.join("f"), 1));
+    let mp = ov.merged.display().to_string();
+    let cfg = config_for(tmp.path(), "");
+    let mut agent = Agent::start(tmp.path(), &["--config", cfg.to_str().expect("utf8")]);
+
+    let r = common::http_get(&agent.addr, "/metrics").expect("GET /metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    assert!(r.body.contains("# HELP overlayfs_mounts "));
+    assert!(r.body.contains("process_resident_memory_bytes"));
+    let head = common::http_request(&agent.addr, "HEAD", "/metrics").expect("HEAD");
+    assert_eq!(head.status, 200);
+    assert_eq!(common::http_get(&agent.addr, "/healthz").expect("healthz").status, 200);
+    assert_eq!(common::http_get(&agent.addr, "/readyz").expect("readyz").status, 200);
+    let landing = common::http_get(&agent.addr, "/").expect("landing");
+    assert!(landing.body.contains("href=\"/metrics\""));
+    assert_eq!(common::http_get(&agent.addr, "/nope").expect("404").status, 404);
+    let post = common::http_request(&agent.addr, "POST", "/metrics").expect("POST");
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+
+    // A bad reload is logged and the running config kept.
+    std::fs::write(&cfg, "scan:\n  interval: never\n").expect("write bad config");
+    agent.signal(Signal::HUP);
+    common::wait_for("the reload error in the log", Duration::from_secs(10), || {
+        agent.log().contains("config reload failed").then_some(())
+    });
+    assert!(agent.metrics().get("overlayfs_mount_info", &[("mountpoint", &mp)]).is_some());
+
+    // A good reload applies: excluding the mount removes its series.
+    let good = config_for(tmp.path(), "");
+    let text = std::fs::read_to_string(&good).expect("read config")
+        + &format!("  # reloaded\n");
+    let text = text.replace("discovery:\n", &format!("discovery:\n  exclude_mountpoints: ['{}']\n", regex::escape(&mp)));
+    std::fs::write(&good, text).expect("write config");
+    agent.signal(Signal::HUP);
+    scrape_until(&agent, "the excluded mount to go", |x| {
+        x.get("overlayfs_mounts", &[]) == Some(0.0) && !x.text.contains(&mp)
+    });
+
+    agent.signal(Signal::TERM);
+    let status = common::wait_for("the agent to exit", Duration::from_secs(10), || agent.child.try_wait().ok().flatten());
+    assert!(status.success(), "SIGTERM exit status {status}\n{}", agent.log());
+}
+
+#[test]
+fn odd_mounts_escaped_readonly_relative_bind_userxattr_metacopy() {
+    common::require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    // A mountpoint with a space, a quote, a backslash and a newline.
+    let odd = Overlay::new(&base.join("odd"), "m q\"b\\s\nnl", "", |l| write_file(&l.join("f"), 1));
+    let odd_mp = odd.merged.display().to_string();
+    // Read-only overlay: two lower layers, no upper dir.
+    for d in ["ro/l1", "ro/l2", "ro/m"] {
+        std::fs::create_dir_all(base.join(d)).expect("mkdir");
+    }
+    let ro_opts = format!("lowerdir={}:{}", base.join("ro/l1").display(), base.join("ro/l2").display());
+    common::run(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &ro_opts]).arg(base.join("ro/m")));
+    let _ro = Bind(base.join("ro/m")); // unmounts on drop
+    let ro_mp = base.join("ro/m").display().to_string();
+    // Relative paths, as a mount from another working directory writes them.
+    for d in ["rel/lower", "rel/upper", "rel/work", "rel/m"] {
+        std::fs::create_dir_all(base.join(d)).expect("mkdir");
+    }
+    common::run(
+        Command::new("mount")
+            .current_dir(base.join("rel"))
+            .args(["-t", "overlay", "overlay", "-o", "lowerdir=lower,upperdir=upper,workdir=work", "m"]),
+    );
+    let _rel = Bind(base.join("rel/m"));
+    let rel_mp = base.join("rel/m").display().to_string();
+    // userxattr: overlay xattrs live in user.overlay.*.
+    let ux = Overlay::new(&base.join("ux"), "m", "userxattr", |l| write_file(&l.join("f"), 100));
+    chown(ux.merged.join("f"), Some(7), Some(7)).expect("chown");
+    let ux_mp = ux.merged.display().to_string();
+    // metacopy=on: a chown copies metadata only.
+    let mc = Overlay::new(&base.join("mc"), "m", "metacopy=on,redirect_dir=on", |l| write_file(&l.join("f"), 100));
+    chown(mc.merged.join("f"), Some(7), Some(7)).expect("chown");
+    let mc_mp = mc.merged.display().to_string();
+    // A bind mount of the metacopy overlay: same superblock, one set of series.
+    let _bind = Bind::new(&mc.merged, &base.join("mc-bind"));
+
+    let cfg = config_for(base, "");
+    let agent = Agent::start(base, &["--config", cfg.to_str().expect("utf8")]);
+    let m = scrape_until(&agent, "scans of the odd, userxattr and metacopy mounts", |x| {
+        scans(x, &odd_mp) >= 1.0 && scans(x, &ux_mp) >= 1.0 && scans(x, &mc_mp) >= 1.0
+    });
+    common::promtool_check(&m.text);
+    assert_eq!(m.get("overlayfs_mounts", &[]), Some(5.0), "{}", m.text);
+    assert!(m.text.contains("mountpoint=\"") && m.text.contains("m q\\\"b\\\\s\\nnl\""), "{}", m.text);
+    assert_eq!(m.get("overlayfs_upper_entries", &[("mountpoint", &odd_mp), ("kind", "dir")]), Some(0.0));
+
+    assert_eq!(m.get("overlayfs_mount_info", &[("mountpoint", &ro_mp), ("readonly", "true"), ("upperdir", "")]), Some(1.0));
+    assert_eq!(m.get("overlayfs_mount_lower_layers", &[("mountpoint", &ro_mp)]), Some(2.0));
+    assert_eq!(m.count("overlayfs_upper_bytes", &[("mountpoint", &ro_mp)]), 0);
+
+    assert_eq!(m.get("overlayfs_mount_relative_paths", &[("mountpoint", &rel_mp)]), Some(3.0));
+    assert_eq!(m.get("overlayfs_mount_info", &[("mountpoint", &rel_mp), ("upperdir", "upper")]), Some(1.0));
+    assert_eq!(m.count("overlayfs_upper_bytes", &[("mountpoint", &rel_mp)]), 0);
+    assert_eq!(m.count("overlayfs_upper_scan_errors_total", &[("mountpoint", &rel_mp)]), 0);
+
+    assert_eq!(m.get("overlayfs_mount_info", &[("mountpoint", &ux_mp), ("userxattr", "true")]), Some(1.0));
+    assert_eq!(m.get("overlayfs_upper_entries", &[("mountpoint", &ux_mp), ("kind", "copied_up")]), Some(1.0));
+
+    assert_eq!(m.get("overlayfs_mount_info", &[("mountpoint", &mc_mp), ("metacopy", "on")]), Some(1.0));
+    assert_eq!(m.get("overlayfs_upper_entries", &[("mountpoint", &mc_mp), ("kind", "metacopy")]), Some(1.0));
+    assert_eq!(m.get("overlayfs_upper_entries", &[("mountpoint", &mc_mp), ("kind", "copied_up")]), Some(0.0));
+    assert_eq!(m.get("overlayfs_mount_mountpoints", &[("mountpoint", &mc_mp)]), Some(2.0));
+    assert_eq!(m.count("overlayfs_mount_info", &[]), 5, "one series per superblock, the bind mount included");
+    drop(agent);
+}

@@ -174,7 +174,8 @@ impl<T> de::Visitor<'_> for ParseVisitor<T> {
     }
 }
 
-/// A mountpoint regex, anchored at both ends like Prometheus relabelling regexes.
+/// A mountpoint regex, anchored at both ends like Prometheus relabelling regexes;
+/// `.` matches any character, newline included (a path may hold one).
 #[derive(Debug, Clone)]
 pub struct MountRegex {
     source: String,
@@ -183,7 +184,7 @@ pub struct MountRegex {
 
 impl MountRegex {
     pub fn new(source: &str) -> Result<Self, String> {
-        regex::Regex::new(&format!("^(?:{source})$"))
+        regex::Regex::new(&format!("(?s)^(?:{source})$"))
             .map(|regex| MountRegex { source: source.to_owned(), regex })
             .map_err(|e| {
                 // regex errors are multi-line drawings; keep the final sentence.
@@ -339,6 +340,7 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Json);
         assert!(!c.mountpoint_selected("/run/containers/x"));
         assert!(c.mountpoint_selected("/var/lib/x/run/y"));
+        assert!(!c.mountpoint_selected("/run/a\nb"), "a newline does not escape a filter");
     }
 
     #[test]

@@ -305,3 +305,30 @@ pub fn du(flags: &[&str], dir: &Path) -> f64 {
     let out = run(Command::new("du").args(flags).arg(dir));
     out.split_whitespace().next().and_then(|n| n.parse().ok()).expect("du number")
 }
+
+/// Writes an agent config that only watches mounts under `base` and scans every second.
+pub fn config_for(base: &Path, extra: &str) -> PathBuf {
+    let path = base.join("agent.yaml");
+    let text = format!(
+        "discovery:\n  include_mountpoints: ['{}/.*']\n  resync_interval: 1s\nscan:\n  interval: 1s\n{extra}",
+        regex::escape(&base.display().to_string()).replace('\'', "''")
+    );
+    std::fs::write(&path, text).expect("write agent config");
+    path
+}
+
+/// Scrapes until `f` accepts the metrics (scans run in the background).
+pub fn scrape_until(agent: &Agent, what: &str, f: impl Fn(&Metrics) -> bool) -> Metrics {
+    wait_for(what, Duration::from_secs(20), || {
+        let m = agent.metrics();
+        f(&m).then_some(m)
+    })
+}
+
+/// Creates a file of `len` bytes of non-zero data.
+pub fn write_file(path: &Path, len: usize) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    std::fs::write(path, vec![b'x'; len]).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
