@@ -44,7 +44,11 @@ fn golden_once_on_fixture_procfs() {
             .map(|l| format!("- {l}"))
             .chain(got.lines().filter(|l| !want.lines().any(|w| w == *l)).map(|l| format!("+ {l}")))
             .collect();
-        panic!("exposition differs from {} (UPDATE_GOLDEN=1 to accept):\n{}", golden.display(), diff.join("\n"));
+        panic!(
+            "exposition differs from {} (UPDATE_GOLDEN=1 to accept):\n{}",
+            golden.display(),
+            diff.join("\n")
+        );
     }
 }
 
@@ -58,15 +62,30 @@ fn once_reports_every_fixture_superblock_once() {
     assert_eq!(m.get("overlayfs_discovery_bad_lines", &[]), Some(1.0));
     let podman = "/var/lib/containers/storage/overlay/9a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f/merged";
     assert_eq!(m.get("overlayfs_mount_mountpoints", &[("mountpoint", podman)]), Some(2.0));
-    assert_eq!(m.get("overlayfs_mount_lower_layers", &[("mountpoint", "/var/lib/images/many/merged")]), Some(60.0));
+    assert_eq!(
+        m.get("overlayfs_mount_lower_layers", &[("mountpoint", "/var/lib/images/many/merged")]),
+        Some(60.0)
+    );
     assert_eq!(m.get("overlayfs_mount_relative_paths", &[("mountpoint", "/var/lib/docker/overlay2/7b2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e/merged")]), Some(5.0));
-    assert_eq!(m.get("overlayfs_mount_info", &[("mountpoint", "/mnt/with space\ttab\\back"), ("upperdir", "/u sp")]), Some(1.0));
+    assert_eq!(
+        m.get("overlayfs_mount_info", &[("mountpoint", "/mnt/with space\ttab\\back"), ("upperdir", "/u sp")]),
+        Some(1.0)
+    );
     assert_eq!(m.get("overlayfs_mount_info", &[("mountpoint", "/mnt/q\"uote\nnl")]), Some(1.0));
-    assert_eq!(m.get("overlayfs_mount_info", &[("mountpoint", "/mnt/ro-image"), ("readonly", "true")]), Some(1.0));
+    assert_eq!(
+        m.get("overlayfs_mount_info", &[("mountpoint", "/mnt/ro-image"), ("readonly", "true")]),
+        Some(1.0)
+    );
     assert_eq!(m.get("overlayfs_mount_data_layers", &[("mountpoint", "/composefs")]), Some(1.0));
     // Upper dirs that do not exist are reported, never invented; relative and
     // read-only ones are not scanned at all.
-    assert_eq!(m.get("overlayfs_upper_scan_errors_total", &[("mountpoint", "/mnt/q\"uote\nnl"), ("reason", "missing")]), Some(1.0));
+    assert_eq!(
+        m.get(
+            "overlayfs_upper_scan_errors_total",
+            &[("mountpoint", "/mnt/q\"uote\nnl"), ("reason", "missing")]
+        ),
+        Some(1.0)
+    );
     assert_eq!(m.count("overlayfs_upper_scan_errors_total", &[("mountpoint", "/mnt/ro-image")]), 0);
     assert_eq!(m.count("overlayfs_upper_bytes", &[]), 0);
 }
@@ -103,7 +122,8 @@ fn check_config_accepts_the_example_and_rejects_with_location() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "web:\n  listen_address: :9864\nscan:\n  interval: 30s\n  concurency: 2\n").expect("write");
+    std::fs::write(&bad, "web:\n  listen_address: :9864\nscan:\n  interval: 30s\n  concurency: 2\n")
+        .expect("write");
     let out = Command::new(BIN).arg("check-config").arg(&bad).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -113,7 +133,8 @@ fn check_config_accepts_the_example_and_rejects_with_location() {
     // The same file given to the daemon: exit 2 before anything starts.
     let out = Command::new(BIN).arg("--config").arg(&bad).arg("once").output().expect("run");
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(BIN).arg("check-config").arg(dir.path().join("absent.yaml")).output().expect("run");
+    let out =
+        Command::new(BIN).arg("check-config").arg(dir.path().join("absent.yaml")).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("absent.yaml"));
 }

@@ -32,7 +32,8 @@ fn upper_dir_contents_are_counted_exactly_and_follow_the_mount() {
     // up by a create in sub/deep; keep by a create in it.
     chown(m.join("big"), Some(1000), Some(1000)).expect("chown");
     std::fs::OpenOptions::new().append(true).open(m.join("a")).expect("open a").set_len(11).expect("grow a");
-    std::fs::set_permissions(m.join("b"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    std::fs::set_permissions(m.join("b"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
     write_file(&m.join("sub/deep/new"), 5);
     write_file(&m.join("keep/new2"), 7);
     // Created: new (above), new2 (above), fresh, a symlink; a hard link counted once.
@@ -61,11 +62,22 @@ fn upper_dir_contents_are_counted_exactly_and_follow_the_mount() {
     );
     // Bytes and inodes agree with du on the same tree.
     let upper = &ov.upper;
-    assert_eq!(metrics.get("overlayfs_upper_bytes", &[("mountpoint", &mp)]), Some(common::du(&["-s", "-B1"], upper)));
-    assert_eq!(metrics.get("overlayfs_upper_apparent_bytes", &[("mountpoint", &mp)]), Some(common::du(&["-s", "-b"], upper)));
-    assert_eq!(metrics.get("overlayfs_upper_inodes", &[("mountpoint", &mp)]), Some(common::du(&["-s", "--inodes"], upper)));
+    assert_eq!(
+        metrics.get("overlayfs_upper_bytes", &[("mountpoint", &mp)]),
+        Some(common::du(&["-s", "-B1"], upper))
+    );
+    assert_eq!(
+        metrics.get("overlayfs_upper_apparent_bytes", &[("mountpoint", &mp)]),
+        Some(common::du(&["-s", "-b"], upper))
+    );
+    assert_eq!(
+        metrics.get("overlayfs_upper_inodes", &[("mountpoint", &mp)]),
+        Some(common::du(&["-s", "--inodes"], upper))
+    );
     assert_eq!(metrics.get("overlayfs_upper_inodes", &[("mountpoint", &mp)]), Some(13.0));
-    assert!(metrics.get("overlayfs_upper_scan_timestamp_seconds", &[("mountpoint", &mp)]).unwrap_or(0.0) > 1.7e9);
+    assert!(
+        metrics.get("overlayfs_upper_scan_timestamp_seconds", &[("mountpoint", &mp)]).unwrap_or(0.0) > 1.7e9
+    );
     common::promtool_check(&metrics.text);
 
     // A later copy-up shows in a later scan.
@@ -118,9 +130,9 @@ fn http_endpoints_reload_and_shutdown() {
 
     // A good reload applies: excluding the mount removes its series.
     let good = config_for(tmp.path(), "");
-    let text = std::fs::read_to_string(&good).expect("read config")
-        + &format!("  # reloaded\n");
-    let text = text.replace("discovery:\n", &format!("discovery:\n  exclude_mountpoints: ['{}']\n", regex::escape(&mp)));
+    let text = std::fs::read_to_string(&good).expect("read config");
+    let text = text
+        .replace("discovery:\n", &format!("discovery:\n  exclude_mountpoints: ['{}']\n", regex::escape(&mp)));
     std::fs::write(&good, text).expect("write config");
     agent.signal(Signal::HUP);
     scrape_until(&agent, "the excluded mount to go", |x| {
@@ -128,7 +140,9 @@ fn http_endpoints_reload_and_shutdown() {
     });
 
     agent.signal(Signal::TERM);
-    let status = common::wait_for("the agent to exit", Duration::from_secs(10), || agent.child.try_wait().ok().flatten());
+    let status = common::wait_for("the agent to exit", Duration::from_secs(10), || {
+        agent.child.try_wait().ok().flatten()
+    });
     assert!(status.success(), "SIGTERM exit status {status}\n{}", agent.log());
 }
 
@@ -145,18 +159,23 @@ fn odd_mounts_escaped_readonly_relative_bind_userxattr_metacopy() {
         std::fs::create_dir_all(base.join(d)).expect("mkdir");
     }
     let ro_opts = format!("lowerdir={}:{}", base.join("ro/l1").display(), base.join("ro/l2").display());
-    common::run(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &ro_opts]).arg(base.join("ro/m")));
+    common::run(
+        Command::new("mount").args(["-t", "overlay", "overlay", "-o", &ro_opts]).arg(base.join("ro/m")),
+    );
     let _ro = Bind(base.join("ro/m")); // unmounts on drop
     let ro_mp = base.join("ro/m").display().to_string();
     // Relative paths, as a mount from another working directory writes them.
     for d in ["rel/lower", "rel/upper", "rel/work", "rel/m"] {
         std::fs::create_dir_all(base.join(d)).expect("mkdir");
     }
-    common::run(
-        Command::new("mount")
-            .current_dir(base.join("rel"))
-            .args(["-t", "overlay", "overlay", "-o", "lowerdir=lower,upperdir=upper,workdir=work", "m"]),
-    );
+    common::run(Command::new("mount").current_dir(base.join("rel")).args([
+        "-t",
+        "overlay",
+        "overlay",
+        "-o",
+        "lowerdir=lower,upperdir=upper,workdir=work",
+        "m",
+    ]));
     let _rel = Bind(base.join("rel/m"));
     let rel_mp = base.join("rel/m").display().to_string();
     // userxattr: overlay xattrs live in user.overlay.*.
@@ -164,7 +183,8 @@ fn odd_mounts_escaped_readonly_relative_bind_userxattr_metacopy() {
     chown(ux.merged.join("f"), Some(7), Some(7)).expect("chown");
     let ux_mp = ux.merged.display().to_string();
     // metacopy=on: a chown copies metadata only.
-    let mc = Overlay::new(&base.join("mc"), "m", "metacopy=on,redirect_dir=on", |l| write_file(&l.join("f"), 100));
+    let mc =
+        Overlay::new(&base.join("mc"), "m", "metacopy=on,redirect_dir=on", |l| write_file(&l.join("f"), 100));
     chown(mc.merged.join("f"), Some(7), Some(7)).expect("chown");
     let mc_mp = mc.merged.display().to_string();
     // A bind mount of the metacopy overlay: same superblock, one set of series.
@@ -180,7 +200,10 @@ fn odd_mounts_escaped_readonly_relative_bind_userxattr_metacopy() {
     assert!(m.text.contains("mountpoint=\"") && m.text.contains("m q\\\"b\\\\s\\nnl\""), "{}", m.text);
     assert_eq!(m.get("overlayfs_upper_entries", &[("mountpoint", &odd_mp), ("kind", "dir")]), Some(0.0));
 
-    assert_eq!(m.get("overlayfs_mount_info", &[("mountpoint", &ro_mp), ("readonly", "true"), ("upperdir", "")]), Some(1.0));
+    assert_eq!(
+        m.get("overlayfs_mount_info", &[("mountpoint", &ro_mp), ("readonly", "true"), ("upperdir", "")]),
+        Some(1.0)
+    );
     assert_eq!(m.get("overlayfs_mount_lower_layers", &[("mountpoint", &ro_mp)]), Some(2.0));
     assert_eq!(m.count("overlayfs_upper_bytes", &[("mountpoint", &ro_mp)]), 0);
 

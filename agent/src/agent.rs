@@ -47,8 +47,14 @@ impl Pipeline {
             .map_err(|source| AgentError::Start { what: "scan threads", source })?;
         let registry = Registry::new();
         metrics::register(&registry, Box::new(metrics::mounts::MountCollector::new(table.clone())));
-        metrics::register(&registry, Box::new(metrics::upper::UpperCollector::new(table.clone(), pool.store())));
-        metrics::register(&registry, Box::new(metrics::agent::AgentCollector::new(table.clone(), stats.clone())));
+        metrics::register(
+            &registry,
+            Box::new(metrics::upper::UpperCollector::new(table.clone(), pool.store())),
+        );
+        metrics::register(
+            &registry,
+            Box::new(metrics::agent::AgentCollector::new(table.clone(), stats.clone())),
+        );
         metrics::register(&registry, Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         Ok(Pipeline { table, stats, pool, registry })
     }

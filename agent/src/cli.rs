@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, ListenAddress, LogFormat, LogLevel};
 
 #[derive(Debug, Parser)]
-#[command(name = "overlay-agent", version, about = "Prometheus exporter for overlayfs: mounts, upper-dir contents and copy-ups")]
+#[command(
+    name = "overlay-agent",
+    version,
+    about = "Prometheus exporter for overlayfs: mounts, upper-dir contents and copy-ups"
+)]
 pub struct Cli {
     /// YAML config file (see config/overlay-agent.yaml).
     #[arg(long, global = true, value_name = "FILE")]

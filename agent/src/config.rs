@@ -142,9 +142,9 @@ impl std::str::FromStr for ListenAddress {
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
         let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
-        full.parse::<SocketAddr>().map(ListenAddress).map_err(|_| {
-            format!("invalid listen address {s:?}: want host:port, :port or [v6]:port")
-        })
+        full.parse::<SocketAddr>()
+            .map(ListenAddress)
+            .map_err(|_| format!("invalid listen address {s:?}: want host:port, :port or [v6]:port"))
     }
 }
 
@@ -304,8 +304,8 @@ impl Config {
     /// Whether a mountpoint passes the include/exclude filters.
     pub fn mountpoint_selected(&self, mountpoint: &str) -> bool {
         let d = &self.discovery;
-        let included = d.include_mountpoints.is_empty()
-            || d.include_mountpoints.iter().any(|r| r.is_match(mountpoint));
+        let included =
+            d.include_mountpoints.is_empty() || d.include_mountpoints.iter().any(|r| r.is_match(mountpoint));
         included && !d.exclude_mountpoints.iter().any(|r| r.is_match(mountpoint))
     }
 }

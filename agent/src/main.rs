@@ -65,7 +65,8 @@ fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
         Some(Command::Mounts { json }) => {
             let table = agent::discover(&config)?;
             let mut out = std::io::stdout().lock();
-            overlay_agent::discovery::print::mounts(&table, *json, &mut out).context("writing the mount list")?;
+            overlay_agent::discovery::print::mounts(&table, *json, &mut out)
+                .context("writing the mount list")?;
         }
         Some(Command::CheckConfig { .. }) => unreachable!("handled before logging starts"),
     }

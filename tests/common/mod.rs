@@ -27,12 +27,7 @@ pub fn require_root() {
 /// Runs a command, panicking with its output on failure.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -165,7 +160,8 @@ impl Agent {
     }
 
     pub fn metrics(&self) -> Metrics {
-        let r = http_get(&self.addr, "/metrics").unwrap_or_else(|e| panic!("scrape failed: {e}\n{}", self.log()));
+        let r =
+            http_get(&self.addr, "/metrics").unwrap_or_else(|e| panic!("scrape failed: {e}\n{}", self.log()));
         assert_eq!(r.status, 200);
         Metrics::parse(&r.body)
     }
@@ -184,7 +180,10 @@ impl Drop for Agent {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub struct HttpResponse {
@@ -260,7 +259,8 @@ impl Metrics {
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.samples.iter().find_map(|(series, v)| {
             let (n, rest) = series.split_once('{').unwrap_or((series.as_str(), ""));
-            (n == name && labels.iter().all(|(k, val)| rest.contains(&format!("{k}=\"{}\"", escape(val))))).then_some(*v)
+            (n == name && labels.iter().all(|(k, val)| rest.contains(&format!("{k}=\"{}\"", escape(val)))))
+                .then_some(*v)
         })
     }
 

@@ -43,8 +43,8 @@ pub fn mountinfo_path(procfs: &Path) -> PathBuf {
 }
 
 pub fn read(path: &Path) -> Result<(Vec<OverlayLine>, Vec<BadLine>), DiscoveryError> {
-    let bytes = std::fs::read(path)
-        .map_err(|source| DiscoveryError::Read { path: path.to_owned(), source })?;
+    let bytes =
+        std::fs::read(path).map_err(|source| DiscoveryError::Read { path: path.to_owned(), source })?;
     Ok(parse(&bytes))
 }
 

@@ -164,7 +164,11 @@ pub fn split_lowerdir(v: &str) -> (Vec<String>, Vec<String>) {
             ':' => {
                 let layer = std::mem::take(&mut cur);
                 if !layer.is_empty() {
-                    if in_data { data.push(layer) } else { lower.push(layer) }
+                    if in_data {
+                        data.push(layer)
+                    } else {
+                        lower.push(layer)
+                    }
                 }
                 if chars.peek() == Some(&':') {
                     chars.next();
@@ -175,7 +179,11 @@ pub fn split_lowerdir(v: &str) -> (Vec<String>, Vec<String>) {
         }
     }
     if !cur.is_empty() {
-        if in_data { data.push(cur) } else { lower.push(cur) }
+        if in_data {
+            data.push(cur)
+        } else {
+            lower.push(cur)
+        }
     }
     (lower, data)
 }

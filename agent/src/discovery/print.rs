@@ -15,7 +15,9 @@ fn notable_options(m: &super::Mount) -> String {
             v.push(format!("{k}={}", if b { "on" } else { "off" }));
         }
     }
-    for (k, val) in [("redirect_dir", &o.redirect_dir), ("xino", &o.xino), ("uuid", &o.uuid), ("verity", &o.verity)] {
+    for (k, val) in
+        [("redirect_dir", &o.redirect_dir), ("xino", &o.xino), ("uuid", &o.uuid), ("verity", &o.verity)]
+    {
         if let Some(s) = val {
             v.push(format!("{k}={s}"));
         }

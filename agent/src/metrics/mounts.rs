@@ -17,8 +17,17 @@ static INFO: Def = Def {
     help: "Overlay mount metadata; always 1. Join on mountpoint for the other overlayfs_ series.",
     kind: MetricType::GAUGE,
     labels: &[
-        "mountpoint", "device", "upperdir", "workdir", "readonly", "metacopy", "index", "redirect_dir",
-        "xino", "volatile", "userxattr",
+        "mountpoint",
+        "device",
+        "upperdir",
+        "workdir",
+        "readonly",
+        "metacopy",
+        "index",
+        "redirect_dir",
+        "xino",
+        "volatile",
+        "userxattr",
     ],
 };
 static LOWER: Def = Def {
@@ -66,7 +75,11 @@ fn on_off(v: Option<bool>) -> &'static str {
 }
 
 fn bool_str(v: bool) -> &'static str {
-    if v { "true" } else { "false" }
+    if v {
+        "true"
+    } else {
+        "false"
+    }
 }
 
 impl Collector for MountCollector {
@@ -110,6 +123,13 @@ impl Collector for MountCollector {
             relative.add(&[&mp], o.relative_paths() as f64);
             mountpoints.add(&[&mp], (1 + m.other_mountpoints.len()) as f64);
         }
-        vec![count.finish(), info.finish(), lower.finish(), data.finish(), relative.finish(), mountpoints.finish()]
+        vec![
+            count.finish(),
+            info.finish(),
+            lower.finish(),
+            data.finish(),
+            relative.finish(),
+            mountpoints.finish(),
+        ]
     }
 }

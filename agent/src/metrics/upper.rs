@@ -71,7 +71,15 @@ pub struct UpperCollector {
 impl UpperCollector {
     pub fn new(table: SharedTable, store: ScanStore) -> Self {
         let descs = descs(&[
-            &BYTES, &APPARENT, &INODES, &ENTRIES, &COPIED_UP_BYTES, &DURATION, &TIMESTAMP, &SCANS, &ERRORS,
+            &BYTES,
+            &APPARENT,
+            &INODES,
+            &ENTRIES,
+            &COPIED_UP_BYTES,
+            &DURATION,
+            &TIMESTAMP,
+            &SCANS,
+            &ERRORS,
         ]);
         UpperCollector { table, store, descs }
     }

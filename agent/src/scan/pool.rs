@@ -95,9 +95,7 @@ impl ScanPool {
             let rx = rx.clone();
             let store = store.clone();
             let busy = busy.clone();
-            std::thread::Builder::new()
-                .name(format!("scan-{i}"))
-                .spawn(move || worker(rx, store, busy))?;
+            std::thread::Builder::new().name(format!("scan-{i}")).spawn(move || worker(rx, store, busy))?;
         }
         Ok(ScanPool { tx, store, busy })
     }

@@ -114,7 +114,10 @@ impl Walker<'_> {
                     &rel,
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
-                    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV | ResolveFlags::NO_MAGICLINKS,
+                    ResolveFlags::BENEATH
+                        | ResolveFlags::NO_SYMLINKS
+                        | ResolveFlags::NO_XDEV
+                        | ResolveFlags::NO_MAGICLINKS,
                 )
             };
             let dir = match dir {
@@ -232,7 +235,9 @@ impl Walker<'_> {
             name_buf.extend_from_slice(b"opaque");
             let mut val = [0u8; 8];
             x.opaque = match std::ffi::CString::new(name_buf) {
-                Ok(attr) => matches!(rustix::fs::lgetxattr(path, attr.as_c_str(), &mut val[..]), Ok(n) if &val[..n] == b"y"),
+                Ok(attr) => {
+                    matches!(rustix::fs::lgetxattr(path, attr.as_c_str(), &mut val[..]), Ok(n) if &val[..n] == b"y")
+                }
                 Err(_) => false,
             };
         }
