@@ -9,6 +9,14 @@
 //! - xattrs are read with the `l*` calls on a single path component after
 //!   `fchdir` into the directory (the calling thread must own its cwd: see
 //!   [`super::pool`]), so the lookup is as cheap as the stat.
+//!
+//! Cost: one `fstatat` per entry, like `du`, plus one `llistxattr` per directory
+//! and per non-directory in a directory that may hold overlay-marked entries.
+//! The kernel marks a directory `impure` whenever it gives one of its entries an
+//! origin (copy-up, hard link or rename of a copied-up file), and marks it
+//! `opaque` (`x` on 6.7+) when it holds xattr whiteouts; so the non-directories of
+//! a directory with neither mark were all created in the upper layer (or are 0/0
+//! whiteouts, which need no xattr), and their xattrs are not read.
 
 use std::collections::HashSet;
 use std::ffi::CStr;
@@ -46,6 +54,8 @@ struct OverlayXattrs {
     metacopy: bool,
     whiteout: bool,
     opaque: bool,
+    /// `impure` or any `opaque` value: children may carry overlay xattrs.
+    marks_children: bool,
 }
 
 struct Walker<'a> {
@@ -104,8 +114,10 @@ impl Walker<'_> {
 
     fn walk(&mut self) {
         // Depth-first over relative paths; only one directory is open at a time.
-        let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
-        while let Some(rel) = stack.pop() {
+        // The flag says whether the directory's children need their xattrs read;
+        // the upper dir's own marks are not looked at, so its children always are.
+        let mut stack: Vec<(PathBuf, bool)> = vec![(PathBuf::new(), true)];
+        while let Some((rel, read_children)) = stack.pop() {
             let dir = if rel.as_os_str().is_empty() {
                 rustix::io::fcntl_dupfd_cloexec(&self.root, 0)
             } else {
@@ -128,11 +140,11 @@ impl Walker<'_> {
                     continue;
                 }
             };
-            self.walk_dir(dir, &rel, &mut stack);
+            self.walk_dir(dir, &rel, read_children, &mut stack);
         }
     }
 
-    fn walk_dir(&mut self, dir: OwnedFd, rel: &Path, stack: &mut Vec<PathBuf>) {
+    fn walk_dir(&mut self, dir: OwnedFd, rel: &Path, read_children: bool, stack: &mut Vec<(PathBuf, bool)>) {
         let cwd_ok = self.use_cwd && rustix::process::fchdir(&dir).is_ok();
         let mut entries = match Dir::new(dir) {
             Ok(d) => d,
@@ -167,10 +179,15 @@ impl Walker<'_> {
                 continue; // another name of an inode already counted
             }
             self.account(&st);
+            let is_dir = ftype == FileType::Directory;
+            let mut marks_children = false;
             let kind = if ftype == FileType::CharacterDevice && st.st_rdev == 0 {
                 EntryKind::Whiteout
+            } else if !is_dir && !read_children {
+                EntryKind::Created
             } else {
                 let x = self.xattrs(cwd_ok, rel, name);
+                marks_children = x.marks_children;
                 match ftype {
                     FileType::Directory if x.opaque => EntryKind::OpaqueDir,
                     FileType::Directory => EntryKind::Dir,
@@ -184,8 +201,8 @@ impl Walker<'_> {
             if kind == EntryKind::CopiedUp {
                 self.result.copied_up_bytes += st.st_size.max(0) as u64;
             }
-            if ftype == FileType::Directory {
-                stack.push(rel.join(std::ffi::OsStr::from_bytes(name.to_bytes())));
+            if is_dir {
+                stack.push((rel.join(std::ffi::OsStr::from_bytes(name.to_bytes())), marks_children));
             }
         }
     }
@@ -226,9 +243,11 @@ impl Walker<'_> {
                 b"metacopy" => x.metacopy = true,
                 b"whiteout" => x.whiteout = true,
                 b"opaque" => x.opaque = true, // value checked below
+                b"impure" => x.marks_children = true,
                 _ => {}
             }
         }
+        x.marks_children |= x.opaque;
         if x.opaque {
             // "y": opaque dir; "x" (6.7+): a dir that merely holds xattr whiteouts.
             let mut name_buf = prefix.to_vec();
@@ -242,5 +261,101 @@ impl Walker<'_> {
             };
         }
         x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::EntryKind::*;
+    use std::fs;
+
+    fn set(path: &Path, name: &str, value: &[u8]) {
+        rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty())
+            .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", path.display()));
+    }
+
+    /// Builds by hand what overlayfs leaves in an upper dir (user.overlay.* as
+    /// with `userxattr`), then checks every rule of the classification.
+    #[test]
+    fn classification_rules() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let u = tmp.path();
+        let x = "user.overlay.";
+        // Root children are always examined.
+        fs::write(u.join("copied"), b"12345").expect("write");
+        set(&u.join("copied"), &format!("{x}origin"), b"");
+        fs::write(u.join("meta"), b"").expect("write");
+        set(&u.join("meta"), &format!("{x}origin"), b"");
+        set(&u.join("meta"), &format!("{x}metacopy"), b"");
+        fs::write(u.join("new"), b"1").expect("write");
+        fs::hard_link(u.join("new"), u.join("new-link")).expect("link");
+        std::os::unix::fs::symlink("loop", u.join("loop")).expect("symlink");
+        // An impure dir: its children are examined.
+        fs::create_dir(u.join("impure")).expect("mkdir");
+        set(&u.join("impure"), &format!("{x}impure"), b"y");
+        fs::write(u.join("impure/c"), b"123").expect("write");
+        set(&u.join("impure/c"), &format!("{x}origin"), b"");
+        // A dir without marks: its files are taken as created without a look.
+        fs::create_dir(u.join("pure")).expect("mkdir");
+        fs::write(u.join("pure/f"), b"1").expect("write");
+        // Opaque dirs: "y" is opaque, "x" only holds xattr whiteouts.
+        fs::create_dir(u.join("opq")).expect("mkdir");
+        set(&u.join("opq"), &format!("{x}opaque"), b"y");
+        fs::create_dir(u.join("xwh")).expect("mkdir");
+        set(&u.join("xwh"), &format!("{x}opaque"), b"x");
+        fs::write(u.join("xwh/gone"), b"").expect("write");
+        set(&u.join("xwh/gone"), &format!("{x}whiteout"), b"");
+        // trusted.* xattrs do not count on a userxattr mount.
+        let r = scan(u, XattrNamespace::User, false).expect("scan");
+        let want: &[(EntryKind, u64)] =
+            &[(Dir, 3), (OpaqueDir, 1), (Created, 3), (CopiedUp, 2), (Metacopy, 1), (Whiteout, 1)];
+        for (kind, n) in want {
+            assert_eq!(r.entries(*kind), *n, "{kind:?}: {r:?}");
+        }
+        assert_eq!(r.inodes, 12, "hard link counted once, root included");
+        assert_eq!(r.entries.iter().sum::<u64>(), r.inodes - 1);
+        assert_eq!(r.copied_up_bytes, 8);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        // The same tree read as a trusted.* mount: no overlay marks at all.
+        let r = scan(u, XattrNamespace::Trusted, false).expect("scan");
+        assert_eq!(r.entries(CopiedUp) + r.entries(Metacopy) + r.entries(OpaqueDir), 0);
+    }
+
+    #[test]
+    fn device_whiteouts_and_mounts_inside() {
+        if !rustix::process::geteuid().is_root() {
+            panic!("needs root (mknod, mount): run the README's test command");
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let u = tmp.path();
+        rustix::fs::mknodat(rustix::fs::CWD, u.join("wh"), FileType::CharacterDevice, Mode::empty(), 0)
+            .expect("mknod 0/0");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            u.join("null"),
+            FileType::CharacterDevice,
+            Mode::empty(),
+            rustix::fs::makedev(1, 3),
+        )
+        .expect("mknod 1/3");
+        fs::create_dir(u.join("mnt")).expect("mkdir");
+        fs::create_dir(u.join("mnt/hidden")).expect("mkdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(u.join("mnt"))
+            .status()
+            .expect("mount tmpfs");
+        assert!(status.success());
+        fs::write(u.join("mnt/on-tmpfs"), b"x").expect("write");
+        let r = scan(u, XattrNamespace::Trusted, true);
+        let _ = std::process::Command::new("umount").arg(u.join("mnt")).status();
+        let r = r.expect("scan");
+        assert_eq!(r.entries(Whiteout), 1, "only the 0/0 device is a whiteout");
+        assert_eq!(r.entries(Created), 1, "the 1/3 device");
+        assert_eq!(r.entries(Dir), 0, "the tmpfs mountpoint is another filesystem: skipped");
+        assert_eq!(r.inodes, 3);
+        let e = scan(&u.join("absent"), XattrNamespace::Trusted, false).expect_err("missing");
+        assert_eq!(e.reason(), ErrorReason::Missing);
     }
 }
