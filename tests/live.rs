@@ -222,3 +222,32 @@ fn odd_mounts_escaped_readonly_relative_bind_userxattr_metacopy() {
     assert_eq!(m.count("overlayfs_mount_info", &[]), 5, "one series per superblock, the bind mount included");
     drop(agent);
 }
+
+#[test]
+fn rootfs_prefix_finds_upper_dirs_from_a_container_view() {
+    common::require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ov = Overlay::new(tmp.path(), "merged", "", |l| write_file(&l.join("f"), 10));
+    chown(ov.merged.join("f"), Some(2), Some(2)).expect("chown");
+    let mp = ov.merged.display().to_string();
+    let cfg = config_for(tmp.path(), "");
+    let once = |rootfs: &str| {
+        let out = common::run(Command::new(common::BIN).args([
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--path.rootfs",
+            rootfs,
+            "once",
+        ]));
+        common::Metrics::parse(&out)
+    };
+    // /proc/self/root is / seen through another path, as /host is from a container.
+    let m = once("/proc/self/root");
+    assert_eq!(m.get("overlayfs_upper_entries", &[("mountpoint", &mp), ("kind", "copied_up")]), Some(1.0));
+    let m = once(&tmp.path().join("not-the-host").display().to_string());
+    assert_eq!(m.count("overlayfs_upper_entries", &[("mountpoint", &mp)]), 0);
+    assert_eq!(
+        m.get("overlayfs_upper_scan_errors_total", &[("mountpoint", &mp), ("reason", "missing")]),
+        Some(1.0)
+    );
+}

@@ -79,7 +79,7 @@ impl Pipeline {
 
     fn schedule_scans(&self, config: &Config) {
         if config.scan.enabled {
-            self.pool.schedule(&self.table.get(), config.scan.interval);
+            self.pool.schedule(&self.table.get(), config.scan.interval, &config.discovery.rootfs);
         }
     }
 }

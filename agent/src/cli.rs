@@ -26,6 +26,10 @@ pub struct Cli {
     #[arg(long = "path.procfs", global = true, value_name = "DIR")]
     pub procfs: Option<PathBuf>,
 
+    /// Host root filesystem; upper dirs are opened under it [default: /].
+    #[arg(long = "path.rootfs", global = true, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+
     /// Log level [default: info].
     #[arg(long = "log.level", global = true, value_enum)]
     pub log_level: Option<LogLevel>,
@@ -65,6 +69,9 @@ impl Cli {
         }
         if let Some(p) = &self.procfs {
             config.discovery.procfs = p.clone();
+        }
+        if let Some(r) = &self.rootfs {
+            config.discovery.rootfs = r.clone();
         }
         if let Some(l) = self.log_level {
             config.log.level = l;

@@ -53,6 +53,9 @@ impl Default for WebConfig {
 pub struct DiscoveryConfig {
     /// procfs root; mountinfo is read from `<procfs>/1/mountinfo`, else `<procfs>/self/mountinfo`.
     pub procfs: PathBuf,
+    /// Where the host's root filesystem is visible: upper dirs named in mountinfo
+    /// are opened under it (`/host` when the agent runs in a container with `/:/host`).
+    pub rootfs: PathBuf,
     /// Only mountpoints matching one of these (anchored) regexes are exported; empty = all.
     pub include_mountpoints: Vec<MountRegex>,
     /// Mountpoints matching one of these (anchored) regexes are not exported.
@@ -66,6 +69,7 @@ impl Default for DiscoveryConfig {
     fn default() -> Self {
         Self {
             procfs: PathBuf::from("/proc"),
+            rootfs: PathBuf::from("/"),
             include_mountpoints: Vec::new(),
             exclude_mountpoints: Vec::new(),
             resync_interval: Duration::from_secs(30),

@@ -4,7 +4,7 @@
 //! reads it. An upper dir shared by several mounts is scanned once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -53,7 +53,10 @@ impl ScanStore {
 }
 
 struct Job {
+    /// The upper dir as mountinfo names it (the store's key).
     upper: PathBuf,
+    /// Where to open it: `upper` under the host root filesystem.
+    open_at: PathBuf,
     ns: XattrNamespace,
     interval: Duration,
 }
@@ -105,8 +108,9 @@ impl ScanPool {
     }
 
     /// Queues every upper dir of `table` that is due and not already being scanned;
-    /// forgets upper dirs that no mount uses any more.
-    pub fn schedule(&self, table: &MountTable, interval: Duration) {
+    /// forgets upper dirs that no mount uses any more. Upper dirs are opened under
+    /// `rootfs`, the host's root filesystem as the agent sees it.
+    pub fn schedule(&self, table: &MountTable, interval: Duration, rootfs: &Path) {
         let now = Instant::now();
         let mut wanted: HashMap<PathBuf, XattrNamespace> = HashMap::new();
         for m in table.mounts.values() {
@@ -124,7 +128,8 @@ impl ScanPool {
             }
             rec.in_flight = true;
             self.busy.add();
-            if self.tx.send(Job { upper, ns, interval }).is_err() {
+            let open_at = rootfs.join(upper.strip_prefix("/").unwrap_or(&upper));
+            if self.tx.send(Job { upper, open_at, ns, interval }).is_err() {
                 rec.in_flight = false;
                 self.busy.done();
             }
@@ -156,7 +161,7 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, store: ScanStore, busy: Arc<Busy>
             }
         };
         let start = Instant::now();
-        let outcome = super::scan(&job.upper, job.ns, own_cwd);
+        let outcome = super::scan(&job.open_at, job.ns, own_cwd);
         let duration = start.elapsed();
         {
             let mut store = store.lock();
