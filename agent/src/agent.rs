@@ -86,6 +86,7 @@ impl Pipeline {
 
 /// `overlay-agent once`: discover, scan every upper dir, print the exposition.
 pub fn once(config: &Config, out: &mut impl Write) -> Result<(), AgentError> {
+    crate::caps::warn_if_missing();
     let p = Pipeline::new(config)?;
     p.rediscover(config)?;
     p.schedule_scans(config);
@@ -96,6 +97,7 @@ pub fn once(config: &Config, out: &mut impl Write) -> Result<(), AgentError> {
 
 /// `overlay-agent serve`: run until SIGTERM or SIGINT.
 pub async fn serve(cli: &Cli, mut config: Config) -> Result<(), AgentError> {
+    crate::caps::warn_if_missing();
     let p = Arc::new(Pipeline::new(&config)?);
     p.rediscover(&config)?;
     let ready = Arc::new(AtomicBool::new(true));

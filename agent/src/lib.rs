@@ -5,6 +5,7 @@
 //! [`agent`] wires them together for the daemon and the one-shot commands.
 
 pub mod agent;
+pub mod caps;
 pub mod cli;
 pub mod config;
 pub mod discovery;

@@ -12,7 +12,10 @@ use overlay_agent::config::{Config, LogConfig, LogFormat};
 fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OVERLAY_AGENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log.level.as_str()));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Plain => builder.init(),
