@@ -25,6 +25,8 @@ pub fn warn_if_missing() {
         );
     }
     if caps & (1 << CAP_DAC_READ_SEARCH) == 0 {
-        tracing::warn!("no CAP_DAC_READ_SEARCH: upper dirs the agent may not read are reported as permission_denied");
+        tracing::warn!(
+            "no CAP_DAC_READ_SEARCH: upper dirs the agent may not read are reported as permission_denied"
+        );
     }
 }
