@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::discovery::{self, DiscoveryError, MountTable, SharedTable};
 use crate::http::{self, HttpState};
 use crate::metrics::{self, agent::DiscoveryStats};
+use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
 use crate::scan::ScanPool;
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +104,13 @@ pub async fn serve(cli: &Cli, mut config: Config) -> Result<(), AgentError> {
     let ready = Arc::new(AtomicBool::new(true));
     p.schedule_scans(&config);
 
+    let probe_handle = Arc::new(ProbeHandle::default());
+    metrics::register(
+        &p.registry,
+        Box::new(metrics::copyup::CopyUpCollector::new(p.table.clone(), probe_handle.clone())),
+    );
+    let mut copy_up_probes = start_probes(&config, &probe_handle).await;
+
     let addr = config.web.listen_address;
     let listener = tokio::net::TcpListener::bind(addr.0)
         .await
@@ -155,15 +163,77 @@ pub async fn serve(cli: &Cli, mut config: Config) -> Result<(), AgentError> {
                 Ok(Err(e)) => tracing::warn!(error = %e, "discovery failed; keeping the last mount table"),
                 Err(e) => tracing::error!(error = %e, "discovery task failed"),
             }
+            let table = p.table.get();
+            if copy_up_probes.is_none() && waiting_for_overlay(&probe_handle) && !table.mounts.is_empty() {
+                // The overlay module is loaded on the first overlay mount: try again.
+                copy_up_probes = start_probes(&config, &probe_handle).await;
+            }
+            if let Some(maps) = probe_handle.maps.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                maps.forget(|dev| table.mounts.contains_key(&discovery::Device::from_kernel_dev(dev)));
+            }
         }
         p.schedule_scans(&config);
     }
     tracing::info!("shutting down");
+    if let Some(probes) = copy_up_probes.take() {
+        *probe_handle.maps.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        drop(probes);
+        tracing::info!("copy-up probes detached");
+    }
     stop.notify_one();
     if let Err(e) = server.await {
         tracing::error!(error = %e, "HTTP server task failed");
     }
     Ok(())
+}
+
+/// Loads and attaches the copy-up probes (off the async threads: BTF parsing
+/// takes a moment); logs the outcome once and publishes it for the collector.
+async fn start_probes(config: &Config, handle: &Arc<ProbeHandle>) -> Option<Probes> {
+    if !config.ebpf.enabled {
+        *handle.status.write().unwrap_or_else(|e| e.into_inner()) = probes::ProbeStatus {
+            disabled: Some(probes::Disabled {
+                code: "disabled_by_config",
+                detail: "ebpf.enabled: false".into(),
+            }),
+            ..Default::default()
+        };
+        return None;
+    }
+    let opts = ProbeOptions { per_mount_histograms: config.ebpf.per_mount_histograms, ..Default::default() };
+    let (started, status) = match tokio::task::spawn_blocking(move || probes::start(&opts)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "probe start-up task failed");
+            return None;
+        }
+    };
+    match &status.disabled {
+        None => {
+            let attached = status.attachments.iter().filter(|a| a.attached).count();
+            let missing: Vec<String> = status
+                .attachments
+                .iter()
+                .filter(|a| !a.attached)
+                .map(|a| format!("{}({})", a.program, a.function.unwrap_or("-")))
+                .collect();
+            tracing::info!(attached, ?missing, "copy-up probes attached");
+        }
+        Some(d) => tracing::warn!(
+            reason = d.code,
+            detail = %d.detail,
+            "copy-up probes are off; serving mount and upper-dir metrics without them"
+        ),
+    }
+    *handle.status.write().unwrap_or_else(|e| e.into_inner()) = status;
+    let (probes, maps) = started?;
+    *handle.maps.lock().unwrap_or_else(|e| e.into_inner()) = Some(maps);
+    Some(probes)
+}
+
+fn waiting_for_overlay(handle: &ProbeHandle) -> bool {
+    let status = handle.status.read().unwrap_or_else(|e| e.into_inner());
+    status.disabled.as_ref().map(|d| d.code == "no_overlay").unwrap_or(false)
 }
 
 /// SIGHUP: re-read the config file; keep the running config when it is invalid.

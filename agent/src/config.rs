@@ -32,7 +32,23 @@ pub struct Config {
     pub web: WebConfig,
     pub discovery: DiscoveryConfig,
     pub scan: ScanConfig,
+    pub ebpf: EbpfConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfConfig {
+    /// Attach the copy-up probes (needs root: CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN).
+    pub enabled: bool,
+    /// Also key the bytes and latency histograms by mount (mounts x causes x buckets series).
+    pub per_mount_histograms: bool,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        Self { enabled: true, per_mount_histograms: false }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

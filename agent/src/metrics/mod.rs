@@ -2,11 +2,12 @@
 //! the scan pool publish; nothing here does I/O on the request path.
 
 pub mod agent;
+pub mod copyup;
 pub mod mounts;
 pub mod upper;
 
 use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// The Content-Type of the text exposition format, as Prometheus 2 and 3 accept it.
@@ -45,11 +46,9 @@ impl Family {
         Family { def, metrics: Vec::new() }
     }
 
-    /// Adds a sample; `values` are the label values in the order of `def.labels`.
-    pub fn add(&mut self, values: &[&str], value: f64) {
+    fn labels(&self, values: &[&str]) -> Vec<LabelPair> {
         debug_assert_eq!(values.len(), self.def.labels.len(), "{}", self.def.name);
-        let labels = self
-            .def
+        self.def
             .labels
             .iter()
             .zip(values)
@@ -59,8 +58,34 @@ impl Family {
                 lp.set_value((*v).to_owned());
                 lp
             })
-            .collect();
-        let mut m = Metric::from_label(labels);
+            .collect()
+    }
+
+    /// Adds a histogram sample: cumulative counts per upper bound (without +Inf,
+    /// which the encoder adds from `count`).
+    pub fn add_histogram(&mut self, values: &[&str], buckets: &[(f64, u64)], count: u64, sum: f64) {
+        let mut h = Histogram::default();
+        h.set_sample_count(count);
+        h.set_sample_sum(sum);
+        h.set_bucket(
+            buckets
+                .iter()
+                .map(|(le, n)| {
+                    let mut b = Bucket::default();
+                    b.set_upper_bound(*le);
+                    b.set_cumulative_count(*n);
+                    b
+                })
+                .collect(),
+        );
+        let mut m = Metric::from_label(self.labels(values));
+        m.set_histogram(h);
+        self.metrics.push(m);
+    }
+
+    /// Adds a sample; `values` are the label values in the order of `def.labels`.
+    pub fn add(&mut self, values: &[&str], value: f64) {
+        let mut m = Metric::from_label(self.labels(values));
         match self.def.kind {
             MetricType::COUNTER => {
                 let mut c = Counter::default();

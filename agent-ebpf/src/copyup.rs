@@ -1,0 +1,171 @@
+//! The copy-up core. One copy-up = one ovl_copy_up_one call in which
+//! ovl_copy_up_end ran (ovl_copy_up_end runs exactly when ovl_copy_up_start
+//! returned 0, i.e. this thread copied; a thread that found the copy done does
+//! not count). Counting happens at ovl_copy_up_end, an entry probe that is never
+//! missed; the return probe of ovl_copy_up_one only adds errors and cleans up.
+//!
+//! Kind: a directory, else which of the data copy (F) and the metadata copy (M)
+//! ran inside: M+F data, M metadata, F deferred_data, neither other.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::macros::{kprobe, kretprobe};
+use aya_ebpf::programs::{ProbeContext, RetProbeContext};
+use overlay_agent_common::{
+    cause, kind, stat, CountKey, CountValue, Inflight, Request, HIST_BYTES, HIST_LATENCY_NS,
+};
+
+use crate::maps::{COUNTS, INFLIGHT, REQUEST, THREAD_CAUSE};
+use crate::util::{bump, config, observe, read, tid};
+
+const S_IFMT: u16 = 0o170000;
+const S_IFDIR: u16 = 0o040000;
+
+/// ovl_copy_up_flags(dentry, flags): a copy-up request, ancestors included.
+#[kprobe]
+pub fn request_entry(ctx: ProbeContext) -> u32 {
+    let t = tid();
+    let dentry: u64 = ctx.arg(0).unwrap_or(0);
+    let flags: u64 = ctx.arg(1).unwrap_or(0);
+    // SAFETY: copied out at once.
+    let c = match unsafe { THREAD_CAUSE.get(&t) } {
+        Some(tc) => tc.cause,
+        None if flags != 0 => cause::OPEN,
+        None => cause::OTHER,
+    };
+    let _ = REQUEST.insert(&t, &Request { target_dentry: dentry, cause: c, _pad: [0; 7] }, 0);
+    0
+}
+
+#[kretprobe]
+pub fn request_exit(_ctx: RetProbeContext) -> u32 {
+    let _ = REQUEST.remove(&tid());
+    0
+}
+
+/// ovl_copy_up_one(parent, dentry, flags): stable from 4.19 to 7.2.
+#[kprobe]
+pub fn one_entry(ctx: ProbeContext) -> u32 {
+    bump(stat::ONE_ENTRIES);
+    let Some(cfg) = config() else { return 0 };
+    let t = tid();
+    let dentry: u64 = ctx.arg(1).unwrap_or(0);
+    // SAFETY: copied out at once.
+    let c = match unsafe { REQUEST.get(&t) } {
+        Some(r) => r.cause,
+        None => match unsafe { THREAD_CAUSE.get(&t) } {
+            Some(tc) => tc.cause,
+            None => cause::OTHER,
+        },
+    };
+    let sb: u64 = read(dentry + cfg.dentry_d_sb as u64).unwrap_or(0);
+    let dev: u32 = if sb != 0 { read(sb + cfg.sb_s_dev as u64).unwrap_or(0) } else { 0 };
+    let inode: u64 = read(dentry + cfg.dentry_d_inode as u64).unwrap_or(0);
+    let mode: u16 = if inode != 0 { read(inode + cfg.inode_i_mode as u64).unwrap_or(0) } else { 0 };
+    let v = Inflight {
+        // SAFETY: helper without preconditions.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        dev,
+        cause: c,
+        is_dir: (mode & S_IFMT == S_IFDIR) as u8,
+        ..Default::default()
+    };
+    if INFLIGHT.insert(&t, &v, 0).is_err() {
+        bump(stat::MAP_FULL);
+    }
+    0
+}
+
+/// ovl_copy_up_file(ofs, dentry, new_file, len[, datasync]) 6.1+, or
+/// ovl_copy_up_data(ofs, old, new, len) 5.x: the length position comes from BTF.
+#[kprobe]
+pub fn data_entry(ctx: ProbeContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let len: i64 = ctx.arg(cfg.copy_len_arg as usize).unwrap_or(0);
+    if let Some(p) = INFLIGHT.get_ptr_mut(&tid()) {
+        // SAFETY: this thread's entry; LRU eviction cannot free it while we run.
+        unsafe {
+            (*p).copied_data = 1;
+            (*p).data_bytes += len.max(0) as u64;
+        }
+    }
+    0
+}
+
+/// ovl_copy_up_metadata(ctx, temp) 6.x, or ovl_copy_up_inode(ctx, temp) 5.x.
+#[kprobe]
+pub fn meta_entry(_ctx: ProbeContext) -> u32 {
+    if let Some(p) = INFLIGHT.get_ptr_mut(&tid()) {
+        // SAFETY: as above.
+        unsafe { (*p).copied_meta = 1 };
+    }
+    0
+}
+
+#[inline(always)]
+fn kind_of(v: &Inflight) -> u8 {
+    if v.is_dir != 0 {
+        kind::DIRECTORY
+    } else {
+        match (v.copied_data != 0, v.copied_meta != 0) {
+            (true, true) => kind::DATA,
+            (false, true) => kind::METADATA,
+            (true, false) => kind::DEFERRED_DATA,
+            (false, false) => kind::OTHER,
+        }
+    }
+}
+
+#[inline(always)]
+fn add_count(key: &CountKey, copy_ups: u64, data_bytes: u64, errors: u64) {
+    match COUNTS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value of this CPU.
+        Some(p) => unsafe {
+            (*p).copy_ups += copy_ups;
+            (*p).data_bytes += data_bytes;
+            (*p).errors += errors;
+        },
+        None => {
+            let v = CountValue { copy_ups, data_bytes, errors };
+            if COUNTS.insert(key, &v, 0).is_err() {
+                bump(stat::MAP_FULL);
+            }
+        }
+    }
+}
+
+/// ovl_copy_up_end(dentry): the copy is done (or failed after it started).
+#[kprobe]
+pub fn end_entry(_ctx: ProbeContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let Some(p) = INFLIGHT.get_ptr_mut(&tid()) else { return 0 };
+    // SAFETY: this thread's entry, copied out then marked.
+    let v = unsafe {
+        (*p).counted = 1;
+        *p
+    };
+    let k = kind_of(&v);
+    add_count(&CountKey { dev: v.dev, cause: v.cause, kind: k, _pad: [0; 2] }, 1, v.data_bytes, 0);
+    let hist_dev = if cfg.per_mount_histograms != 0 { v.dev } else { 0 };
+    if v.copied_data != 0 {
+        observe(hist_dev, v.cause, HIST_BYTES, v.data_bytes);
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    observe(hist_dev, v.cause, HIST_LATENCY_NS, now.saturating_sub(v.start_ns));
+    0
+}
+
+#[kretprobe]
+pub fn one_exit(ctx: RetProbeContext) -> u32 {
+    bump(stat::ONE_RETURNS);
+    let t = tid();
+    let ret: i64 = ctx.ret::<i64>().unwrap_or(0) as i32 as i64;
+    // SAFETY: copied out at once.
+    if let Some(v) = unsafe { INFLIGHT.get(&t) }.copied() {
+        if ret < 0 && v.counted != 0 {
+            add_count(&CountKey { dev: v.dev, cause: v.cause, kind: kind_of(&v), _pad: [0; 2] }, 0, 0, 1);
+        }
+    }
+    let _ = INFLIGHT.remove(&t);
+    0
+}

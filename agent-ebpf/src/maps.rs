@@ -1,0 +1,38 @@
+//! Every map of the programs. Aggregation happens here, in the kernel: user space
+//! reads COUNTS and HIST when scraped; nothing is sent per event.
+
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap};
+use overlay_agent_common::{Config, CountKey, CountValue, HistKey, Inflight, Request, ThreadCause};
+
+/// Written once by the agent (offsets and argument positions from BTF).
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Copy-up counters by (device, cause, kind).
+#[map]
+pub static COUNTS: PerCpuHashMap<CountKey, CountValue> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Log2 histograms of bytes and latency by (device or 0, cause, bucket).
+#[map]
+pub static HIST: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Self-monitoring counters (see overlay_agent_common::stat).
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(overlay_agent_common::stat::COUNT, 0);
+
+// Per-thread state. LRU maps: an entry whose return probe was missed is evicted,
+// never leaked. Keyed by thread id: overlayfs refuses an overlay as upper layer,
+// so copy-ups do not nest on one thread.
+
+/// Cause set by an operation's entry hook (setattr, xattr, link, ...).
+#[map]
+pub static THREAD_CAUSE: LruHashMap<u32, ThreadCause> = LruHashMap::with_max_entries(16384, 0);
+
+/// The ovl_copy_up_flags call in progress.
+#[map]
+pub static REQUEST: LruHashMap<u32, Request> = LruHashMap::with_max_entries(16384, 0);
+
+/// The ovl_copy_up_one call in progress.
+#[map]
+pub static INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(16384, 0);

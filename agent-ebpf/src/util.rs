@@ -1,0 +1,57 @@
+//! Small helpers shared by the hooks.
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use overlay_agent_common::{stat, Config, HistKey, HIST_SUM};
+
+use crate::maps::{CONFIG, HIST, STATS};
+
+#[inline(always)]
+pub fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// The agent's config, once it has been written.
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0).filter(|c| c.ready != 0)
+}
+
+#[inline(always)]
+pub fn bump(slot: u32) {
+    if let Some(p) = STATS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot of this CPU; no other writer runs concurrently.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn read<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
+    match unsafe { bpf_probe_read_kernel(addr as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            bump(stat::READ_ERRORS);
+            None
+        }
+    }
+}
+
+/// Adds `v` to a histogram: one bucket count and the running sum.
+#[inline(always)]
+pub fn observe(dev: u32, cause: u8, hist: u8, v: u64) {
+    add_hist(HistKey { dev, cause, hist, bucket: overlay_agent_common::bucket(v), _pad: 0 }, 1);
+    add_hist(HistKey { dev, cause, hist, bucket: HIST_SUM, _pad: 0 }, v);
+}
+
+#[inline(always)]
+fn add_hist(key: HistKey, n: u64) {
+    match HIST.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value of this CPU.
+        Some(p) => unsafe { *p += n },
+        None => {
+            if HIST.insert(&key, &n, 0).is_err() {
+                bump(stat::MAP_FULL);
+            }
+        }
+    }
+}

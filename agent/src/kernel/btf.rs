@@ -1,0 +1,132 @@
+//! Struct member offsets and function argument positions from the running
+//! kernel's BTF: /sys/kernel/btf/vmlinux, and the overlay module's split BTF
+//! (/sys/kernel/btf/overlay) where the kernel provides it. Nothing here is tuned to
+//! one kernel's layout.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read BTF from {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("BTF has no {what}")]
+    Missing { what: String },
+}
+
+/// Kernel BTF: vmlinux, plus the overlay module's when present.
+pub struct KernelBtf {
+    vmlinux: Btf,
+    overlay: Option<Btf>,
+}
+
+impl KernelBtf {
+    /// Loads `<dir>/vmlinux` and, if present, `<dir>/overlay` (normally /sys/kernel/btf).
+    pub fn load(dir: &Path) -> Result<KernelBtf, BtfError> {
+        let vmlinux_path = dir.join("vmlinux");
+        let vmlinux = Btf::from_file(&vmlinux_path).map_err(|e| BtfError::Read {
+            path: vmlinux_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let overlay_path = dir.join("overlay");
+        let overlay = if overlay_path.exists() {
+            match Btf::from_split_file(&overlay_path, &vmlinux) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(path = %overlay_path.display(), error = %e, "cannot read overlay module BTF");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(KernelBtf { vmlinux, overlay })
+    }
+
+    pub fn has_overlay_btf(&self) -> bool {
+        self.overlay.is_some()
+    }
+
+    /// Byte offset of `member` in `struct name` (searching anonymous unions and structs).
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
+        let missing = || BtfError::Missing { what: format!("struct {name} member {member}") };
+        let types = self.vmlinux.resolve_types_by_name(name).map_err(|_| missing())?;
+        for t in types {
+            if let Type::Struct(s) = t {
+                if let Some(bits) = find_member(&self.vmlinux, &s, member, 0) {
+                    return Ok(bits / 8);
+                }
+            }
+        }
+        Err(missing())
+    }
+
+    /// 0-based position of the parameter `param` of function `func`: from the
+    /// overlay module's BTF, else vmlinux's (overlay built in). None when no BTF
+    /// describes the function.
+    pub fn param_index(&self, func: &str, param: &str) -> Option<usize> {
+        let sources = self.overlay.iter().chain(std::iter::once(&self.vmlinux));
+        for btf in sources {
+            let Ok(types) = btf.resolve_types_by_name(func) else { continue };
+            for t in types {
+                let Type::Func(f) = t else { continue };
+                let Ok(Type::FuncProto(proto)) = btf.resolve_chained_type(&f) else { continue };
+                let names: Vec<String> =
+                    proto.parameters.iter().map(|p| btf.resolve_name(p).unwrap_or_default()).collect();
+                return names.iter().position(|n| n == param);
+            }
+        }
+        None
+    }
+}
+
+fn find_member(btf: &Btf, s: &btf_rs::Struct, member: &str, base_bits: u32) -> Option<u32> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        if name == member {
+            return Some(base_bits + m.bit_offset());
+        }
+        if name.is_empty() {
+            // Anonymous union or struct: look inside.
+            let mut t = btf.resolve_chained_type(m).ok()?;
+            loop {
+                match t {
+                    Type::Struct(inner) | Type::Union(inner) => {
+                        if let Some(off) = find_member(btf, &inner, member, base_bits + m.bit_offset()) {
+                            return Some(off);
+                        }
+                        break;
+                    }
+                    Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) => {
+                        let Some(bt) = t.as_btf_type() else { break };
+                        t = btf.resolve_chained_type(bt).ok()?;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host's own BTF: offsets exist and are plausible (this machine runs 6.18).
+    #[test]
+    fn host_vmlinux_offsets() {
+        let btf = KernelBtf::load(Path::new("/sys/kernel/btf")).expect("host BTF (/sys/kernel/btf/vmlinux)");
+        let d_sb = btf.member_offset("dentry", "d_sb").expect("dentry.d_sb");
+        let d_inode = btf.member_offset("dentry", "d_inode").expect("dentry.d_inode");
+        let s_dev = btf.member_offset("super_block", "s_dev").expect("super_block.s_dev");
+        let i_mode = btf.member_offset("inode", "i_mode").expect("inode.i_mode");
+        assert!(d_sb > 0 && d_sb < 256 && d_inode < 256 && d_sb != d_inode, "{d_sb} {d_inode}");
+        assert!(s_dev < 64, "s_dev {s_dev}");
+        assert_eq!(i_mode, 0, "i_mode leads struct inode");
+        assert!(btf.member_offset("dentry", "no_such_member").is_err());
+        // overlay is built into this kernel: its functions are in vmlinux BTF.
+        assert_eq!(btf.param_index("ovl_copy_up_one", "dentry"), Some(1));
+    }
+}

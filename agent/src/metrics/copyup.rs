@@ -1,0 +1,296 @@
+//! Collector for the eBPF copy-up maps and the probes' status. Counters are keyed
+//! in the kernel by superblock device; here they are joined to mountpoints
+//! (`unknown` for a device not in the mount table).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use overlay_agent_common::{cause, kind, stat, HistKey, HIST_BUCKETS, HIST_BYTES, HIST_LATENCY_NS, HIST_SUM};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{MetricFamily, MetricType};
+
+use super::{descs, Def, Family};
+use crate::discovery::{Device, SharedTable};
+use crate::probes::ProbeHandle;
+
+static COPY_UPS: Def = Def {
+    name: "overlayfs_copy_up_total",
+    help: "Copy-ups that started (counted once per file or directory copied, ancestors included), by cause and kind.",
+    kind: MetricType::COUNTER,
+    labels: &["mountpoint", "cause", "kind"],
+};
+static DATA_BYTES: Def = Def {
+    name: "overlayfs_copy_up_data_bytes_total",
+    help: "Bytes of file data the kernel copied up (the length passed to the data copy), by cause.",
+    kind: MetricType::COUNTER,
+    labels: &["mountpoint", "cause"],
+};
+static ERRORS: Def = Def {
+    name: "overlayfs_copy_up_errors_total",
+    help: "Copy-ups that returned an error, by cause.",
+    kind: MetricType::COUNTER,
+    labels: &["mountpoint", "cause"],
+};
+static BYTES_HIST: Def = Def {
+    name: "overlayfs_copy_up_bytes",
+    help: "Size of the file data of each data copy-up, by cause.",
+    kind: MetricType::HISTOGRAM,
+    labels: &["cause"],
+};
+static LATENCY_HIST: Def = Def {
+    name: "overlayfs_copy_up_duration_seconds",
+    help: "Time from the start of a copy-up to its end, by cause.",
+    kind: MetricType::HISTOGRAM,
+    labels: &["cause"],
+};
+static MOUNT_BYTES_HIST: Def = Def {
+    name: "overlayfs_mount_copy_up_bytes",
+    help: "Size of the file data of each data copy-up, by mount and cause (ebpf.per_mount_histograms).",
+    kind: MetricType::HISTOGRAM,
+    labels: &["mountpoint", "cause"],
+};
+static MOUNT_LATENCY_HIST: Def = Def {
+    name: "overlayfs_mount_copy_up_duration_seconds",
+    help: "Time from the start of a copy-up to its end, by mount and cause (ebpf.per_mount_histograms).",
+    kind: MetricType::HISTOGRAM,
+    labels: &["mountpoint", "cause"],
+};
+static ENABLED: Def = Def {
+    name: "overlayfs_ebpf_enabled",
+    help: "1 when the copy-up probes are counting, 0 when eBPF is off (see overlayfs_ebpf_disabled_info).",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+static DISABLED: Def = Def {
+    name: "overlayfs_ebpf_disabled_info",
+    help: "Why the copy-up probes are off; always 1. The log has the details.",
+    kind: MetricType::GAUGE,
+    labels: &["reason"],
+};
+static ATTACHED: Def = Def {
+    name: "overlayfs_ebpf_probe_attached",
+    help: "1 when the program is attached to the kernel function, 0 when it is missing or failed.",
+    kind: MetricType::GAUGE,
+    labels: &["probe", "function", "mechanism"],
+};
+static CALLS: Def = Def {
+    name: "overlayfs_ebpf_copy_up_calls_total",
+    help: "ovl_copy_up_one entries seen by the probes (including calls that found the copy done).",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+static RETURNS: Def = Def {
+    name: "overlayfs_ebpf_copy_up_returns_total",
+    help: "ovl_copy_up_one returns seen; calls minus returns (minus copy-ups in flight) were missed by the kretprobe.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+static MAP_FULL: Def = Def {
+    name: "overlayfs_ebpf_map_full_total",
+    help: "Updates dropped because an eBPF map was full.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+static READ_ERRORS: Def = Def {
+    name: "overlayfs_ebpf_read_errors_total",
+    help: "Kernel memory reads by the probes that failed.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+
+/// Histogram upper bounds: powers of two, every other one, as (log2, value).
+fn bounds(hist: u8) -> impl Iterator<Item = (u32, f64)> {
+    let (lo, hi, scale) = if hist == HIST_BYTES { (10, 34, 1.0) } else { (10, 36, 1e-9) };
+    (lo..=hi).step_by(2).map(move |k| (k, (1u64 << k) as f64 * scale))
+}
+
+/// Folds raw log2 buckets into cumulative Prometheus buckets.
+fn cumulative(raw: &[u64; HIST_BUCKETS as usize], hist: u8) -> Vec<(f64, u64)> {
+    bounds(hist).map(|(k, le)| (le, raw.iter().take(k as usize + 1).sum::<u64>())).collect()
+}
+
+struct RawHist {
+    buckets: [u64; HIST_BUCKETS as usize],
+    sum: u64,
+}
+
+impl Default for RawHist {
+    fn default() -> Self {
+        RawHist { buckets: [0; HIST_BUCKETS as usize], sum: 0 }
+    }
+}
+
+pub struct CopyUpCollector {
+    table: SharedTable,
+    probes: Arc<ProbeHandle>,
+    descs: Vec<Desc>,
+}
+
+impl CopyUpCollector {
+    pub fn new(table: SharedTable, probes: Arc<ProbeHandle>) -> Self {
+        let descs = descs(&[
+            &COPY_UPS,
+            &DATA_BYTES,
+            &ERRORS,
+            &BYTES_HIST,
+            &LATENCY_HIST,
+            &MOUNT_BYTES_HIST,
+            &MOUNT_LATENCY_HIST,
+            &ENABLED,
+            &DISABLED,
+            &ATTACHED,
+            &CALLS,
+            &RETURNS,
+            &MAP_FULL,
+            &READ_ERRORS,
+        ]);
+        CopyUpCollector { table, probes, descs }
+    }
+}
+
+impl Collector for CopyUpCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        let status = self.probes.status.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut enabled = Family::new(&ENABLED);
+        enabled.add(&[], if status.enabled { 1.0 } else { 0.0 });
+        out.push(enabled.finish());
+        if let Some(d) = &status.disabled {
+            let mut f = Family::new(&DISABLED);
+            f.add(&[d.code], 1.0);
+            out.push(f.finish());
+        }
+        let mut attached = Family::new(&ATTACHED);
+        for a in &status.attachments {
+            let v = if a.attached { 1.0 } else { 0.0 };
+            attached.add(&[a.program, a.function.unwrap_or(""), a.mechanism.as_str()], v);
+        }
+        out.push(attached.finish());
+
+        let snapshot = {
+            let maps = self.probes.maps.lock().unwrap_or_else(|p| p.into_inner());
+            match maps.as_ref() {
+                Some(m) => m.snapshot(),
+                None => return out,
+            }
+        };
+        let table = self.table.get();
+        let mountpoint = |dev: u32| -> String {
+            table
+                .mounts
+                .get(&Device::from_kernel_dev(dev))
+                .map(|m| m.mountpoint_label())
+                .unwrap_or_else(|| "unknown".to_owned())
+        };
+        let cause_name = |c: u8| cause::NAMES.get(c as usize).copied().unwrap_or("other");
+        let kind_name = |k: u8| kind::NAMES.get(k as usize).copied().unwrap_or("other");
+
+        // Counters: several devices may map to "unknown", so sum by label set.
+        let mut copy_ups: BTreeMap<(String, &str, &str), u64> = BTreeMap::new();
+        let mut bytes: BTreeMap<(String, &str), u64> = BTreeMap::new();
+        let mut errors: BTreeMap<(String, &str), u64> = BTreeMap::new();
+        for (k, v) in &snapshot.counts {
+            let mp = mountpoint(k.dev);
+            *copy_ups.entry((mp.clone(), cause_name(k.cause), kind_name(k.kind))).or_default() += v.copy_ups;
+            *bytes.entry((mp.clone(), cause_name(k.cause))).or_default() += v.data_bytes;
+            *errors.entry((mp, cause_name(k.cause))).or_default() += v.errors;
+        }
+        let mut f = Family::new(&COPY_UPS);
+        for ((mp, c, k), n) in &copy_ups {
+            f.add(&[mp, c, k], *n as f64);
+        }
+        out.push(f.finish());
+        let mut f = Family::new(&DATA_BYTES);
+        for ((mp, c), n) in &bytes {
+            f.add(&[mp, c], *n as f64);
+        }
+        out.push(f.finish());
+        let mut f = Family::new(&ERRORS);
+        for ((mp, c), n) in &errors {
+            f.add(&[mp, c], *n as f64);
+        }
+        out.push(f.finish());
+
+        // Histograms by cause (all devices), and by mount when recorded.
+        let mut by_cause: BTreeMap<(u8, u8), RawHist> = BTreeMap::new();
+        let mut by_mount: BTreeMap<(String, u8, u8), RawHist> = BTreeMap::new();
+        for (HistKey { dev, cause, hist, bucket, .. }, n) in &snapshot.hist {
+            let add = |h: &mut RawHist| {
+                if *bucket == HIST_SUM {
+                    h.sum += n;
+                } else if let Some(b) = h.buckets.get_mut(*bucket as usize) {
+                    *b += n;
+                }
+            };
+            add(by_cause.entry((*hist, *cause)).or_default());
+            if status.per_mount_histograms {
+                add(by_mount.entry((mountpoint(*dev), *hist, *cause)).or_default());
+            }
+        }
+        let scale = |hist: u8| if hist == HIST_LATENCY_NS { 1e-9 } else { 1.0 };
+        let mut bytes_h = Family::new(&BYTES_HIST);
+        let mut lat_h = Family::new(&LATENCY_HIST);
+        for ((hist, c), h) in &by_cause {
+            let count = h.buckets.iter().sum();
+            let fam = if *hist == HIST_BYTES { &mut bytes_h } else { &mut lat_h };
+            fam.add_histogram(
+                &[cause_name(*c)],
+                &cumulative(&h.buckets, *hist),
+                count,
+                h.sum as f64 * scale(*hist),
+            );
+        }
+        out.push(bytes_h.finish());
+        out.push(lat_h.finish());
+        let mut bytes_h = Family::new(&MOUNT_BYTES_HIST);
+        let mut lat_h = Family::new(&MOUNT_LATENCY_HIST);
+        for ((mp, hist, c), h) in &by_mount {
+            let count = h.buckets.iter().sum();
+            let fam = if *hist == HIST_BYTES { &mut bytes_h } else { &mut lat_h };
+            fam.add_histogram(
+                &[mp, cause_name(*c)],
+                &cumulative(&h.buckets, *hist),
+                count,
+                h.sum as f64 * scale(*hist),
+            );
+        }
+        out.push(bytes_h.finish());
+        out.push(lat_h.finish());
+
+        for (def, slot) in [
+            (&CALLS, stat::ONE_ENTRIES),
+            (&RETURNS, stat::ONE_RETURNS),
+            (&MAP_FULL, stat::MAP_FULL),
+            (&READ_ERRORS, stat::READ_ERRORS),
+        ] {
+            let mut f = Family::new(def);
+            f.add(&[], snapshot.stats.get(slot as usize).copied().unwrap_or(0) as f64);
+            out.push(f.finish());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cumulative_buckets() {
+        let mut raw = [0u64; HIST_BUCKETS as usize];
+        raw[0] = 1; // 0..1 byte
+        raw[12] = 2; // (2048, 4096]
+        raw[13] = 3; // (4096, 8192]
+        let c = cumulative(&raw, HIST_BYTES);
+        assert_eq!(c[0], (1024.0, 1));
+        assert_eq!(c[1], (4096.0, 3), "4096-byte files are <= 4096");
+        assert_eq!(c[2], (16384.0, 6));
+        assert_eq!(c.last().map(|x| x.0), Some((1u64 << 34) as f64));
+        let lat = cumulative(&raw, HIST_LATENCY_NS);
+        assert!((lat[0].0 - 1.024e-6).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,56 @@
+//! Reading the programs' maps at scrape time: per-CPU values summed, nothing reset.
+
+use std::collections::BTreeMap;
+
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use overlay_agent_common::{stat, CountKey, CountValue, HistKey};
+
+pub struct CopyUpMaps {
+    pub(super) counts: PerCpuHashMap<MapData, CountKey, CountValue>,
+    pub(super) hist: PerCpuHashMap<MapData, HistKey, u64>,
+    pub(super) stats: PerCpuArray<MapData, u64>,
+}
+
+/// A consistent-enough copy of the maps (each entry read once).
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub counts: BTreeMap<CountKey, CountValue>,
+    pub hist: BTreeMap<HistKey, u64>,
+    pub stats: [u64; stat::COUNT as usize],
+}
+
+impl CopyUpMaps {
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (k, per_cpu) in self.counts.iter().flatten() {
+            let e = s.counts.entry(k).or_default();
+            for v in per_cpu.iter() {
+                e.copy_ups += v.copy_ups;
+                e.data_bytes += v.data_bytes;
+                e.errors += v.errors;
+            }
+        }
+        for (k, per_cpu) in self.hist.iter().flatten() {
+            *s.hist.entry(k).or_default() += per_cpu.iter().sum::<u64>();
+        }
+        for (i, slot) in s.stats.iter_mut().enumerate() {
+            if let Ok(v) = self.stats.get(&(i as u32), 0) {
+                *slot = v.iter().sum();
+            }
+        }
+        s
+    }
+
+    /// Drops the counters of devices no longer mounted, so that a reused device
+    /// number starts from zero and vanished mounts leave /metrics.
+    pub fn forget(&mut self, keep: impl Fn(u32) -> bool) {
+        let stale: Vec<CountKey> = self.counts.keys().flatten().filter(|k| !keep(k.dev)).collect();
+        for k in stale {
+            let _ = self.counts.remove(&k);
+        }
+        let stale: Vec<HistKey> = self.hist.keys().flatten().filter(|k| k.dev != 0 && !keep(k.dev)).collect();
+        for k in stale {
+            let _ = self.hist.remove(&k);
+        }
+    }
+}
