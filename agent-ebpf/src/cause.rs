@@ -11,7 +11,7 @@ use aya_ebpf::programs::{ProbeContext, RetProbeContext};
 use overlay_agent_common::{cause, owner, setattr_cause, ThreadCause};
 
 use crate::maps::THREAD_CAUSE;
-use crate::util::{config, read, tid};
+use crate::util::{arg_at, config, read, tid};
 
 #[inline(always)]
 fn set(c: u8, o: u8) -> u32 {
@@ -35,7 +35,7 @@ fn clear(o: u8) -> u32 {
 #[kprobe]
 pub fn setattr_entry(ctx: ProbeContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
-    let Some(iattr) = ctx.arg::<u64>(cfg.setattr_iattr_arg as usize) else { return 0 };
+    let Some(iattr) = arg_at(&ctx, cfg.setattr_iattr_arg) else { return 0 };
     // ia_valid is the first member of struct iattr in every kernel.
     let Some(ia_valid) = read::<u32>(iattr) else { return 0 };
     set(setattr_cause(ia_valid), owner::SETATTR)

@@ -15,7 +15,7 @@ use overlay_agent_common::{
 };
 
 use crate::maps::{COUNTS, INFLIGHT, REQUEST, THREAD_CAUSE};
-use crate::util::{bump, config, observe, read, tid};
+use crate::util::{arg_at, bump, config, observe, read, tid};
 
 const S_IFMT: u16 = 0o170000;
 const S_IFDIR: u16 = 0o040000;
@@ -80,7 +80,7 @@ pub fn one_entry(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn data_entry(ctx: ProbeContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
-    let len: i64 = ctx.arg(cfg.copy_len_arg as usize).unwrap_or(0);
+    let len = arg_at(&ctx, cfg.copy_len_arg).unwrap_or(0) as i64;
     if let Some(p) = INFLIGHT.get_ptr_mut(&tid()) {
         // SAFETY: this thread's entry; LRU eviction cannot free it while we run.
         unsafe {

@@ -1,6 +1,7 @@
 //! Small helpers shared by the hooks.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use aya_ebpf::programs::ProbeContext;
 use overlay_agent_common::{stat, Config, HistKey, HIST_SUM};
 
 use crate::maps::{CONFIG, HIST, STATS};
@@ -8,6 +9,37 @@ use crate::maps::{CONFIG, HIST, STATS};
 #[inline(always)]
 pub fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
+}
+
+/// Argument `i` (0-based) of the probed function, for a position known only at
+/// run time (read from BTF by the agent). Every argument register is loaded with
+/// a volatile read at a constant offset and one is picked by value: the verifier
+/// rejects a ctx access at a variable offset, which a plain `ctx.arg(i)` with a
+/// run-time `i` compiles to. x86_64 calling convention.
+#[inline(always)]
+pub fn arg_at(ctx: &ProbeContext, i: u32) -> Option<u64> {
+    let regs = ctx.regs;
+    // SAFETY: ctx.regs points at the probed task's saved registers for the
+    // duration of the program; each field is read at its fixed offset.
+    let (a0, a1, a2, a3, a4, a5) = unsafe {
+        (
+            core::ptr::read_volatile(&(*regs).rdi),
+            core::ptr::read_volatile(&(*regs).rsi),
+            core::ptr::read_volatile(&(*regs).rdx),
+            core::ptr::read_volatile(&(*regs).rcx),
+            core::ptr::read_volatile(&(*regs).r8),
+            core::ptr::read_volatile(&(*regs).r9),
+        )
+    };
+    match i {
+        0 => Some(a0),
+        1 => Some(a1),
+        2 => Some(a2),
+        3 => Some(a3),
+        4 => Some(a4),
+        5 => Some(a5),
+        _ => None,
+    }
 }
 
 /// The agent's config, once it has been written.

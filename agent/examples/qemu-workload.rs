@@ -1,0 +1,114 @@
+//! The copy-up workload run inside the QEMU guests (tests/qemu.rs).
+//!
+//! `qemu-workload prepare LOWER_A LOWER_B LOWER_C`: fills the lower layers.
+//! `qemu-workload run MERGED_A MERGED_B MERGED_C`: one operation per file, each
+//! with a known copy-up outcome (cause, kind, bytes), listed in EXPECTED below and
+//! asserted by the host from the agent's /metrics. Uses the exact syscalls:
+//! busybox `truncate` is open+ftruncate (cause open), not truncate(2).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+
+fn file(dir: &Path, name: &str, len: usize) {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).expect("mkdir");
+    }
+    File::create(&p).and_then(|mut f| f.write_all(&vec![b'o'; len])).expect("write lower file");
+}
+
+fn prepare(a: &Path, b: &Path, c: &Path) {
+    for (name, len) in [
+        ("chown.dat", 10_000),
+        ("chmod.dat", 20_000),
+        ("trunc.dat", 30_000),
+        ("append.dat", 40_000),
+        ("otrunc.dat", 50_000),
+        ("utimes.dat", 6_000),
+        ("xattr.dat", 7_000),
+        ("link.dat", 8_000),
+        ("rename.dat", 9_000),
+        ("shared.dat", 11_000),
+        ("d1/d2/keep", 1),
+        ("r1/r2/gone", 1),
+    ] {
+        file(a, name, len);
+    }
+    file(b, "other.dat", 12_000);
+    file(c, "meta.dat", 13_000);
+}
+
+fn step(what: &str, r: std::io::Result<()>) {
+    match r {
+        Ok(()) => println!("workload: {what}: ok"),
+        Err(e) => {
+            println!("workload: {what}: FAILED: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn cpath(p: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path without NUL")
+}
+
+fn run(a: &Path, b: &Path, c: &Path) {
+    step("chown", chown(a.join("chown.dat"), Some(1), Some(1)));
+    step("chmod", fs::set_permissions(a.join("chmod.dat"), fs::Permissions::from_mode(0o600)));
+    step("truncate(2)", {
+        // SAFETY: a valid NUL-terminated path.
+        let rc = unsafe { libc::truncate(cpath(&a.join("trunc.dat")).as_ptr(), 5) };
+        if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    });
+    step("append", OpenOptions::new().append(true).open(a.join("append.dat")).and_then(|mut f| f.write_all(b"+")));
+    step("open O_TRUNC", OpenOptions::new().write(true).truncate(true).open(a.join("otrunc.dat")).map(drop));
+    step("utimes", {
+        let times = [libc::timespec { tv_sec: 1, tv_nsec: 0 }, libc::timespec { tv_sec: 2, tv_nsec: 0 }];
+        // SAFETY: valid path and a two-element timespec array.
+        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&a.join("utimes.dat")).as_ptr(), times.as_ptr(), 0) };
+        if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    });
+    step(
+        "setxattr",
+        rustix::fs::setxattr(a.join("xattr.dat"), "trusted.test", b"1", rustix::fs::XattrFlags::empty())
+            .map_err(std::io::Error::from),
+    );
+    step("link", fs::hard_link(a.join("link.dat"), a.join("link2.dat")));
+    step("rename", fs::rename(a.join("rename.dat"), a.join("renamed.dat")));
+    step("create in d1/d2", File::create(a.join("d1/d2/new")).map(drop));
+    step("unlink in r1/r2", fs::remove_file(a.join("r1/r2/gone")));
+    step("8 concurrent writers", {
+        let barrier = Arc::new(Barrier::new(8));
+        let shared = a.join("shared.dat");
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let barrier = barrier.clone();
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    OpenOptions::new().append(true).open(&shared).and_then(|mut f| f.write_all(b"w"))
+                })
+            })
+            .collect();
+        threads.into_iter().try_for_each(|t| t.join().unwrap_or_else(|_| Err(std::io::Error::other("panic"))))
+    });
+    step("chown on mount B", chown(b.join("other.dat"), Some(2), Some(2)));
+    step("chown on metacopy mount C", chown(c.join("meta.dat"), Some(3), Some(3)));
+    step("append on mount C (deferred data)", OpenOptions::new().append(true).open(c.join("meta.dat")).and_then(|mut f| f.write_all(b"+")));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dirs: Vec<&Path> = args.iter().skip(2).map(Path::new).collect();
+    match (args.get(1).map(String::as_str), dirs.as_slice()) {
+        (Some("prepare"), [a, b, c]) => prepare(a, b, c),
+        (Some("run"), [a, b, c]) => run(a, b, c),
+        _ => {
+            eprintln!("usage: qemu-workload prepare|run A B C");
+            std::process::exit(2);
+        }
+    }
+}

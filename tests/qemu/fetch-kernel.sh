@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# fetch-kernel.sh VERSION CACHE_DIR
+# Downloads a Debian cloud kernel (5.10, 6.1, 6.12 or 7.2) into CACHE_DIR/VERSION/
+# and extracts what the QEMU tests boot: vmlinuz and overlay.ko (uncompressed).
+# Nothing is installed: packages are fetched with `apt-get download` under a
+# private apt configuration (the system's sources are not touched), from the
+# Debian mirror this machine's apt already uses. Idempotent: a complete cache
+# directory is left alone.
+set -euo pipefail
+version=${1:?usage: fetch-kernel.sh VERSION CACHE_DIR}
+cache=${2:?usage: fetch-kernel.sh VERSION CACHE_DIR}
+out="$cache/$version"
+[ -f "$out/ok" ] && exit 0
+
+case "$version" in
+  5.10) suites="bullseye bullseye-security"; meta=linux-image-cloud-amd64 ;;
+  6.1)  suites="bookworm bookworm-security"; meta=linux-image-cloud-amd64 ;;
+  6.12) suites="bookworm bookworm-security"; meta=linux-image-6.12-cloud-amd64 ;;
+  7.2)  suites="forky"; meta=linux-image-cloud-amd64 ;;
+  *) echo "unknown kernel version $version (want 5.10, 6.1, 6.12 or 7.2)" >&2; exit 2 ;;
+esac
+
+# The mirror: whatever this machine's apt uses for Debian.
+mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Identifier: Packages' 2>/dev/null \
+  | grep -v -- '-security/' | grep -m1 '/debian/$' || true)
+security=$(apt-get indextargets --format '$(REPO_URI)' 'Identifier: Packages' 2>/dev/null \
+  | grep -m1 -- '-security/$' || true)
+[ -n "$mirror" ] || { echo "no Debian mirror in this machine's apt configuration" >&2; exit 1; }
+[ -n "$security" ] || security="${mirror%/debian/}/debian-security/"
+
+apt_dir="$cache/apt/$version"
+mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$out"
+: > "$apt_dir/sources.list"
+for s in $suites; do
+  case "$s" in
+    *-security) echo "deb [trusted=yes] $security $s main" >> "$apt_dir/sources.list" ;;
+    *) echo "deb [trusted=yes] $mirror $s main" >> "$apt_dir/sources.list" ;;
+  esac
+done
+apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+          -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
+          -o Acquire::Check-Valid-Until=false -o APT::Get::AllowUnauthenticated=true)
+apt-get "${apt_opts[@]}" -qq update >&2
+
+# Resolve the meta package to the real kernel package(s).
+deps=$(apt-cache "${apt_opts[@]}" depends "$meta" | awk '/Depends: linux-(image|binary|modules)-[0-9]/ {print $2}')
+[ -n "$deps" ] || { echo "cannot resolve $meta for $version" >&2; exit 1; }
+pkgs=""
+for d in $deps; do
+  pkgs="$pkgs $d"
+  # 7.x splits the kernel (linux-binary) from its modules (linux-modules).
+  for extra in $(apt-cache "${apt_opts[@]}" depends "$d" | awk '/Depends: linux-(binary|modules)-[0-9]/ {print $2}'); do
+    pkgs="$pkgs $extra"
+  done
+done
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+(cd "$work" && apt-get "${apt_opts[@]}" -qq download $pkgs >&2)
+for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$work/root"; done
+
+vmlinuz=$(find "$work/root" -name 'vmlinuz*' -type f | head -1)
+ko=$(find "$work/root" -name 'overlay.ko*' -type f | head -1)
+[ -n "$vmlinuz" ] || { echo "no vmlinuz in $pkgs" >&2; exit 1; }
+[ -n "$ko" ] || { echo "no overlay.ko in $pkgs" >&2; exit 1; }
+cp "$vmlinuz" "$out/vmlinuz"
+case "$ko" in
+  *.xz) xz -dc "$ko" > "$out/overlay.ko" ;;
+  *.zst) zstd -qdc "$ko" > "$out/overlay.ko" ;;
+  *) cp "$ko" "$out/overlay.ko" ;;
+esac
+basename "$(dirname "$(dirname "$(dirname "$(dirname "$ko")")")")" > "$out/release" 2>/dev/null || true
+echo "$pkgs" > "$out/packages"
+touch "$out/ok"
+echo "kernel $version: $(cat "$out/packages")" >&2
