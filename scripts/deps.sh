@@ -39,6 +39,27 @@ ensure_rust_components() {
     done
 }
 
+ensure_ebpf_toolchain() {
+    # agent/build.rs builds the eBPF programs with nightly (build-std=core) and
+    # bpf-linker 0.10.0 (newer releases need a system LLVM 21+ that Debian 12 lacks).
+    command -v rustup >/dev/null || die "rustup is needed for the nightly toolchain that builds the eBPF programs"
+    rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+    rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src' \
+        || rustup component add rust-src --toolchain nightly
+    if ! command -v bpf-linker >/dev/null || ! bpf-linker --version 2>/dev/null | grep -q '0\.10\.0'; then
+        cargo install bpf-linker@0.10.0 --locked
+    fi
+}
+
+ensure_musl_target() {
+    rustup target list --installed | grep -q x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+}
+
+ensure_qemu_tools() {
+    # The copy-up probe tests boot Debian kernels under QEMU with a busybox initramfs.
+    apt_install qemu-system-x86 busybox-static cpio xz-utils zstd
+}
+
 ensure_test_tools() {
     # mount/umount, du, Prometheus and promtool for the integration tests.
     apt_install util-linux mount coreutils prometheus

@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 . scripts/deps.sh
 need_root
 ensure_rust
+ensure_ebpf_toolchain
 cargo build --release --locked -p overlay-agent
 exec target/release/overlay-agent --config config/overlay-agent.yaml "$@"

@@ -109,6 +109,18 @@ fn http_endpoints_reload_and_shutdown() {
     assert_eq!(r.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
     assert!(r.body.contains("# HELP overlayfs_mounts "));
     assert!(r.body.contains("process_resident_memory_bytes"));
+    // eBPF: counting, or off with exactly one reason, also in the log. On this
+    // project's build machine (no CONFIG_KPROBES) it is off: kprobes_unavailable.
+    let m = common::Metrics::parse(&r.body);
+    match m.get("overlayfs_ebpf_enabled", &[]) {
+        Some(1.0) => assert_eq!(m.count("overlayfs_ebpf_disabled_info", &[]), 0),
+        Some(0.0) => {
+            assert_eq!(m.count("overlayfs_ebpf_disabled_info", &[]), 1, "{}", r.body);
+            assert!(agent.log().contains("copy-up probes are off"), "{}", agent.log());
+            assert!(m.count("overlayfs_ebpf_probe_attached", &[("probe", "one_entry")]) >= 1);
+        }
+        other => panic!("overlayfs_ebpf_enabled = {other:?}"),
+    }
     let head = common::http_request(&agent.addr, "HEAD", "/metrics").expect("HEAD");
     assert_eq!(head.status, 200);
     assert_eq!(common::http_get(&agent.addr, "/healthz").expect("healthz").status, 200);

@@ -81,11 +81,16 @@ pub fn one_entry(ctx: ProbeContext) -> u32 {
 pub fn data_entry(ctx: ProbeContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let len = arg_at(&ctx, cfg.copy_len_arg).unwrap_or(0) as i64;
+    // 5.x calls the data copy with len 0 for empty files and O_TRUNC opens, where
+    // 6.x skips it: no data moves either way, so both count as metadata-only.
+    if len <= 0 {
+        return 0;
+    }
     if let Some(p) = INFLIGHT.get_ptr_mut(&tid()) {
         // SAFETY: this thread's entry; LRU eviction cannot free it while we run.
         unsafe {
             (*p).copied_data = 1;
-            (*p).data_bytes += len.max(0) as u64;
+            (*p).data_bytes += len as u64;
         }
     }
     0

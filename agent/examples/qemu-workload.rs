@@ -61,15 +61,28 @@ fn run(a: &Path, b: &Path, c: &Path) {
     step("truncate(2)", {
         // SAFETY: a valid NUL-terminated path.
         let rc = unsafe { libc::truncate(cpath(&a.join("trunc.dat")).as_ptr(), 5) };
-        if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     });
-    step("append", OpenOptions::new().append(true).open(a.join("append.dat")).and_then(|mut f| f.write_all(b"+")));
+    step(
+        "append",
+        OpenOptions::new().append(true).open(a.join("append.dat")).and_then(|mut f| f.write_all(b"+")),
+    );
     step("open O_TRUNC", OpenOptions::new().write(true).truncate(true).open(a.join("otrunc.dat")).map(drop));
     step("utimes", {
         let times = [libc::timespec { tv_sec: 1, tv_nsec: 0 }, libc::timespec { tv_sec: 2, tv_nsec: 0 }];
         // SAFETY: valid path and a two-element timespec array.
-        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, cpath(&a.join("utimes.dat")).as_ptr(), times.as_ptr(), 0) };
-        if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        let rc = unsafe {
+            libc::utimensat(libc::AT_FDCWD, cpath(&a.join("utimes.dat")).as_ptr(), times.as_ptr(), 0)
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
     });
     step(
         "setxattr",
@@ -97,7 +110,10 @@ fn run(a: &Path, b: &Path, c: &Path) {
     });
     step("chown on mount B", chown(b.join("other.dat"), Some(2), Some(2)));
     step("chown on metacopy mount C", chown(c.join("meta.dat"), Some(3), Some(3)));
-    step("append on mount C (deferred data)", OpenOptions::new().append(true).open(c.join("meta.dat")).and_then(|mut f| f.write_all(b"+")));
+    step(
+        "append on mount C (deferred data)",
+        OpenOptions::new().append(true).open(c.join("meta.dat")).and_then(|mut f| f.write_all(b"+")),
+    );
 }
 
 fn main() {

@@ -39,7 +39,8 @@ for s in $suites; do
 done
 apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
           -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
-          -o Acquire::Check-Valid-Until=false -o APT::Get::AllowUnauthenticated=true)
+          -o Acquire::Check-Valid-Until=false -o APT::Get::AllowUnauthenticated=true
+          -o APT::Sandbox::User=root)
 apt-get "${apt_opts[@]}" -qq update >&2
 
 # Resolve the meta package to the real kernel package(s).
