@@ -156,7 +156,14 @@ fn check_kernel(version: &str) -> Result<String, String> {
     let console = boot(&kernel, &initrd, &log).replace("\r\n", "\n");
     let secs = started.elapsed().as_secs_f64();
     let fail = |what: String| Err(format!("kernel {version}: {what} (console: {})", log.display()));
-    for marker in ["INSMOD FAILED", "PREPARE FAILED", "AGENT NOT READY", "PROBES OFF", "WORKLOAD FAILED"] {
+    for marker in [
+        "INSMOD FAILED",
+        "PREPARE FAILED",
+        "AGENT NOT READY",
+        "PROBES OFF",
+        "TRACE NOT READY",
+        "WORKLOAD FAILED",
+    ] {
         if console.contains(&format!("=== {marker}")) {
             let agent_log = section(&console, "=== AGENT LOG BEGIN", "=== AGENT LOG END").unwrap_or("");
             return fail(format!("{marker}\n{agent_log}"));
@@ -212,6 +219,28 @@ fn check_kernel(version: &str) -> Result<String, String> {
     }
     if !console.contains("copy-up probes detached") {
         problems.push("the agent did not report detaching its probes".into());
+    }
+    // The live trace: one line per copy-up, with the process, the file and the mount.
+    let trace = section(&console, "=== TRACE BEGIN\n", "=== TRACE END").unwrap_or("");
+    let events: Vec<&str> = trace.lines().filter(|l| !l.starts_with('#') && !l.starts_with("TIME")).collect();
+    if events.len() as f64 != want_total {
+        problems.push(format!("trace printed {} copy-ups, want {want_total}:\n{trace}", events.len()));
+    }
+    let chown_line = events.iter().find(|l| l.contains(" chown.dat "));
+    let ok = chown_line.is_some_and(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(2) == Some(&"qemu-workload")
+            && f.get(3) == Some(&"/t/a/merged")
+            && f.get(5) == Some(&"chown")
+            && f.get(6) == Some(&"data")
+            && f.get(7) == Some(&"10000")
+    });
+    if !ok {
+        problems
+            .push(format!("no trace line 'qemu-workload /t/a/merged chown.dat chown data 10000':\n{trace}"));
+    }
+    if !trace.contains("# trace stopped; 0 events dropped in all") || !console.contains("=== TRACE EXIT 0") {
+        problems.push(format!("trace did not stop cleanly on SIGINT:\n{trace}"));
     }
     if problems.is_empty() {
         let attached: Vec<&str> = text

@@ -147,6 +147,12 @@ pub struct Config {
     pub per_mount_histograms: u32,
     /// Non-zero once the agent has written this config; programs do nothing before.
     pub ready: u32,
+    /// offsetof(struct dentry, d_name) + offsetof(struct qstr, name): the name pointer.
+    pub dentry_name_ptr: u32,
+    pub _pad: u32,
+    /// Send an event to the TRACE ring buffer for copy-ups at least this slow;
+    /// u64::MAX sends none (the daemon counts without events).
+    pub trace_min_latency_ns: u64,
 }
 
 /// Per-thread state of one ovl_copy_up_one call.
@@ -154,6 +160,8 @@ pub struct Config {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Inflight {
     pub start_ns: u64,
+    /// The overlay dentry being copied up (for the trace stream's file name).
+    pub dentry: u64,
     pub data_bytes: u64,
     pub dev: u32,
     pub cause: u8,
@@ -184,6 +192,25 @@ pub struct Request {
     pub _pad: [u8; 7],
 }
 
+/// One slow copy-up, for `overlay-agent trace` (never sent by the daemon).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TraceEvent {
+    /// CLOCK_MONOTONIC of the copy-up's end.
+    pub end_ns: u64,
+    pub latency_ns: u64,
+    pub data_bytes: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub dev: u32,
+    pub cause: u8,
+    pub kind: u8,
+    pub _pad: [u8; 2],
+    pub comm: [u8; 16],
+    /// The copied entry's name (last path component), NUL-terminated.
+    pub name: [u8; 64],
+}
+
 /// Self-monitoring counters, an array indexed by these slots.
 pub mod stat {
     /// ovl_copy_up_one entries seen.
@@ -194,7 +221,9 @@ pub mod stat {
     pub const MAP_FULL: u32 = 2;
     /// Kernel memory reads that failed.
     pub const READ_ERRORS: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Trace events dropped because the ring buffer was full.
+    pub const TRACE_DROPS: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 #[cfg(feature = "user")]

@@ -7,14 +7,17 @@
 //! Kind: a directory, else which of the data copy (F) and the metadata copy (M)
 //! ran inside: M+F data, M metadata, F deferred_data, neither other.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
+};
 use aya_ebpf::macros::{kprobe, kretprobe};
 use aya_ebpf::programs::{ProbeContext, RetProbeContext};
 use overlay_agent_common::{
-    cause, kind, stat, CountKey, CountValue, Inflight, Request, HIST_BYTES, HIST_LATENCY_NS,
+    cause, kind, stat, Config, CountKey, CountValue, Inflight, Request, TraceEvent, HIST_BYTES,
+    HIST_LATENCY_NS,
 };
 
-use crate::maps::{COUNTS, INFLIGHT, REQUEST, THREAD_CAUSE};
+use crate::maps::{COUNTS, INFLIGHT, REQUEST, THREAD_CAUSE, TRACE};
 use crate::util::{arg_at, bump, config, observe, read, tid};
 
 const S_IFMT: u16 = 0o170000;
@@ -64,6 +67,7 @@ pub fn one_entry(ctx: ProbeContext) -> u32 {
     let v = Inflight {
         // SAFETY: helper without preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
+        dentry,
         dev,
         cause: c,
         is_dir: (mode & S_IFMT == S_IFDIR) as u8,
@@ -156,8 +160,42 @@ pub fn end_entry(_ctx: ProbeContext) -> u32 {
     }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    observe(hist_dev, v.cause, HIST_LATENCY_NS, now.saturating_sub(v.start_ns));
+    let latency = now.saturating_sub(v.start_ns);
+    observe(hist_dev, v.cause, HIST_LATENCY_NS, latency);
+    if latency >= cfg.trace_min_latency_ns {
+        trace(cfg, &v, k, now, latency);
+    }
     0
+}
+
+/// Sends one slow copy-up to the TRACE ring buffer (`overlay-agent trace` only).
+#[inline(always)]
+fn trace(cfg: &Config, v: &Inflight, k: u8, now: u64, latency: u64) {
+    let Some(mut entry) = TRACE.reserve::<TraceEvent>(0) else {
+        bump(stat::TRACE_DROPS);
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut ev = TraceEvent {
+        end_ns: now,
+        latency_ns: latency,
+        data_bytes: v.data_bytes,
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        dev: v.dev,
+        cause: v.cause,
+        kind: k,
+        _pad: [0; 2],
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        name: [0; 64],
+    };
+    let name_ptr: u64 = read(v.dentry + cfg.dentry_name_ptr as u64).unwrap_or(0);
+    if name_ptr != 0 {
+        // SAFETY: bpf_probe_read_kernel_str_bytes checks the source address.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(name_ptr as *const u8, &mut ev.name) };
+    }
+    entry.write(ev);
+    entry.submit(0);
 }
 
 #[kretprobe]

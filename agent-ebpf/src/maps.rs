@@ -2,7 +2,7 @@
 //! reads COUNTS and HIST when scraped; nothing is sent per event.
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap};
+use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
 use overlay_agent_common::{Config, CountKey, CountValue, HistKey, Inflight, Request, ThreadCause};
 
 /// Written once by the agent (offsets and argument positions from BTF).
@@ -16,6 +16,10 @@ pub static COUNTS: PerCpuHashMap<CountKey, CountValue> = PerCpuHashMap::with_max
 /// Log2 histograms of bytes and latency by (device or 0, cause, bucket).
 #[map]
 pub static HIST: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Slow copy-ups for `overlay-agent trace` (only when trace_min_latency_ns is set).
+#[map]
+pub static TRACE: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Self-monitoring counters (see overlay_agent_common::stat).
 #[map]

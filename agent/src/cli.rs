@@ -54,6 +54,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print copy-ups live (time, pid, comm, mountpoint, file, cause, kind, bytes, latency).
+    Trace {
+        /// Only copy-ups at least this slow (e.g. 10ms; default: all).
+        #[arg(long = "min-latency", value_name = "DURATION", default_value = "0s", value_parser = crate::config::parse_duration)]
+        min_latency: std::time::Duration,
+    },
     /// Validate a config file: exit 0 when valid, 2 with file:line:column otherwise.
     CheckConfig {
         /// The file to check.

@@ -14,3 +14,4 @@ pub mod kernel;
 pub mod metrics;
 pub mod probes;
 pub mod scan;
+pub mod trace;

@@ -65,6 +65,13 @@ fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
             rt.block_on(agent::serve(cli, config))?;
         }
         Some(Command::Once) => agent::once(&config, &mut std::io::stdout().lock())?,
+        Some(Command::Trace { min_latency }) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(overlay_agent::trace::run(&config, *min_latency, &mut std::io::stdout().lock()))?;
+        }
         Some(Command::Mounts { json }) => {
             let table = agent::discover(&config)?;
             let mut out = std::io::stdout().lock();

@@ -31,7 +31,21 @@ if [ "$mode" = agent ]; then
     usleep 100000
   done
   scrape | grep -q '^overlayfs_ebpf_enabled 1' || echo "=== PROBES OFF"
+  # A second, independent load of the programs: the live trace of every copy-up.
+  /overlay-agent trace --min-latency 0s > /trace.log 2> /trace.err &
+  tracer=$!
+  i=0
+  until grep -q '^TIME' /trace.log 2>/dev/null; do
+    i=$((i + 1)); [ $i -gt 1200 ] && { echo "=== TRACE NOT READY"; cat /trace.err; break; }
+    usleep 100000
+  done
   /qemu-workload run /t/a/merged /t/b/merged /t/c/merged || echo "=== WORKLOAD FAILED"
+  kill -INT $tracer
+  wait $tracer
+  echo "=== TRACE EXIT $?"
+  echo "=== TRACE BEGIN"
+  cat /trace.log
+  echo "=== TRACE END"
   echo "=== METRICS BEGIN"
   scrape
   echo "=== METRICS END"

@@ -26,6 +26,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ov
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {
     pub per_mount_histograms: bool,
+    /// Send copy-ups at least this slow to the trace ring buffer (`trace` command).
+    pub trace_min_latency: Option<std::time::Duration>,
     pub btf_dir: PathBuf,
     pub kallsyms: PathBuf,
 }
@@ -34,6 +36,7 @@ impl Default for ProbeOptions {
     fn default() -> Self {
         ProbeOptions {
             per_mount_histograms: false,
+            trace_min_latency: None,
             btf_dir: PathBuf::from("/sys/kernel/btf"),
             kallsyms: PathBuf::from("/proc/kallsyms"),
         }
@@ -68,7 +71,14 @@ pub struct ProbeStatus {
 
 /// Loaded and attached programs. Dropping it detaches every probe.
 pub struct Probes {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+}
+
+impl Probes {
+    /// The trace ring buffer (for `overlay-agent trace`).
+    pub fn take_trace(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        aya::maps::RingBuf::try_from(self.ebpf.take_map("TRACE")?).ok()
+    }
 }
 
 /// What the collectors read: the status and, while probes run, their maps.
@@ -102,7 +112,7 @@ fn fallback_len(function: &str, version: Option<(u32, u32)>) -> u32 {
 }
 
 /// Computes the programs' config from BTF. Errors name what is missing.
-fn program_config(btf: &KernelBtf, symbols: &Symbols, per_mount: bool) -> Result<ProgramConfig, String> {
+fn program_config(btf: &KernelBtf, symbols: &Symbols, opts: &ProbeOptions) -> Result<ProgramConfig, String> {
     let off = |s: &str, m: &str| btf.member_offset(s, m).map_err(|e| e.to_string());
     let version = crate::kernel::version();
     let setattr_iattr_arg = match btf.param_index("ovl_setattr", "attr") {
@@ -123,8 +133,14 @@ fn program_config(btf: &KernelBtf, symbols: &Symbols, per_mount: bool) -> Result
         inode_i_mode: off("inode", "i_mode")?,
         setattr_iattr_arg,
         copy_len_arg,
-        per_mount_histograms: per_mount as u32,
+        per_mount_histograms: opts.per_mount_histograms as u32,
         ready: 1,
+        dentry_name_ptr: off("dentry", "d_name")? + off("qstr", "name")?,
+        _pad: 0,
+        trace_min_latency_ns: opts
+            .trace_min_latency
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(u64::MAX),
     })
 }
 
@@ -145,7 +161,7 @@ pub fn start(opts: &ProbeOptions) -> (Option<(Probes, CopyUpMaps)>, ProbeStatus)
         Ok(b) => b,
         Err(e) => return (None, disabled("no_btf", e.to_string())),
     };
-    let cfg = match program_config(&btf, &symbols, opts.per_mount_histograms) {
+    let cfg = match program_config(&btf, &symbols, opts) {
         Ok(c) => c,
         Err(e) => return (None, disabled("no_btf", e)),
     };
@@ -180,7 +196,7 @@ pub fn start(opts: &ProbeOptions) -> (Option<(Probes, CopyUpMaps)>, ProbeStatus)
     match take_maps(&mut ebpf) {
         Ok(maps) => {
             status.enabled = true;
-            (Some((Probes { _ebpf: ebpf }, maps)), status)
+            (Some((Probes { ebpf }, maps)), status)
         }
         Err(e) => (None, disabled("load_failed", e)),
     }
@@ -202,6 +218,19 @@ fn load_error_code(text: &str) -> &'static str {
     }
 }
 
+/// An error with its causes: aya's own messages name the file or call, the
+/// source says what went wrong with it.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn attach(ebpf: &mut Ebpf, p: &Planned, loaded: &mut Vec<&'static str>) -> AttachState {
     let mut state = AttachState {
         program: p.program,
@@ -217,12 +246,12 @@ fn attach(ebpf: &mut Ebpf, p: &Planned, loaded: &mut Vec<&'static str>) -> Attac
     let result = (|| -> Result<(), String> {
         let prog =
             ebpf.program_mut(p.program).ok_or_else(|| format!("program {} not in object", p.program))?;
-        let kprobe: &mut KProbe = prog.try_into().map_err(|e| format!("{e}"))?;
+        let kprobe: &mut KProbe = prog.try_into().map_err(|e| chain(&e))?;
         if !loaded.contains(&p.program) {
-            kprobe.load().map_err(|e| format!("load: {e}"))?;
+            kprobe.load().map_err(|e| format!("load: {}", chain(&e)))?;
             loaded.push(p.program);
         }
-        kprobe.attach(function, 0).map_err(|e| format!("attach: {e}"))?;
+        kprobe.attach(function, 0).map_err(|e| format!("attach: {}", chain(&e)))?;
         Ok(())
     })();
     match result {
