@@ -65,6 +65,8 @@ fn initramfs(dir: &Path, kernel: &Path, mode: &str) -> PathBuf {
     copy(&repo_root().join("tests/qemu/agent.yaml"), "agent.yaml");
     copy(&musl("overlay-agent"), "overlay-agent");
     copy(&musl("examples/qemu-workload"), "qemu-workload");
+    copy(&musl("examples/qemu-bare-probe"), "qemu-bare-probe");
+    copy(&repo_root().join("tests/qemu/agent-bench.yaml"), "agent-bench.yaml");
     copy(&kernel.join("overlay.ko"), "overlay.ko");
     std::fs::write(root.join("mode"), mode).expect("write mode");
     let cpio = dir.join("initramfs.cpio");
@@ -275,4 +277,85 @@ fn copy_ups_are_counted_exactly_on_real_kernels() {
     // scripts/test.sh prints this after the run (cargo captures a passing test's output).
     std::fs::write(repo_root().join("target/qemu-summary.txt"), &summary).expect("write summary");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Probe overhead, a benchmark that prints figures (not part of the test suite):
+/// OVERLAY_AGENT_QEMU_KERNELS=6.1 cargo test --release --test qemu -- --ignored --nocapture probe_overhead
+#[test]
+#[ignore = "benchmark: run on demand, prints figures"]
+fn probe_overhead() {
+    common::require_root();
+    for version in kernels() {
+        let kernel = fetch(&version);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let initrd = initramfs(dir.path(), &kernel, "bench");
+        let log = repo_root().join(format!("target/qemu-bench-{version}.log"));
+        let console = boot(&kernel, &initrd, &log).replace("\r\n", "\n");
+        let mut runs: std::collections::BTreeMap<(String, String), Vec<f64>> = Default::default();
+        let mut entries = 0u64;
+        let mut bpf: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+        for line in console.lines().filter_map(|l| l.strip_prefix("=== BENCH bpfstats ")) {
+            // "agent 70700 runs 123456789 ns"
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let (Some(cfg), Some(Ok(runs)), Some(Ok(ns))) =
+                (f.first(), f.get(1).map(|s| s.parse::<f64>()), f.get(3).map(|s| s.parse::<f64>()))
+            {
+                bpf.insert(cfg.to_string(), (runs, ns));
+            }
+        }
+        for line in console
+            .lines()
+            .filter_map(|l| l.strip_prefix("=== BENCH "))
+            .filter(|l| !l.starts_with("bpfstats"))
+        {
+            // "overlay bare storm 10100 entries 1.234567 s"
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(place), Some(cfg), Some(n), Some(secs)) = (f.first(), f.get(1), f.get(3), f.get(5))
+            else {
+                continue;
+            };
+            if *place == "overlay" {
+                entries = n.parse().unwrap_or(entries);
+            }
+            if let Ok(s) = secs.parse::<f64>() {
+                runs.entry((place.to_string(), cfg.to_string())).or_default().push(s);
+            }
+        }
+        let median = |place: &str, cfg: &str| -> f64 {
+            let mut v = runs.get(&(place.to_owned(), cfg.to_owned())).cloned().unwrap_or_default();
+            assert!(!v.is_empty(), "no {place}/{cfg} runs in {}", log.display());
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (none, bare, agent) =
+            (median("overlay", "none"), median("overlay", "bare"), median("overlay", "agent"));
+        let (plain_none, plain_agent) = (median("plain", "none"), median("plain", "agent"));
+        let per = |t: f64| (t - none) / entries as f64 * 1e6;
+        let plain_entries = entries * 3;
+        println!("\nkernel {version} (QEMU TCG), chown storm over {entries} entries, median of 7 alternating runs:");
+        println!("| storm | no probes | bare kprobe+kretprobe pair | overlay-agent |");
+        println!("|---|---|---|---|");
+        println!(
+            "| overlay, {entries} copy-ups | {none:.3} s | {bare:.3} s ({:.3}x) | {agent:.3} s ({:.3}x) |",
+            bare / none,
+            agent / none
+        );
+        println!("| added per copy-up | | {:.1} us | {:.1} us |", per(bare), per(agent));
+        println!(
+            "| plain tmpfs, no overlay | {plain_none:.3} s | | {plain_agent:.3} s ({:.3}x) |",
+            plain_agent / plain_none
+        );
+        println!(
+            "agent added cost / bare pair added cost: {:.2} (target <= 2)",
+            (agent - none) / (bare - none)
+        );
+        println!("non-overlay ratio: {:.3} (target <= 1.01)", plain_agent / plain_none);
+        for (cfg, (runs, ns)) in &bpf {
+            println!(
+                "{cfg}: {:.1} program runs per copy-up, {:.2} us inside the programs per copy-up (kernel.bpf_stats_enabled)",
+                runs / entries as f64,
+                ns / entries as f64 / 1e3
+            );
+        }
+    }
 }

@@ -77,9 +77,8 @@ pub const fn setattr_cause(ia_valid: u32) -> u8 {
 }
 
 /// Histogram buckets: bucket `b` holds values in (2^(b-1), 2^b]; bucket 0 holds 0 and 1.
+/// The sums live in CountValue (data_bytes, latency_ns), which is updated anyway.
 pub const HIST_BUCKETS: u32 = 48;
-/// Index of the per-key sum of values, kept beside the buckets.
-pub const HIST_SUM: u8 = 63;
 pub const HIST_BYTES: u8 = 0;
 pub const HIST_LATENCY_NS: u8 = 1;
 
@@ -114,6 +113,8 @@ pub struct CountValue {
     pub data_bytes: u64,
     /// Copy-ups whose ovl_copy_up_one returned an error.
     pub errors: u64,
+    /// Sum of the copy-ups' latencies (the latency histogram's sum).
+    pub latency_ns: u64,
 }
 
 /// Histogram key. `dev` is 0 unless per-mount histograms are enabled.
@@ -170,26 +171,20 @@ pub struct Inflight {
     pub copied_meta: u8,
     /// Set when ovl_copy_up_end ran, i.e. the copy-up really started here.
     pub counted: u8,
-    pub _pad: [u8; 7],
+    /// Set from ovl_copy_up_one's entry to its return. Entries are reused in
+    /// place rather than deleted (cheaper); the LRU evicts those of dead threads.
+    pub active: u8,
+    pub _pad: [u8; 6],
 }
 
-/// Per-thread cause set by an operation's entry hook, cleared by its return.
+/// Per-thread cause set by an operation's entry hook, cleared by its return
+/// (owner 0: no operation running; the entry is kept for reuse).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ThreadCause {
     pub cause: u8,
     pub owner: u8,
     pub _pad: [u8; 6],
-}
-
-/// Per-thread state of one ovl_copy_up_flags call (the whole copy-up request,
-/// ancestors included).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Request {
-    pub target_dentry: u64,
-    pub cause: u8,
-    pub _pad: [u8; 7],
 }
 
 /// One slow copy-up, for `overlay-agent trace` (never sent by the daemon).
@@ -223,7 +218,9 @@ pub mod stat {
     pub const READ_ERRORS: u32 = 3;
     /// Trace events dropped because the ring buffer was full.
     pub const TRACE_DROPS: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Events of the bare counting pair (benchmark floor only).
+    pub const BARE: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 #[cfg(feature = "user")]

@@ -4,7 +4,7 @@
 //! outer hook's copy-ups happen before the call, so each keeps its own cause.
 //!
 //! Open for write has no hook: ovl_open runs for every open, so instead a copy-up
-//! request (ovl_copy_up_flags) with open flags and no other cause is an open.
+//! with open flags (ovl_copy_up_one's `flags`) and no other cause is an open.
 
 use aya_ebpf::macros::{kprobe, kretprobe};
 use aya_ebpf::programs::{ProbeContext, RetProbeContext};
@@ -13,19 +13,34 @@ use overlay_agent_common::{cause, owner, setattr_cause, ThreadCause};
 use crate::maps::THREAD_CAUSE;
 use crate::util::{arg_at, config, read, tid};
 
+/// Sets this thread's cause, reusing its entry in place when there is one (an
+/// update is much cheaper than an LRU insert plus a delete per operation).
 #[inline(always)]
 fn set(c: u8, o: u8) -> u32 {
-    let _ = THREAD_CAUSE.insert(&tid(), &ThreadCause { cause: c, owner: o, _pad: [0; 6] }, 0);
+    let t = tid();
+    match THREAD_CAUSE.get_ptr_mut(&t) {
+        // SAFETY: this thread's own entry; only this thread writes it.
+        Some(p) => unsafe {
+            (*p).cause = c;
+            (*p).owner = o;
+        },
+        None => {
+            let _ = THREAD_CAUSE.insert(&t, &ThreadCause { cause: c, owner: o, _pad: [0; 6] }, 0);
+        }
+    }
     0
 }
 
+/// Clears this thread's cause if `o` set it (a nested hook may have replaced it).
 #[inline(always)]
 fn clear(o: u8) -> u32 {
-    let t = tid();
-    // SAFETY: the value is copied out before any other map operation.
-    let mine = unsafe { THREAD_CAUSE.get(&t) }.map(|c| c.owner == o).unwrap_or(false);
-    if mine {
-        let _ = THREAD_CAUSE.remove(&t);
+    if let Some(p) = THREAD_CAUSE.get_ptr_mut(&tid()) {
+        // SAFETY: as above.
+        unsafe {
+            if (*p).owner == o {
+                (*p).owner = 0;
+            }
+        }
     }
     0
 }

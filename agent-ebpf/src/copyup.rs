@@ -13,37 +13,14 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::{kprobe, kretprobe};
 use aya_ebpf::programs::{ProbeContext, RetProbeContext};
 use overlay_agent_common::{
-    cause, kind, stat, Config, CountKey, CountValue, Inflight, Request, TraceEvent, HIST_BYTES,
-    HIST_LATENCY_NS,
+    cause, kind, stat, Config, CountKey, CountValue, Inflight, TraceEvent, HIST_BYTES, HIST_LATENCY_NS,
 };
 
-use crate::maps::{COUNTS, INFLIGHT, REQUEST, THREAD_CAUSE, TRACE};
+use crate::maps::{COUNTS, INFLIGHT, THREAD_CAUSE, TRACE};
 use crate::util::{arg_at, bump, config, observe, read, tid};
 
 const S_IFMT: u16 = 0o170000;
 const S_IFDIR: u16 = 0o040000;
-
-/// ovl_copy_up_flags(dentry, flags): a copy-up request, ancestors included.
-#[kprobe]
-pub fn request_entry(ctx: ProbeContext) -> u32 {
-    let t = tid();
-    let dentry: u64 = ctx.arg(0).unwrap_or(0);
-    let flags: u64 = ctx.arg(1).unwrap_or(0);
-    // SAFETY: copied out at once.
-    let c = match unsafe { THREAD_CAUSE.get(&t) } {
-        Some(tc) => tc.cause,
-        None if flags != 0 => cause::OPEN,
-        None => cause::OTHER,
-    };
-    let _ = REQUEST.insert(&t, &Request { target_dentry: dentry, cause: c, _pad: [0; 7] }, 0);
-    0
-}
-
-#[kretprobe]
-pub fn request_exit(_ctx: RetProbeContext) -> u32 {
-    let _ = REQUEST.remove(&tid());
-    0
-}
 
 /// ovl_copy_up_one(parent, dentry, flags): stable from 4.19 to 7.2.
 #[kprobe]
@@ -52,13 +29,14 @@ pub fn one_entry(ctx: ProbeContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
     let t = tid();
     let dentry: u64 = ctx.arg(1).unwrap_or(0);
+    // ovl_copy_up_flags, the only caller, passes the open flags down: a copy-up
+    // with open flags and no operation hook's cause is an open for write.
+    let flags: u64 = ctx.arg(2).unwrap_or(0);
     // SAFETY: copied out at once.
-    let c = match unsafe { REQUEST.get(&t) } {
-        Some(r) => r.cause,
-        None => match unsafe { THREAD_CAUSE.get(&t) } {
-            Some(tc) => tc.cause,
-            None => cause::OTHER,
-        },
+    let c = match unsafe { THREAD_CAUSE.get(&t) } {
+        Some(tc) if tc.owner != 0 => tc.cause,
+        _ if flags as u32 != 0 => cause::OPEN,
+        _ => cause::OTHER,
     };
     let sb: u64 = read(dentry + cfg.dentry_d_sb as u64).unwrap_or(0);
     let dev: u32 = if sb != 0 { read(sb + cfg.sb_s_dev as u64).unwrap_or(0) } else { 0 };
@@ -71,12 +49,26 @@ pub fn one_entry(ctx: ProbeContext) -> u32 {
         dev,
         cause: c,
         is_dir: (mode & S_IFMT == S_IFDIR) as u8,
+        active: 1,
         ..Default::default()
     };
-    if INFLIGHT.insert(&t, &v, 0).is_err() {
-        bump(stat::MAP_FULL);
+    match INFLIGHT.get_ptr_mut(&t) {
+        // SAFETY: this thread's own entry, reused in place.
+        Some(p) => unsafe { *p = v },
+        None => {
+            if INFLIGHT.insert(&t, &v, 0).is_err() {
+                bump(stat::MAP_FULL);
+            }
+        }
     }
     0
+}
+
+/// This thread's ovl_copy_up_one state while the call runs.
+#[inline(always)]
+fn active() -> Option<*mut Inflight> {
+    // SAFETY: reading a flag of this thread's own entry.
+    INFLIGHT.get_ptr_mut(&tid()).filter(|p| unsafe { (**p).active } != 0)
 }
 
 /// ovl_copy_up_file(ofs, dentry, new_file, len[, datasync]) 6.1+, or
@@ -90,7 +82,7 @@ pub fn data_entry(ctx: ProbeContext) -> u32 {
     if len <= 0 {
         return 0;
     }
-    if let Some(p) = INFLIGHT.get_ptr_mut(&tid()) {
+    if let Some(p) = active() {
         // SAFETY: this thread's entry; LRU eviction cannot free it while we run.
         unsafe {
             (*p).copied_data = 1;
@@ -103,7 +95,7 @@ pub fn data_entry(ctx: ProbeContext) -> u32 {
 /// ovl_copy_up_metadata(ctx, temp) 6.x, or ovl_copy_up_inode(ctx, temp) 5.x.
 #[kprobe]
 pub fn meta_entry(_ctx: ProbeContext) -> u32 {
-    if let Some(p) = INFLIGHT.get_ptr_mut(&tid()) {
+    if let Some(p) = active() {
         // SAFETY: as above.
         unsafe { (*p).copied_meta = 1 };
     }
@@ -125,16 +117,17 @@ fn kind_of(v: &Inflight) -> u8 {
 }
 
 #[inline(always)]
-fn add_count(key: &CountKey, copy_ups: u64, data_bytes: u64, errors: u64) {
+fn add_count(key: &CountKey, copy_ups: u64, data_bytes: u64, latency_ns: u64, errors: u64) {
     match COUNTS.get_ptr_mut(key) {
         // SAFETY: per-CPU value of this CPU.
         Some(p) => unsafe {
             (*p).copy_ups += copy_ups;
             (*p).data_bytes += data_bytes;
+            (*p).latency_ns += latency_ns;
             (*p).errors += errors;
         },
         None => {
-            let v = CountValue { copy_ups, data_bytes, errors };
+            let v = CountValue { copy_ups, data_bytes, errors, latency_ns };
             if COUNTS.insert(key, &v, 0).is_err() {
                 bump(stat::MAP_FULL);
             }
@@ -146,21 +139,21 @@ fn add_count(key: &CountKey, copy_ups: u64, data_bytes: u64, errors: u64) {
 #[kprobe]
 pub fn end_entry(_ctx: ProbeContext) -> u32 {
     let Some(cfg) = config() else { return 0 };
-    let Some(p) = INFLIGHT.get_ptr_mut(&tid()) else { return 0 };
+    let Some(p) = active() else { return 0 };
     // SAFETY: this thread's entry, copied out then marked.
     let v = unsafe {
         (*p).counted = 1;
         *p
     };
     let k = kind_of(&v);
-    add_count(&CountKey { dev: v.dev, cause: v.cause, kind: k, _pad: [0; 2] }, 1, v.data_bytes, 0);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let latency = now.saturating_sub(v.start_ns);
+    add_count(&CountKey { dev: v.dev, cause: v.cause, kind: k, _pad: [0; 2] }, 1, v.data_bytes, latency, 0);
     let hist_dev = if cfg.per_mount_histograms != 0 { v.dev } else { 0 };
     if v.copied_data != 0 {
         observe(hist_dev, v.cause, HIST_BYTES, v.data_bytes);
     }
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let latency = now.saturating_sub(v.start_ns);
     observe(hist_dev, v.cause, HIST_LATENCY_NS, latency);
     if latency >= cfg.trace_min_latency_ns {
         trace(cfg, &v, k, now, latency);
@@ -201,14 +194,16 @@ fn trace(cfg: &Config, v: &Inflight, k: u8, now: u64, latency: u64) {
 #[kretprobe]
 pub fn one_exit(ctx: RetProbeContext) -> u32 {
     bump(stat::ONE_RETURNS);
-    let t = tid();
     let ret: i64 = ctx.ret::<i64>().unwrap_or(0) as i32 as i64;
-    // SAFETY: copied out at once.
-    if let Some(v) = unsafe { INFLIGHT.get(&t) }.copied() {
+    if let Some(p) = active() {
+        // SAFETY: this thread's entry: copied out, then marked inactive.
+        let v = unsafe {
+            (*p).active = 0;
+            *p
+        };
         if ret < 0 && v.counted != 0 {
-            add_count(&CountKey { dev: v.dev, cause: v.cause, kind: kind_of(&v), _pad: [0; 2] }, 0, 0, 1);
+            add_count(&CountKey { dev: v.dev, cause: v.cause, kind: kind_of(&v), _pad: [0; 2] }, 0, 0, 0, 1);
         }
     }
-    let _ = INFLIGHT.remove(&t);
     0
 }

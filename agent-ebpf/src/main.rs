@@ -4,11 +4,13 @@
 //! Hook map (kprobes; each program names the kernel prototype it expects):
 //! - cause.rs: ovl_setattr, ovl_xattr_set/ovl_set_acl/ovl_fileattr_set, ovl_link,
 //!   ovl_rename, ovl_create_object/ovl_create_or_link/ovl_tmpfile, ovl_do_remove
-//! - copyup.rs: ovl_copy_up_flags, ovl_copy_up_one, ovl_copy_up_file/_data,
+//! - copyup.rs: ovl_copy_up_one, ovl_copy_up_file/_data,
 //!   ovl_copy_up_metadata/_inode, ovl_copy_up_end
+//! - bare.rs: the benchmark floor (a counting pair), never attached by the agent
 #![no_std]
 #![no_main]
 
+mod bare;
 mod cause;
 mod copyup;
 mod maps;

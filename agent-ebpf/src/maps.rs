@@ -3,7 +3,7 @@
 
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
-use overlay_agent_common::{Config, CountKey, CountValue, HistKey, Inflight, Request, ThreadCause};
+use overlay_agent_common::{Config, CountKey, CountValue, HistKey, Inflight, ThreadCause};
 
 /// Written once by the agent (offsets and argument positions from BTF).
 #[map]
@@ -32,10 +32,6 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(overlay_agent
 /// Cause set by an operation's entry hook (setattr, xattr, link, ...).
 #[map]
 pub static THREAD_CAUSE: LruHashMap<u32, ThreadCause> = LruHashMap::with_max_entries(16384, 0);
-
-/// The ovl_copy_up_flags call in progress.
-#[map]
-pub static REQUEST: LruHashMap<u32, Request> = LruHashMap::with_max_entries(16384, 0);
 
 /// The ovl_copy_up_one call in progress.
 #[map]

@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
 use aya_ebpf::programs::ProbeContext;
-use overlay_agent_common::{stat, Config, HistKey, HIST_SUM};
+use overlay_agent_common::{stat, Config, HistKey};
 
 use crate::maps::{CONFIG, HIST, STATS};
 
@@ -68,20 +68,15 @@ pub fn read<T>(addr: u64) -> Option<T> {
     }
 }
 
-/// Adds `v` to a histogram: one bucket count and the running sum.
+/// Counts `v` in its histogram bucket (the sums are kept in COUNTS).
 #[inline(always)]
 pub fn observe(dev: u32, cause: u8, hist: u8, v: u64) {
-    add_hist(HistKey { dev, cause, hist, bucket: overlay_agent_common::bucket(v), _pad: 0 }, 1);
-    add_hist(HistKey { dev, cause, hist, bucket: HIST_SUM, _pad: 0 }, v);
-}
-
-#[inline(always)]
-fn add_hist(key: HistKey, n: u64) {
+    let key = HistKey { dev, cause, hist, bucket: overlay_agent_common::bucket(v), _pad: 0 };
     match HIST.get_ptr_mut(&key) {
         // SAFETY: per-CPU value of this CPU.
-        Some(p) => unsafe { *p += n },
+        Some(p) => unsafe { *p += 1 },
         None => {
-            if HIST.insert(&key, &n, 0).is_err() {
+            if HIST.insert(&key, &1, 0).is_err() {
                 bump(stat::MAP_FULL);
             }
         }

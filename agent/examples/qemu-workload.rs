@@ -116,8 +116,43 @@ fn run(a: &Path, b: &Path, c: &Path) {
     );
 }
 
+/// `storm DIR UID [PASSES]`: lchown every entry below DIR (a `chown -R`), PASSES
+/// times (default 1), print the entries and the time.
+fn storm(dir: &Path, uid: u32, passes: u32) {
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    let mut stack: Vec<_> = (0..passes).map(|_| dir.to_path_buf()).collect();
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("read_dir") {
+            let e = e.expect("dir entry");
+            let p = e.path();
+            std::os::unix::fs::lchown(&p, Some(uid), Some(uid)).expect("lchown");
+            n += 1;
+            if e.file_type().expect("file type").is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    println!("storm {n} entries {:.6} s", start.elapsed().as_secs_f64());
+}
+
+/// `tree DIR N`: N small files in directories of 100.
+fn tree(dir: &Path, n: usize) {
+    for i in 0..n {
+        file(dir, &format!("d{}/f{i}", i / 100), 100);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("storm") => {
+            let passes = args.get(4).map(|p| p.parse().expect("passes")).unwrap_or(1);
+            return storm(Path::new(&args[2]), args[3].parse().expect("uid"), passes);
+        }
+        Some("tree") => return tree(Path::new(&args[2]), args[3].parse().expect("count")),
+        _ => {}
+    }
     let dirs: Vec<&Path> = args.iter().skip(2).map(Path::new).collect();
     match (args.get(1).map(String::as_str), dirs.as_slice()) {
         (Some("prepare"), [a, b, c]) => prepare(a, b, c),

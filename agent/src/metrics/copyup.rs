@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use overlay_agent_common::{cause, kind, stat, HistKey, HIST_BUCKETS, HIST_BYTES, HIST_LATENCY_NS, HIST_SUM};
+use overlay_agent_common::{cause, kind, stat, HistKey, HIST_BUCKETS, HIST_BYTES, HIST_LATENCY_NS};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
 
@@ -215,20 +215,31 @@ impl Collector for CopyUpCollector {
         }
         out.push(f.finish());
 
-        // Histograms by cause (all devices), and by mount when recorded.
+        // Histograms by cause (all devices), and by mount when recorded: bucket
+        // counts from HIST, sums from COUNTS (bytes of data copy-ups, latencies).
         let mut by_cause: BTreeMap<(u8, u8), RawHist> = BTreeMap::new();
         let mut by_mount: BTreeMap<(String, u8, u8), RawHist> = BTreeMap::new();
         for (HistKey { dev, cause, hist, bucket, .. }, n) in &snapshot.hist {
             let add = |h: &mut RawHist| {
-                if *bucket == HIST_SUM {
-                    h.sum += n;
-                } else if let Some(b) = h.buckets.get_mut(*bucket as usize) {
+                if let Some(b) = h.buckets.get_mut(*bucket as usize) {
                     *b += n;
                 }
             };
             add(by_cause.entry((*hist, *cause)).or_default());
             if status.per_mount_histograms {
                 add(by_mount.entry((mountpoint(*dev), *hist, *cause)).or_default());
+            }
+        }
+        for (k, v) in &snapshot.counts {
+            for (hist, sum) in [(HIST_BYTES, v.data_bytes), (HIST_LATENCY_NS, v.latency_ns)] {
+                if let Some(h) = by_cause.get_mut(&(hist, k.cause)) {
+                    h.sum += sum;
+                }
+                if status.per_mount_histograms {
+                    if let Some(h) = by_mount.get_mut(&(mountpoint(k.dev), hist, k.cause)) {
+                        h.sum += sum;
+                    }
+                }
             }
         }
         let scale = |hist: u8| if hist == HIST_LATENCY_NS { 1e-9 } else { 1.0 };

@@ -28,6 +28,7 @@ impl CopyUpMaps {
                 e.copy_ups += v.copy_ups;
                 e.data_bytes += v.data_bytes;
                 e.errors += v.errors;
+                e.latency_ns += v.latency_ns;
             }
         }
         for (k, per_cpu) in self.hist.iter().flatten() {

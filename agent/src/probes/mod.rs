@@ -202,6 +202,22 @@ pub fn start(opts: &ProbeOptions) -> (Option<(Probes, CopyUpMaps)>, ProbeStatus)
     }
 }
 
+/// Attaches only the bare counting pair (bare_entry/bare_exit on
+/// ovl_copy_up_one): the floor the probe-overhead benchmark measures against.
+pub fn attach_bare() -> Result<Probes, String> {
+    raise_memlock();
+    let mut ebpf = Ebpf::load(OBJECT).map_err(|e| chain(&e))?;
+    let mut loaded = Vec::new();
+    for (program, mechanism) in [("bare_entry", Mechanism::Kprobe), ("bare_exit", Mechanism::Kretprobe)] {
+        let p = Planned { program, mechanism, function: Some("ovl_copy_up_one"), core: true };
+        let state = attach(&mut ebpf, &p, &mut loaded);
+        if let Some(e) = state.error {
+            return Err(e);
+        }
+    }
+    Ok(Probes { ebpf })
+}
+
 fn is_core(program: &str) -> bool {
     plan::HOOKS.iter().any(|h| h.core && h.program == program)
 }

@@ -6,7 +6,6 @@
 //! - ovl_copy_up_end(dentry): all versions. Core: copy-ups are counted there.
 //! - data copy: ovl_copy_up_file (6.1+) else ovl_copy_up_data (<= 6.0).
 //! - metadata copy: ovl_copy_up_metadata (6.x) else ovl_copy_up_inode (5.x).
-//! - ovl_copy_up_flags: request wrapper, gives the `open` cause.
 //! - causes: ovl_setattr; ovl_xattr_set, ovl_set_acl (6.2+), ovl_fileattr_set
 //!   (5.13+); ovl_link; ovl_rename; ovl_create_object else ovl_create_or_link,
 //!   and ovl_tmpfile (6.x); ovl_do_remove.
@@ -51,8 +50,6 @@ pub const HOOKS: &[Hook] = &[
     hook("one_exit", Kretprobe, &["ovl_copy_up_one"]),
     hook("data_entry", Kprobe, DATA_FNS),
     hook("meta_entry", Kprobe, &["ovl_copy_up_metadata", "ovl_copy_up_inode"]),
-    hook("request_entry", Kprobe, &["ovl_copy_up_flags"]),
-    hook("request_exit", Kretprobe, &["ovl_copy_up_flags"]),
     hook("setattr_entry", Kprobe, &["ovl_setattr"]),
     hook("setattr_exit", Kretprobe, &["ovl_setattr"]),
     Hook { all: true, ..hook("xattr_entry", Kprobe, XATTR_FNS) },
