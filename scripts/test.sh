@@ -19,7 +19,7 @@ cargo fmt --all --check
 cargo clippy --workspace --exclude overlay-agent-ebpf --all-targets --locked -- -D warnings
 # The static agent and workload that the QEMU guests run.
 cargo build --release --locked --target x86_64-unknown-linux-musl -p overlay-agent \
-    --bin overlay-agent --example qemu-workload
+    --bin overlay-agent --examples
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --exclude overlay-agent-ebpf --locked 2>&1 | tee "$log"

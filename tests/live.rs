@@ -75,6 +75,16 @@ fn upper_dir_contents_are_counted_exactly_and_follow_the_mount() {
         Some(common::du(&["-s", "--inodes"], upper))
     );
     assert_eq!(metrics.get("overlayfs_upper_inodes", &[("mountpoint", &mp)]), Some(13.0));
+    // The upper dir's filesystem, as stat -f sees it (size is fixed; free space moves).
+    let statfs = common::run(Command::new("stat").args(["-f", "-c", "%b %S"]).arg(upper));
+    let f: Vec<f64> = statfs.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    assert_eq!(
+        metrics.get("overlayfs_upper_filesystem_size_bytes", &[("mountpoint", &mp)]),
+        Some(f[0] * f[1])
+    );
+    assert!(
+        metrics.get("overlayfs_upper_filesystem_avail_bytes", &[("mountpoint", &mp)]).unwrap_or(0.0) > 0.0
+    );
     assert!(
         metrics.get("overlayfs_upper_scan_timestamp_seconds", &[("mountpoint", &mp)]).unwrap_or(0.0) > 1.7e9
     );

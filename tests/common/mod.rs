@@ -202,11 +202,12 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<HttpResponse> {
     http_request(addr, "GET", path)
 }
 
-/// HTTP/1.1 request with `Connection: close`; reads until EOF.
+/// An HTTP/1.0 request (so no server answers with chunked encoding, which this
+/// client does not decode); reads until EOF.
 pub fn http_request(addr: &str, method: &str, path: &str) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut r = BufReader::new(s);
     let mut status_line = String::new();
     r.read_line(&mut status_line)?;

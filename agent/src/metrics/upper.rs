@@ -37,6 +37,18 @@ static COPIED_UP_BYTES: Def = Def {
     kind: MetricType::GAUGE,
     labels: &["mountpoint"],
 };
+static FS_AVAIL: Def = Def {
+    name: "overlayfs_upper_filesystem_avail_bytes",
+    help: "Bytes available to unprivileged users on the filesystem holding the upper dir (statvfs f_bavail).",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+static FS_SIZE: Def = Def {
+    name: "overlayfs_upper_filesystem_size_bytes",
+    help: "Size of the filesystem holding the upper dir (statvfs f_blocks).",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
 static DURATION: Def = Def {
     name: "overlayfs_upper_scan_duration_seconds",
     help: "Duration of the last completed scan of the upper dir.",
@@ -76,6 +88,8 @@ impl UpperCollector {
             &INODES,
             &ENTRIES,
             &COPIED_UP_BYTES,
+            &FS_AVAIL,
+            &FS_SIZE,
             &DURATION,
             &TIMESTAMP,
             &SCANS,
@@ -98,6 +112,8 @@ impl Collector for UpperCollector {
         let mut inodes = Family::new(&INODES);
         let mut entries = Family::new(&ENTRIES);
         let mut copied = Family::new(&COPIED_UP_BYTES);
+        let mut fs_avail = Family::new(&FS_AVAIL);
+        let mut fs_size = Family::new(&FS_SIZE);
         let mut duration = Family::new(&DURATION);
         let mut timestamp = Family::new(&TIMESTAMP);
         let mut scans = Family::new(&SCANS);
@@ -116,6 +132,8 @@ impl Collector for UpperCollector {
                 entries.add(&[&mp, kind.as_str()], r.entries(kind) as f64);
             }
             copied.add(&[&mp], r.copied_up_bytes as f64);
+            fs_avail.add(&[&mp], r.fs_avail_bytes as f64);
+            fs_size.add(&[&mp], r.fs_size_bytes as f64);
             duration.add(&[&mp], rec.last_duration.as_secs_f64());
             timestamp.add(&[&mp], unix_seconds(end));
             scans.add(&[&mp], rec.scans_total as f64);
@@ -126,6 +144,8 @@ impl Collector for UpperCollector {
             inodes.finish(),
             entries.finish(),
             copied.finish(),
+            fs_avail.finish(),
+            fs_size.finish(),
             duration.finish(),
             timestamp.finish(),
             scans.finish(),

@@ -122,6 +122,9 @@ pub struct ScanResult {
     pub copied_up_bytes: u64,
     /// Entries that could not be read, by reason.
     pub errors: BTreeMap<ErrorReason, u64>,
+    /// The upper dir's filesystem: bytes available to unprivileged users, and size.
+    pub fs_avail_bytes: u64,
+    pub fs_size_bytes: u64,
 }
 
 impl ScanResult {

@@ -93,6 +93,10 @@ pub fn scan(upper: &Path, ns: XattrNamespace, own_cwd: bool) -> Result<ScanResul
         upper,
     };
     w.account(&st);
+    if let Ok(vfs) = rustix::fs::fstatvfs(&w.root) {
+        w.result.fs_avail_bytes = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+        w.result.fs_size_bytes = vfs.f_blocks.saturating_mul(vfs.f_frsize);
+    }
     w.walk();
     if w.use_cwd {
         // Leave no directory of the scanned tree pinned as our cwd.

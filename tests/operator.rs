@@ -1,0 +1,236 @@
+//! The operator kit against the real tools: promtool on the rules and their unit
+//! tests; the Grafana dashboard's structure and PromQL; and every dashboard
+//! query run against a real Prometheus that scrapes a real agent watching real
+//! overlay mounts, plus a replay of a real QEMU guest's scrape for the eBPF
+//! panels (this host cannot run the probes).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{config_for, repo_root, write_file, Agent, Overlay};
+use serde_json::Value;
+
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(repo_root().join("config/prometheus"))
+        .output()
+        .expect("promtool not found: run the README's test command, which installs it");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn rules_pass_promtool_check_and_unit_tests() {
+    let check = promtool(&["check", "rules", "overlay-agent.rules.yml"]);
+    assert!(check.contains("SUCCESS: 18 rules found"), "{check}");
+    let test = promtool(&["test", "rules", "overlay-agent.rules.test.yml"]);
+    assert!(test.contains("SUCCESS"), "{test}");
+    // Every alert in the rules has a unit test.
+    let rules = std::fs::read_to_string(repo_root().join("config/prometheus/overlay-agent.rules.yml"))
+        .expect("rules");
+    let tests = std::fs::read_to_string(repo_root().join("config/prometheus/overlay-agent.rules.test.yml"))
+        .expect("tests");
+    for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
+        assert!(tests.contains(&format!("alertname: {alert}")), "alert {alert} has no unit test");
+    }
+}
+
+fn dashboard() -> Value {
+    let text = std::fs::read_to_string(repo_root().join("dashboards/overlay-agent.json")).expect("dashboard");
+    serde_json::from_str(&text).expect("dashboard is valid JSON")
+}
+
+/// Every query of the dashboard: (panel title, expression), variables included.
+fn queries(d: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push((
+                p["title"].as_str().unwrap_or("?").to_owned(),
+                t["expr"].as_str().unwrap_or("").to_owned(),
+            ));
+        }
+    }
+    for v in d["templating"]["list"].as_array().expect("templating") {
+        if let Some(def) = v["definition"].as_str() {
+            // label_values(<selector>, label): the selector must return data.
+            let sel = def
+                .trim_start_matches("label_values(")
+                .rsplit_once(',')
+                .map(|(s, _)| s.trim())
+                .unwrap_or(def);
+            out.push((format!("variable {}", v["name"]), sel.to_owned()));
+        }
+    }
+    out
+}
+
+/// Grafana's variables, as a query run by hand would substitute them.
+fn substitute(expr: &str) -> String {
+    expr.replace("$__rate_interval", "1m")
+        .replace("$__interval", "15s")
+        .replace("$__range", "5m")
+        .replace("$instance", ".*")
+        .replace("$mountpoint", ".*")
+}
+
+#[test]
+fn dashboard_structure_and_promql() {
+    let d = dashboard();
+    assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty()));
+    let vars = d["templating"]["list"].as_array().expect("templating list");
+    let ds = vars.iter().find(|v| v["type"] == "datasource").expect("a datasource variable");
+    assert_eq!(ds["query"], "prometheus");
+    for name in ["instance", "mountpoint"] {
+        assert!(vars.iter().any(|v| v["name"] == name), "variable {name}");
+    }
+    let mut ids = std::collections::HashSet::new();
+    for p in d["panels"].as_array().expect("panels") {
+        let title = p["title"].as_str().expect("title");
+        assert!(ids.insert(p["id"].as_u64().expect("numeric id")), "duplicate panel id in {title}");
+        for k in ["x", "y", "w", "h"] {
+            assert!(p["gridPos"][k].as_u64().is_some(), "{title}: gridPos.{k}");
+        }
+        assert!(
+            p["gridPos"]["x"].as_u64().unwrap_or(99) + p["gridPos"]["w"].as_u64().unwrap_or(99) <= 24,
+            "{title}: wider than the grid"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}: datasource variable");
+        assert!(p["description"].as_str().is_some_and(|s| s.len() > 20), "{title}: description");
+        assert!(p["fieldConfig"]["defaults"]["unit"].as_str().is_some(), "{title}: unit");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        let mut refs = std::collections::HashSet::new();
+        for t in targets {
+            assert!(refs.insert(t["refId"].as_str().expect("refId").to_owned()), "{title}: duplicate refId");
+        }
+    }
+    for (title, expr) in queries(&d) {
+        let e = substitute(&expr);
+        if let Err(err) = promql_parser::parser::parse(&e) {
+            panic!("{title}: PromQL does not parse: {err}\n{e}");
+        }
+    }
+}
+
+/// Serves one captured exposition forever (a replay of a QEMU guest's scrape).
+fn replay_server(body: String) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                body.len(),
+                body
+            );
+        }
+    });
+    addr
+}
+
+struct Prometheus(std::process::Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn query(addr: &str, promql: &str) -> Option<Vec<Value>> {
+    let q: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let r = common::http_get(addr, &format!("/api/v1/query?query={q}")).ok()?;
+    let v: Value = serde_json::from_str(&r.body).ok()?;
+    (v["status"] == "success").then(|| v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    common::require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A live agent on real mounts with a copy-up workload, and a scan that fails.
+    let ov = Overlay::new(&tmp.path().join("a"), "merged", "", |l| {
+        write_file(&l.join("big"), 100_000);
+        write_file(&l.join("gone"), 1);
+    });
+    std::os::unix::fs::chown(ov.merged.join("big"), Some(5), Some(5)).expect("chown");
+    std::fs::remove_file(ov.merged.join("gone")).expect("rm");
+    let broken = Overlay::new(&tmp.path().join("b"), "merged", "", |l| write_file(&l.join("f"), 1));
+    std::fs::rename(&broken.upper, broken.base.join("upper.moved")).expect("move the upper dir away");
+    let cfg = config_for(tmp.path(), "");
+    let agent = Agent::start(tmp.path(), &["--config", cfg.to_str().expect("utf8")]);
+    // The eBPF panels: a real guest's scrape (Debian 6.1 under QEMU), replayed.
+    let capture =
+        std::fs::read_to_string(repo_root().join("tests/fixtures/qemu-6.1-metrics.prom")).expect("capture");
+    let replay = replay_server(capture);
+
+    let prom_addr = format!("127.0.0.1:{}", common::free_port());
+    let prom_cfg = tmp.path().join("prometheus.yml");
+    std::fs::write(
+        &prom_cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files: ['{}']\nscrape_configs:\n  - job_name: overlay-agent\n    static_configs:\n      - targets: ['{}', '{}']\n",
+            repo_root().join("config/prometheus/overlay-agent.rules.yml").display(),
+            agent.addr,
+            replay
+        ),
+    )
+    .expect("write prometheus.yml");
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", prom_cfg.display()))
+        .arg(format!("--storage.tsdb.path={}", tmp.path().join("tsdb").display()))
+        .arg(format!("--web.listen-address={prom_addr}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("prometheus.log")).expect("log"))
+        .spawn()
+        .expect("prometheus");
+    let _prom = Prometheus(child);
+    // Ready when both targets are up, the scan error is in, and rates have samples.
+    common::wait_for("both targets scraped, with history", Duration::from_secs(90), || {
+        let up = query(&prom_addr, "sum(up{job=\"overlay-agent\"})")?;
+        let n: f64 = up.first()?["value"][1].as_str()?.parse().ok()?;
+        let errs = query(&prom_addr, "overlayfs_upper_scan_errors_total{reason=\"missing\"}")?;
+        let hist = query(&prom_addr, "count_over_time(overlayfs_upper_bytes[1m]) >= 5")?;
+        (n == 2.0 && !errs.is_empty() && !hist.is_empty()).then_some(())
+    });
+    let d = dashboard();
+    let mut empty = Vec::new();
+    for (title, expr) in queries(&d) {
+        let e = substitute(&expr);
+        match query(&prom_addr, &e) {
+            Some(r) if !r.is_empty() => {}
+            Some(_) => empty.push(format!("{title}: no data for {e}")),
+            None => empty.push(format!("{title}: query failed: {e}")),
+        }
+    }
+    // The recording rules evaluate too (they back the heavy panels).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while query(&prom_addr, "instance_cause_kind:overlayfs_copy_up:rate5m").is_none_or(|r| r.is_empty()) {
+        if std::time::Instant::now() > deadline {
+            let rules = common::http_get(&prom_addr, "/api/v1/rules").map(|r| r.body).unwrap_or_default();
+            let log = std::fs::read_to_string(tmp.path().join("prometheus.log")).unwrap_or_default();
+            panic!("recording rules did not evaluate within 60 s\nrules: {rules}\nlog: {log}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
+}
