@@ -61,6 +61,7 @@ ensure_qemu_tools() {
 }
 
 ensure_test_tools() {
-    # mount/umount, du, Prometheus and promtool for the integration tests.
-    apt_install util-linux mount coreutils prometheus
+    # mount/umount, du, Prometheus and promtool for the integration tests;
+    # systemd-analyze and podman (with runc) for the packaging tests.
+    apt_install util-linux mount coreutils prometheus systemd podman runc uidmap
 }

@@ -1,0 +1,162 @@
+//! Packaging, checked with the real tools: the systemd unit with systemd-analyze,
+//! the Kubernetes manifests for consistency with the unit and the agent, and the
+//! container image built offline and run with podman against the host.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{free_port, repo_root, write_file, Overlay};
+
+fn unit_capabilities() -> Vec<String> {
+    let unit =
+        std::fs::read_to_string(repo_root().join("packaging/systemd/overlay-agent.service")).expect("unit");
+    let line =
+        unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).expect("CapabilityBoundingSet");
+    let mut caps: Vec<String> =
+        line.split_whitespace().map(|c| c.trim_start_matches("CAP_").to_owned()).collect();
+    caps.sort();
+    caps
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let unit =
+        std::fs::read_to_string(repo_root().join("packaging/systemd/overlay-agent.service")).expect("unit");
+    // Point ExecStart at the built binary: verify checks that it exists.
+    let unit = unit.replace("/usr/local/bin/overlay-agent", common::BIN);
+    let path = tmp.path().join("overlay-agent.service");
+    std::fs::write(&path, unit).expect("write unit");
+    let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("systemd-analyze");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify:\n{text}");
+    assert_eq!(
+        unit_capabilities(),
+        ["BPF", "DAC_READ_SEARCH", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "SYS_RESOURCE"],
+        "the capabilities README 'Privileges' documents"
+    );
+}
+
+#[test]
+fn kubernetes_manifests_are_consistent() {
+    let dir = repo_root().join("packaging/kubernetes");
+    let text = std::fs::read_to_string(dir.join("daemonset.yaml")).expect("daemonset");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML document"))
+        .collect();
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostPID"], true, "the host's /proc/1/mountinfo");
+    let c = &spec["containers"][0];
+    let mut caps: Vec<String> = c["securityContext"]["capabilities"]["add"]
+        .as_sequence()
+        .expect("capabilities.add")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    caps.sort();
+    assert_eq!(caps, unit_capabilities(), "same capabilities as the systemd unit");
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    for want in ["/host/proc", "/host", "/sys/kernel/btf"] {
+        assert!(mounts.contains(&want), "mount {want}");
+    }
+    assert_eq!(c["ports"][0]["containerPort"], 9864);
+    assert_eq!(c["ports"][0]["name"], "metrics");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let svc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("service.yaml")).expect("service"))
+            .expect("yaml");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 9864);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics");
+    assert_eq!(svc["spec"]["selector"], ds["spec"]["selector"]["matchLabels"]);
+    let sm: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("servicemonitor.yaml")).expect("sm"))
+            .expect("yaml");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+}
+
+/// A podman container, removed on drop.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("podman").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+#[test]
+fn container_image_runs_against_the_host() {
+    common::require_root();
+    let musl = repo_root().join("target/x86_64-unknown-linux-musl/release/overlay-agent");
+    assert!(musl.exists(), "{} missing: scripts/test.sh builds it", musl.display());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // podman settings this kind of machine needs (see the README's test notes).
+    let conf = tmp.path().join("containers.conf");
+    std::fs::write(
+        &conf,
+        "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=1024:1024\"]\nnetns = \"none\"\n[engine]\nruntime = \"runc\"\n",
+    )
+    .expect("containers.conf");
+    let podman = || {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", &conf);
+        c
+    };
+    let tag = format!("localhost/overlay-agent:test-{}", std::process::id());
+    common::run(
+        podman()
+            .args(["build", "-q", "-f", "packaging/Containerfile", "-t", &tag, "."])
+            .current_dir(repo_root()),
+    );
+
+    let ov = Overlay::new(tmp.path(), "merged", "", |l| write_file(&l.join("f"), 1234));
+    std::os::unix::fs::chown(ov.merged.join("f"), Some(9), Some(9)).expect("chown");
+    let mp = ov.merged.display().to_string();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let name = format!("overlay-agent-test-{}", std::process::id());
+    common::run(podman().args([
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "host",
+        "--pid",
+        "host",
+        "--cap-drop",
+        "all",
+        "--cap-add",
+        "SYS_ADMIN,DAC_READ_SEARCH,SYS_PTRACE,BPF,PERFMON,SYS_RESOURCE",
+        "-v",
+        "/proc:/host/proc:ro",
+        "-v",
+        "/:/host:ro,rslave",
+        "-v",
+        "/sys/kernel/btf:/sys/kernel/btf:ro",
+        &tag,
+        "--web.listen-address",
+        &addr,
+    ]));
+    let _container = Container(name.clone());
+    let m = common::wait_for(
+        "the containerized agent to scan the host's overlay",
+        Duration::from_secs(60),
+        || {
+            let r = common::http_get(&addr, "/metrics").ok()?;
+            let m = common::Metrics::parse(&r.body);
+            (m.get("overlayfs_upper_scans_total", &[("mountpoint", &mp)])? >= 1.0).then_some(m)
+        },
+    );
+    assert_eq!(m.get("overlayfs_upper_entries", &[("mountpoint", &mp), ("kind", "copied_up")]), Some(1.0));
+    assert_eq!(m.get("overlayfs_upper_copied_up_bytes", &[("mountpoint", &mp)]), Some(1234.0));
+    common::promtool_check(&m.text);
+    let _ = Command::new("podman").env("CONTAINERS_CONF", &conf).args(["rmi", "-f", &tag]).output();
+}
