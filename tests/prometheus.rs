@@ -1,5 +1,7 @@
-//! A real Prometheus (Debian's package) scrapes the real agent watching a real
-//! overlay mount; the figures must arrive intact through Prometheus' parser.
+//! A real Prometheus scrapes the real agent watching a real overlay mount; the
+//! figures must arrive intact through Prometheus' parser. Both generations:
+//! 2.x (Debian 12's package) and 3.x (Debian forky's, fetched into .cache; 3.x
+//! refuses scrapes whose Content-Type it does not know).
 
 mod common;
 
@@ -31,7 +33,22 @@ fn query(addr: &str, promql: &str) -> Option<serde_json::Value> {
 }
 
 #[test]
-fn prometheus_scrapes_the_agent() {
+fn prometheus_2_scrapes_the_agent() {
+    scrape_with(std::path::Path::new("prometheus"));
+}
+
+#[test]
+fn prometheus_3_scrapes_the_agent() {
+    let cache = common::repo_root().join(".cache");
+    let out = Command::new(common::repo_root().join("tests/fetch-prometheus3.sh"))
+        .arg(&cache)
+        .output()
+        .expect("fetch");
+    assert!(out.status.success(), "fetching Prometheus 3 failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    scrape_with(&cache.join("prometheus3/prometheus"));
+}
+
+fn scrape_with(prometheus: &std::path::Path) {
     common::require_root();
     let tmp = tempfile::tempdir().expect("tempdir");
     let ov = Overlay::new(tmp.path(), "merged", "", |l| {
@@ -54,7 +71,7 @@ fn prometheus_scrapes_the_agent() {
         ),
     )
     .expect("write prometheus.yml");
-    let prom = Command::new("prometheus")
+    let prom = Command::new(prometheus)
         .arg(format!("--config.file={}", prom_cfg.display()))
         .arg(format!("--storage.tsdb.path={}", tmp.path().join("tsdb").display()))
         .arg(format!("--web.listen-address={prom_addr}"))

@@ -20,28 +20,9 @@ case "$version" in
   *) echo "unknown kernel version $version (want 5.10, 6.1, 6.12 or 7.2)" >&2; exit 2 ;;
 esac
 
-# The mirror: whatever this machine's apt uses for Debian.
-mirror=$(apt-get indextargets --format '$(REPO_URI)' 'Identifier: Packages' 2>/dev/null \
-  | grep -v -- '-security/' | grep -m1 '/debian/$' || true)
-security=$(apt-get indextargets --format '$(REPO_URI)' 'Identifier: Packages' 2>/dev/null \
-  | grep -m1 -- '-security/$' || true)
-[ -n "$mirror" ] || { echo "no Debian mirror in this machine's apt configuration" >&2; exit 1; }
-[ -n "$security" ] || security="${mirror%/debian/}/debian-security/"
-
-apt_dir="$cache/apt/$version"
-mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$out"
-: > "$apt_dir/sources.list"
-for s in $suites; do
-  case "$s" in
-    *-security) echo "deb [trusted=yes] $security $s main" >> "$apt_dir/sources.list" ;;
-    *) echo "deb [trusted=yes] $mirror $s main" >> "$apt_dir/sources.list" ;;
-  esac
-done
-apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
-          -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
-          -o Acquire::Check-Valid-Until=false -o APT::Get::AllowUnauthenticated=true
-          -o APT::Sandbox::User=root)
-apt-get "${apt_opts[@]}" -qq update >&2
+. "$(dirname "$0")/../lib/private-apt.sh"
+mkdir -p "$out"
+private_apt "$cache/apt/$version" $suites
 
 # Resolve the meta package to the real kernel package(s).
 deps=$(apt-cache "${apt_opts[@]}" depends "$meta" | awk '/Depends: linux-(image|binary|modules)-[0-9]/ {print $2}')
