@@ -7,10 +7,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use common::{config_for, repo_root, write_file, Agent, Overlay};
+use common::{config_for, repo_root, write_file, Agent, Overlay, Prometheus};
 use serde_json::Value;
 
 fn promtool(args: &[&str]) -> String {
@@ -141,28 +142,6 @@ fn replay_server(body: String) -> String {
     addr
 }
 
-struct Prometheus(std::process::Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn query(addr: &str, promql: &str) -> Option<Vec<Value>> {
-    let q: String = promql
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let r = common::http_get(addr, &format!("/api/v1/query?query={q}")).ok()?;
-    let v: Value = serde_json::from_str(&r.body).ok()?;
-    (v["status"] == "success").then(|| v["data"]["result"].as_array().cloned().unwrap_or_default())
-}
-
 #[test]
 fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     common::require_root();
@@ -183,40 +162,29 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         std::fs::read_to_string(repo_root().join("tests/fixtures/qemu-6.1-metrics.prom")).expect("capture");
     let replay = replay_server(capture);
 
-    let prom_addr = format!("127.0.0.1:{}", common::free_port());
-    let prom_cfg = tmp.path().join("prometheus.yml");
-    std::fs::write(
-        &prom_cfg,
-        format!(
+    let prom = Prometheus::start(
+        Path::new("prometheus"),
+        &format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files: ['{}']\nscrape_configs:\n  - job_name: overlay-agent\n    static_configs:\n      - targets: ['{}', '{}']\n",
             repo_root().join("config/prometheus/overlay-agent.rules.yml").display(),
             agent.addr,
             replay
         ),
-    )
-    .expect("write prometheus.yml");
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", prom_cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", tmp.path().join("tsdb").display()))
-        .arg(format!("--web.listen-address={prom_addr}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(tmp.path().join("prometheus.log")).expect("log"))
-        .spawn()
-        .expect("prometheus");
-    let _prom = Prometheus(child);
+        tmp.path(),
+    );
     // Ready when both targets are up, the scan error is in, and rates have samples.
     common::wait_for("both targets scraped, with history", Duration::from_secs(90), || {
-        let up = query(&prom_addr, "sum(up{job=\"overlay-agent\"})")?;
+        let up = prom.query("sum(up{job=\"overlay-agent\"})")?;
         let n: f64 = up.first()?["value"][1].as_str()?.parse().ok()?;
-        let errs = query(&prom_addr, "overlayfs_upper_scan_errors_total{reason=\"missing\"}")?;
-        let hist = query(&prom_addr, "count_over_time(overlayfs_upper_bytes[1m]) >= 5")?;
+        let errs = prom.query("overlayfs_upper_scan_errors_total{reason=\"missing\"}")?;
+        let hist = prom.query("count_over_time(overlayfs_upper_bytes[1m]) >= 5")?;
         (n == 2.0 && !errs.is_empty() && !hist.is_empty()).then_some(())
     });
     let d = dashboard();
     let mut empty = Vec::new();
     for (title, expr) in queries(&d) {
         let e = substitute(&expr);
-        match query(&prom_addr, &e) {
+        match prom.query(&e) {
             Some(r) if !r.is_empty() => {}
             Some(_) => empty.push(format!("{title}: no data for {e}")),
             None => empty.push(format!("{title}: query failed: {e}")),
@@ -224,11 +192,10 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
     // The recording rules evaluate too (they back the heavy panels).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while query(&prom_addr, "instance_cause_kind:overlayfs_copy_up:rate5m").is_none_or(|r| r.is_empty()) {
+    while prom.query("instance_cause_kind:overlayfs_copy_up:rate5m").is_none_or(|r| r.is_empty()) {
         if std::time::Instant::now() > deadline {
-            let rules = common::http_get(&prom_addr, "/api/v1/rules").map(|r| r.body).unwrap_or_default();
-            let log = std::fs::read_to_string(tmp.path().join("prometheus.log")).unwrap_or_default();
-            panic!("recording rules did not evaluate within 60 s\nrules: {rules}\nlog: {log}");
+            let rules = common::http_get(&prom.addr, "/api/v1/rules").map(|r| r.body).unwrap_or_default();
+            panic!("recording rules did not evaluate within 60 s\nrules: {rules}\nlog: {}", prom.log());
         }
         std::thread::sleep(Duration::from_millis(200));
     }

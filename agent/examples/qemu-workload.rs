@@ -51,6 +51,15 @@ fn step(what: &str, r: std::io::Result<()>) {
     }
 }
 
+/// A libc return code as a Result.
+fn check(rc: libc::c_int) -> std::io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 fn cpath(p: &Path) -> std::ffi::CString {
     std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path without NUL")
 }
@@ -58,15 +67,8 @@ fn cpath(p: &Path) -> std::ffi::CString {
 fn run(a: &Path, b: &Path, c: &Path) {
     step("chown", chown(a.join("chown.dat"), Some(1), Some(1)));
     step("chmod", fs::set_permissions(a.join("chmod.dat"), fs::Permissions::from_mode(0o600)));
-    step("truncate(2)", {
-        // SAFETY: a valid NUL-terminated path.
-        let rc = unsafe { libc::truncate(cpath(&a.join("trunc.dat")).as_ptr(), 5) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    });
+    // SAFETY: a valid NUL-terminated path.
+    step("truncate(2)", check(unsafe { libc::truncate(cpath(&a.join("trunc.dat")).as_ptr(), 5) }));
     step(
         "append",
         OpenOptions::new().append(true).open(a.join("append.dat")).and_then(|mut f| f.write_all(b"+")),
@@ -75,14 +77,9 @@ fn run(a: &Path, b: &Path, c: &Path) {
     step("utimes", {
         let times = [libc::timespec { tv_sec: 1, tv_nsec: 0 }, libc::timespec { tv_sec: 2, tv_nsec: 0 }];
         // SAFETY: valid path and a two-element timespec array.
-        let rc = unsafe {
+        check(unsafe {
             libc::utimensat(libc::AT_FDCWD, cpath(&a.join("utimes.dat")).as_ptr(), times.as_ptr(), 0)
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+        })
     });
     step(
         "setxattr",

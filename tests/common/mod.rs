@@ -333,3 +333,61 @@ pub fn write_file(path: &Path, len: usize) {
     }
     std::fs::write(path, vec![b'x'; len]).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
+
+/// A real Prometheus server on a free loopback port, with a TSDB in `dir`;
+/// killed on drop.
+pub struct Prometheus {
+    child: Child,
+    pub addr: String,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    /// Starts `binary` with `config` (prometheus.yml text).
+    pub fn start(binary: &Path, config: &str, dir: &Path) -> Prometheus {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let cfg = dir.join("prometheus.yml");
+        std::fs::write(&cfg, config).expect("write prometheus.yml");
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("prometheus log"))
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{} not found ({e}): run the README's test command", binary.display())
+            });
+        Prometheus { child, addr, dir: dir.to_owned() }
+    }
+
+    /// An instant query; None until Prometheus answers with success.
+    pub fn query(&self, promql: &str) -> Option<Vec<serde_json::Value>> {
+        let q: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let r = http_get(&self.addr, &format!("/api/v1/query?query={q}")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        (v["status"] == "success").then(|| v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The first sample's value of an instant query, as text.
+    pub fn value(&self, promql: &str) -> Option<String> {
+        self.query(promql)?.first()?["value"][1].as_str().map(str::to_owned)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
