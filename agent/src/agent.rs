@@ -65,8 +65,11 @@ impl Pipeline {
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         match discover(config) {
             Ok(t) => {
-                for bad in &t.bad_lines {
-                    tracing::warn!(file = %t.source.display(), line = bad.line, error = %bad.message, "unparsable mountinfo line");
+                // Log a bad line once, not at every re-read while it stays.
+                if t.bad_lines != self.table.get().bad_lines {
+                    for bad in &t.bad_lines {
+                        tracing::warn!(file = %t.source.display(), line = bad.line, error = %bad.message, "unparsable mountinfo line");
+                    }
                 }
                 self.table.set(t);
                 Ok(())

@@ -68,6 +68,7 @@ pub async fn run(config: &Config, min_latency: Duration, out: &mut impl Write) -
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut table: MountTable = crate::agent::discover(config).unwrap_or_default();
+    let mut table_read = std::time::Instant::now();
     let since = monotonic_ns();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -88,8 +89,11 @@ pub async fn run(config: &Config, min_latency: Duration, out: &mut impl Write) -
                     // pattern valid); read_unaligned copes with the ring's alignment.
                     let ev: TraceEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
                     let dev = Device::from_kernel_dev(ev.dev);
-                    if !table.mounts.contains_key(&dev) {
+                    // A new mount: re-read mountinfo, at most once a second (a storm on a
+                    // mount the filters exclude must not re-read it per event).
+                    if !table.mounts.contains_key(&dev) && table_read.elapsed() >= Duration::from_secs(1) {
                         table = crate::agent::discover(config).unwrap_or(table);
+                        table_read = std::time::Instant::now();
                     }
                     let mp = table.mounts.get(&dev).map(|m| m.mountpoint_label()).unwrap_or_else(|| "unknown".into());
                     writeln!(out, "{}", format_event(&ev, since, &mp))?;

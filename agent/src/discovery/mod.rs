@@ -161,6 +161,21 @@ pub fn path_label(p: &Path) -> String {
     }
 }
 
+/// The current mount table, shared between the discovery loop (writer) and the
+/// collectors and scan scheduler (readers). Readers get a cheap snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct SharedTable(std::sync::Arc<std::sync::RwLock<std::sync::Arc<MountTable>>>);
+
+impl SharedTable {
+    pub fn get(&self) -> std::sync::Arc<MountTable> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, table: MountTable) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(table);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,20 +212,5 @@ mod tests {
         let p = Path::new(std::ffi::OsStr::from_bytes(b"/m/\xff\"x\""));
         assert_eq!(path_label(p), "/m/\\xff\"x\"");
         assert_eq!(path_label(Path::new("/m/caf\u{e9}")), "/m/caf\u{e9}");
-    }
-}
-
-/// The current mount table, shared between the discovery loop (writer) and the
-/// collectors and scan scheduler (readers). Readers get a cheap snapshot.
-#[derive(Debug, Clone, Default)]
-pub struct SharedTable(std::sync::Arc<std::sync::RwLock<std::sync::Arc<MountTable>>>);
-
-impl SharedTable {
-    pub fn get(&self) -> std::sync::Arc<MountTable> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn set(&self, table: MountTable) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(table);
     }
 }
