@@ -25,9 +25,10 @@ impl KernelBtf {
     /// Loads `<dir>/vmlinux` and, if present, `<dir>/overlay` (normally /sys/kernel/btf).
     pub fn load(dir: &Path) -> Result<KernelBtf, BtfError> {
         let vmlinux_path = dir.join("vmlinux");
-        let vmlinux = Btf::from_file(&vmlinux_path).map_err(|e| BtfError::Read {
-            path: vmlinux_path.display().to_string(),
-            message: e.to_string(),
+        // Mmap: a handful of lookups at start-up do not need all of vmlinux's
+        // BTF parsed in memory (that peaks at ~70 MiB and stays resident).
+        let vmlinux = Btf::from_file_with_backend(&vmlinux_path, btf_rs::Backend::Mmap).map_err(|e| {
+            BtfError::Read { path: vmlinux_path.display().to_string(), message: e.to_string() }
         })?;
         let overlay_path = dir.join("overlay");
         let overlay = if overlay_path.exists() {

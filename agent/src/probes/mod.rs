@@ -147,6 +147,22 @@ fn program_config(btf: &KernelBtf, symbols: &Symbols, opts: &ProbeOptions) -> Re
 /// Loads and attaches the probes. Always returns a status; `Some(Probes)` only
 /// when copy-ups can be counted.
 pub fn start(opts: &ProbeOptions) -> (Option<(Probes, CopyUpMaps)>, ProbeStatus) {
+    let result = start_inner(opts);
+    release_startup_memory();
+    result
+}
+
+/// BTF lookups and program loading allocate tens of MiB once; give the freed
+/// heap back to the system rather than keep it resident for the agent's life.
+fn release_startup_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory at the top of the heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+fn start_inner(opts: &ProbeOptions) -> (Option<(Probes, CopyUpMaps)>, ProbeStatus) {
     let symbols = match Symbols::read(&opts.kallsyms) {
         Ok(s) => s,
         Err(e) => return (None, disabled("no_kallsyms", format!("{}: {e}", opts.kallsyms.display()))),
