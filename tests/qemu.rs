@@ -359,3 +359,25 @@ fn probe_overhead() {
         }
     }
 }
+
+/// The cost of reading the eBPF maps per scrape at 1000 mounts x every cause, a
+/// benchmark that prints figures (not part of the test suite):
+/// OVERLAY_AGENT_QEMU_KERNELS=6.1 cargo test --release --test qemu -- --ignored --nocapture map_read_cost
+#[test]
+#[ignore = "benchmark: run on demand, prints figures"]
+fn map_read_cost() {
+    common::require_root();
+    for version in kernels() {
+        let kernel = fetch(&version);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let initrd = initramfs(dir.path(), &kernel, "maps");
+        let log = repo_root().join(format!("target/qemu-maps-{version}.log"));
+        let console = boot(&kernel, &initrd, &log).replace("\r\n", "\n");
+        let lines: Vec<&str> = console.lines().filter_map(|l| l.strip_prefix("=== MAPS ")).collect();
+        assert!(lines.len() >= 4, "no map figures in {}", log.display());
+        println!("\nkernel {version} (QEMU TCG), 1000 overlay mounts, 50 scrapes each way:");
+        for l in lines {
+            println!("  {l}");
+        }
+    }
+}

@@ -140,9 +140,65 @@ fn tree(dir: &Path, n: usize) {
     }
 }
 
+/// `causes-prepare LOWER`: one lower file or directory per copy-up cause.
+fn causes_prepare(lower: &Path) {
+    for name in [
+        "chown", "chmod", "trunc", "append", "otrunc", "utimes", "xattr", "link", "rename", "d/new", "r/gone",
+    ] {
+        file(lower, name, 100);
+    }
+}
+
+/// `causes-run MERGED`: one copy-up per cause on a mount prepared as above.
+fn causes_run(m: &Path) {
+    let times = [libc::timespec { tv_sec: 1, tv_nsec: 0 }, libc::timespec { tv_sec: 2, tv_nsec: 0 }];
+    let results = [
+        chown(m.join("chown"), Some(1), Some(1)),
+        fs::set_permissions(m.join("chmod"), fs::Permissions::from_mode(0o600)),
+        // SAFETY: valid NUL-terminated paths and a two-element timespec array.
+        check(unsafe { libc::truncate(cpath(&m.join("trunc")).as_ptr(), 1) }),
+        OpenOptions::new().append(true).open(m.join("append")).map(drop),
+        OpenOptions::new().write(true).truncate(true).open(m.join("otrunc")).map(drop),
+        check(unsafe {
+            libc::utimensat(libc::AT_FDCWD, cpath(&m.join("utimes")).as_ptr(), times.as_ptr(), 0)
+        }),
+        rustix::fs::setxattr(m.join("xattr"), "trusted.test", b"1", rustix::fs::XattrFlags::empty())
+            .map_err(std::io::Error::from),
+        fs::hard_link(m.join("link"), m.join("link2")),
+        fs::rename(m.join("rename"), m.join("renamed")),
+        File::create(m.join("d/new2")).map(drop),
+        fs::remove_file(m.join("r/gone")),
+    ];
+    for r in results {
+        r.expect("copy-up operation");
+    }
+}
+
+/// `scrape HOST:PORT N`: N GETs of /metrics; prints p50 and p99 latency and the size.
+fn scrape(addr: &str, n: usize) {
+    use std::io::Read;
+    let mut lat = Vec::with_capacity(n);
+    let mut size = 0;
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+        let mut body = Vec::new();
+        s.read_to_end(&mut body).expect("response");
+        lat.push(t.elapsed().as_secs_f64());
+        size = body.len();
+    }
+    lat.sort_by(f64::total_cmp);
+    let p = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize] * 1e3;
+    println!("scrape {n} p50 {:.2} ms p99 {:.2} ms bytes {size}", p(0.5), p(0.99));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
+        Some("causes-prepare") => return causes_prepare(Path::new(&args[2])),
+        Some("causes-run") => return causes_run(Path::new(&args[2])),
+        Some("scrape") => return scrape(&args[2], args[3].parse().expect("count")),
         Some("storm") => {
             let passes = args.get(4).map(|p| p.parse().expect("passes")).unwrap_or(1);
             return storm(Path::new(&args[2]), args[3].parse().expect("uid"), passes);

@@ -26,10 +26,19 @@ impl KernelBtf {
     pub fn load(dir: &Path) -> Result<KernelBtf, BtfError> {
         let vmlinux_path = dir.join("vmlinux");
         // Mmap: a handful of lookups at start-up do not need all of vmlinux's
-        // BTF parsed in memory (that peaks at ~70 MiB and stays resident).
-        let vmlinux = Btf::from_file_with_backend(&vmlinux_path, btf_rs::Backend::Mmap).map_err(|e| {
-            BtfError::Read { path: vmlinux_path.display().to_string(), message: e.to_string() }
-        })?;
+        // BTF parsed in memory (that peaks at ~70 MiB). Kernels before ~6.15 refuse
+        // to mmap the sysfs file (ENODEV): parse it there.
+        let read_error = |e: btf_rs::Error| BtfError::Read {
+            path: vmlinux_path.display().to_string(),
+            message: e.to_string(),
+        };
+        let vmlinux = match Btf::from_file_with_backend(&vmlinux_path, btf_rs::Backend::Mmap) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot mmap vmlinux BTF; parsing it");
+                Btf::from_file(&vmlinux_path).map_err(read_error)?
+            }
+        };
         let overlay_path = dir.join("overlay");
         let overlay = if overlay_path.exists() {
             match Btf::from_split_file(&overlay_path, &vmlinux) {
