@@ -138,17 +138,22 @@ def bench_scan(runs, sizes):
 
 
 # ---------------------------------------------------------------- 2. scrape
+def mount_overlay(d, lower_file=False):
+    """Creates d/{lower,upper,work,merged}, mounts the overlay, returns merged."""
+    for sub in ("lower", "upper", "work", "merged"):
+        os.makedirs(os.path.join(d, sub))
+    if lower_file:
+        with open(os.path.join(d, "lower", "f"), "w") as f:
+            f.write("x")
+    m = os.path.join(d, "merged")
+    sh("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={d}/lower,upperdir={d}/upper,workdir={d}/work", m)
+    return m
+
+
 def make_mounts(base, n):
     mounts = []
     for i in range(n):
-        d = os.path.join(base, f"m{i}")
-        for sub in ("lower", "upper", "work", "merged"):
-            os.makedirs(os.path.join(d, sub))
-        with open(os.path.join(d, "lower", "f"), "w") as f:
-            f.write("x")
-        m = os.path.join(d, "merged")
-        sh("mount", "-t", "overlay", "overlay", "-o",
-           f"lowerdir={d}/lower,upperdir={d}/upper,workdir={d}/work", m)
+        m = mount_overlay(os.path.join(base, f"m{i}"), lower_file=True)
         os.chown(os.path.join(m, "f"), 1, 1)
         mounts.append(m)
     return mounts
@@ -254,12 +259,8 @@ def bench_churn(rate=50, seconds=60, lifetime=2.0):
         while time.time() < t_end:
             tick = time.time()
             for _ in range(rate):
-                d = os.path.join(base, f"c{i}")
+                m = mount_overlay(os.path.join(base, f"c{i}"))
                 i += 1
-                for sub in ("lower", "upper", "work", "merged"):
-                    os.makedirs(os.path.join(d, sub))
-                m = os.path.join(d, "merged")
-                sh("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={d}/lower,upperdir={d}/upper,workdir={d}/work", m)
                 mounted[m] = time.time()
                 live.append(m)
             while live and time.time() - mounted[live[0]] > lifetime:

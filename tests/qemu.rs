@@ -109,6 +109,17 @@ fn boot(kernel: &Path, initrd: &Path, log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
 }
 
+/// Fetches the kernel, builds the initramfs for `mode`, boots it and returns the
+/// console output (LF line ends) and where it was saved.
+fn run_guest(version: &str, mode: &str, log_name: &str) -> (String, PathBuf) {
+    let kernel = fetch(version);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let initrd = initramfs(dir.path(), &kernel, mode);
+    let log = repo_root().join(format!("target/{log_name}-{version}.log"));
+    let console = boot(&kernel, &initrd, &log).replace("\r\n", "\n");
+    (console, log)
+}
+
 fn section<'a>(console: &'a str, begin: &str, end: &str) -> Option<&'a str> {
     let start = console.find(begin)? + begin.len();
     let stop = console[start..].find(end)? + start;
@@ -150,12 +161,8 @@ const EXPECTED_BYTES: &[(&str, &str, f64)] = &[
 ];
 
 fn check_kernel(version: &str) -> Result<String, String> {
-    let kernel = fetch(version);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let initrd = initramfs(dir.path(), &kernel, "agent");
-    let log = repo_root().join(format!("target/qemu-{version}.log"));
     let started = Instant::now();
-    let console = boot(&kernel, &initrd, &log).replace("\r\n", "\n");
+    let (console, log) = run_guest(version, "agent", "qemu");
     let secs = started.elapsed().as_secs_f64();
     let fail = |what: String| Err(format!("kernel {version}: {what} (console: {})", log.display()));
     for marker in [
@@ -286,11 +293,7 @@ fn copy_ups_are_counted_exactly_on_real_kernels() {
 fn probe_overhead() {
     common::require_root();
     for version in kernels() {
-        let kernel = fetch(&version);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let initrd = initramfs(dir.path(), &kernel, "bench");
-        let log = repo_root().join(format!("target/qemu-bench-{version}.log"));
-        let console = boot(&kernel, &initrd, &log).replace("\r\n", "\n");
+        let (console, log) = run_guest(&version, "bench", "qemu-bench");
         let mut runs: std::collections::BTreeMap<(String, String), Vec<f64>> = Default::default();
         let mut entries = 0u64;
         let mut bpf: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
@@ -368,11 +371,7 @@ fn probe_overhead() {
 fn map_read_cost() {
     common::require_root();
     for version in kernels() {
-        let kernel = fetch(&version);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let initrd = initramfs(dir.path(), &kernel, "maps");
-        let log = repo_root().join(format!("target/qemu-maps-{version}.log"));
-        let console = boot(&kernel, &initrd, &log).replace("\r\n", "\n");
+        let (console, log) = run_guest(&version, "maps", "qemu-maps");
         let lines: Vec<&str> = console.lines().filter_map(|l| l.strip_prefix("=== MAPS ")).collect();
         assert!(lines.len() >= 4, "no map figures in {}", log.display());
         println!("\nkernel {version} (QEMU TCG), 1000 overlay mounts, 50 scrapes each way:");
