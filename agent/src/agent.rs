@@ -27,9 +27,13 @@ pub enum AgentError {
     Start { what: &'static str, source: std::io::Error },
 }
 
-/// Discovery with the config's procfs root and filters.
+/// Discovery with the config's procfs root and filters, mounts identified.
 pub fn discover(config: &Config) -> Result<MountTable, DiscoveryError> {
-    discovery::discover(&config.discovery.procfs, |mp| config.mountpoint_selected(mp))
+    let mut table = discovery::discover(&config.discovery.procfs, |mp| config.mountpoint_selected(mp))?;
+    let resolver = crate::identity::Resolver::new(&config.discovery.rootfs, &config.identity.rules);
+    table.identities =
+        table.mounts.iter().filter_map(|(dev, m)| Some((*dev, resolver.identify(m)?))).collect();
+    Ok(table)
 }
 
 /// Everything the collectors read, and the registry that holds them.

@@ -33,7 +33,15 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     pub scan: ScanConfig,
     pub ebpf: EbpfConfig,
+    pub identity: IdentityConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Rules for layouts the agent does not know, tried before the built-in ones.
+    pub rules: Vec<crate::identity::IdentityRule>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -219,6 +227,9 @@ impl MountRegex {
     pub fn as_str(&self) -> &str {
         &self.source
     }
+    pub fn regex(&self) -> &regex::Regex {
+        &self.regex
+    }
 }
 
 impl PartialEq for MountRegex {
@@ -386,6 +397,22 @@ mod tests {
         assert!(msg.contains("test.yaml:2:") && msg.contains("include_mountpoints"), "{msg}");
         let msg = parse("web:\n  listen_address: nowhere\n").expect_err("bad addr").to_string();
         assert!(msg.contains("test.yaml:2:") && msg.contains("web.listen_address"), "{msg}");
+    }
+
+    #[test]
+    fn identity_rules() {
+        let c = parse("identity:\n  rules:\n    - runtime: ci\n      source: upperdir\n      regex: '/ci/(?P<container_id>[0-9]+)'\n")
+            .expect("valid rule");
+        assert_eq!(c.identity.rules.len(), 1);
+        assert_eq!(c.identity.rules[0].source, crate::identity::RuleSource::Upperdir);
+        let msg = parse("identity:\n  rules:\n    - runtime: ci\n      regex: '(?P<x'\n")
+            .expect_err("bad")
+            .to_string();
+        assert!(msg.contains("test.yaml:4:") && msg.contains("identity.rules[0].regex"), "{msg}");
+        let msg = parse("identity:\n  rules:\n    - runtime: ci\n      source: lowerdir\n      regex: x\n")
+            .expect_err("bad source")
+            .to_string();
+        assert!(msg.contains("identity.rules[0].source"), "{msg}");
     }
 
     #[test]

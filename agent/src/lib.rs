@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod discovery;
 pub mod http;
+pub mod identity;
 pub mod kernel;
 pub mod metrics;
 pub mod probes;

@@ -94,6 +94,8 @@ pub struct MountTable {
     pub bad_lines: Vec<mountinfo::BadLine>,
     /// The file that was read.
     pub source: PathBuf,
+    /// Runtime and container of the mounts that could be identified.
+    pub identities: BTreeMap<Device, crate::identity::Identity>,
 }
 
 impl MountTable {
@@ -139,7 +141,12 @@ impl MountTable {
 pub fn discover(procfs: &Path, select: impl Fn(&str) -> bool) -> Result<MountTable, DiscoveryError> {
     let source = mountinfo::mountinfo_path(procfs);
     let (lines, bad_lines) = mountinfo::read(&source)?;
-    Ok(MountTable { mounts: MountTable::from_lines(lines, select), bad_lines, source })
+    Ok(MountTable {
+        mounts: MountTable::from_lines(lines, select),
+        bad_lines,
+        source,
+        identities: BTreeMap::new(),
+    })
 }
 
 /// A path as a Prometheus label value: UTF-8 kept as is, every other byte as `\xNN`,

@@ -53,6 +53,7 @@ pub fn mounts(table: &MountTable, json: bool, out: &mut impl Write) -> io::Resul
                     "upperdir": m.options.upper.as_ref().map(LayerPath::label),
                     "workdir": m.options.work.as_ref().map(LayerPath::label),
                     "lower_layers": m.options.lower.len(),
+                    "identity": table.identities.get(&m.device),
                     "options": m.options,
                 })
             })

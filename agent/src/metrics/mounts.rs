@@ -28,6 +28,9 @@ static INFO: Def = Def {
         "xino",
         "volatile",
         "userxattr",
+        "runtime",
+        "container_id",
+        "container_name",
     ],
 };
 static LOWER: Def = Def {
@@ -102,6 +105,7 @@ impl Collector for MountCollector {
             let upper = o.upper.as_ref().map(LayerPath::label).unwrap_or_default();
             let work = o.work.as_ref().map(LayerPath::label).unwrap_or_default();
             let device = m.device.to_string();
+            let id = table.identities.get(&m.device);
             info.add(
                 &[
                     &mp,
@@ -115,6 +119,9 @@ impl Collector for MountCollector {
                     o.xino.as_deref().unwrap_or(""),
                     bool_str(o.is_volatile()),
                     bool_str(o.userxattr),
+                    id.map(|i| i.runtime.as_str()).unwrap_or(""),
+                    id.map(|i| i.container_id.as_str()).unwrap_or(""),
+                    id.map(|i| i.container_name.as_str()).unwrap_or(""),
                 ],
                 1.0,
             );
