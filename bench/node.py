@@ -150,6 +150,17 @@ def mount_overlay(d, lower_file=False):
     return m
 
 
+def start_agent(base):
+    """Starts the release agent watching only mounts under base; returns (process, /metrics URL)."""
+    port = free_port()
+    cfg = os.path.join(base, "agent.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"web:\n  listen_address: 127.0.0.1:{port}\n"
+                f"discovery:\n  include_mountpoints: ['{re.escape(base)}/.*']\n")
+    agent = subprocess.Popen([AGENT, "--config", cfg], stderr=subprocess.DEVNULL)
+    return agent, f"http://127.0.0.1:{port}/metrics"
+
+
 def make_mounts(base, n):
     mounts = []
     for i in range(n):
@@ -182,14 +193,8 @@ def bench_scrape(counts):
         procs = []
         try:
             mounts = make_mounts(base, n)
-            port = free_port()
-            cfg = os.path.join(base, "agent.yaml")
-            with open(cfg, "w") as f:
-                f.write(f"web:\n  listen_address: 127.0.0.1:{port}\n"
-                        f"discovery:\n  include_mountpoints: ['{re.escape(base)}/.*']\n")
-            agent = subprocess.Popen([AGENT, "--config", cfg], stderr=subprocess.DEVNULL)
+            agent, url = start_agent(base)
             procs.append(agent)
-            url = f"http://127.0.0.1:{port}/metrics"
             wait_http(url, "all mounts scanned", 120,
                       lambda b: len(re.findall(rb"^overlayfs_upper_scans_total\{", b, re.M)) >= n)
             p50, p99, size, cpu, rss = scrape_stats(url, agent.pid)
@@ -222,13 +227,7 @@ def bench_scrape(counts):
 def bench_churn(rate=50, seconds=60, lifetime=2.0):
     print(f"\n### Mount churn ({rate} mounts created and {rate} destroyed per second for {seconds} s, scrapes every 100 ms)\n")
     base = tempfile.mkdtemp(prefix="ovl-churn-")
-    port = free_port()
-    cfg = os.path.join(base, "agent.yaml")
-    with open(cfg, "w") as f:
-        f.write(f"web:\n  listen_address: 127.0.0.1:{port}\n"
-                f"discovery:\n  include_mountpoints: ['{re.escape(base)}/.*']\n")
-    agent = subprocess.Popen([AGENT, "--config", cfg], stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/metrics"
+    agent, url = start_agent(base)
     wait_http(url, "agent", 30)
     mounted, unmounted, seen_first, seen_last = {}, {}, {}, {}
     stop = threading.Event()
