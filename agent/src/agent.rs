@@ -163,6 +163,7 @@ pub async fn serve(cli: &Cli, mut config: Config) -> Result<(), AgentError> {
         };
         if reread {
             last_read = Instant::now();
+            let before = p.table.get();
             let p2 = p.clone();
             let c2 = config.clone();
             match tokio::task::spawn_blocking(move || p2.rediscover(&c2)).await {
@@ -175,8 +176,12 @@ pub async fn serve(cli: &Cli, mut config: Config) -> Result<(), AgentError> {
                 // The overlay module is loaded on the first overlay mount: try again.
                 copy_up_probes = start_probes(&config, &probe_handle).await;
             }
-            if let Some(maps) = probe_handle.maps.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                maps.forget(|dev| table.mounts.contains_key(&discovery::Device::from_kernel_dev(dev)));
+            // Counters of vanished devices go with their mount. Walking the maps costs
+            // a syscall per key, so only when the set of devices changed.
+            if !table.mounts.keys().eq(before.mounts.keys()) {
+                if let Some(maps) = probe_handle.maps.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    maps.forget(|dev| table.mounts.contains_key(&discovery::Device::from_kernel_dev(dev)));
+                }
             }
         }
         p.schedule_scans(&config);
