@@ -220,6 +220,28 @@ fn check_kernel(version: &str) -> Result<String, String> {
     if lat != Some(2.0) {
         problems.push(format!("overlayfs_copy_up_duration_seconds_count{{cause=create}} = {lat:?}, want 2"));
     }
+    // Who copied up: the workload's main threads for all but mount B's chown,
+    // done by thread actor-b, which with top_processes: 1 lands in comm="other".
+    let want_bytes: f64 = EXPECTED_BYTES.iter().map(|e| e.2).sum();
+    for (comm, n, bytes) in
+        [("qemu-workload", want_total - 1.0, want_bytes - 12_000.0), ("other", 1.0, 12_000.0)]
+    {
+        let got = (
+            m.get("overlayfs_copy_up_process_total", &[("comm", comm)]),
+            m.get("overlayfs_copy_up_process_data_bytes_total", &[("comm", comm)]),
+        );
+        if got != (Some(n), Some(bytes)) {
+            problems.push(format!(
+                "process {{comm={comm}}} = {got:?}, want ({n}, {bytes}):\n{}",
+                grep(text, "overlayfs_copy_up_process")
+            ));
+        }
+    }
+    let process_series = text.lines().filter(|l| l.starts_with("overlayfs_copy_up_process_total{")).count();
+    if process_series != 2 {
+        problems
+            .push(format!("{process_series} overlayfs_copy_up_process_total series, want 2 (K=1 + other)"));
+    }
     if m.get("overlayfs_ebpf_enabled", &[]) != Some(1.0) {
         problems.push("overlayfs_ebpf_enabled is not 1".into());
     }

@@ -117,6 +117,18 @@ pub struct CountValue {
     pub latency_ns: u64,
 }
 
+/// Copy-ups by the process that triggered them, keyed by its comm (the thread
+/// name, NUL-padded to 16 bytes). The agent keeps the top K in /metrics.
+pub type ProcessKey = [u8; 16];
+
+/// Per-process value (per CPU; user space sums).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessValue {
+    pub copy_ups: u64,
+    pub data_bytes: u64,
+}
+
 /// Histogram key. `dev` is 0 unless per-mount histograms are enabled.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -229,6 +241,7 @@ mod pod {
     unsafe impl aya::Pod for super::CountKey {}
     unsafe impl aya::Pod for super::CountValue {}
     unsafe impl aya::Pod for super::HistKey {}
+    unsafe impl aya::Pod for super::ProcessValue {}
     unsafe impl aya::Pod for super::Config {}
 }
 

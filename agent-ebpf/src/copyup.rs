@@ -13,10 +13,11 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::{kprobe, kretprobe};
 use aya_ebpf::programs::{ProbeContext, RetProbeContext};
 use overlay_agent_common::{
-    cause, kind, stat, Config, CountKey, CountValue, Inflight, TraceEvent, HIST_BYTES, HIST_LATENCY_NS,
+    cause, kind, stat, Config, CountKey, CountValue, Inflight, ProcessValue, TraceEvent, HIST_BYTES,
+    HIST_LATENCY_NS,
 };
 
-use crate::maps::{COUNTS, INFLIGHT, THREAD_CAUSE, TRACE};
+use crate::maps::{COUNTS, INFLIGHT, PROCESSES, THREAD_CAUSE, TRACE};
 use crate::util::{arg_at, bump, config, observe, read, tid};
 
 const S_IFMT: u16 = 0o170000;
@@ -135,6 +136,26 @@ fn add_count(key: &CountKey, copy_ups: u64, data_bytes: u64, latency_ns: u64, er
     }
 }
 
+/// One copy-up for the current thread's comm (the actor: a runtime chowning an
+/// image, a package manager, the container's own program).
+#[inline(always)]
+fn add_process(data_bytes: u64) {
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    match PROCESSES.get_ptr_mut(&comm) {
+        // SAFETY: per-CPU value of this CPU.
+        Some(p) => unsafe {
+            (*p).copy_ups += 1;
+            (*p).data_bytes += data_bytes;
+        },
+        None => {
+            let v = ProcessValue { copy_ups: 1, data_bytes };
+            if PROCESSES.insert(&comm, &v, 0).is_err() {
+                bump(stat::MAP_FULL);
+            }
+        }
+    }
+}
+
 /// ovl_copy_up_end(dentry): the copy is done (or failed after it started).
 #[kprobe]
 pub fn end_entry(_ctx: ProbeContext) -> u32 {
@@ -155,6 +176,7 @@ pub fn end_entry(_ctx: ProbeContext) -> u32 {
         observe(hist_dev, v.cause, HIST_BYTES, v.data_bytes);
     }
     observe(hist_dev, v.cause, HIST_LATENCY_NS, latency);
+    add_process(v.data_bytes);
     if latency >= cfg.trace_min_latency_ns {
         trace(cfg, &v, k, now, latency);
     }

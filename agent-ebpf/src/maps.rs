@@ -2,8 +2,10 @@
 //! reads COUNTS and HIST when scraped; nothing is sent per event.
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
-use overlay_agent_common::{Config, CountKey, CountValue, HistKey, Inflight, ThreadCause};
+use aya_ebpf::maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
+use overlay_agent_common::{
+    Config, CountKey, CountValue, HistKey, Inflight, ProcessKey, ProcessValue, ThreadCause,
+};
 
 /// Written once by the agent (offsets and argument positions from BTF).
 #[map]
@@ -16,6 +18,13 @@ pub static COUNTS: PerCpuHashMap<CountKey, CountValue> = PerCpuHashMap::with_max
 /// Log2 histograms of bytes and latency by (device or 0, cause, bucket).
 #[map]
 pub static HIST: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Copy-ups and data bytes by the comm of the thread that triggered them. LRU:
+/// past 4096 distinct names the least recently active is dropped (the agent keeps
+/// its own running totals, so the exported counters never go back).
+#[map]
+pub static PROCESSES: LruPerCpuHashMap<ProcessKey, ProcessValue> =
+    LruPerCpuHashMap::with_max_entries(4096, 0);
 
 /// Slow copy-ups for `overlay-agent trace` (only when trace_min_latency_ns is set).
 #[map]

@@ -105,7 +105,14 @@ fn run(a: &Path, b: &Path, c: &Path) {
             .collect();
         threads.into_iter().try_for_each(|t| t.join().unwrap_or_else(|_| Err(std::io::Error::other("panic"))))
     });
-    step("chown on mount B", chown(b.join("other.dat"), Some(2), Some(2)));
+    // On a thread with its own comm: a second actor for overlayfs_copy_up_process_total.
+    step("chown on mount B by thread actor-b", {
+        let other = b.join("other.dat");
+        std::thread::Builder::new()
+            .name("actor-b".into())
+            .spawn(move || chown(other, Some(2), Some(2)))
+            .and_then(|t| t.join().unwrap_or_else(|_| Err(std::io::Error::other("panic"))))
+    });
     step("chown on metacopy mount C", chown(c.join("meta.dat"), Some(3), Some(3)));
     step(
         "append on mount C (deferred data)",

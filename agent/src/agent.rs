@@ -116,6 +116,14 @@ pub async fn serve(cli: &Cli, mut config: Config) -> Result<(), AgentError> {
         &p.registry,
         Box::new(metrics::copyup::CopyUpCollector::new(p.table.clone(), probe_handle.clone())),
     );
+    metrics::register(
+        &p.registry,
+        Box::new(metrics::process::ProcessCollector::new(
+            probe_handle.clone(),
+            config.ebpf.top_processes,
+            config.ebpf.top_processes_idle,
+        )),
+    );
     let mut copy_up_probes = start_probes(&config, &probe_handle).await;
 
     let addr = config.web.listen_address;

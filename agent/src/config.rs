@@ -51,11 +51,21 @@ pub struct EbpfConfig {
     pub enabled: bool,
     /// Also key the bytes and latency histograms by mount (mounts x causes x buckets series).
     pub per_mount_histograms: bool,
+    /// Comms shown in overlayfs_copy_up_process_*_total (the rest: comm="other").
+    pub top_processes: usize,
+    /// A shown comm without copy-ups for this long makes room for another.
+    #[serde(deserialize_with = "de_duration")]
+    pub top_processes_idle: Duration,
 }
 
 impl Default for EbpfConfig {
     fn default() -> Self {
-        Self { enabled: true, per_mount_histograms: false }
+        Self {
+            enabled: true,
+            per_mount_histograms: false,
+            top_processes: 10,
+            top_processes_idle: Duration::from_secs(15 * 60),
+        }
     }
 }
 
@@ -328,6 +338,12 @@ impl Config {
         }
         if self.discovery.resync_interval < Duration::from_secs(1) {
             return invalid("discovery.resync_interval: must be at least 1s".to_owned());
+        }
+        if self.ebpf.top_processes > 1000 {
+            return invalid(format!(
+                "ebpf.top_processes: must be between 0 and 1000 (one series each), got {}",
+                self.ebpf.top_processes
+            ));
         }
         Ok(())
     }

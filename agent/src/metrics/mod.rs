@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod copyup;
 pub mod mounts;
+pub mod process;
 pub mod upper;
 
 use prometheus::core::{Collector, Desc};

@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
-use overlay_agent_common::{stat, CountKey, CountValue, HistKey};
+use overlay_agent_common::{stat, CountKey, CountValue, HistKey, ProcessKey, ProcessValue};
 
 pub struct CopyUpMaps {
     pub(super) counts: PerCpuHashMap<MapData, CountKey, CountValue>,
     pub(super) hist: PerCpuHashMap<MapData, HistKey, u64>,
     pub(super) stats: PerCpuArray<MapData, u64>,
+    pub(super) processes: PerCpuHashMap<MapData, ProcessKey, ProcessValue>,
 }
 
 /// A consistent-enough copy of the maps (each entry read once).
@@ -40,6 +41,21 @@ impl CopyUpMaps {
             }
         }
         s
+    }
+
+    /// Copy-ups and data bytes by comm, summed over CPUs. The comm is the
+    /// kernel's NUL-padded thread name; invalid UTF-8 is replaced, not dropped.
+    pub fn processes(&self) -> BTreeMap<String, ProcessValue> {
+        let mut out: BTreeMap<String, ProcessValue> = BTreeMap::new();
+        for (k, per_cpu) in self.processes.iter().flatten() {
+            let len = k.iter().position(|b| *b == 0).unwrap_or(k.len());
+            let e = out.entry(String::from_utf8_lossy(&k[..len]).into_owned()).or_default();
+            for v in per_cpu.iter() {
+                e.copy_ups += v.copy_ups;
+                e.data_bytes += v.data_bytes;
+            }
+        }
+        out
     }
 
     /// Drops the counters of devices no longer mounted, so that a reused device

@@ -307,7 +307,8 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<CopyUpMaps, String> {
     let counts = PerCpuHashMap::try_from(take("COUNTS")?).map_err(|e| e.to_string())?;
     let hist = PerCpuHashMap::try_from(take("HIST")?).map_err(|e| e.to_string())?;
     let stats = PerCpuArray::try_from(take("STATS")?).map_err(|e| e.to_string())?;
-    Ok(CopyUpMaps { counts, hist, stats })
+    let processes = PerCpuHashMap::try_from(take("PROCESSES")?).map_err(|e| e.to_string())?;
+    Ok(CopyUpMaps { counts, hist, stats, processes })
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
