@@ -24,8 +24,10 @@ fn without_process_metrics(text: &str) -> String {
 
 #[test]
 fn golden_once_on_fixture_procfs() {
+    let rootfs = repo_root().join("tests/fixtures/rootfs");
     let out = Command::new(BIN)
-        .args(["once", "--path.procfs", &fixture_procfs()])
+        .args(["once", "--path.procfs", &fixture_procfs(), "--path.rootfs"])
+        .arg(&rootfs)
         .output()
         .expect("run overlay-agent once");
     assert!(out.status.success(), "once failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -31,8 +31,7 @@ pub enum AgentError {
 pub fn discover(config: &Config) -> Result<MountTable, DiscoveryError> {
     let mut table = discovery::discover(&config.discovery.procfs, |mp| config.mountpoint_selected(mp))?;
     let resolver = crate::identity::Resolver::new(&config.discovery.rootfs, &config.identity.rules);
-    table.identities =
-        table.mounts.iter().filter_map(|(dev, m)| Some((*dev, resolver.identify(m)?))).collect();
+    table.identities = resolver.identify_all(table.mounts.iter().map(|(dev, m)| (*dev, m)));
     Ok(table)
 }
 

@@ -9,7 +9,13 @@
 //! `containers/<id>/config.v2.json`), containerd (`.../io.containerd.runtime.v2.task/<ns>/<id>/rootfs`),
 //! Concourse baggageclaim (`.../volumes/live/<handle>/volume`), BuildKit
 //! (`.../buildkit/.../executor/<id>/rootfs`). User rules from the config come first.
+//!
+//! Kubernetes: a container's pod uid comes from the kubelet's cgroup tree (the
+//! container's cgroup is a child of the pod's, for the cgroupfs and systemd
+//! drivers, cgroup v1 and v2), and the pod's namespace and name from the
+//! kubelet's log directory `/var/log/pods/<namespace>_<name>_<uid>`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -22,6 +28,17 @@ pub struct Identity {
     pub runtime: String,
     pub container_id: String,
     pub container_name: String,
+    /// Concourse: whether the volume is privileged ("true"/"false"), else "".
+    pub privileged: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+}
+
+impl Identity {
+    fn new(runtime: &str, container_id: String, container_name: String) -> Self {
+        Identity { runtime: runtime.to_owned(), container_id, container_name, ..Default::default() }
+    }
 }
 
 /// What a user rule matches against.
@@ -81,13 +98,30 @@ impl Resolver {
             containerd: builtin(
                 r"/io\.containerd\.runtime\.v2\.task/(?P<ns>[^/]+)/(?P<container_id>[^/]+)/rootfs$",
             ),
-            concourse: builtin(r"/volumes/live/(?P<container_id>[^/]+)/volume$"),
+            concourse: builtin(r"^(?P<volume>/.*/volumes/live/(?P<container_id>[^/]+))/volume$"),
             buildkit: builtin(r"/buildkit/.*executor/(?P<container_id>[^/]+)/rootfs$"),
         }
     }
 
     fn host(&self, p: &str) -> PathBuf {
         self.rootfs.join(p.trim_start_matches('/'))
+    }
+
+    /// Identifies every mount of a table; the Kubernetes index is built once, and
+    /// only when some mount belongs to a container.
+    pub fn identify_all<'a>(
+        &self,
+        mounts: impl Iterator<Item = (crate::discovery::Device, &'a Mount)>,
+    ) -> std::collections::BTreeMap<crate::discovery::Device, Identity> {
+        let mut out: std::collections::BTreeMap<_, _> =
+            mounts.filter_map(|(dev, m)| Some((dev, self.identify(m)?))).collect();
+        if out.values().any(|i| !i.container_id.is_empty()) {
+            let pods = Pods::read(&self.rootfs);
+            for i in out.values_mut() {
+                pods.label(i);
+            }
+        }
+        out
     }
 
     pub fn identify(&self, m: &Mount) -> Option<Identity> {
@@ -99,26 +133,29 @@ impl Resolver {
                 RuleSource::Upperdir => &upper,
             };
             if let Some((container_id, container_name)) = capture(r.regex.regex(), subject) {
-                return Some(Identity { runtime: r.runtime.clone(), container_id, container_name });
+                return Some(Identity::new(&r.runtime, container_id, container_name));
             }
         }
         if let Some(c) = self.storage.captures(&mountpoint) {
             let (id, name) = self.storage_container(&c["storage"], &c["layer"]).unwrap_or_default();
-            return Some(Identity {
-                runtime: "containers-storage".into(),
-                container_id: id,
-                container_name: name,
-            });
+            return Some(Identity::new("containers-storage", id, name));
         }
         if let Some(c) = self.docker.captures(&mountpoint) {
             let (id, name) = self.docker_container(&c["root"], &c["mount"]).unwrap_or_default();
-            return Some(Identity { runtime: "docker".into(), container_id: id, container_name: name });
+            return Some(Identity::new("docker", id, name));
         }
-        for (runtime, re) in
-            [("containerd", &self.containerd), ("concourse", &self.concourse), ("buildkit", &self.buildkit)]
-        {
+        if let Some(c) = self.concourse.captures(&mountpoint) {
+            let mut i = Identity::new("concourse", c["container_id"].to_owned(), String::new());
+            // baggageclaim writes the volume's privileged flag as a JSON boolean.
+            let flag = std::fs::read(self.host(&format!("{}/privileged.json", &c["volume"])))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<bool>(&b).ok());
+            i.privileged = flag.map(|f| f.to_string()).unwrap_or_default();
+            return Some(i);
+        }
+        for (runtime, re) in [("containerd", &self.containerd), ("buildkit", &self.buildkit)] {
             if let Some((container_id, container_name)) = capture(re, &mountpoint) {
-                return Some(Identity { runtime: runtime.into(), container_id, container_name });
+                return Some(Identity::new(runtime, container_id, container_name));
             }
         }
         None
@@ -163,6 +200,96 @@ impl Resolver {
     }
 }
 
+/// Kubernetes pods by container id, from the kubelet's cgroups and log dirs.
+#[derive(Debug, Default)]
+struct Pods {
+    /// container id -> pod uid
+    uid_of: HashMap<String, String>,
+    /// pod uid -> (namespace, name)
+    names: HashMap<String, (String, String)>,
+}
+
+/// A pod's cgroup directory name -> its uid: `pod<uid>` (cgroupfs driver) or
+/// `kubepods[-<qos>]-pod<uid with _ for ->.slice` (systemd driver).
+fn pod_uid(dir: &str) -> Option<String> {
+    let uid = match dir.strip_suffix(".slice") {
+        Some(unit) => unit.rsplit_once("-pod")?.1.replace('_', "-"),
+        None => dir.strip_prefix("pod")?.to_owned(),
+    };
+    (uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(uid)
+}
+
+/// A container's cgroup directory name (inside its pod's) -> the container id:
+/// `<id>` (cgroupfs) or `<runtime prefix>-<id>.scope` (systemd: cri-containerd-,
+/// crio-, docker-). CRI-O's conmon scopes are not containers.
+fn cgroup_container_id(dir: &str) -> Option<&str> {
+    let id = match dir.strip_suffix(".scope") {
+        Some(unit) if unit.starts_with("crio-conmon-") => return None,
+        Some(unit) => unit.rsplit_once('-')?.1,
+        None => dir,
+    };
+    (id.len() >= 12 && id.chars().all(|c| c.is_ascii_hexdigit())).then_some(id)
+}
+
+fn subdirs(dir: &Path) -> impl Iterator<Item = (String, PathBuf)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+}
+
+impl Pods {
+    fn read(rootfs: &Path) -> Pods {
+        let mut pods = Pods::default();
+        let cgroup = rootfs.join("sys/fs/cgroup");
+        // kubepods roots: /sys/fs/cgroup/kubepods[.slice] (v2, or v1 named
+        // hierarchy) and /sys/fs/cgroup/<controller>/kubepods[.slice] (v1).
+        let mut roots: Vec<PathBuf> = Vec::new();
+        for (name, path) in subdirs(&cgroup) {
+            if name.starts_with("kubepods") {
+                roots.push(path);
+            } else if !name.ends_with(".slice") && !name.ends_with(".scope") {
+                roots.extend(subdirs(&path).filter(|(n, _)| n.starts_with("kubepods")).map(|(_, p)| p));
+            }
+        }
+        // Pods sit at depth 1 (guaranteed) or 2 (burstable, besteffort) below a root.
+        let mut stack: Vec<(PathBuf, u32)> = roots.into_iter().map(|p| (p, 0)).collect();
+        while let Some((dir, depth)) = stack.pop() {
+            for (name, path) in subdirs(&dir) {
+                if let Some(uid) = pod_uid(&name) {
+                    for (c, _) in subdirs(&path) {
+                        if let Some(id) = cgroup_container_id(&c) {
+                            pods.uid_of.insert(id.to_owned(), uid.clone());
+                        }
+                    }
+                } else if depth < 2 {
+                    stack.push((path, depth + 1));
+                }
+            }
+        }
+        if !pods.uid_of.is_empty() {
+            for (name, _) in subdirs(&rootfs.join("var/log/pods")) {
+                let mut parts = name.splitn(3, '_');
+                if let (Some(ns), Some(pod), Some(uid)) = (parts.next(), parts.next(), parts.next()) {
+                    pods.names.insert(uid.to_owned(), (ns.to_owned(), pod.to_owned()));
+                }
+            }
+        }
+        pods
+    }
+
+    fn label(&self, i: &mut Identity) {
+        let Some(uid) = self.uid_of.get(&i.container_id) else { return };
+        i.pod_uid = uid.clone();
+        if let Some((ns, name)) = self.names.get(uid) {
+            i.pod_namespace = ns.clone();
+            i.pod_name = name.clone();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +319,8 @@ mod tests {
         );
         write(&format!("/var/lib/docker/image/overlay2/layerdb/mounts/{C64}/mount-id"), M64);
         write(&format!("/var/lib/docker/containers/{C64}/config.v2.json"), r#"{"Name":"/db","State":{}}"#);
+        write("/worker/volumes/live/5c2f-1a2b/privileged.json", "true\n");
+        write("/worker/volumes/live/77aa/privileged.json", "false\n");
         let resolver = Resolver::new(r, &[]);
         let id = |line: String| resolver.identify(&mount(&line));
         let line = |mp: String| {
@@ -212,7 +341,14 @@ mod tests {
             .expect("containerd");
         assert_eq!((cd.runtime.as_str(), cd.container_id.as_str()), ("containerd", "9f8e7d"));
         let cc = id(line("/worker/volumes/live/5c2f-1a2b/volume".into())).expect("concourse");
-        assert_eq!((cc.runtime.as_str(), cc.container_id.as_str()), ("concourse", "5c2f-1a2b"));
+        assert_eq!(
+            (cc.runtime.as_str(), cc.container_id.as_str(), cc.privileged.as_str()),
+            ("concourse", "5c2f-1a2b", "true")
+        );
+        let cc = id(line("/worker/volumes/live/77aa/volume".into())).expect("concourse");
+        assert_eq!(cc.privileged, "false");
+        let cc = id(line("/worker/volumes/live/no-flag/volume".into())).expect("concourse");
+        assert_eq!(cc.privileged, "", "no privileged.json: unknown, not false");
         let bk =
             id(line("/var/lib/buildkit/runc-overlayfs/executor/k3j4h5g6/rootfs".into())).expect("buildkit");
         assert_eq!((bk.runtime.as_str(), bk.container_id.as_str()), ("buildkit", "k3j4h5g6"));
@@ -222,6 +358,90 @@ mod tests {
             id(line(format!("/var/lib/containers/storage/overlay/{other}/merged"))).expect("storage");
         assert_eq!((orphan.runtime.as_str(), orphan.container_id.as_str()), ("containers-storage", ""));
         assert_eq!(id(line("/mnt/plain".into())), None);
+    }
+
+    /// Kubelet cgroup layouts: systemd driver on cgroup v2 (containerd), cgroupfs
+    /// driver on cgroup v1 (CRI-O, guaranteed and burstable pods), and a mount whose
+    /// container has no pod (a plain podman container on the same node).
+    #[test]
+    fn kubernetes_pods_from_cgroup_paths() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        let mkdir = |p: &str| std::fs::create_dir_all(r.join(p.trim_start_matches('/'))).expect("mkdir");
+        let (cd_id, crio_id, crio_g_id) = (C64, L64, M64);
+        let uid_a = "1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b";
+        let uid_b = "aa11bb22-cc33-4d44-8e55-ff6677889900";
+        let uid_g = "0b1c2d3e-4f50-4617-8829-3a4b5c6d7e8f";
+        mkdir(&format!(
+            "/sys/fs/cgroup/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cd_id}.scope",
+            uid_a.replace('-', "_")
+        ));
+        mkdir(&format!("/sys/fs/cgroup/memory/kubepods/besteffort/pod{uid_b}/{crio_id}"));
+        mkdir(&format!("/sys/fs/cgroup/memory/kubepods/besteffort/pod{uid_b}/crio-conmon-{crio_id}.scope"));
+        mkdir(&format!("/sys/fs/cgroup/pids/kubepods/pod{uid_g}/crio-{crio_g_id}.scope"));
+        mkdir("/sys/fs/cgroup/system.slice/podman.service");
+        mkdir(&format!("/var/log/pods/web_frontend-7d9f8-x2k4q_{uid_a}/nginx"));
+        mkdir(&format!("/var/log/pods/ci_runner-0_{uid_b}/runner"));
+        let write = |p: &str, s: &str| {
+            let p = r.join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, s).expect("write");
+        };
+        let other = "5".repeat(64);
+        write(
+            "/var/lib/containers/storage/overlay-containers/containers.json",
+            &format!(
+                r#"[{{"id":"{crio_id}","names":["k8s_runner"],"layer":"{}"}},{{"id":"{crio_g_id}","layer":"{}"}},{{"id":"{other}","names":["plain"],"layer":"{}"}}]"#,
+                "1".repeat(64),
+                "2".repeat(64),
+                "3".repeat(64)
+            ),
+        );
+        let lines = [
+            format!("/run/containerd/io.containerd.runtime.v2.task/k8s.io/{cd_id}/rootfs"),
+            format!("/var/lib/containers/storage/overlay/{}/merged", "1".repeat(64)),
+            format!("/var/lib/containers/storage/overlay/{}/merged", "2".repeat(64)),
+            format!("/var/lib/containers/storage/overlay/{}/merged", "3".repeat(64)),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, mp)| {
+            format!(
+                "{} 2 0:{} / {mp} rw - overlay overlay rw,lowerdir=/l,upperdir=/u{i},workdir=/w{i}\n",
+                10 + i,
+                50 + i
+            )
+        })
+        .collect::<String>();
+        let t = MountTable::from_lines(mountinfo::parse(lines.as_bytes()).0, |_| true);
+        let ids = Resolver::new(r, &[]).identify_all(t.iter().map(|(d, m)| (*d, m)));
+        let mut got: Vec<(String, String, String, String)> = ids
+            .values()
+            .map(|i| (i.container_id.clone(), i.pod_namespace.clone(), i.pod_name.clone(), i.pod_uid.clone()))
+            .collect();
+        got.sort();
+        let mut want = vec![
+            (cd_id.to_owned(), "web".to_owned(), "frontend-7d9f8-x2k4q".to_owned(), uid_a.to_owned()),
+            (crio_id.to_owned(), "ci".to_owned(), "runner-0".to_owned(), uid_b.to_owned()),
+            // A pod without a log dir: the uid, no name.
+            (crio_g_id.to_owned(), String::new(), String::new(), uid_g.to_owned()),
+            (other, String::new(), String::new(), String::new()),
+        ];
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn pod_and_container_cgroup_names() {
+        let uid = "1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b";
+        assert_eq!(pod_uid(&format!("pod{uid}")).as_deref(), Some(uid));
+        assert_eq!(pod_uid(&format!("kubepods-pod{}.slice", uid.replace('-', "_"))).as_deref(), Some(uid));
+        assert_eq!(pod_uid("kubepods-burstable.slice"), None);
+        assert_eq!(pod_uid("pod-not-a-uid"), None);
+        assert_eq!(cgroup_container_id(&format!("docker-{C64}.scope")), Some(C64));
+        assert_eq!(cgroup_container_id(&format!("crio-conmon-{C64}.scope")), None);
+        assert_eq!(cgroup_container_id("init.scope"), None);
+        assert_eq!(cgroup_container_id(C64), Some(C64));
     }
 
     #[test]

@@ -31,6 +31,10 @@ static INFO: Def = Def {
         "runtime",
         "container_id",
         "container_name",
+        "privileged",
+        "pod_namespace",
+        "pod_name",
+        "pod_uid",
     ],
 };
 static LOWER: Def = Def {
@@ -122,6 +126,10 @@ impl Collector for MountCollector {
                     id.map(|i| i.runtime.as_str()).unwrap_or(""),
                     id.map(|i| i.container_id.as_str()).unwrap_or(""),
                     id.map(|i| i.container_name.as_str()).unwrap_or(""),
+                    id.map(|i| i.privileged.as_str()).unwrap_or(""),
+                    id.map(|i| i.pod_namespace.as_str()).unwrap_or(""),
+                    id.map(|i| i.pod_name.as_str()).unwrap_or(""),
+                    id.map(|i| i.pod_uid.as_str()).unwrap_or(""),
                 ],
                 1.0,
             );
