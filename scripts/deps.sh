@@ -53,6 +53,8 @@ ensure_ebpf_toolchain() {
 
 ensure_musl_target() {
     rustup target list --installed | grep -q x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+    # musl-gcc builds ring's C and assembly (TLS) for the static binary.
+    apt_install musl-tools
 }
 
 ensure_qemu_tools() {
@@ -62,6 +64,7 @@ ensure_qemu_tools() {
 
 ensure_test_tools() {
     # mount/umount, du, Prometheus and promtool for the integration tests;
-    # systemd-analyze and podman (with runc) for the packaging tests.
-    apt_install util-linux mount coreutils prometheus systemd podman runc uidmap
+    # systemd-analyze and podman (with runc) for the packaging tests; curl and
+    # openssl for the TLS and basic-auth tests.
+    apt_install util-linux mount coreutils prometheus systemd podman runc uidmap curl openssl
 }

@@ -25,6 +25,8 @@ pub enum AgentError {
     Listen { addr: String, source: std::io::Error },
     #[error("cannot start {what}: {source}")]
     Start { what: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    WebConfig(crate::config::ConfigError),
 }
 
 /// Discovery with the config's procfs root and filters, mounts identified.
@@ -125,12 +127,22 @@ pub async fn serve(cli: &Cli, mut config: Config) -> Result<(), AgentError> {
     );
     let mut copy_up_probes = start_probes(&config, &probe_handle).await;
 
+    let web = match &config.web.config_file {
+        Some(f) => crate::web_config::WebConfig::load(f).map_err(AgentError::WebConfig)?,
+        None => crate::web_config::WebConfig::default(),
+    };
     let addr = config.web.listen_address;
     let listener = tokio::net::TcpListener::bind(addr.0)
         .await
         .map_err(|source| AgentError::Listen { addr: addr.to_string(), source })?;
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
-    tracing::info!(address = %local, mounts = p.table.get().mounts.len(), "listening");
+    tracing::info!(
+        address = %local,
+        tls = web.tls.is_some(),
+        basic_auth = web.requires_auth(),
+        mounts = p.table.get().mounts.len(),
+        "listening"
+    );
 
     let changed = Arc::new(Notify::new());
     let mountinfo = discovery::mountinfo::mountinfo_path(&config.discovery.procfs);
@@ -148,8 +160,14 @@ pub async fn serve(cli: &Cli, mut config: Config) -> Result<(), AgentError> {
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| start("signal handler", e))?;
 
     let stop = Arc::new(Notify::new());
+    let http_state = Arc::new(HttpState {
+        registry: p.registry.clone(),
+        ready,
+        web: std::sync::RwLock::new(Arc::new(web)),
+        max_connections: config.web.max_connections,
+    });
     let server = {
-        let state = Arc::new(HttpState { registry: p.registry.clone(), ready });
+        let state = http_state.clone();
         let stop = stop.clone();
         tokio::spawn(http::serve(listener, state, async move { stop.notified().await }))
     };
@@ -163,6 +181,7 @@ pub async fn serve(cli: &Cli, mut config: Config) -> Result<(), AgentError> {
             _ = tick.tick() => last_read.elapsed() >= config.discovery.resync_interval,
             _ = sighup.recv() => {
                 reload(cli, &mut config);
+                reload_web(&config, &http_state);
                 true
             }
             _ = sigterm.recv() => break,
@@ -255,6 +274,22 @@ fn waiting_for_overlay(handle: &ProbeHandle) -> bool {
     status.disabled.as_ref().map(|d| d.code == "no_overlay").unwrap_or(false)
 }
 
+/// SIGHUP: re-read the web config (rotated certificates, changed users); keep the
+/// running one when the file is invalid.
+fn reload_web(config: &Config, state: &HttpState) {
+    let web = match &config.web.config_file {
+        Some(f) => match crate::web_config::WebConfig::load(f) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "web config reload failed; keeping the running one");
+                return;
+            }
+        },
+        None => crate::web_config::WebConfig::default(),
+    };
+    *state.web.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(web);
+}
+
 /// SIGHUP: re-read the config file; keep the running config when it is invalid.
 fn reload(cli: &Cli, config: &mut Config) {
     let Some(path) = &cli.config else {
@@ -265,6 +300,9 @@ fn reload(cli: &Cli, config: &mut Config) {
         Ok(new) => {
             if new.web.listen_address != config.web.listen_address {
                 tracing::warn!("web.listen_address changed: takes effect at restart");
+            }
+            if new.web.max_connections != config.web.max_connections {
+                tracing::warn!("web.max_connections changed: takes effect at restart");
             }
             if new.scan.concurrency != config.scan.concurrency {
                 tracing::warn!("scan.concurrency changed: takes effect at restart");

@@ -22,6 +22,10 @@ pub struct Cli {
     #[arg(long = "web.listen-address", global = true, value_name = "ADDR")]
     pub listen_address: Option<ListenAddress>,
 
+    /// TLS and basic-auth config (the Prometheus exporter toolkit's web config format).
+    #[arg(long = "web.config.file", global = true, value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+
     /// procfs mount point; mountinfo is read from DIR/1/mountinfo, else DIR/self/mountinfo [default: /proc].
     #[arg(long = "path.procfs", global = true, value_name = "DIR")]
     pub procfs: Option<PathBuf>,
@@ -72,6 +76,9 @@ impl Cli {
     pub fn apply(&self, config: &mut Config) {
         if let Some(a) = self.listen_address {
             config.web.listen_address = a;
+        }
+        if let Some(f) = &self.web_config_file {
+            config.web.config_file = Some(f.clone());
         }
         if let Some(p) = &self.procfs {
             config.discovery.procfs = p.clone();

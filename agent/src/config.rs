@@ -74,11 +74,19 @@ impl Default for EbpfConfig {
 pub struct WebConfig {
     /// `host:port`, `:port` (all interfaces) or `[v6]:port`.
     pub listen_address: ListenAddress,
+    /// TLS and basic auth, in the exporter toolkit's web config format.
+    pub config_file: Option<PathBuf>,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        Self { listen_address: ListenAddress(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))) }
+        Self {
+            listen_address: ListenAddress(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
+            config_file: None,
+            max_connections: 64,
+        }
     }
 }
 
@@ -288,6 +296,29 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_str(ParseVisitor(parse_duration, "a duration such as 30s"))
 }
 
+/// Deserializes YAML; errors carry `file:line:column` and the full key path.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let (line, column) = inner.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        let mut message = inner.to_string();
+        // serde_yaml appends " at line L column C" and may prefix a partial
+        // path; the location goes in front and the full key path is ours.
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
+        if let Some((prefix, rest)) = message.split_once(": ") {
+            if !prefix.contains(' ') {
+                message = rest.to_owned();
+            }
+        }
+        let message = if key.is_empty() || key == "." { message } else { format!("{key}: {message}") };
+        ConfigError::Parse { path: path.to_owned(), line, column, message }
+    })
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -302,25 +333,7 @@ impl Config {
         if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
             return Ok(Config::default());
         }
-        let de = serde_yaml::Deserializer::from_str(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            let (line, column) = inner.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
-            let mut message = inner.to_string();
-            // serde_yaml appends " at line L column C" and may prefix a partial
-            // path; the location goes in front and the full key path is ours.
-            if let Some(i) = message.rfind(" at line ") {
-                message.truncate(i);
-            }
-            if let Some((prefix, rest)) = message.split_once(": ") {
-                if !prefix.contains(' ') {
-                    message = rest.to_owned();
-                }
-            }
-            let message = if key.is_empty() || key == "." { message } else { format!("{key}: {message}") };
-            ConfigError::Parse { path: path.to_owned(), line, column, message }
-        })?;
+        let config: Config = parse_yaml(path, text)?;
         config.validate(path)?;
         Ok(config)
     }
@@ -338,6 +351,12 @@ impl Config {
         }
         if self.discovery.resync_interval < Duration::from_secs(1) {
             return invalid("discovery.resync_interval: must be at least 1s".to_owned());
+        }
+        if self.web.max_connections == 0 || self.web.max_connections > 10_000 {
+            return invalid(format!(
+                "web.max_connections: must be between 1 and 10000, got {}",
+                self.web.max_connections
+            ));
         }
         if self.ebpf.top_processes > 1000 {
             return invalid(format!(

@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod probes;
 pub mod scan;
 pub mod trace;
+pub mod web_config;

@@ -43,6 +43,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(f) = &config.web.config_file {
+        if let Err(e) = overlay_agent::web_config::WebConfig::load(f) {
+            eprintln!("overlay-agent: web config: {e}");
+            return ExitCode::from(2);
+        }
+    }
     init_logging(&config.log);
     match run(&cli, config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -130,6 +130,22 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent on a free port with `args` and waits until /readyz says ready.
     pub fn start(dir: &Path, args: &[&str]) -> Agent {
+        let mut agent = Agent::spawn(dir, args);
+        wait_for("the agent to be ready", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("agent exited early with {status}: {}", agent.log());
+            }
+            match http_get(&agent.addr, "/readyz") {
+                Ok(r) if r.status == 200 => Some(()),
+                _ => None,
+            }
+        });
+        agent
+    }
+
+    /// Starts the agent without waiting for it (for TLS or auth, where the
+    /// caller knows how to reach /readyz).
+    pub fn spawn(dir: &Path, args: &[&str]) -> Agent {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let stderr_log = dir.join(format!("agent-{port}.log"));
@@ -142,17 +158,7 @@ impl Agent {
             .stderr(log)
             .spawn()
             .expect("start overlay-agent");
-        let mut agent = Agent { child, addr, stderr_log };
-        wait_for("the agent to be ready", Duration::from_secs(20), || {
-            if let Ok(Some(status)) = agent.child.try_wait() {
-                panic!("agent exited early with {status}: {}", agent.log());
-            }
-            match http_get(&agent.addr, "/readyz") {
-                Ok(r) if r.status == 200 => Some(()),
-                _ => None,
-            }
-        });
-        agent
+        Agent { child, addr, stderr_log }
     }
 
     pub fn log(&self) -> String {
