@@ -64,7 +64,7 @@ ensure_qemu_tools() {
 
 ensure_test_tools() {
     # mount/umount, du, Prometheus and promtool for the integration tests;
-    # systemd-analyze and podman (with runc) for the packaging tests; curl and
-    # openssl for the TLS and basic-auth tests.
-    apt_install util-linux mount coreutils prometheus systemd podman runc uidmap curl openssl
+    # systemd-analyze and podman (with runc) for the packaging tests; curl for
+    # the TLS and basic-auth tests; bindfs (FUSE) for the hung-filesystem test.
+    apt_install util-linux mount coreutils prometheus systemd podman runc uidmap curl bindfs
 }

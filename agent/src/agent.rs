@@ -88,7 +88,12 @@ impl Pipeline {
 
     fn schedule_scans(&self, config: &Config) {
         if config.scan.enabled {
-            self.pool.schedule(&self.table.get(), config.scan.interval, &config.discovery.rootfs);
+            self.pool.schedule(
+                &self.table.get(),
+                config.scan.interval,
+                config.scan.timeout,
+                &config.discovery.rootfs,
+            );
         }
     }
 }

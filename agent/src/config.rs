@@ -129,11 +129,20 @@ pub struct ScanConfig {
     pub interval: Duration,
     /// Upper dirs scanned at the same time (each on its own thread).
     pub concurrency: usize,
+    /// A scan running longer stops (partial figures, reason="timeout"); one stuck
+    /// in a hung filesystem is marked stale and its worker replaced.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
 }
 
 impl Default for ScanConfig {
     fn default() -> Self {
-        Self { enabled: true, interval: Duration::from_secs(60), concurrency: 2 }
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(60),
+            concurrency: 2,
+            timeout: Duration::from_secs(600),
+        }
     }
 }
 
@@ -345,6 +354,9 @@ impl Config {
                 "scan.concurrency: must be between 1 and 64, got {}",
                 self.scan.concurrency
             ));
+        }
+        if self.scan.timeout < Duration::from_secs(1) {
+            return invalid("scan.timeout: must be at least 1s".to_owned());
         }
         if self.scan.interval < Duration::from_secs(1) {
             return invalid("scan.interval: must be at least 1s".to_owned());

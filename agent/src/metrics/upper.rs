@@ -74,6 +74,13 @@ static ERRORS: Def = Def {
     labels: &["mountpoint", "reason"],
 };
 
+static STALE: Def = Def {
+    name: "overlayfs_upper_scan_stale",
+    help: "1 when the upper dir's figures are stale: the last scan hit scan.timeout, or the current one is stuck in a filesystem call.",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+
 pub struct UpperCollector {
     table: SharedTable,
     store: ScanStore,
@@ -94,6 +101,7 @@ impl UpperCollector {
             &TIMESTAMP,
             &SCANS,
             &ERRORS,
+            &STALE,
         ]);
         UpperCollector { table, store, descs }
     }
@@ -118,9 +126,11 @@ impl Collector for UpperCollector {
         let mut timestamp = Family::new(&TIMESTAMP);
         let mut scans = Family::new(&SCANS);
         let mut errors = Family::new(&ERRORS);
+        let mut stale = Family::new(&STALE);
         for m in table.mounts.values() {
             let Some(rec) = m.upper_dir().and_then(|u| store.get(u)) else { continue };
             let mp = m.mountpoint_label();
+            stale.add(&[&mp], if rec.stale { 1.0 } else { 0.0 });
             for (reason, n) in &rec.errors_total {
                 errors.add(&[&mp, reason.as_str()], *n as f64);
             }
@@ -150,6 +160,7 @@ impl Collector for UpperCollector {
             timestamp.finish(),
             scans.finish(),
             errors.finish(),
+            stale.finish(),
         ]
     }
 }

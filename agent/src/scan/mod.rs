@@ -66,6 +66,8 @@ pub enum ErrorReason {
     Resources,
     /// EIO and anything else.
     Io,
+    /// The scan ran past `scan.timeout` (stopped, or stuck in a filesystem call).
+    Timeout,
 }
 
 impl ErrorReason {
@@ -88,6 +90,7 @@ impl ErrorReason {
             ErrorReason::NameTooLong => "name_too_long",
             ErrorReason::Resources => "resources",
             ErrorReason::Io => "io",
+            ErrorReason::Timeout => "timeout",
         }
     }
 }
@@ -125,6 +128,8 @@ pub struct ScanResult {
     /// The upper dir's filesystem: bytes available to unprivileged users, and size.
     pub fs_avail_bytes: u64,
     pub fs_size_bytes: u64,
+    /// The walk stopped at its deadline: the figures cover part of the tree.
+    pub timed_out: bool,
 }
 
 impl ScanResult {

@@ -2,9 +2,18 @@
 //! filesystem context (so the walker may `fchdir`), fed with upper dirs that are
 //! due. The store keeps the last completed result of each upper dir; a scrape only
 //! reads it. An upper dir shared by several mounts is scanned once.
+//!
+//! Hung filesystems: a walk stops itself at `scan.timeout`, but a call into a
+//! filesystem whose server is gone (FUSE, NFS) may never return. A scan still
+//! running past its deadline by its timeout again (at most 10 s more) is declared hung: its upper dir is marked
+//! stale, counted as a `timeout` error, not queued again while the call is stuck,
+//! and a new worker replaces the stuck one so the other upper dirs keep being
+//! measured (at most MAX_STUCK replacements; the stuck thread exits if its call
+//! ever returns).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,7 +32,14 @@ pub struct ScanRecord {
     /// Errors by reason over the life of this upper dir (entries and whole scans).
     pub errors_total: BTreeMap<ErrorReason, u64>,
     pub scans_total: u64,
+    /// The last scan timed out, or the current one is stuck past its deadline.
+    pub stale: bool,
     in_flight: bool,
+    /// When the scan in flight started, and its deadline.
+    started: Option<(Instant, Instant)>,
+    /// The scan in flight has been declared hung (shared with its worker, which
+    /// needs it even when the record is gone).
+    hung: Arc<std::sync::atomic::AtomicBool>,
     next_due: Instant,
 }
 
@@ -35,7 +51,10 @@ impl ScanRecord {
             last_duration: Duration::ZERO,
             errors_total: BTreeMap::new(),
             scans_total: 0,
+            stale: false,
             in_flight: false,
+            started: None,
+            hung: Arc::default(),
             next_due: now,
         }
     }
@@ -59,6 +78,21 @@ struct Job {
     open_at: PathBuf,
     ns: XattrNamespace,
     interval: Duration,
+    timeout: Duration,
+}
+
+/// How long past its deadline a scan may run before it is declared hung: its
+/// timeout again, at most this.
+const HUNG_GRACE: Duration = Duration::from_secs(10);
+/// Replacement workers for stuck ones, at most.
+const MAX_STUCK: usize = 64;
+
+/// Worker accounting: `target` scanning threads should be free of stuck calls.
+#[derive(Default)]
+struct Workers {
+    target: usize,
+    live: AtomicUsize,
+    stuck: AtomicUsize,
 }
 
 /// Counts scans queued or running, so `once` can wait for them.
@@ -83,24 +117,73 @@ impl Busy {
 
 pub struct ScanPool {
     tx: mpsc::Sender<Job>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     store: ScanStore,
     busy: Arc<Busy>,
+    workers: Arc<Workers>,
 }
 
 impl ScanPool {
     /// Starts `workers` scan threads. They end when the pool is dropped.
     pub fn new(workers: usize) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
-        let store = ScanStore::default();
-        let busy = Arc::new(Busy::default());
-        for i in 0..workers.max(1) {
-            let rx = rx.clone();
-            let store = store.clone();
-            let busy = busy.clone();
-            std::thread::Builder::new().name(format!("scan-{i}")).spawn(move || worker(rx, store, busy))?;
+        let pool = ScanPool {
+            tx,
+            rx: Arc::new(Mutex::new(rx)),
+            store: ScanStore::default(),
+            busy: Arc::new(Busy::default()),
+            workers: Arc::new(Workers { target: workers.max(1), ..Default::default() }),
+        };
+        for _ in 0..pool.workers.target {
+            pool.spawn_worker()?;
         }
-        Ok(ScanPool { tx, store, busy })
+        Ok(pool)
+    }
+
+    fn spawn_worker(&self) -> std::io::Result<()> {
+        let (rx, store, busy, workers) =
+            (self.rx.clone(), self.store.clone(), self.busy.clone(), self.workers.clone());
+        let i = workers.live.fetch_add(1, Ordering::SeqCst);
+        std::thread::Builder::new()
+            .name(format!("scan-{i}"))
+            .spawn(move || worker(rx, store, busy, workers))
+            .map(drop)
+            .inspect_err(|_| {
+                self.workers.live.fetch_sub(1, Ordering::SeqCst);
+            })
+    }
+
+    /// Declares scans stuck past their deadline hung (see the module doc), and
+    /// replaces their workers. Returns how many scans are hung now.
+    fn check_hung(&self, now: Instant) -> usize {
+        let mut newly = Vec::new();
+        let hung = {
+            let mut store = self.store.lock();
+            for (upper, rec) in store.iter_mut() {
+                let hung = rec.hung.load(Ordering::SeqCst);
+                if let (true, false, Some((start, deadline))) = (rec.in_flight, hung, rec.started) {
+                    if now > deadline + (deadline - start).min(HUNG_GRACE) {
+                        rec.hung.store(true, Ordering::SeqCst);
+                        rec.stale = true;
+                        *rec.errors_total.entry(ErrorReason::Timeout).or_default() += 1;
+                        newly.push(upper.clone());
+                    }
+                }
+            }
+            store.values().filter(|r| r.in_flight && r.hung.load(Ordering::SeqCst)).count()
+        };
+        for upper in newly {
+            let stuck = self.workers.stuck.fetch_add(1, Ordering::SeqCst) + 1;
+            if stuck <= MAX_STUCK {
+                tracing::warn!(upper = %upper.display(), "upper dir scan is stuck in a filesystem call (hung filesystem?); marked stale, another worker takes over");
+                if let Err(e) = self.spawn_worker() {
+                    tracing::warn!(error = %e, "cannot start a replacement scan worker");
+                }
+            } else {
+                tracing::warn!(upper = %upper.display(), "upper dir scan is stuck; too many stuck scans to replace this worker");
+            }
+        }
+        hung
     }
 
     pub fn store(&self) -> ScanStore {
@@ -110,8 +193,9 @@ impl ScanPool {
     /// Queues every upper dir of `table` that is due and not already being scanned;
     /// forgets upper dirs that no mount uses any more. Upper dirs are opened under
     /// `rootfs`, the host's root filesystem as the agent sees it.
-    pub fn schedule(&self, table: &MountTable, interval: Duration, rootfs: &Path) {
+    pub fn schedule(&self, table: &MountTable, interval: Duration, timeout: Duration, rootfs: &Path) {
         let now = Instant::now();
+        self.check_hung(now);
         let mut wanted: HashMap<PathBuf, XattrNamespace> = HashMap::new();
         for m in table.mounts.values() {
             if let Some(upper) = m.upper_dir() {
@@ -129,23 +213,27 @@ impl ScanPool {
             rec.in_flight = true;
             self.busy.add();
             let open_at = rootfs.join(upper.strip_prefix("/").unwrap_or(&upper));
-            if self.tx.send(Job { upper, open_at, ns, interval }).is_err() {
+            if self.tx.send(Job { upper, open_at, ns, interval, timeout }).is_err() {
                 rec.in_flight = false;
                 self.busy.done();
             }
         }
     }
 
-    /// Blocks until no scan is queued or running.
+    /// Blocks until no scan is queued or running, except hung ones.
     pub fn wait_idle(&self) {
-        let mut c = self.busy.count.lock().unwrap_or_else(|p| p.into_inner());
-        while *c > 0 {
-            c = self.busy.idle.wait(c).unwrap_or_else(|p| p.into_inner());
+        loop {
+            let hung = self.check_hung(Instant::now());
+            let c = self.busy.count.lock().unwrap_or_else(|p| p.into_inner());
+            if *c <= hung {
+                return;
+            }
+            drop(self.busy.idle.wait_timeout(c, Duration::from_millis(500)));
         }
     }
 }
 
-fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, store: ScanStore, busy: Arc<Busy>) {
+fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, store: ScanStore, busy: Arc<Busy>, workers: Arc<Workers>) {
     // SAFETY: CLONE_FS only gives this thread its own cwd/root/umask; no file
     // descriptor table is unshared, so no fd becomes invalid for other threads.
     let own_cwd = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }.is_ok();
@@ -157,22 +245,35 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, store: ScanStore, busy: Arc<Busy>
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
             match rx.recv() {
                 Ok(j) => j,
-                Err(_) => return,
+                Err(_) => break,
             }
         };
         let start = Instant::now();
-        let outcome = super::scan(&job.open_at, job.ns, own_cwd);
+        let deadline = start + job.timeout;
+        let hung = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(rec) = store.lock().get_mut(&job.upper) {
+            rec.started = Some((start, deadline));
+            rec.hung = hung.clone();
+        }
+        let outcome = super::scan(&job.open_at, job.ns, own_cwd, Some(deadline));
         let duration = start.elapsed();
+        let was_hung = hung.load(Ordering::SeqCst);
         {
             let mut store = store.lock();
             if let Some(rec) = store.get_mut(&job.upper) {
                 rec.in_flight = false;
+                rec.started = None;
+                rec.hung = Arc::default();
                 rec.next_due = Instant::now() + job.interval;
                 match outcome {
                     Ok(result) => {
+                        // A hung scan already counted its timeout.
                         for (reason, n) in &result.errors {
-                            *rec.errors_total.entry(*reason).or_default() += n;
+                            if !(was_hung && *reason == ErrorReason::Timeout) {
+                                *rec.errors_total.entry(*reason).or_default() += n;
+                            }
                         }
+                        rec.stale = result.timed_out || was_hung;
                         rec.last = Some(result);
                         rec.last_end = Some(SystemTime::now());
                         rec.last_duration = duration;
@@ -186,5 +287,14 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, store: ScanStore, busy: Arc<Busy>
             }
         }
         busy.done();
+        if was_hung {
+            workers.stuck.fetch_sub(1, Ordering::SeqCst);
+            // A replacement took this worker's place: one of the two goes.
+            let live = workers.live.load(Ordering::SeqCst);
+            if live.saturating_sub(workers.stuck.load(Ordering::SeqCst)) > workers.target {
+                break;
+            }
+        }
     }
+    workers.live.fetch_sub(1, Ordering::SeqCst);
 }

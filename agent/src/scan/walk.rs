@@ -23,6 +23,7 @@ use std::ffi::CStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use rustix::fs::{openat2, statat, AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
@@ -69,12 +70,21 @@ struct Walker<'a> {
     /// Whether `fchdir` may be used (the thread owns its cwd).
     use_cwd: bool,
     upper: &'a Path,
+    deadline: Option<Instant>,
+    /// Entries looked at, to check the deadline every so often.
+    visited: u64,
 }
 
 /// Scans one upper dir. `own_cwd` must only be true on a thread that has unshared
 /// its filesystem context (`unshare(CLONE_FS)`): the walk `fchdir`s into each
-/// directory.
-pub fn scan(upper: &Path, ns: XattrNamespace, own_cwd: bool) -> Result<ScanResult, ScanError> {
+/// directory. Past `deadline` the walk stops and returns what it counted, with
+/// `timed_out` set (a call stuck in a hung filesystem is the pool's business).
+pub fn scan(
+    upper: &Path,
+    ns: XattrNamespace,
+    own_cwd: bool,
+    deadline: Option<Instant>,
+) -> Result<ScanResult, ScanError> {
     let open_error = |e: Errno| {
         let reason = if e == Errno::NOENT { ErrorReason::Missing } else { ErrorReason::from_errno(e) };
         ScanError::Open { path: upper.to_owned(), reason, source: e.into() }
@@ -91,6 +101,8 @@ pub fn scan(upper: &Path, ns: XattrNamespace, own_cwd: bool) -> Result<ScanResul
         xattr_buf: vec![0u8; 1024],
         use_cwd: own_cwd,
         upper,
+        deadline,
+        visited: 0,
     };
     w.account(&st);
     if let Ok(vfs) = rustix::fs::fstatvfs(&w.root) {
@@ -98,6 +110,9 @@ pub fn scan(upper: &Path, ns: XattrNamespace, own_cwd: bool) -> Result<ScanResul
         w.result.fs_size_bytes = vfs.f_blocks.saturating_mul(vfs.f_frsize);
     }
     w.walk();
+    if w.result.timed_out {
+        *w.result.errors.entry(ErrorReason::Timeout).or_default() += 1;
+    }
     if w.use_cwd {
         // Leave no directory of the scanned tree pinned as our cwd.
         let _ = rustix::process::chdir("/");
@@ -122,13 +137,22 @@ impl Walker<'_> {
         // the upper dir's own marks are not looked at, so its children always are.
         let mut stack: Vec<(PathBuf, bool)> = vec![(PathBuf::new(), true)];
         while let Some((rel, read_children)) = stack.pop() {
+            if self.result.timed_out {
+                break;
+            }
             let dir = if rel.as_os_str().is_empty() {
                 rustix::io::fcntl_dupfd_cloexec(&self.root, 0)
             } else {
                 openat2(
                     &self.root,
                     &rel,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    // O_NONBLOCK: should the name turn into a FIFO meanwhile,
+                    // never wait for a writer (O_DIRECTORY refuses it anyway).
+                    OFlags::RDONLY
+                        | OFlags::DIRECTORY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC
+                        | OFlags::NONBLOCK,
                     Mode::empty(),
                     ResolveFlags::BENEATH
                         | ResolveFlags::NO_SYMLINKS
@@ -166,6 +190,11 @@ impl Walker<'_> {
             let name = entry.file_name();
             if name.to_bytes() == b"." || name.to_bytes() == b".." {
                 continue;
+            }
+            self.visited += 1;
+            if self.visited % 4096 == 0 && self.deadline.is_some_and(|d| Instant::now() > d) {
+                self.result.timed_out = true;
+                break;
             }
             let Ok(dirfd) = entries.fd() else { break };
             let st = match statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -311,7 +340,7 @@ mod tests {
         fs::write(u.join("xwh/gone"), b"").expect("write");
         set(&u.join("xwh/gone"), &format!("{x}whiteout"), b"");
         // trusted.* xattrs do not count on a userxattr mount.
-        let r = scan(u, XattrNamespace::User, false).expect("scan");
+        let r = scan(u, XattrNamespace::User, false, None).expect("scan");
         let want: &[(EntryKind, u64)] =
             &[(Dir, 3), (OpaqueDir, 1), (Created, 3), (CopiedUp, 2), (Metacopy, 1), (Whiteout, 1)];
         for (kind, n) in want {
@@ -322,7 +351,7 @@ mod tests {
         assert_eq!(r.copied_up_bytes, 8);
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         // The same tree read as a trusted.* mount: no overlay marks at all.
-        let r = scan(u, XattrNamespace::Trusted, false).expect("scan");
+        let r = scan(u, XattrNamespace::Trusted, false, None).expect("scan");
         assert_eq!(r.entries(CopiedUp) + r.entries(Metacopy) + r.entries(OpaqueDir), 0);
     }
 
@@ -352,14 +381,14 @@ mod tests {
             .expect("mount tmpfs");
         assert!(status.success());
         fs::write(u.join("mnt/on-tmpfs"), b"x").expect("write");
-        let r = scan(u, XattrNamespace::Trusted, true);
+        let r = scan(u, XattrNamespace::Trusted, true, None);
         let _ = std::process::Command::new("umount").arg(u.join("mnt")).status();
         let r = r.expect("scan");
         assert_eq!(r.entries(Whiteout), 1, "only the 0/0 device is a whiteout");
         assert_eq!(r.entries(Created), 1, "the 1/3 device");
         assert_eq!(r.entries(Dir), 0, "the tmpfs mountpoint is another filesystem: skipped");
         assert_eq!(r.inodes, 3);
-        let e = scan(&u.join("absent"), XattrNamespace::Trusted, false).expect_err("missing");
+        let e = scan(&u.join("absent"), XattrNamespace::Trusted, false, None).expect_err("missing");
         assert_eq!(e.reason(), ErrorReason::Missing);
     }
 }
