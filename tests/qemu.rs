@@ -172,6 +172,9 @@ fn check_kernel(version: &str) -> Result<String, String> {
         "PROBES OFF",
         "TRACE NOT READY",
         "WORKLOAD FAILED",
+        "RESTART NOT READY",
+        "CAPS NOT READY",
+        "CAPS_BOOTED NOT READY",
     ] {
         if console.contains(&format!("=== {marker}")) {
             let agent_log = section(&console, "=== AGENT LOG BEGIN", "=== AGENT LOG END").unwrap_or("");
@@ -273,6 +276,63 @@ fn check_kernel(version: &str) -> Result<String, String> {
     if !trace.contains("# trace stopped; 0 events dropped in all") || !console.contains("=== TRACE EXIT 0") {
         problems.push(format!("trace did not stop cleanly on SIGINT:\n{trace}"));
     }
+    // Lifecycle: every overlay kprobe goes with the agent, on SIGTERM and on
+    // SIGKILL; a restart counts from zero; the minimal capabilities suffice.
+    let kprobes = |what: &str| -> Option<u32> {
+        console.lines().find_map(|l| l.strip_prefix(&format!("=== KPROBES {what} "))?.trim().parse().ok())
+    };
+    match (kprobes("RUNNING"), kprobes("AFTER SIGTERM"), kprobes("AFTER SIGKILL")) {
+        (Some(r), Some(0), Some(0)) if r > 0 => {}
+        other => problems.push(format!(
+            "overlay kprobes (running, after SIGTERM, after SIGKILL) = {other:?}, want (>0, 0, 0)"
+        )),
+    }
+    for (name, file, uid_note) in [
+        ("RESTART", "restart.dat", "after SIGKILL"),
+        ("CAPS", "caps.dat", "with CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE only, perf_event_paranoid 2"),
+    ] {
+        let Some(t) = section_of(&console, name) else {
+            problems.push(format!("no {name} metrics ({uid_note})"));
+            continue;
+        };
+        let m = Metrics::parse(t);
+        let chown = m.get(
+            "overlayfs_copy_up_total",
+            &[("mountpoint", "/t/b/merged"), ("cause", "chown"), ("kind", "data")],
+        );
+        let by_comm = m.get("overlayfs_copy_up_process_total", &[("comm", "chown")]);
+        if m.get("overlayfs_ebpf_enabled", &[]) != Some(1.0) || chown != Some(1.0) || by_comm != Some(1.0) {
+            let log = section(&console, &format!("=== {name} LOG BEGIN"), &format!("=== {name} LOG END"))
+                .unwrap_or("");
+            problems.push(format!(
+                "{uid_note}: busybox chown of {file} gave copy_up_total {chown:?} and process_total{{comm=chown}} {by_comm:?}, want 1 and 1:\n{}\n{log}",
+                grep(t, "overlayfs_ebpf")
+            ));
+        }
+    }
+    // As booted (Debian: perf_event_paranoid 3), the same capabilities are refused
+    // by perf_event_open, and the agent says why.
+    let paranoid: Option<u32> =
+        console.lines().find_map(|l| l.strip_prefix("=== PERF_EVENT_PARANOID ")?.trim().parse().ok());
+    match (paranoid, section_of(&console, "CAPS_BOOTED").map(Metrics::parse)) {
+        (Some(p), Some(m)) if p >= 3 => {
+            if m.get("overlayfs_ebpf_disabled_info", &[("reason", "no_privileges")]) != Some(1.0) {
+                problems.push(format!(
+                    "perf_event_paranoid {p} without CAP_SYS_ADMIN: want reason no_privileges:\n{}",
+                    grep(&m.text, "overlayfs_ebpf")
+                ));
+            }
+        }
+        (Some(_), Some(m)) => {
+            if m.get("overlayfs_ebpf_enabled", &[]) != Some(1.0) {
+                problems.push(format!(
+                    "perf_event_paranoid <= 2: want eBPF on:\n{}",
+                    grep(&m.text, "overlayfs_ebpf")
+                ));
+            }
+        }
+        other => problems.push(format!("no CAPS_BOOTED run: {:?}", other.0)),
+    }
     if problems.is_empty() {
         let attached: Vec<&str> = text
             .lines()
@@ -286,6 +346,10 @@ fn check_kernel(version: &str) -> Result<String, String> {
     } else {
         fail(problems.join("\n"))
     }
+}
+
+fn section_of<'a>(console: &'a str, name: &str) -> Option<&'a str> {
+    section(console, &format!("=== {name} METRICS BEGIN\n"), &format!("=== {name} METRICS END"))
 }
 
 fn grep(text: &str, prefix: &str) -> String {

@@ -38,6 +38,8 @@ fn prepare(a: &Path, b: &Path, c: &Path) {
         file(a, name, len);
     }
     file(b, "other.dat", 12_000);
+    file(b, "restart.dat", 14_000);
+    file(b, "caps.dat", 15_000);
     file(c, "meta.dat", 13_000);
 }
 
@@ -200,9 +202,35 @@ fn scrape(addr: &str, n: usize) {
     println!("scrape {n} p50 {:.2} ms p99 {:.2} ms bytes {size}", p(0.5), p(0.99));
 }
 
+/// `caps-exec CAP,CAP,... -- CMD ARGS`: runs CMD (as root) with only the named
+/// capabilities, like `setpriv --bounding-set`: every other one is dropped from the
+/// bounding set, so the exec'd root process gets just these.
+fn caps_exec(args: &[String]) -> ! {
+    use std::os::unix::process::CommandExt;
+    let names: [(&str, u32); 5] =
+        [("dac_read_search", 2), ("sys_admin", 21), ("sys_resource", 24), ("perfmon", 38), ("bpf", 39)];
+    let keep: Vec<u32> = args[0]
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|n| names.iter().find(|(k, _)| *k == n).unwrap_or_else(|| panic!("unknown capability {n}")).1)
+        .collect();
+    for cap in 0..64u32 {
+        // SAFETY: prctl with integer arguments; EINVAL past the last capability.
+        if !keep.contains(&cap)
+            && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0
+        {
+            break;
+        }
+    }
+    let cmd = &args[2..];
+    let err = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
+    panic!("exec {}: {err}", cmd[0]);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
+        Some("caps-exec") => caps_exec(&args[2..]),
         Some("causes-prepare") => return causes_prepare(Path::new(&args[2])),
         Some("causes-run") => return causes_run(Path::new(&args[2])),
         Some("scrape") => return scrape(&args[2], args[3].parse().expect("count")),

@@ -21,6 +21,16 @@ mount -t overlay overlay -o lowerdir=/t/b/lower,upperdir=/t/b/upper,workdir=/t/b
 mount -t overlay overlay -o lowerdir=/t/c/lower,upperdir=/t/c/upper,workdir=/t/c/work,metacopy=on /t/c/merged
 
 scrape() { wget -q -O - http://127.0.0.1:9864/metrics; }
+ready() {
+  i=0
+  until wget -q -O /dev/null http://127.0.0.1:9864/readyz; do
+    i=$((i + 1)); [ $i -gt 1200 ] && return 1
+    usleep 100000
+  done
+}
+# Overlay kprobes registered in the kernel (kprobe and kretprobe lines).
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+kprobes() { grep -c ' ovl_' /sys/kernel/debug/kprobes/list 2>/dev/null || echo 0; }
 
 if [ "$mode" = agent ]; then
   /overlay-agent --config /agent.yaml > /agent.log 2>&1 &
@@ -49,12 +59,53 @@ if [ "$mode" = agent ]; then
   echo "=== METRICS BEGIN"
   scrape
   echo "=== METRICS END"
+  echo "=== KPROBES RUNNING $(kprobes)"
   kill -TERM $agent
   wait $agent
   echo "=== AGENT EXIT $?"
   echo "=== AGENT LOG BEGIN"
   cat /agent.log
   echo "=== AGENT LOG END"
+  echo "=== KPROBES AFTER SIGTERM $(kprobes)"
+  # SIGKILL leaves nothing attached either, and a restart comes back clean.
+  /overlay-agent --config /agent.yaml > /agent2.log 2>&1 &
+  agent=$!
+  ready || echo "=== RESTART NOT READY"
+  kill -KILL $agent
+  wait $agent
+  echo "=== KPROBES AFTER SIGKILL $(kprobes)"
+  /overlay-agent --config /agent.yaml > /agent3.log 2>&1 &
+  agent=$!
+  ready || echo "=== RESTART NOT READY"
+  chown 4:4 /t/b/merged/restart.dat
+  echo "=== RESTART METRICS BEGIN"
+  scrape
+  echo "=== RESTART METRICS END"
+  kill -TERM $agent
+  wait $agent
+
+  # The documented minimal capabilities for the probes: CAP_BPF, CAP_PERFMON and
+  # (for RLIMIT_MEMLOCK before 5.11) CAP_SYS_RESOURCE, with perf_event_paranoid
+  # at most 2. Debian kernels boot with 3, where their perf_event_open patch
+  # wants CAP_SYS_ADMIN: first as booted (refused, and said so), then at 2.
+  caps_run() {
+    /qemu-workload caps-exec bpf,perfmon,sys_resource -- /overlay-agent --config /agent.yaml > /agent-$1.log 2>&1 &
+    agent=$!
+    ready || echo "=== $1 NOT READY"
+    [ -n "$2" ] && chown 5:5 /t/b/merged/$2
+    echo "=== $1 METRICS BEGIN"
+    scrape
+    echo "=== $1 METRICS END"
+    kill -TERM $agent
+    wait $agent
+    echo "=== $1 LOG BEGIN"
+    cat /agent-$1.log
+    echo "=== $1 LOG END"
+  }
+  echo "=== PERF_EVENT_PARANOID $(cat /proc/sys/kernel/perf_event_paranoid)"
+  caps_run CAPS_BOOTED ""
+  echo 2 > /proc/sys/kernel/perf_event_paranoid
+  caps_run CAPS caps.dat
 fi
 if [ "$mode" = bench ]; then
   # Copy-up storm: lchown of every entry of a fresh overlay over 10,000 lower
