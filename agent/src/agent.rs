@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus::Registry;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
@@ -37,12 +36,12 @@ pub fn discover(config: &Config) -> Result<MountTable, DiscoveryError> {
     Ok(table)
 }
 
-/// Everything the collectors read, and the registry that holds them.
+/// Everything the metric sources read, and the exposition that holds them.
 struct Pipeline {
     table: SharedTable,
     stats: Arc<DiscoveryStats>,
     pool: ScanPool,
-    registry: Registry,
+    exposition: Arc<metrics::Exposition>,
 }
 
 impl Pipeline {
@@ -51,18 +50,11 @@ impl Pipeline {
         let stats = Arc::new(DiscoveryStats::default());
         let pool = ScanPool::new(config.scan.concurrency)
             .map_err(|source| AgentError::Start { what: "scan threads", source })?;
-        let registry = Registry::new();
-        metrics::register(&registry, Box::new(metrics::mounts::MountCollector::new(table.clone())));
-        metrics::register(
-            &registry,
-            Box::new(metrics::upper::UpperCollector::new(table.clone(), pool.store())),
-        );
-        metrics::register(
-            &registry,
-            Box::new(metrics::agent::AgentCollector::new(table.clone(), stats.clone())),
-        );
-        metrics::register(&registry, Box::new(prometheus::process_collector::ProcessCollector::for_self()));
-        Ok(Pipeline { table, stats, pool, registry })
+        let exposition = Arc::new(metrics::Exposition::default());
+        exposition.register(Box::new(metrics::mounts::MountCollector::new(table.clone())));
+        exposition.register(Box::new(metrics::upper::UpperCollector::new(table.clone(), pool.store())));
+        exposition.register(Box::new(metrics::agent::AgentCollector::new(table.clone(), stats.clone())));
+        Ok(Pipeline { table, stats, pool, exposition })
     }
 
     /// Re-reads mountinfo; on failure keeps the previous table.
@@ -105,8 +97,7 @@ pub fn once(config: &Config, out: &mut impl Write) -> Result<(), AgentError> {
     p.rediscover(config)?;
     p.schedule_scans(config);
     p.pool.wait_idle();
-    out.write_all(&metrics::render(&p.registry))
-        .map_err(|source| AgentError::Start { what: "output", source })
+    out.write_all(&p.exposition.render()).map_err(|source| AgentError::Start { what: "output", source })
 }
 
 /// `overlay-agent serve`: run until SIGTERM or SIGINT.
@@ -118,18 +109,13 @@ pub async fn serve(cli: &Cli, mut config: Config) -> Result<(), AgentError> {
     p.schedule_scans(&config);
 
     let probe_handle = Arc::new(ProbeHandle::default());
-    metrics::register(
-        &p.registry,
-        Box::new(metrics::copyup::CopyUpCollector::new(p.table.clone(), probe_handle.clone())),
-    );
-    metrics::register(
-        &p.registry,
-        Box::new(metrics::process::ProcessCollector::new(
-            probe_handle.clone(),
-            config.ebpf.top_processes,
-            config.ebpf.top_processes_idle,
-        )),
-    );
+    p.exposition
+        .register(Box::new(metrics::copyup::CopyUpCollector::new(p.table.clone(), probe_handle.clone())));
+    p.exposition.register(Box::new(metrics::process::ProcessCollector::new(
+        probe_handle.clone(),
+        config.ebpf.top_processes,
+        config.ebpf.top_processes_idle,
+    )));
     let mut copy_up_probes = start_probes(&config, &probe_handle).await;
 
     let web = match &config.web.config_file {
@@ -166,7 +152,7 @@ pub async fn serve(cli: &Cli, mut config: Config) -> Result<(), AgentError> {
 
     let stop = Arc::new(Notify::new());
     let http_state = Arc::new(HttpState {
-        registry: p.registry.clone(),
+        exposition: p.exposition.clone(),
         ready,
         web: std::sync::RwLock::new(Arc::new(web)),
         max_connections: config.web.max_connections,

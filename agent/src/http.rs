@@ -22,7 +22,6 @@ use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENT
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -36,7 +35,7 @@ const MAX_HEAD: usize = 16 * 1024;
 
 /// What the handlers need.
 pub struct HttpState {
-    pub registry: Registry,
+    pub exposition: Arc<metrics::Exposition>,
     /// Set once the first discovery has completed.
     pub ready: Arc<AtomicBool>,
     /// TLS and auth; replaced on SIGHUP. New connections use the current one.
@@ -76,7 +75,7 @@ pub fn handle(state: &HttpState, req: &Request<impl Sized>) -> Response<Full<Byt
         return r;
     }
     match path {
-        "/metrics" => response(StatusCode::OK, metrics::CONTENT_TYPE, metrics::render(&state.registry)),
+        "/metrics" => response(StatusCode::OK, metrics::CONTENT_TYPE, state.exposition.render()),
         "/healthz" => response(StatusCode::OK, TEXT, "ok\n"),
         "/readyz" if state.ready.load(Ordering::Acquire) => response(StatusCode::OK, TEXT, "ready\n"),
         "/readyz" => response(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready: no mount table yet\n"),

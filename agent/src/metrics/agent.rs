@@ -3,10 +3,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::proto::MetricType;
 
-use super::{descs, Def, Family};
+use super::{Def, Family, Source};
 use crate::discovery::SharedTable;
 
 static BUILD: Def = Def {
@@ -44,21 +43,16 @@ pub struct DiscoveryStats {
 pub struct AgentCollector {
     table: SharedTable,
     stats: Arc<DiscoveryStats>,
-    descs: Vec<Desc>,
 }
 
 impl AgentCollector {
     pub fn new(table: SharedTable, stats: Arc<DiscoveryStats>) -> Self {
-        AgentCollector { table, stats, descs: descs(&[&BUILD, &READS, &ERRORS, &BAD_LINES]) }
+        AgentCollector { table, stats }
     }
 }
 
-impl Collector for AgentCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
+impl Source for AgentCollector {
+    fn collect(&self) -> Vec<Family> {
         let mut build = Family::new(&BUILD);
         build.add(&[env!("CARGO_PKG_VERSION")], 1.0);
         let mut reads = Family::new(&READS);
@@ -67,6 +61,6 @@ impl Collector for AgentCollector {
         errors.add(&[], self.stats.errors.load(Ordering::Relaxed) as f64);
         let mut bad = Family::new(&BAD_LINES);
         bad.add(&[], self.table.get().bad_lines.len() as f64);
-        vec![build.finish(), reads.finish(), errors.finish(), bad.finish()]
+        vec![build, reads, errors, bad]
     }
 }

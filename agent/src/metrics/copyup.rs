@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use overlay_agent_common::{cause, kind, stat, HistKey, HIST_BUCKETS, HIST_BYTES, HIST_LATENCY_NS};
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::proto::MetricType;
 
-use super::{descs, Def, Family};
+use super::{Def, Family, Source};
 use crate::discovery::{Device, SharedTable};
 use crate::probes::ProbeHandle;
 
@@ -123,53 +122,32 @@ impl Default for RawHist {
 pub struct CopyUpCollector {
     table: SharedTable,
     probes: Arc<ProbeHandle>,
-    descs: Vec<Desc>,
 }
 
 impl CopyUpCollector {
     pub fn new(table: SharedTable, probes: Arc<ProbeHandle>) -> Self {
-        let descs = descs(&[
-            &COPY_UPS,
-            &DATA_BYTES,
-            &ERRORS,
-            &BYTES_HIST,
-            &LATENCY_HIST,
-            &MOUNT_BYTES_HIST,
-            &MOUNT_LATENCY_HIST,
-            &ENABLED,
-            &DISABLED,
-            &ATTACHED,
-            &CALLS,
-            &RETURNS,
-            &MAP_FULL,
-            &READ_ERRORS,
-        ]);
-        CopyUpCollector { table, probes, descs }
+        CopyUpCollector { table, probes }
     }
 }
 
-impl Collector for CopyUpCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
+impl Source for CopyUpCollector {
+    fn collect(&self) -> Vec<Family> {
         let mut out = Vec::new();
         let status = self.probes.status.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut enabled = Family::new(&ENABLED);
         enabled.add(&[], if status.enabled { 1.0 } else { 0.0 });
-        out.push(enabled.finish());
+        out.push(enabled);
         if let Some(d) = &status.disabled {
             let mut f = Family::new(&DISABLED);
             f.add(&[d.code], 1.0);
-            out.push(f.finish());
+            out.push(f);
         }
         let mut attached = Family::new(&ATTACHED);
         for a in &status.attachments {
             let v = if a.attached { 1.0 } else { 0.0 };
             attached.add(&[a.program, a.function.unwrap_or(""), a.mechanism.as_str()], v);
         }
-        out.push(attached.finish());
+        out.push(attached);
 
         let snapshot = {
             let maps = self.probes.maps.lock().unwrap_or_else(|p| p.into_inner());
@@ -203,17 +181,17 @@ impl Collector for CopyUpCollector {
         for ((mp, c, k), n) in &copy_ups {
             f.add(&[mp, c, k], *n as f64);
         }
-        out.push(f.finish());
+        out.push(f);
         let mut f = Family::new(&DATA_BYTES);
         for ((mp, c), n) in &bytes {
             f.add(&[mp, c], *n as f64);
         }
-        out.push(f.finish());
+        out.push(f);
         let mut f = Family::new(&ERRORS);
         for ((mp, c), n) in &errors {
             f.add(&[mp, c], *n as f64);
         }
-        out.push(f.finish());
+        out.push(f);
 
         // Histograms by cause (all devices), and by mount when recorded: bucket
         // counts from HIST, sums from COUNTS (bytes of data copy-ups, latencies).
@@ -255,8 +233,8 @@ impl Collector for CopyUpCollector {
                 h.sum as f64 * scale(*hist),
             );
         }
-        out.push(bytes_h.finish());
-        out.push(lat_h.finish());
+        out.push(bytes_h);
+        out.push(lat_h);
         let mut bytes_h = Family::new(&MOUNT_BYTES_HIST);
         let mut lat_h = Family::new(&MOUNT_LATENCY_HIST);
         for ((mp, hist, c), h) in &by_mount {
@@ -269,8 +247,8 @@ impl Collector for CopyUpCollector {
                 h.sum as f64 * scale(*hist),
             );
         }
-        out.push(bytes_h.finish());
-        out.push(lat_h.finish());
+        out.push(bytes_h);
+        out.push(lat_h);
 
         for (def, slot) in [
             (&CALLS, stat::ONE_ENTRIES),
@@ -280,7 +258,7 @@ impl Collector for CopyUpCollector {
         ] {
             let mut f = Family::new(def);
             f.add(&[], snapshot.stats.get(slot as usize).copied().unwrap_or(0) as f64);
-            out.push(f.finish());
+            out.push(f);
         }
         out
     }

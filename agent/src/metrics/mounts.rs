@@ -1,9 +1,8 @@
 //! Collector for the mount table: which overlays exist and how they are built.
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::proto::MetricType;
 
-use super::{descs, Def, Family};
+use super::{Def, Family, Source};
 use crate::discovery::{LayerPath, SharedTable};
 
 static MOUNTS: Def = Def {
@@ -64,12 +63,11 @@ static MOUNTPOINTS: Def = Def {
 
 pub struct MountCollector {
     table: SharedTable,
-    descs: Vec<Desc>,
 }
 
 impl MountCollector {
     pub fn new(table: SharedTable) -> Self {
-        MountCollector { table, descs: descs(&[&MOUNTS, &INFO, &LOWER, &DATA, &RELATIVE, &MOUNTPOINTS]) }
+        MountCollector { table }
     }
 }
 
@@ -89,12 +87,8 @@ fn bool_str(v: bool) -> &'static str {
     }
 }
 
-impl Collector for MountCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
+impl Source for MountCollector {
+    fn collect(&self) -> Vec<Family> {
         let table = self.table.get();
         let mut count = Family::new(&MOUNTS);
         let mut info = Family::new(&INFO);
@@ -138,13 +132,6 @@ impl Collector for MountCollector {
             relative.add(&[&mp], o.relative_paths() as f64);
             mountpoints.add(&[&mp], (1 + m.other_mountpoints.len()) as f64);
         }
-        vec![
-            count.finish(),
-            info.finish(),
-            lower.finish(),
-            data.finish(),
-            relative.finish(),
-            mountpoints.finish(),
-        ]
+        vec![count, info, lower, data, relative, mountpoints]
     }
 }

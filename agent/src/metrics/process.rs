@@ -15,10 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use overlay_agent_common::ProcessValue;
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::proto::MetricType;
 
-use super::{descs, Def, Family};
+use super::{Def, Family, Source};
 use crate::probes::ProbeHandle;
 
 static COPY_UPS: Def = Def {
@@ -145,25 +144,16 @@ impl TopProcesses {
 pub struct ProcessCollector {
     probes: Arc<ProbeHandle>,
     top: Mutex<TopProcesses>,
-    descs: Vec<Desc>,
 }
 
 impl ProcessCollector {
     pub fn new(probes: Arc<ProbeHandle>, k: usize, idle: Duration) -> Self {
-        ProcessCollector {
-            probes,
-            top: Mutex::new(TopProcesses::new(k, idle)),
-            descs: descs(&[&COPY_UPS, &DATA_BYTES]),
-        }
+        ProcessCollector { probes, top: Mutex::new(TopProcesses::new(k, idle)) }
     }
 }
 
-impl Collector for ProcessCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
+impl Source for ProcessCollector {
+    fn collect(&self) -> Vec<Family> {
         let current = {
             let maps = self.probes.maps.lock().unwrap_or_else(|p| p.into_inner());
             match maps.as_ref() {
@@ -180,7 +170,7 @@ impl Collector for ProcessCollector {
             copy_ups.add(&[comm], v.copy_ups as f64);
             bytes.add(&[comm], v.data_bytes as f64);
         }
-        vec![copy_ups.finish(), bytes.finish()]
+        vec![copy_ups, bytes]
     }
 }
 

@@ -1,9 +1,8 @@
 //! Collector for upper-dir scans, joined to the mount table by upper dir.
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::proto::MetricType;
 
-use super::{descs, unix_seconds, Def, Family};
+use super::{unix_seconds, Def, Family, Source};
 use crate::discovery::SharedTable;
 use crate::scan::{EntryKind, ScanStore};
 
@@ -84,35 +83,16 @@ static STALE: Def = Def {
 pub struct UpperCollector {
     table: SharedTable,
     store: ScanStore,
-    descs: Vec<Desc>,
 }
 
 impl UpperCollector {
     pub fn new(table: SharedTable, store: ScanStore) -> Self {
-        let descs = descs(&[
-            &BYTES,
-            &APPARENT,
-            &INODES,
-            &ENTRIES,
-            &COPIED_UP_BYTES,
-            &FS_AVAIL,
-            &FS_SIZE,
-            &DURATION,
-            &TIMESTAMP,
-            &SCANS,
-            &ERRORS,
-            &STALE,
-        ]);
-        UpperCollector { table, store, descs }
+        UpperCollector { table, store }
     }
 }
 
-impl Collector for UpperCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
+impl Source for UpperCollector {
+    fn collect(&self) -> Vec<Family> {
         let table = self.table.get();
         let store = self.store.lock();
         let mut bytes = Family::new(&BYTES);
@@ -149,18 +129,8 @@ impl Collector for UpperCollector {
             scans.add(&[&mp], rec.scans_total as f64);
         }
         vec![
-            bytes.finish(),
-            apparent.finish(),
-            inodes.finish(),
-            entries.finish(),
-            copied.finish(),
-            fs_avail.finish(),
-            fs_size.finish(),
-            duration.finish(),
-            timestamp.finish(),
-            scans.finish(),
-            errors.finish(),
-            stale.finish(),
+            bytes, apparent, inodes, entries, copied, fs_avail, fs_size, duration, timestamp, scans, errors,
+            stale,
         ]
     }
 }
