@@ -251,6 +251,10 @@ fn check_kernel(version: &str) -> Result<String, String> {
     if !console.contains("=== AGENT EXIT 0") {
         problems.push("the agent did not exit 0 on SIGTERM".into());
     }
+    if console.contains("BPF_MAP_LOOKUP_BATCH failed") {
+        problems
+            .push("the maps were read key by key: BPF_MAP_LOOKUP_BATCH failed (see the agent log)".into());
+    }
     if !console.contains("copy-up probes detached") {
         problems.push("the agent did not report detaching its probes".into());
     }

@@ -157,24 +157,29 @@ impl Source for CopyUpCollector {
             }
         };
         let table = self.table.get();
-        let mountpoint = |dev: u32| -> String {
-            table
-                .mounts
-                .get(&Device::from_kernel_dev(dev))
-                .map(|m| m.mountpoint_label())
-                .unwrap_or_else(|| "unknown".to_owned())
-        };
+        // Each device's label once (not once per key: 1000 mounts x 11 causes).
+        let mut labels: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
+        for k in snapshot.counts.keys().map(|k| k.dev).chain(snapshot.hist.keys().map(|k| k.dev)) {
+            labels.entry(k).or_insert_with(|| {
+                table
+                    .mounts
+                    .get(&Device::from_kernel_dev(k))
+                    .map(|m| m.mountpoint_label())
+                    .unwrap_or_else(|| "unknown".to_owned())
+            });
+        }
+        let mountpoint = |dev: u32| -> &str { labels.get(&dev).map(String::as_str).unwrap_or("unknown") };
         let cause_name = |c: u8| cause::NAMES.get(c as usize).copied().unwrap_or("other");
         let kind_name = |k: u8| kind::NAMES.get(k as usize).copied().unwrap_or("other");
 
         // Counters: several devices may map to "unknown", so sum by label set.
-        let mut copy_ups: BTreeMap<(String, &str, &str), u64> = BTreeMap::new();
-        let mut bytes: BTreeMap<(String, &str), u64> = BTreeMap::new();
-        let mut errors: BTreeMap<(String, &str), u64> = BTreeMap::new();
+        let mut copy_ups: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+        let mut bytes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        let mut errors: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for (k, v) in &snapshot.counts {
             let mp = mountpoint(k.dev);
-            *copy_ups.entry((mp.clone(), cause_name(k.cause), kind_name(k.kind))).or_default() += v.copy_ups;
-            *bytes.entry((mp.clone(), cause_name(k.cause))).or_default() += v.data_bytes;
+            *copy_ups.entry((mp, cause_name(k.cause), kind_name(k.kind))).or_default() += v.copy_ups;
+            *bytes.entry((mp, cause_name(k.cause))).or_default() += v.data_bytes;
             *errors.entry((mp, cause_name(k.cause))).or_default() += v.errors;
         }
         let mut f = Family::new(&COPY_UPS);
@@ -196,7 +201,7 @@ impl Source for CopyUpCollector {
         // Histograms by cause (all devices), and by mount when recorded: bucket
         // counts from HIST, sums from COUNTS (bytes of data copy-ups, latencies).
         let mut by_cause: BTreeMap<(u8, u8), RawHist> = BTreeMap::new();
-        let mut by_mount: BTreeMap<(String, u8, u8), RawHist> = BTreeMap::new();
+        let mut by_mount: BTreeMap<(&str, u8, u8), RawHist> = BTreeMap::new();
         for (HistKey { dev, cause, hist, bucket, .. }, n) in &snapshot.hist {
             let add = |h: &mut RawHist| {
                 if let Some(b) = h.buckets.get_mut(*bucket as usize) {

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use aya::Pod;
 use overlay_agent_common::{stat, CountKey, CountValue, HistKey, ProcessKey, ProcessValue};
 
 pub struct CopyUpMaps {
@@ -20,10 +21,22 @@ pub struct Snapshot {
     pub stats: [u64; stat::COUNT as usize],
 }
 
+/// Every entry of a per-CPU hash map: in batches where the kernel can (5.6+),
+/// else key by key.
+fn entries<K: Pod, V: Pod>(map: &PerCpuHashMap<MapData, K, V>) -> Vec<(K, Vec<V>)> {
+    match super::batch::per_cpu_entries(map, 1024) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::debug!(error = %e, "BPF_MAP_LOOKUP_BATCH failed; reading key by key");
+            map.iter().flatten().map(|(k, v)| (k, v.iter().copied().collect())).collect()
+        }
+    }
+}
+
 impl CopyUpMaps {
     pub fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot::default();
-        for (k, per_cpu) in self.counts.iter().flatten() {
+        for (k, per_cpu) in entries(&self.counts) {
             let e = s.counts.entry(k).or_default();
             for v in per_cpu.iter() {
                 e.copy_ups += v.copy_ups;
@@ -32,7 +45,7 @@ impl CopyUpMaps {
                 e.latency_ns += v.latency_ns;
             }
         }
-        for (k, per_cpu) in self.hist.iter().flatten() {
+        for (k, per_cpu) in entries(&self.hist) {
             *s.hist.entry(k).or_default() += per_cpu.iter().sum::<u64>();
         }
         for (i, slot) in s.stats.iter_mut().enumerate() {
@@ -47,7 +60,7 @@ impl CopyUpMaps {
     /// kernel's NUL-padded thread name; invalid UTF-8 is replaced, not dropped.
     pub fn processes(&self) -> BTreeMap<String, ProcessValue> {
         let mut out: BTreeMap<String, ProcessValue> = BTreeMap::new();
-        for (k, per_cpu) in self.processes.iter().flatten() {
+        for (k, per_cpu) in entries(&self.processes) {
             let len = k.iter().position(|b| *b == 0).unwrap_or(k.len());
             let e = out.entry(String::from_utf8_lossy(&k[..len]).into_owned()).or_default();
             for v in per_cpu.iter() {

@@ -3,6 +3,7 @@
 //! functions this kernel has, and report what attached. A probe that cannot
 //! attach is a reported state, never a crash: the agent serves everything else.
 
+pub mod batch;
 pub mod maps;
 pub mod plan;
 
