@@ -351,3 +351,38 @@ fn unreadable_dirs_are_counted_by_reason() {
     assert_eq!(m.get("overlayfs_upper_entries", &[("mountpoint", &mp), ("kind", "created")]), Some(1.0));
     assert_eq!(m.get("overlayfs_upper_entries", &[("mountpoint", &mp), ("kind", "dir")]), Some(2.0));
 }
+
+/// Without CAP_SYS_ADMIN the kernel hides trusted.* xattrs: a copied-up file then
+/// counts as created, and the agent says so at start. With it, as copied up.
+#[test]
+fn without_cap_sys_admin_copied_up_files_count_as_created_and_the_agent_warns() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path();
+    let ov = Overlay::new(&base.join("a"), "merged", "", |l| common::write_file(&l.join("f"), 100));
+    std::os::unix::fs::chown(ov.merged.join("f"), Some(7), Some(7)).expect("copy up");
+    let cfg = config_for(base, "");
+    let once = |drop_caps: bool| {
+        let mut cmd = Command::new("setpriv");
+        if drop_caps {
+            cmd.args(["--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin"]);
+        }
+        let out = cmd
+            .arg(env!("CARGO_BIN_EXE_overlay-agent"))
+            .args(["once", "--config", cfg.to_str().expect("utf8")])
+            .output()
+            .expect("setpriv (util-linux)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (
+            Metrics::parse(&String::from_utf8_lossy(&out.stdout)),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let mp = mp_label(&ov.merged);
+    let kind = |m: &Metrics, k: &str| m.get("overlayfs_upper_entries", &[("mountpoint", &mp), ("kind", k)]);
+    let (with, log) = once(false);
+    assert_eq!((kind(&with, "copied_up"), kind(&with, "created")), (Some(1.0), Some(0.0)), "{log}");
+    let (without, log) = once(true);
+    assert_eq!((kind(&without, "copied_up"), kind(&without, "created")), (Some(0.0), Some(1.0)));
+    assert!(log.contains("no CAP_SYS_ADMIN"), "no warning: {log}");
+}
