@@ -94,6 +94,9 @@ const AUTH_CACHE: usize = 256;
 pub struct WebConfig {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     users: BTreeMap<String, String>,
+    /// A hash of the users' cost, checked for unknown users so that timing does
+    /// not tell which users exist.
+    dummy: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     verified: Mutex<HashSet<(String, String)>>,
 }
@@ -147,7 +150,21 @@ impl WebConfig {
                 .map_err(|e| invalid(path, format!("http_server_config.headers.{name}: {e}")))?;
             headers.push((n, v));
         }
-        Ok(WebConfig { tls, users: file.basic_auth_users, headers, verified: Mutex::default() })
+        let cost = file
+            .basic_auth_users
+            .values()
+            .filter_map(|h| h.parse::<bcrypt::HashParts>().ok())
+            .map(|p| p.get_cost())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST)
+            .min(16); // bounds the start-up cost of an absurd config
+        let dummy = if file.basic_auth_users.is_empty() {
+            String::new()
+        } else {
+            bcrypt::hash("overlay-agent: no such user", cost)
+                .map_err(|e| invalid(path, format!("basic_auth_users: {e}")))?
+        };
+        Ok(WebConfig { tls, users: file.basic_auth_users, dummy, headers, verified: Mutex::default() })
     }
 
     pub fn requires_auth(&self) -> bool {
@@ -166,10 +183,9 @@ impl WebConfig {
             return true;
         }
         // An unknown user costs a bcrypt run too, so timing does not tell users apart.
-        const DUMMY: &str = "$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi";
         let (hash, known) = match self.users.get(&key.0) {
             Some(h) => (h.as_str(), true),
-            None => (DUMMY, false),
+            None => (self.dummy.as_str(), false),
         };
         let ok = bcrypt::verify(&key.1, hash).unwrap_or(false) && known;
         if ok {
@@ -274,6 +290,8 @@ mod tests {
         assert!(w.authorized(Some(&basic("prom", "s3cret"))), "cached");
         assert!(!w.authorized(Some(&basic("prom", "wrong"))));
         assert!(!w.authorized(Some(&basic("nobody", "s3cret"))));
+        let dummy: bcrypt::HashParts = w.dummy.parse().expect("the unknown-user hash is a bcrypt hash");
+        assert_eq!(dummy.get_cost(), 4, "same cost as the configured users");
         assert!(!w.authorized(None));
         assert!(!w.authorized(Some(&HeaderValue::from_static("Bearer abc"))));
         assert!(!w.authorized(Some(&HeaderValue::from_static("Basic !!!"))));
