@@ -22,6 +22,7 @@ use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENT
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -188,7 +189,6 @@ where
 }
 
 type ConnFuture = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 
 /// A TLS connection: a client speaking plain HTTP gets a 400 that says so; a
 /// handshake that fails or takes longer than IO_TIMEOUT closes the connection.
