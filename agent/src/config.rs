@@ -305,8 +305,15 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     d.deserialize_str(ParseVisitor(parse_duration, "a duration such as 30s"))
 }
 
-/// Deserializes YAML; errors carry `file:line:column` and the full key path.
-pub fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+/// Deserializes YAML; errors carry `file:line:column` and the full key path. An
+/// empty file (or one holding only comments) means "all defaults".
+pub fn parse_yaml<T: serde::de::DeserializeOwned + Default>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        return Ok(T::default());
+    }
     let de = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
@@ -338,10 +345,6 @@ impl Config {
 
     /// Parses config text; `path` is only used in error messages.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        // An empty file (or one holding only comments) means "all defaults".
-        if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-            return Ok(Config::default());
-        }
         let config: Config = parse_yaml(path, text)?;
         config.validate(path)?;
         Ok(config)

@@ -118,11 +118,7 @@ impl WebConfig {
     pub fn load(path: &Path) -> Result<WebConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let file: File = if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-            File::default()
-        } else {
-            crate::config::parse_yaml(path, &text)?
-        };
+        let file: File = crate::config::parse_yaml(path, &text)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let tls = match &file.tls_server_config {
             Some(t) => Some(Arc::new(tls_config(path, dir, t)?)),
