@@ -15,6 +15,7 @@ use crate::http::{self, HttpState};
 use crate::metrics::{self, agent::DiscoveryStats};
 use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
 use crate::scan::ScanPool;
+use crate::web_config::WebConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -24,8 +25,6 @@ pub enum AgentError {
     Listen { addr: String, source: std::io::Error },
     #[error("cannot start {what}: {source}")]
     Start { what: &'static str, source: std::io::Error },
-    #[error(transparent)]
-    WebConfig(crate::config::ConfigError),
 }
 
 /// Discovery with the config's procfs root and filters, mounts identified.
@@ -100,8 +99,9 @@ pub fn once(config: &Config, out: &mut impl Write) -> Result<(), AgentError> {
     out.write_all(&p.exposition.render()).map_err(|source| AgentError::Start { what: "output", source })
 }
 
-/// `overlay-agent serve`: run until SIGTERM or SIGINT.
-pub async fn serve(cli: &Cli, mut config: Config) -> Result<(), AgentError> {
+/// `overlay-agent serve`: run until SIGTERM or SIGINT. `web` is the loaded
+/// `web.config_file` (TLS and auth).
+pub async fn serve(cli: &Cli, mut config: Config, web: WebConfig) -> Result<(), AgentError> {
     crate::caps::warn_if_missing();
     let p = Arc::new(Pipeline::new(&config)?);
     p.rediscover(&config)?;
@@ -118,10 +118,6 @@ pub async fn serve(cli: &Cli, mut config: Config) -> Result<(), AgentError> {
     )));
     let mut copy_up_probes = start_probes(&config, &probe_handle).await;
 
-    let web = match &config.web.config_file {
-        Some(f) => crate::web_config::WebConfig::load(f).map_err(AgentError::WebConfig)?,
-        None => crate::web_config::WebConfig::default(),
-    };
     let addr = config.web.listen_address;
     let listener = tokio::net::TcpListener::bind(addr.0)
         .await
@@ -268,17 +264,10 @@ fn waiting_for_overlay(handle: &ProbeHandle) -> bool {
 /// SIGHUP: re-read the web config (rotated certificates, changed users); keep the
 /// running one when the file is invalid.
 fn reload_web(config: &Config, state: &HttpState) {
-    let web = match &config.web.config_file {
-        Some(f) => match crate::web_config::WebConfig::load(f) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "web config reload failed; keeping the running one");
-                return;
-            }
-        },
-        None => crate::web_config::WebConfig::default(),
-    };
-    *state.web.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(web);
+    match WebConfig::from_file(config.web.config_file.as_deref()) {
+        Ok(web) => *state.web.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(web),
+        Err(e) => tracing::error!(error = %e, "web config reload failed; keeping the running one"),
+    }
 }
 
 /// SIGHUP: re-read the config file; keep the running config when it is invalid.

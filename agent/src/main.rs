@@ -8,6 +8,7 @@ use clap::Parser;
 use overlay_agent::agent;
 use overlay_agent::cli::{Cli, Command};
 use overlay_agent::config::{Config, LogConfig, LogFormat};
+use overlay_agent::web_config::WebConfig;
 
 fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OVERLAY_AGENT_LOG")
@@ -43,14 +44,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(f) = &config.web.config_file {
-        if let Err(e) = overlay_agent::web_config::WebConfig::load(f) {
+    let web = match WebConfig::from_file(config.web.config_file.as_deref()) {
+        Ok(w) => w,
+        Err(e) => {
             eprintln!("overlay-agent: web config: {e}");
             return ExitCode::from(2);
         }
-    }
+    };
     init_logging(&config.log);
-    match run(&cli, config) {
+    match run(&cli, config, web) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -60,7 +62,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
+fn run(cli: &Cli, config: Config, web: WebConfig) -> anyhow::Result<()> {
     match &cli.command {
         None | Some(Command::Serve) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -68,7 +70,7 @@ fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(agent::serve(cli, config))?;
+            rt.block_on(agent::serve(cli, config, web))?;
         }
         Some(Command::Once) => agent::once(&config, &mut std::io::stdout().lock())?,
         Some(Command::Trace { min_latency }) => {

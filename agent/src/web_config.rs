@@ -115,6 +115,11 @@ fn invalid(path: &Path, message: String) -> ConfigError {
 }
 
 impl WebConfig {
+    /// The config `web.config_file` names, or plain HTTP without auth when none.
+    pub fn from_file(file: Option<&Path>) -> Result<WebConfig, ConfigError> {
+        file.map(WebConfig::load).unwrap_or_else(|| Ok(WebConfig::default()))
+    }
+
     pub fn load(path: &Path) -> Result<WebConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
@@ -124,10 +129,13 @@ impl WebConfig {
             Some(t) => Some(Arc::new(tls_config(path, dir, t)?)),
             None => None,
         };
+        // The dummy hash for unknown users gets the users' highest cost.
+        let mut cost = None;
         for (user, hash) in &file.basic_auth_users {
-            if hash.parse::<bcrypt::HashParts>().is_err() {
-                return Err(invalid(path, format!("basic_auth_users.{user}: not a bcrypt hash")));
-            }
+            let parts = hash
+                .parse::<bcrypt::HashParts>()
+                .map_err(|_| invalid(path, format!("basic_auth_users.{user}: not a bcrypt hash")))?;
+            cost = cost.max(Some(parts.get_cost()));
         }
         let mut headers = Vec::new();
         for (name, value) in file.http_server_config.map(|h| h.headers).unwrap_or_default() {
@@ -146,19 +154,11 @@ impl WebConfig {
                 .map_err(|e| invalid(path, format!("http_server_config.headers.{name}: {e}")))?;
             headers.push((n, v));
         }
-        let cost = file
-            .basic_auth_users
-            .values()
-            .filter_map(|h| h.parse::<bcrypt::HashParts>().ok())
-            .map(|p| p.get_cost())
-            .max()
-            .unwrap_or(bcrypt::DEFAULT_COST)
-            .min(16); // bounds the start-up cost of an absurd config
-        let dummy = if file.basic_auth_users.is_empty() {
-            String::new()
-        } else {
-            bcrypt::hash("overlay-agent: no such user", cost)
-                .map_err(|e| invalid(path, format!("basic_auth_users: {e}")))?
+        let dummy = match cost {
+            None => String::new(),
+            // At most 16: bounds the start-up cost of an absurd config.
+            Some(c) => bcrypt::hash("overlay-agent: no such user", c.min(16))
+                .map_err(|e| invalid(path, format!("basic_auth_users: {e}")))?,
         };
         Ok(WebConfig { tls, users: file.basic_auth_users, dummy, headers, verified: Mutex::default() })
     }
