@@ -14,16 +14,10 @@ use common::{config_for, promtool_check, require_root, scrape_until, wait_for, A
 use rustix::fs::{FileType, Mode, OFlags};
 
 /// A mountpoint as the agent labels it (invalid UTF-8 as `\xNN`); Metrics::get
-/// escapes it as the exposition does.
+/// escapes it as the exposition does. The exposition's literal text is checked
+/// separately below.
 fn mp_label(p: &Path) -> String {
-    let mut out = String::new();
-    for chunk in p.as_os_str().as_bytes().utf8_chunks() {
-        out.push_str(chunk.valid());
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
+    overlay_agent::discovery::path_label(p)
 }
 
 /// `depth` nested directories named `d`, created through directory fds (the
