@@ -16,13 +16,13 @@ ensure_qemu_tools
 
 cargo fmt --all --check
 # The eBPF crate builds only for the bpf target (through agent/build.rs).
-cargo clippy --workspace --exclude overlay-agent-ebpf --all-targets --locked -- -D warnings
+cargo clippy --workspace --exclude overlay-agent-ebpf --all-targets --locked --features overlay-agent/e2e,overlay-agent/qemu -- -D warnings
 # The static agent and workload that the QEMU guests run.
 cargo build --release --locked --target x86_64-unknown-linux-musl -p overlay-agent \
     --bin overlay-agent --examples
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --exclude overlay-agent-ebpf --locked 2>&1 | tee "$log"
+cargo test --workspace --exclude overlay-agent-ebpf --locked --features overlay-agent/e2e,overlay-agent/qemu 2>&1 | tee "$log"
 [ -f target/qemu-summary.txt ] && cat target/qemu-summary.txt
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -21,6 +21,9 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The kernel checks this string: "Dual MIT/GPL" is GPL-compatible, which the
+/// helpers the programs call (bpf_probe_read_kernel, ring buffer output,
+/// bpf_get_current_comm) require. It matches this crate's licence, MIT OR GPL-2.0.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -40,7 +40,7 @@ fn main() {
     config.discovery.procfs = procfs;
 
     let table = SharedTable::default();
-    table.set(overlay_agent::agent::discover(&config).expect("discover"));
+    table.set(overlay_agent::daemon::discover(&config).expect("discover"));
     let pool = ScanPool::new(2).expect("pool");
     pool.schedule(&table.get(), config.scan.interval, config.scan.timeout, &config.discovery.rootfs);
     pool.wait_idle();

@@ -7,6 +7,7 @@
 //! a TLS handshake must finish within 10 s; a client that stops reading its
 //! response for 10 s is dropped; a keep-alive connection idle for 10 s is closed.
 
+use crate::sync::RwLockExt;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -27,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::metrics;
-use crate::web_config::WebConfig;
+use crate::web_config::WebConfigFile;
 
 /// Time allowed for request headers, a TLS handshake, and a stalled response write.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,13 +41,13 @@ pub struct HttpState {
     /// Set once the first discovery has completed.
     pub ready: Arc<AtomicBool>,
     /// TLS and auth; replaced on SIGHUP. New connections use the current one.
-    pub web: RwLock<Arc<WebConfig>>,
+    pub web: RwLock<Arc<WebConfigFile>>,
     pub max_connections: usize,
 }
 
 impl HttpState {
-    fn web(&self) -> Arc<WebConfig> {
-        self.web.read().unwrap_or_else(|p| p.into_inner()).clone()
+    fn web(&self) -> Arc<WebConfigFile> {
+        self.web.read_now().clone()
     }
 }
 
@@ -148,7 +149,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
 /// then the web config's extra headers.
 async fn respond(
     state: Arc<HttpState>,
-    web: Arc<WebConfig>,
+    web: Arc<WebConfigFile>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let authorized = if web.requires_auth() {
@@ -172,7 +173,7 @@ async fn respond(
 }
 
 /// Serves one connection (plain or TLS) with the limits above.
-fn connection<I>(io: I, state: Arc<HttpState>, web: Arc<WebConfig>, graceful: Watcher) -> ConnFuture
+fn connection<I>(io: I, state: Arc<HttpState>, web: Arc<WebConfigFile>, graceful: Watcher) -> ConnFuture
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -196,7 +197,7 @@ async fn tls_connection(
     stream: TcpStream,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<HttpState>,
-    web: Arc<WebConfig>,
+    web: Arc<WebConfigFile>,
     graceful: Watcher,
 ) -> Result<ConnFuture, String> {
     use tokio::io::AsyncWriteExt;

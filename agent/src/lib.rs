@@ -2,12 +2,12 @@
 //!
 //! Data flows one way: [`discovery`] (mountinfo -> `MountTable`) -> [`scan`] (upper
 //! dirs -> `ScanResult`) -> [`metrics`] (collectors joined by device) -> [`http`].
-//! [`agent`] wires them together for the daemon and the one-shot commands.
+//! [`daemon`] wires them together for the daemon and the one-shot commands.
 
-pub mod agent;
 pub mod caps;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod discovery;
 pub mod http;
 pub mod identity;
@@ -15,5 +15,6 @@ pub mod kernel;
 pub mod metrics;
 pub mod probes;
 pub mod scan;
+pub mod sync;
 pub mod trace;
 pub mod web_config;

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use overlay_agent::agent;
 use overlay_agent::cli::{Cli, Command};
 use overlay_agent::config::{Config, LogConfig, LogFormat};
-use overlay_agent::web_config::WebConfig;
+use overlay_agent::daemon;
+use overlay_agent::web_config::WebConfigFile;
 
 fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OVERLAY_AGENT_LOG")
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let web = match WebConfig::from_file(config.web.config_file.as_deref()) {
+    let web = match WebConfigFile::from_file(config.web.config_file.as_deref()) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("overlay-agent: web config: {e}");
@@ -55,14 +55,14 @@ fn main() -> ExitCode {
     match run(&cli, config, web) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Logged once, through the configured log format (stderr).
             tracing::error!("{e:#}");
-            eprintln!("overlay-agent: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: &Cli, config: Config, web: WebConfig) -> anyhow::Result<()> {
+fn run(cli: &Cli, config: Config, web: WebConfigFile) -> anyhow::Result<()> {
     match &cli.command {
         None | Some(Command::Serve) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -70,9 +70,9 @@ fn run(cli: &Cli, config: Config, web: WebConfig) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(agent::serve(cli, config, web))?;
+            rt.block_on(daemon::serve(cli, config, web))?;
         }
-        Some(Command::Once) => agent::once(&config, &mut std::io::stdout().lock())?,
+        Some(Command::Once) => daemon::once(&config, &mut std::io::stdout().lock())?,
         Some(Command::Trace { min_latency }) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -81,7 +81,7 @@ fn run(cli: &Cli, config: Config, web: WebConfig) -> anyhow::Result<()> {
             rt.block_on(overlay_agent::trace::run(&config, *min_latency, &mut std::io::stdout().lock()))?;
         }
         Some(Command::Mounts { json }) => {
-            let table = agent::discover(&config)?;
+            let table = daemon::discover(&config)?;
             let mut out = std::io::stdout().lock();
             overlay_agent::discovery::print::mounts(&table, *json, &mut out)
                 .context("writing the mount list")?;

@@ -19,6 +19,7 @@
 //! Unknown keys and what the agent cannot honour (TLS 1.0/1.1, client
 //! certificates accepted without verification) are errors naming the key.
 
+use crate::sync::LockExt;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -91,7 +92,7 @@ const AUTH_CACHE: usize = 256;
 
 /// A loaded web config. The default serves plain HTTP without auth.
 #[derive(Default)]
-pub struct WebConfig {
+pub struct WebConfigFile {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     users: BTreeMap<String, String>,
     /// A hash of the users' cost, checked for unknown users so that timing does
@@ -101,9 +102,9 @@ pub struct WebConfig {
     verified: Mutex<HashSet<(String, String)>>,
 }
 
-impl std::fmt::Debug for WebConfig {
+impl std::fmt::Debug for WebConfigFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebConfig")
+        f.debug_struct("WebConfigFile")
             .field("tls", &self.tls.is_some())
             .field("users", &self.users.keys().collect::<Vec<_>>())
             .finish()
@@ -114,13 +115,13 @@ fn invalid(path: &Path, message: String) -> ConfigError {
     ConfigError::Invalid { path: path.to_owned(), message }
 }
 
-impl WebConfig {
+impl WebConfigFile {
     /// The config `web.config_file` names, or plain HTTP without auth when none.
-    pub fn from_file(file: Option<&Path>) -> Result<WebConfig, ConfigError> {
-        file.map(WebConfig::load).unwrap_or_else(|| Ok(WebConfig::default()))
+    pub fn from_file(file: Option<&Path>) -> Result<WebConfigFile, ConfigError> {
+        file.map(WebConfigFile::load).unwrap_or_else(|| Ok(WebConfigFile::default()))
     }
 
-    pub fn load(path: &Path) -> Result<WebConfig, ConfigError> {
+    pub fn load(path: &Path) -> Result<WebConfigFile, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let file: File = crate::config::parse_yaml(path, &text)?;
@@ -160,7 +161,7 @@ impl WebConfig {
             Some(c) => bcrypt::hash("overlay-agent: no such user", c.min(16))
                 .map_err(|e| invalid(path, format!("basic_auth_users: {e}")))?,
         };
-        Ok(WebConfig { tls, users: file.basic_auth_users, dummy, headers, verified: Mutex::default() })
+        Ok(WebConfigFile { tls, users: file.basic_auth_users, dummy, headers, verified: Mutex::default() })
     }
 
     pub fn requires_auth(&self) -> bool {
@@ -175,7 +176,7 @@ impl WebConfig {
         }
         let Some((user, password)) = header.and_then(parse_basic) else { return false };
         let key = (user, password);
-        if self.verified.lock().unwrap_or_else(|p| p.into_inner()).contains(&key) {
+        if self.verified.locked().contains(&key) {
             return true;
         }
         // An unknown user costs a bcrypt run too, so timing does not tell users apart.
@@ -185,7 +186,7 @@ impl WebConfig {
         };
         let ok = bcrypt::verify(&key.1, hash).unwrap_or(false) && known;
         if ok {
-            let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cache = self.verified.locked();
             if cache.len() >= AUTH_CACHE {
                 cache.clear();
             }
@@ -266,11 +267,11 @@ fn tls_config(path: &Path, dir: &Path, t: &TlsFile) -> Result<rustls::ServerConf
 mod tests {
     use super::*;
 
-    fn load(text: &str) -> Result<WebConfig, String> {
+    fn load(text: &str) -> Result<WebConfigFile, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let p = dir.path().join("web.yml");
         std::fs::write(&p, text).map_err(|e| e.to_string())?;
-        WebConfig::load(&p).map_err(|e| e.to_string())
+        WebConfigFile::load(&p).map_err(|e| e.to_string())
     }
 
     #[test]

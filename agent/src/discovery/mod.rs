@@ -6,6 +6,7 @@ pub mod options;
 pub mod print;
 pub mod watch;
 
+use crate::sync::RwLockExt;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
@@ -175,11 +176,11 @@ pub struct SharedTable(std::sync::Arc<std::sync::RwLock<std::sync::Arc<MountTabl
 
 impl SharedTable {
     pub fn get(&self) -> std::sync::Arc<MountTable> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.read_now().clone()
     }
 
     pub fn set(&self, table: MountTable) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(table);
+        *self.0.write_now() = std::sync::Arc::new(table);
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use prometheus::proto::MetricType;
 
-use super::{Def, Family, Source};
+use super::{Collector, Def, Family};
 use crate::discovery::SharedTable;
 
 static BUILD: Def = Def {
@@ -51,7 +51,7 @@ impl AgentCollector {
     }
 }
 
-impl Source for AgentCollector {
+impl Collector for AgentCollector {
     fn collect(&self) -> Vec<Family> {
         let mut build = Family::new(&BUILD);
         build.add(&[env!("CARGO_PKG_VERSION")], 1.0);

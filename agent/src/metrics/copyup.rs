@@ -2,13 +2,14 @@
 //! in the kernel by superblock device; here they are joined to mountpoints
 //! (`unknown` for a device not in the mount table).
 
+use crate::sync::{LockExt, RwLockExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use overlay_agent_common::{cause, kind, stat, HistKey, HIST_BUCKETS, HIST_BYTES, HIST_LATENCY_NS};
 use prometheus::proto::MetricType;
 
-use super::{Def, Family, Source};
+use super::{Collector, Def, Family};
 use crate::discovery::{Device, SharedTable};
 use crate::probes::ProbeHandle;
 
@@ -130,10 +131,10 @@ impl CopyUpCollector {
     }
 }
 
-impl Source for CopyUpCollector {
+impl Collector for CopyUpCollector {
     fn collect(&self) -> Vec<Family> {
         let mut out = Vec::new();
-        let status = self.probes.status.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let status = self.probes.status.read_now().clone();
         let mut enabled = Family::new(&ENABLED);
         enabled.add(&[], if status.enabled { 1.0 } else { 0.0 });
         out.push(enabled);
@@ -150,7 +151,7 @@ impl Source for CopyUpCollector {
         out.push(attached);
 
         let snapshot = {
-            let maps = self.probes.maps.lock().unwrap_or_else(|p| p.into_inner());
+            let maps = self.probes.maps.locked();
             match maps.as_ref() {
                 Some(m) => m.snapshot(),
                 None => return out,

@@ -15,10 +15,11 @@ pub mod mounts;
 pub mod process;
 pub mod upper;
 
+use crate::sync::RwLockExt;
 use std::fmt::Write as _;
 use std::sync::RwLock;
 
-use prometheus::core::Collector;
+use prometheus::core::Collector as _;
 use prometheus::proto::MetricType;
 use prometheus::{Encoder, TextEncoder};
 
@@ -156,14 +157,15 @@ impl Family {
     }
 }
 
-/// Where the families come from: one source per concern.
-pub trait Source: Send + Sync {
+/// Where the families come from: one collector per concern (one per file, as in
+/// node_exporter).
+pub trait Collector: Send + Sync {
     fn collect(&self) -> Vec<Family>;
 }
 
-/// Every registered source, plus the process metrics of the prometheus crate.
+/// Every registered collector, plus the process metrics of the prometheus crate.
 pub struct Exposition {
-    sources: RwLock<Vec<Box<dyn Source>>>,
+    collectors: RwLock<Vec<Box<dyn Collector>>>,
     process: prometheus::process_collector::ProcessCollector,
     /// Size of the last rendering, to allocate the next one at once.
     last_len: std::sync::atomic::AtomicUsize,
@@ -172,7 +174,7 @@ pub struct Exposition {
 impl Default for Exposition {
     fn default() -> Self {
         Exposition {
-            sources: RwLock::default(),
+            collectors: RwLock::default(),
             process: prometheus::process_collector::ProcessCollector::for_self(),
             last_len: std::sync::atomic::AtomicUsize::new(64 * 1024),
         }
@@ -180,15 +182,15 @@ impl Default for Exposition {
 }
 
 impl Exposition {
-    pub fn register(&self, source: Box<dyn Source>) {
-        self.sources.write().unwrap_or_else(|p| p.into_inner()).push(source);
+    pub fn register(&self, collector: Box<dyn Collector>) {
+        self.collectors.write_now().push(collector);
     }
 
     /// Renders everything in the text format.
     pub fn render(&self) -> Vec<u8> {
         let mut families: Vec<Family> = {
-            let sources = self.sources.read().unwrap_or_else(|p| p.into_inner());
-            sources.iter().flat_map(|s| s.collect()).collect()
+            let collectors = self.collectors.read_now();
+            collectors.iter().flat_map(|c| c.collect()).collect()
         };
         families.sort_by_key(|f| f.name());
         let hint = self.last_len.load(std::sync::atomic::Ordering::Relaxed);
@@ -250,7 +252,7 @@ mod tests {
     }
 
     struct Ours;
-    impl Source for Ours {
+    impl Collector for Ours {
         fn collect(&self) -> Vec<Family> {
             let mut fams: Vec<Family> =
                 vec![Family::new(&N), Family::new(&G), Family::new(&H), Family::new(&E)];

@@ -2,7 +2,7 @@
 
 use prometheus::proto::MetricType;
 
-use super::{Def, Family, Source};
+use super::{Collector, Def, Family};
 use crate::discovery::{LayerPath, SharedTable};
 
 static MOUNTS: Def = Def {
@@ -87,7 +87,7 @@ fn bool_str(v: bool) -> &'static str {
     }
 }
 
-impl Source for MountCollector {
+impl Collector for MountCollector {
     fn collect(&self) -> Vec<Family> {
         let table = self.table.get();
         let mut count = Family::new(&MOUNTS);

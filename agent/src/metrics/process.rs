@@ -10,6 +10,7 @@
 //! its full total (its earlier copy-ups stay in `other` too; `rate()` and
 //! `increase()` are unaffected, since a new series' first sample adds nothing).
 
+use crate::sync::LockExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use overlay_agent_common::ProcessValue;
 use prometheus::proto::MetricType;
 
-use super::{Def, Family, Source};
+use super::{Collector, Def, Family};
 use crate::probes::ProbeHandle;
 
 static COPY_UPS: Def = Def {
@@ -152,16 +153,16 @@ impl ProcessCollector {
     }
 }
 
-impl Source for ProcessCollector {
+impl Collector for ProcessCollector {
     fn collect(&self) -> Vec<Family> {
         let current = {
-            let maps = self.probes.maps.lock().unwrap_or_else(|p| p.into_inner());
+            let maps = self.probes.maps.locked();
             match maps.as_ref() {
                 Some(m) => m.processes(),
                 None => return Vec::new(),
             }
         };
-        let mut top = self.top.lock().unwrap_or_else(|p| p.into_inner());
+        let mut top = self.top.locked();
         top.update(Instant::now(), current);
         let mut copy_ups = Family::new(&COPY_UPS);
         let mut bytes = Family::new(&DATA_BYTES);

@@ -2,7 +2,7 @@
 
 use prometheus::proto::MetricType;
 
-use super::{unix_seconds, Def, Family, Source};
+use super::{unix_seconds, Collector, Def, Family};
 use crate::discovery::SharedTable;
 use crate::scan::{EntryKind, ScanStore};
 
@@ -91,7 +91,7 @@ impl UpperCollector {
     }
 }
 
-impl Source for UpperCollector {
+impl Collector for UpperCollector {
     fn collect(&self) -> Vec<Family> {
         let table = self.table.get();
         let store = self.store.lock();

@@ -11,6 +11,7 @@
 //! measured (at most MAX_STUCK replacements; the stuck thread exits if its call
 //! ever returns).
 
+use crate::sync::LockExt;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,7 +68,7 @@ pub struct ScanStore(Arc<Mutex<HashMap<PathBuf, ScanRecord>>>);
 impl ScanStore {
     pub fn lock(&self) -> MutexGuard<'_, HashMap<PathBuf, ScanRecord>> {
         // A worker that panicked while holding the lock leaves plain data behind.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.locked()
     }
 }
 
@@ -104,10 +105,10 @@ struct Busy {
 
 impl Busy {
     fn add(&self) {
-        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        *self.count.locked() += 1;
     }
     fn done(&self) {
-        let mut c = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.count.locked();
         *c = c.saturating_sub(1);
         if *c == 0 {
             self.idle.notify_all();
@@ -224,7 +225,7 @@ impl ScanPool {
     pub fn wait_idle(&self) {
         loop {
             let hung = self.check_hung(Instant::now());
-            let c = self.busy.count.lock().unwrap_or_else(|p| p.into_inner());
+            let c = self.busy.count.locked();
             if *c <= hung {
                 return;
             }
@@ -242,7 +243,7 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>, store: ScanStore, busy: Arc<Busy>
     }
     loop {
         let job = {
-            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+            let rx = rx.locked();
             match rx.recv() {
                 Ok(j) => j,
                 Err(_) => break,

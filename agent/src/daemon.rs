@@ -1,5 +1,6 @@
 //! Wiring: discovery loop -> scan pool -> collectors -> HTTP, plus signals.
 
+use crate::sync::{LockExt, RwLockExt};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use crate::http::{self, HttpState};
 use crate::metrics::{self, agent::DiscoveryStats};
 use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
 use crate::scan::ScanPool;
-use crate::web_config::WebConfig;
+use crate::web_config::WebConfigFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -101,7 +102,7 @@ pub fn once(config: &Config, out: &mut impl Write) -> Result<(), AgentError> {
 
 /// `overlay-agent serve`: run until SIGTERM or SIGINT. `web` is the loaded
 /// `web.config_file` (TLS and auth).
-pub async fn serve(cli: &Cli, mut config: Config, web: WebConfig) -> Result<(), AgentError> {
+pub async fn serve(cli: &Cli, mut config: Config, web: WebConfigFile) -> Result<(), AgentError> {
     crate::caps::warn_if_missing();
     let p = Arc::new(Pipeline::new(&config)?);
     p.rediscover(&config)?;
@@ -192,7 +193,7 @@ pub async fn serve(cli: &Cli, mut config: Config, web: WebConfig) -> Result<(), 
             // Counters of vanished devices go with their mount. Walking the maps costs
             // a syscall per key, so only when the set of devices changed.
             if !table.mounts.keys().eq(before.mounts.keys()) {
-                if let Some(maps) = probe_handle.maps.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                if let Some(maps) = probe_handle.maps.locked().as_mut() {
                     maps.forget(|dev| table.mounts.contains_key(&discovery::Device::from_kernel_dev(dev)));
                 }
             }
@@ -201,7 +202,7 @@ pub async fn serve(cli: &Cli, mut config: Config, web: WebConfig) -> Result<(), 
     }
     tracing::info!("shutting down");
     if let Some(probes) = copy_up_probes.take() {
-        *probe_handle.maps.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *probe_handle.maps.locked() = None;
         drop(probes);
         tracing::info!("copy-up probes detached");
     }
@@ -216,7 +217,7 @@ pub async fn serve(cli: &Cli, mut config: Config, web: WebConfig) -> Result<(), 
 /// takes a moment); logs the outcome once and publishes it for the collector.
 async fn start_probes(config: &Config, handle: &Arc<ProbeHandle>) -> Option<Probes> {
     if !config.ebpf.enabled {
-        *handle.status.write().unwrap_or_else(|e| e.into_inner()) = probes::ProbeStatus {
+        *handle.status.write_now() = probes::ProbeStatus {
             disabled: Some(probes::Disabled {
                 code: "disabled_by_config",
                 detail: "ebpf.enabled: false".into(),
@@ -250,22 +251,22 @@ async fn start_probes(config: &Config, handle: &Arc<ProbeHandle>) -> Option<Prob
             "copy-up probes are off; serving mount and upper-dir metrics without them"
         ),
     }
-    *handle.status.write().unwrap_or_else(|e| e.into_inner()) = status;
+    *handle.status.write_now() = status;
     let (probes, maps) = started?;
-    *handle.maps.lock().unwrap_or_else(|e| e.into_inner()) = Some(maps);
+    *handle.maps.locked() = Some(maps);
     Some(probes)
 }
 
 fn waiting_for_overlay(handle: &ProbeHandle) -> bool {
-    let status = handle.status.read().unwrap_or_else(|e| e.into_inner());
+    let status = handle.status.read_now();
     status.disabled.as_ref().map(|d| d.code == "no_overlay").unwrap_or(false)
 }
 
 /// SIGHUP: re-read the web config (rotated certificates, changed users); keep the
 /// running one when the file is invalid.
 fn reload_web(config: &Config, state: &HttpState) {
-    match WebConfig::from_file(config.web.config_file.as_deref()) {
-        Ok(web) => *state.web.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(web),
+    match WebConfigFile::from_file(config.web.config_file.as_deref()) {
+        Ok(web) => *state.web.write_now() = Arc::new(web),
         Err(e) => tracing::error!(error = %e, "web config reload failed; keeping the running one"),
     }
 }
