@@ -201,3 +201,12 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
     assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
 }
+
+/// The golden exposition, which tests/cli.rs compares `once` with byte for byte
+/// in the plain tier, passes promtool's lint (promtool is installed for this tier).
+#[test]
+fn golden_exposition_passes_promtool_check_metrics() {
+    let golden = repo_root().join("tests/fixtures/golden/once.prom");
+    let text = std::fs::read_to_string(&golden).unwrap_or_else(|e| panic!("{}: {e}", golden.display()));
+    common::promtool_check(&text);
+}

@@ -1,12 +1,11 @@
 //! Wiring: discovery loop -> scan pool -> collectors -> HTTP, plus signals.
 
-use crate::sync::{LockExt, RwLockExt};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::cli::Cli;
@@ -16,6 +15,7 @@ use crate::http::{self, HttpState};
 use crate::metrics::{self, agent::DiscoveryStats};
 use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
 use crate::scan::ScanPool;
+use crate::sync::{LockExt, RwLockExt};
 use crate::web_config::WebConfigFile;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +36,13 @@ pub fn discover(config: &Config) -> Result<MountTable, DiscoveryError> {
     Ok(table)
 }
 
-/// Everything the metric sources read, and the exposition that holds them.
+/// Everything the collectors read, and the exposition that holds them. Every
+/// collector is registered here, once, for the daemon and for `once` alike.
 struct Pipeline {
     table: SharedTable,
     stats: Arc<DiscoveryStats>,
     pool: ScanPool,
+    probes: Arc<ProbeHandle>,
     exposition: Arc<metrics::Exposition>,
 }
 
@@ -50,11 +52,23 @@ impl Pipeline {
         let stats = Arc::new(DiscoveryStats::default());
         let pool = ScanPool::new(config.scan.concurrency)
             .map_err(|source| AgentError::Start { what: "scan threads", source })?;
+        let probes = Arc::new(ProbeHandle::default());
         let exposition = Arc::new(metrics::Exposition::default());
-        exposition.register(Box::new(metrics::mounts::MountCollector::new(table.clone())));
-        exposition.register(Box::new(metrics::upper::UpperCollector::new(table.clone(), pool.store())));
-        exposition.register(Box::new(metrics::agent::AgentCollector::new(table.clone(), stats.clone())));
-        Ok(Pipeline { table, stats, pool, exposition })
+        let collectors: [Box<dyn metrics::Collector>; 5] = [
+            Box::new(metrics::mounts::MountCollector::new(table.clone())),
+            Box::new(metrics::upper::UpperCollector::new(table.clone(), pool.store())),
+            Box::new(metrics::agent::AgentCollector::new(table.clone(), stats.clone())),
+            Box::new(metrics::copyup::CopyUpCollector::new(table.clone(), probes.clone())),
+            Box::new(metrics::process::ProcessCollector::new(
+                probes.clone(),
+                config.ebpf.top_processes,
+                config.ebpf.top_processes_idle,
+            )),
+        ];
+        for c in collectors {
+            exposition.register(c);
+        }
+        Ok(Pipeline { table, stats, pool, probes, exposition })
     }
 
     /// Re-reads mountinfo; on failure keeps the previous table.
@@ -90,132 +104,230 @@ impl Pipeline {
     }
 }
 
-/// `overlay-agent once`: discover, scan every upper dir, print the exposition.
+/// `overlay-agent once`: discover, attach the probes (so the exposition shows the
+/// eBPF state the daemon would have), scan every upper dir, print the exposition.
 pub fn once(config: &Config, out: &mut impl Write) -> Result<(), AgentError> {
     crate::caps::warn_if_missing();
     let p = Pipeline::new(config)?;
     p.rediscover(config)?;
+    let probes = start_probes_blocking(config, &p.probes);
     p.schedule_scans(config);
     p.pool.wait_idle();
-    out.write_all(&p.exposition.render()).map_err(|source| AgentError::Start { what: "output", source })
+    let text = p.exposition.render();
+    drop(probes);
+    out.write_all(&text).map_err(|source| AgentError::Start { what: "output", source })
 }
 
 /// `overlay-agent serve`: run until SIGTERM or SIGINT. `web` is the loaded
-/// `web.config_file` (TLS and auth).
-pub async fn serve(cli: &Cli, mut config: Config, web: WebConfigFile) -> Result<(), AgentError> {
-    crate::caps::warn_if_missing();
-    let p = Arc::new(Pipeline::new(&config)?);
-    p.rediscover(&config)?;
-    let ready = Arc::new(AtomicBool::new(true));
-    p.schedule_scans(&config);
-
-    let probe_handle = Arc::new(ProbeHandle::default());
-    p.exposition
-        .register(Box::new(metrics::copyup::CopyUpCollector::new(p.table.clone(), probe_handle.clone())));
-    p.exposition.register(Box::new(metrics::process::ProcessCollector::new(
-        probe_handle.clone(),
-        config.ebpf.top_processes,
-        config.ebpf.top_processes_idle,
-    )));
-    let mut copy_up_probes = start_probes(&config, &probe_handle).await;
-
-    let addr = config.web.listen_address;
-    let listener = tokio::net::TcpListener::bind(addr.0)
-        .await
-        .map_err(|source| AgentError::Listen { addr: addr.to_string(), source })?;
-    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
-    tracing::info!(
-        address = %local,
-        tls = web.tls.is_some(),
-        basic_auth = web.requires_auth(),
-        mounts = p.table.get().mounts.len(),
-        "listening"
-    );
-
-    let changed = Arc::new(Notify::new());
-    let mountinfo = discovery::mountinfo::mountinfo_path(&config.discovery.procfs);
-    let _watcher = match discovery::watch::spawn(&mountinfo, changed.clone()) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(file = %mountinfo.display(), error = %e, "cannot watch mountinfo; relying on periodic resync");
-            None
-        }
-    };
-
-    let start = |what, e| AgentError::Start { what, source: e };
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| start("signal handler", e))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| start("signal handler", e))?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(|e| start("signal handler", e))?;
-
-    let stop = Arc::new(Notify::new());
-    let http_state = Arc::new(HttpState {
-        exposition: p.exposition.clone(),
-        ready,
-        web: std::sync::RwLock::new(Arc::new(web)),
-        max_connections: config.web.max_connections,
-    });
-    let server = {
-        let state = http_state.clone();
-        let stop = stop.clone();
-        tokio::spawn(http::serve(listener, state, async move { stop.notified().await }))
-    };
-
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_read = Instant::now();
-    loop {
-        let reread = tokio::select! {
-            _ = changed.notified() => true,
-            _ = tick.tick() => last_read.elapsed() >= config.discovery.resync_interval,
-            _ = sighup.recv() => {
-                reload(cli, &mut config);
-                reload_web(&config, &http_state);
-                true
-            }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-        };
-        if reread {
-            last_read = Instant::now();
-            let before = p.table.get();
-            let p2 = p.clone();
-            let c2 = config.clone();
-            match tokio::task::spawn_blocking(move || p2.rediscover(&c2)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "discovery failed; keeping the last mount table"),
-                Err(e) => tracing::error!(error = %e, "discovery task failed"),
-            }
-            let table = p.table.get();
-            if copy_up_probes.is_none() && waiting_for_overlay(&probe_handle) && !table.mounts.is_empty() {
-                // The overlay module is loaded on the first overlay mount: try again.
-                copy_up_probes = start_probes(&config, &probe_handle).await;
-            }
-            // Counters of vanished devices go with their mount. Walking the maps costs
-            // a syscall per key, so only when the set of devices changed.
-            if !table.mounts.keys().eq(before.mounts.keys()) {
-                if let Some(maps) = probe_handle.maps.locked().as_mut() {
-                    maps.forget(|dev| table.mounts.contains_key(&discovery::Device::from_kernel_dev(dev)));
-                }
-            }
-        }
-        p.schedule_scans(&config);
-    }
-    tracing::info!("shutting down");
-    if let Some(probes) = copy_up_probes.take() {
-        *probe_handle.maps.locked() = None;
-        drop(probes);
-        tracing::info!("copy-up probes detached");
-    }
-    stop.notify_one();
-    if let Err(e) = server.await {
-        tracing::error!(error = %e, "HTTP server task failed");
-    }
+/// `web.config_file` (TLS and auth). Build everything, spawn the server, follow
+/// the mount table until a stop signal, then drain.
+pub async fn serve(cli: &Cli, config: Config, web: WebConfigFile) -> Result<(), AgentError> {
+    let mut daemon = Daemon::build(cli, config, web).await?;
+    let server = daemon.spawn_server();
+    daemon.run().await;
+    daemon.drain(server).await;
     Ok(())
 }
 
+/// The signals the daemon acts on.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, AgentError> {
+        let install =
+            |kind| signal(kind).map_err(|source| AgentError::Start { what: "signal handler", source });
+        Ok(Signals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// What one turn of the daemon loop was woken by.
+enum Wake {
+    MountsChanged,
+    Tick,
+    Reload,
+    Stop,
+}
+
+/// The running daemon: built by `build`, served by `spawn_server`, driven by `run`.
+struct Daemon<'a> {
+    cli: &'a Cli,
+    config: Config,
+    pipeline: Arc<Pipeline>,
+    copy_up_probes: Option<Probes>,
+    http: Arc<HttpState>,
+    listener: Option<tokio::net::TcpListener>,
+    signals: Signals,
+    mounts_changed: Arc<Notify>,
+    _watcher: Option<discovery::watch::MountWatcher>,
+}
+
+/// The HTTP server task and the way to stop it.
+struct Server {
+    task: tokio::task::JoinHandle<()>,
+    stop: Arc<Notify>,
+}
+
+impl<'a> Daemon<'a> {
+    /// First discovery, scans, probes, listener, mountinfo watcher, signals.
+    async fn build(cli: &'a Cli, config: Config, web: WebConfigFile) -> Result<Daemon<'a>, AgentError> {
+        crate::caps::warn_if_missing();
+        let pipeline = Arc::new(Pipeline::new(&config)?);
+        pipeline.rediscover(&config)?;
+        let ready = Arc::new(AtomicBool::new(true));
+        pipeline.schedule_scans(&config);
+        let copy_up_probes = start_probes(&config, &pipeline.probes).await;
+
+        let addr = config.web.listen_address;
+        let listener = tokio::net::TcpListener::bind(addr.0)
+            .await
+            .map_err(|source| AgentError::Listen { addr: addr.to_string(), source })?;
+        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
+        tracing::info!(
+            address = %local,
+            tls = web.tls.is_some(),
+            basic_auth = web.requires_auth(),
+            mounts = pipeline.table.get().mounts.len(),
+            "listening"
+        );
+
+        let mounts_changed = Arc::new(Notify::new());
+        let mountinfo = discovery::mountinfo::mountinfo_path(&config.discovery.procfs);
+        let watcher = match discovery::watch::spawn(&mountinfo, mounts_changed.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(file = %mountinfo.display(), error = %e, "cannot watch mountinfo; relying on periodic resync");
+                None
+            }
+        };
+        let signals = Signals::install()?;
+        let http = Arc::new(HttpState {
+            exposition: pipeline.exposition.clone(),
+            ready,
+            web: std::sync::RwLock::new(Arc::new(web)),
+            max_connections: config.web.max_connections,
+        });
+        Ok(Daemon {
+            cli,
+            config,
+            pipeline,
+            copy_up_probes,
+            http,
+            listener: Some(listener),
+            signals,
+            mounts_changed,
+            _watcher: watcher,
+        })
+    }
+
+    fn spawn_server(&mut self) -> Server {
+        let stop = Arc::new(Notify::new());
+        let task = match self.listener.take() {
+            Some(listener) => {
+                let state = self.http.clone();
+                let stop = stop.clone();
+                tokio::spawn(http::serve(listener, state, async move { stop.notified().await }))
+            }
+            None => tokio::spawn(async {}),
+        };
+        Server { task, stop }
+    }
+
+    /// Follows the mount table (change notifications, the resync timer, SIGHUP)
+    /// until SIGTERM or SIGINT.
+    async fn run(&mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_read = Instant::now();
+        loop {
+            let wake = tokio::select! {
+                _ = self.mounts_changed.notified() => Wake::MountsChanged,
+                _ = tick.tick() => Wake::Tick,
+                _ = self.signals.hup.recv() => Wake::Reload,
+                _ = self.signals.term.recv() => Wake::Stop,
+                _ = self.signals.int.recv() => Wake::Stop,
+            };
+            let reread = match wake {
+                Wake::Stop => break,
+                Wake::MountsChanged => true,
+                Wake::Tick => last_read.elapsed() >= self.config.discovery.resync_interval,
+                Wake::Reload => {
+                    reload(self.cli, &mut self.config);
+                    reload_web(&self.config, &self.http);
+                    true
+                }
+            };
+            if reread {
+                last_read = Instant::now();
+                self.follow_mounts().await;
+            }
+            self.pipeline.schedule_scans(&self.config);
+        }
+    }
+
+    /// Re-reads the mount table off the async threads, attaches the probes once the
+    /// overlay module appears, and forgets the counters of vanished devices.
+    async fn follow_mounts(&mut self) {
+        let before = self.pipeline.table.get();
+        let (p, c) = (self.pipeline.clone(), self.config.clone());
+        match tokio::task::spawn_blocking(move || p.rediscover(&c)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "discovery failed; keeping the last mount table"),
+            Err(e) => tracing::error!(error = %e, "discovery task failed"),
+        }
+        let table = self.pipeline.table.get();
+        let probes = &self.pipeline.probes;
+        if self.copy_up_probes.is_none() && waiting_for_overlay(probes) && !table.mounts.is_empty() {
+            // The overlay module is loaded on the first overlay mount: try again.
+            self.copy_up_probes = start_probes(&self.config, probes).await;
+        }
+        // Counters of vanished devices go with their mount. Walking the maps costs
+        // a syscall per key, so only when the set of devices changed.
+        if !table.mounts.keys().eq(before.mounts.keys()) {
+            if let Some(maps) = probes.maps.locked().as_mut() {
+                maps.forget(|dev| table.mounts.contains_key(&discovery::Device::from_kernel_dev(dev)));
+            }
+        }
+    }
+
+    /// Detaches the probes, then stops the server gracefully.
+    async fn drain(mut self, server: Server) {
+        tracing::info!("shutting down");
+        if let Some(probes) = self.copy_up_probes.take() {
+            *self.pipeline.probes.maps.locked() = None;
+            drop(probes);
+            tracing::info!("copy-up probes detached");
+        }
+        server.stop.notify_one();
+        if let Err(e) = server.task.await {
+            tracing::error!(error = %e, "HTTP server task failed");
+        }
+    }
+}
+
 /// Loads and attaches the copy-up probes (off the async threads: BTF parsing
-/// takes a moment); logs the outcome once and publishes it for the collector.
+/// takes a moment).
 async fn start_probes(config: &Config, handle: &Arc<ProbeHandle>) -> Option<Probes> {
+    let (config, handle) = (config.clone(), handle.clone());
+    match tokio::task::spawn_blocking(move || start_probes_blocking(&config, &handle)).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "probe start-up task failed");
+            None
+        }
+    }
+}
+
+/// Loads and attaches the copy-up probes; logs the outcome once and publishes it
+/// for the collectors.
+fn start_probes_blocking(config: &Config, handle: &ProbeHandle) -> Option<Probes> {
     if !config.ebpf.enabled {
         *handle.status.write_now() = probes::ProbeStatus {
             disabled: Some(probes::Disabled {
@@ -227,13 +339,7 @@ async fn start_probes(config: &Config, handle: &Arc<ProbeHandle>) -> Option<Prob
         return None;
     }
     let opts = ProbeOptions { per_mount_histograms: config.ebpf.per_mount_histograms, ..Default::default() };
-    let (started, status) = match tokio::task::spawn_blocking(move || probes::start(&opts)).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "probe start-up task failed");
-            return None;
-        }
-    };
+    let (started, status) = probes::start(&opts);
     match &status.disabled {
         None => {
             let attached = status.attachments.iter().filter(|a| a.attached).count();

@@ -7,7 +7,6 @@
 //! a TLS handshake must finish within 10 s; a client that stops reading its
 //! response for 10 s is dropped; a keep-alive connection idle for 10 s is closed.
 
-use crate::sync::RwLockExt;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -28,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::metrics;
+use crate::sync::RwLockExt;
 use crate::web_config::WebConfigFile;
 
 /// Time allowed for request headers, a TLS handshake, and a stalled response write.

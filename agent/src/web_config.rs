@@ -19,7 +19,6 @@
 //! Unknown keys and what the agent cannot honour (TLS 1.0/1.1, client
 //! certificates accepted without verification) are errors naming the key.
 
-use crate::sync::LockExt;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,6 +30,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
 use crate::config::ConfigError;
+use crate::sync::LockExt;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -6,7 +6,6 @@ pub mod options;
 pub mod print;
 pub mod watch;
 
-use crate::sync::RwLockExt;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
@@ -14,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use options::{LayerPath, OverlayOptions};
+
+use crate::sync::RwLockExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {

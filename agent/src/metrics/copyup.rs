@@ -2,7 +2,6 @@
 //! in the kernel by superblock device; here they are joined to mountpoints
 //! (`unknown` for a device not in the mount table).
 
-use crate::sync::{LockExt, RwLockExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -12,6 +11,7 @@ use prometheus::proto::MetricType;
 use super::{Collector, Def, Family};
 use crate::discovery::{Device, SharedTable};
 use crate::probes::ProbeHandle;
+use crate::sync::{LockExt, RwLockExt};
 
 static COPY_UPS: Def = Def {
     name: "overlayfs_copy_up_total",

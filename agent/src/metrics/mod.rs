@@ -15,13 +15,14 @@ pub mod mounts;
 pub mod process;
 pub mod upper;
 
-use crate::sync::RwLockExt;
 use std::fmt::Write as _;
 use std::sync::RwLock;
 
 use prometheus::core::Collector as _;
 use prometheus::proto::MetricType;
 use prometheus::{Encoder, TextEncoder};
+
+use crate::sync::RwLockExt;
 
 /// The Content-Type of the text exposition format, as Prometheus 2 and 3 accept it.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -10,7 +10,6 @@
 //! its full total (its earlier copy-ups stay in `other` too; `rate()` and
 //! `increase()` are unaffected, since a new series' first sample adds nothing).
 
-use crate::sync::LockExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +19,7 @@ use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
 use crate::probes::ProbeHandle;
+use crate::sync::LockExt;
 
 static COPY_UPS: Def = Def {
     name: "overlayfs_copy_up_process_total",

@@ -11,7 +11,6 @@
 //! measured (at most MAX_STUCK replacements; the stuck thread exits if its call
 //! ever returns).
 
-use crate::sync::LockExt;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::{ErrorReason, ScanResult, XattrNamespace};
 use crate::discovery::MountTable;
+use crate::sync::LockExt;
 
 /// The state of one upper dir across scans.
 #[derive(Debug, Clone)]
