@@ -356,6 +356,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(feature = "e2e"), ignore = "needs root (mknod, mount): the e2e tier")]
     fn device_whiteouts_and_mounts_inside() {
         if !rustix::process::geteuid().is_root() {
             panic!("needs root (mknod, mount): run the README's test command");
