@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use crate::pattern::PathRegex;
+
 /// Default port: in the exporters' 9100-9999 range, not used by well-known exporters.
 pub const DEFAULT_PORT: u16 = 9864;
 
@@ -99,9 +101,9 @@ pub struct DiscoveryConfig {
     /// are opened under it (`/host` when the agent runs in a container with `/:/host`).
     pub rootfs: PathBuf,
     /// Only mountpoints matching one of these (anchored) regexes are exported; empty = all.
-    pub include_mountpoints: Vec<MountRegex>,
+    pub include_mountpoints: Vec<PathRegex>,
     /// Mountpoints matching one of these (anchored) regexes are not exported.
-    pub exclude_mountpoints: Vec<MountRegex>,
+    pub exclude_mountpoints: Vec<PathRegex>,
     /// Re-read mountinfo at least this often, even without a kernel change notification.
     #[serde(deserialize_with = "de_duration")]
     pub resync_interval: Duration,
@@ -226,48 +228,6 @@ impl<T> de::Visitor<'_> for ParseVisitor<T> {
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
         (self.0)(v).map_err(E::custom)
-    }
-}
-
-/// A mountpoint regex, anchored at both ends like Prometheus relabelling regexes;
-/// `.` matches any character, newline included (a path may hold one).
-#[derive(Debug, Clone)]
-pub struct MountRegex {
-    source: String,
-    regex: regex::Regex,
-}
-
-impl MountRegex {
-    pub fn new(source: &str) -> Result<Self, String> {
-        regex::Regex::new(&format!("(?s)^(?:{source})$"))
-            .map(|regex| MountRegex { source: source.to_owned(), regex })
-            .map_err(|e| {
-                // regex errors are multi-line drawings; keep the final sentence.
-                let e = e.to_string();
-                let why = e.lines().last().unwrap_or("").trim_start_matches("error: ").to_owned();
-                format!("invalid regex {source:?}: {why}")
-            })
-    }
-    pub fn is_match(&self, s: &str) -> bool {
-        self.regex.is_match(s)
-    }
-    pub fn as_str(&self) -> &str {
-        &self.source
-    }
-    pub fn regex(&self) -> &regex::Regex {
-        &self.regex
-    }
-}
-
-impl PartialEq for MountRegex {
-    fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
-    }
-}
-
-impl<'de> Deserialize<'de> for MountRegex {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(ParseVisitor(MountRegex::new, "a regular expression"))
     }
 }
 

@@ -12,6 +12,7 @@ use crate::cli::Cli;
 use crate::config::Config;
 use crate::discovery::{self, DiscoveryError, MountTable, SharedTable};
 use crate::http::{self, HttpState};
+use crate::identity::{Inventory, Resolver, SharedInventory};
 use crate::metrics::{self, agent::DiscoveryStats};
 use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
 use crate::scan::ScanPool;
@@ -28,18 +29,19 @@ pub enum AgentError {
     Start { what: &'static str, source: std::io::Error },
 }
 
-/// Discovery with the config's procfs root and filters, mounts identified.
-pub fn discover(config: &Config) -> Result<MountTable, DiscoveryError> {
-    let mut table = discovery::discover(&config.discovery.procfs, |mp| config.mountpoint_selected(mp))?;
-    let resolver = crate::identity::Resolver::new(&config.discovery.rootfs, &config.identity.rules);
-    table.identities = resolver.identify_all(table.mounts.iter().map(|(dev, m)| (*dev, m)));
-    Ok(table)
+/// Discovery with the config's procfs root and filters, then identity: the mount
+/// table and its mounts' identities.
+pub fn discover(config: &Config) -> Result<(MountTable, Inventory), DiscoveryError> {
+    let table = discovery::discover(&config.discovery.procfs, |mp| config.mountpoint_selected(mp))?;
+    let identities = Resolver::new(&config.discovery.rootfs, &config.identity.rules).inventory(&table);
+    Ok((table, identities))
 }
 
 /// Everything the collectors read, and the exposition that holds them. Every
 /// collector is registered here, once, for the daemon and for `once` alike.
 struct Pipeline {
     table: SharedTable,
+    identities: SharedInventory,
     stats: Arc<DiscoveryStats>,
     pool: ScanPool,
     probes: Arc<ProbeHandle>,
@@ -49,13 +51,14 @@ struct Pipeline {
 impl Pipeline {
     fn new(config: &Config) -> Result<Self, AgentError> {
         let table = SharedTable::default();
+        let identities = SharedInventory::default();
         let stats = Arc::new(DiscoveryStats::default());
         let pool = ScanPool::new(config.scan.concurrency)
             .map_err(|source| AgentError::Start { what: "scan threads", source })?;
         let probes = Arc::new(ProbeHandle::default());
         let exposition = Arc::new(metrics::Exposition::default());
         let collectors: [Box<dyn metrics::Collector>; 5] = [
-            Box::new(metrics::mounts::MountCollector::new(table.clone())),
+            Box::new(metrics::mounts::MountCollector::new(table.clone(), identities.clone())),
             Box::new(metrics::upper::UpperCollector::new(table.clone(), pool.store())),
             Box::new(metrics::agent::AgentCollector::new(table.clone(), stats.clone())),
             Box::new(metrics::copyup::CopyUpCollector::new(table.clone(), probes.clone())),
@@ -68,21 +71,25 @@ impl Pipeline {
         for c in collectors {
             exposition.register(c);
         }
-        Ok(Pipeline { table, stats, pool, probes, exposition })
+        Ok(Pipeline { table, identities, stats, pool, probes, exposition })
     }
 
     /// Re-reads mountinfo; on failure keeps the previous table.
     fn rediscover(&self, config: &Config) -> Result<(), DiscoveryError> {
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         match discover(config) {
-            Ok(t) => {
+            Ok((t, identities)) => {
                 // Log a bad line once, not at every re-read while it stays.
                 if t.bad_lines != self.table.get().bad_lines {
                     for bad in &t.bad_lines {
                         tracing::warn!(file = %t.source.display(), line = bad.line, error = %bad.message, "unparsable mountinfo line");
                     }
                 }
+                // A mount's identity is published before the mount and withdrawn
+                // after it: no scrape sees a mount without its identity labels.
+                self.identities.set(self.identities.get().union(&identities));
                 self.table.set(t);
+                self.identities.set(identities);
                 Ok(())
             }
             Err(e) => {

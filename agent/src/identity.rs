@@ -15,13 +15,15 @@
 //! drivers, cgroup v1 and v2), and the pod's namespace and name from the
 //! kubelet's log directory `/var/log/pods/<namespace>_<name>_<uid>`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 
-use crate::config::MountRegex;
-use crate::discovery::{LayerPath, Mount};
+use crate::discovery::{Device, LayerPath, Mount, MountTable};
+use crate::pattern::PathRegex;
+use crate::sync::RwLockExt;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Identity {
@@ -41,6 +43,45 @@ impl Identity {
     }
 }
 
+/// The identities of a mount table's mounts, keyed by device: identity's output,
+/// beside discovery's [`MountTable`]; the metrics join the two. Mounts no layout
+/// recognises have no entry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inventory {
+    by_device: BTreeMap<Device, Identity>,
+}
+
+impl Inventory {
+    pub fn get(&self, device: &Device) -> Option<&Identity> {
+        self.by_device.get(device)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Device, &Identity)> {
+        self.by_device.iter()
+    }
+
+    /// Both inventories' entries, `newer`'s where both have one.
+    pub fn union(&self, newer: &Inventory) -> Inventory {
+        let mut by_device = self.by_device.clone();
+        by_device.extend(newer.by_device.iter().map(|(d, i)| (*d, i.clone())));
+        Inventory { by_device }
+    }
+}
+
+/// The current inventory, shared like [`crate::discovery::SharedTable`].
+#[derive(Debug, Clone, Default)]
+pub struct SharedInventory(Arc<RwLock<Arc<Inventory>>>);
+
+impl SharedInventory {
+    pub fn get(&self) -> Arc<Inventory> {
+        self.0.read_now().clone()
+    }
+
+    pub fn set(&self, inventory: Inventory) {
+        *self.0.write_now() = Arc::new(inventory);
+    }
+}
+
 /// What a user rule matches against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,7 +98,7 @@ pub struct IdentityRule {
     pub runtime: String,
     #[serde(default = "default_source")]
     pub source: RuleSource,
-    pub regex: MountRegex,
+    pub regex: PathRegex,
 }
 
 fn default_source() -> RuleSource {
@@ -109,19 +150,16 @@ impl Resolver {
 
     /// Identifies every mount of a table; the Kubernetes index is built once, and
     /// only when some mount belongs to a container.
-    pub fn identify_all<'a>(
-        &self,
-        mounts: impl Iterator<Item = (crate::discovery::Device, &'a Mount)>,
-    ) -> std::collections::BTreeMap<crate::discovery::Device, Identity> {
-        let mut out: std::collections::BTreeMap<_, _> =
-            mounts.filter_map(|(dev, m)| Some((dev, self.identify(m)?))).collect();
-        if out.values().any(|i| !i.container_id.is_empty()) {
+    pub fn inventory(&self, table: &MountTable) -> Inventory {
+        let mut by_device: BTreeMap<Device, Identity> =
+            table.mounts.iter().filter_map(|(dev, m)| Some((*dev, self.identify(m)?))).collect();
+        if by_device.values().any(|i| !i.container_id.is_empty()) {
             let pods = Pods::read(&self.rootfs);
-            for i in out.values_mut() {
+            for i in by_device.values_mut() {
                 pods.label(i);
             }
         }
-        out
+        Inventory { by_device }
     }
 
     pub fn identify(&self, m: &Mount) -> Option<Identity> {
@@ -293,10 +331,10 @@ impl Pods {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{mountinfo, MountTable};
+    use crate::discovery::{group_by_superblock, mountinfo};
 
     fn mount(line: &str) -> Mount {
-        let t = MountTable::from_lines(mountinfo::parse(line.as_bytes()).0, |_| true);
+        let t = group_by_superblock(mountinfo::parse(line.as_bytes()).0, |_| true);
         t.into_values().next().expect("one mount")
     }
 
@@ -413,11 +451,16 @@ mod tests {
             )
         })
         .collect::<String>();
-        let t = MountTable::from_lines(mountinfo::parse(lines.as_bytes()).0, |_| true);
-        let ids = Resolver::new(r, &[]).identify_all(t.iter().map(|(d, m)| (*d, m)));
+        let t = MountTable {
+            mounts: group_by_superblock(mountinfo::parse(lines.as_bytes()).0, |_| true),
+            ..Default::default()
+        };
+        let ids = Resolver::new(r, &[]).inventory(&t);
         let mut got: Vec<(String, String, String, String)> = ids
-            .values()
-            .map(|i| (i.container_id.clone(), i.pod_namespace.clone(), i.pod_name.clone(), i.pod_uid.clone()))
+            .iter()
+            .map(|(_, i)| {
+                (i.container_id.clone(), i.pod_namespace.clone(), i.pod_name.clone(), i.pod_uid.clone())
+            })
             .collect();
         got.sort();
         let mut want = vec![
@@ -449,7 +492,7 @@ mod tests {
         let rule = IdentityRule {
             runtime: "ci".into(),
             source: RuleSource::Upperdir,
-            regex: MountRegex::new(r"/ci/jobs/(?P<container_id>\d+)-(?P<container_name>[a-z]+)/upper")
+            regex: PathRegex::new(r"/ci/jobs/(?P<container_id>\d+)-(?P<container_name>[a-z]+)/upper")
                 .expect("regex"),
         };
         let resolver = Resolver::new(Path::new("/"), &[rule]);

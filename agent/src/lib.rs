@@ -1,7 +1,9 @@
 //! overlay-agent: overlayfs mounts, upper-dir contents and copy-ups for Prometheus.
 //!
-//! Data flows one way: [`discovery`] (mountinfo -> `MountTable`) -> [`scan`] (upper
-//! dirs -> `ScanResult`) -> [`metrics`] (collectors joined by device) -> [`http`].
+//! Data flows one way: [`discovery`] (mountinfo -> `MountTable`) -> [`identity`]
+//! (mounts -> `Inventory`, by device) -> [`scan`] (upper dirs -> `ScanResult`) ->
+//! [`metrics`] (collectors joined by device) -> [`http`]. [`pattern`] holds value
+//! types the config shares with the stages.
 //! [`daemon`] wires them together for the daemon and the one-shot commands.
 
 pub mod caps;
@@ -12,7 +14,9 @@ pub mod discovery;
 pub mod http;
 pub mod identity;
 pub mod kernel;
+pub mod list;
 pub mod metrics;
+pub mod pattern;
 pub mod probes;
 pub mod scan;
 pub mod sync;

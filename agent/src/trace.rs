@@ -11,7 +11,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::discovery::{Device, MountTable};
+use crate::discovery::{self, Device, MountTable};
 use crate::probes::{self, ProbeOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,9 @@ pub async fn run(config: &Config, min_latency: Duration, out: &mut impl Write) -
     // long as the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut table: MountTable = crate::daemon::discover(config).unwrap_or_default();
+    // Mountpoints are all a trace line needs: discovery only, no identity.
+    let discover = || discovery::discover(&config.discovery.procfs, |mp| config.mountpoint_selected(mp));
+    let mut table: MountTable = discover().unwrap_or_default();
     let mut table_read = std::time::Instant::now();
     let since = monotonic_ns();
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -92,7 +94,7 @@ pub async fn run(config: &Config, min_latency: Duration, out: &mut impl Write) -
                     // A new mount: re-read mountinfo, at most once a second (a storm on a
                     // mount the filters exclude must not re-read it per event).
                     if !table.mounts.contains_key(&dev) && table_read.elapsed() >= Duration::from_secs(1) {
-                        table = crate::daemon::discover(config).unwrap_or(table);
+                        table = discover().unwrap_or(table);
                         table_read = std::time::Instant::now();
                     }
                     let mp = table.mounts.get(&dev).map(|m| m.mountpoint_label()).unwrap_or_else(|| "unknown".into());

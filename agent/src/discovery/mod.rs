@@ -1,9 +1,9 @@
 //! Discovery: which overlay superblocks exist, where they are mounted and how they
-//! are layered. Produces a [`MountTable`]; knows nothing about scanning or metrics.
+//! are layered. Produces a [`MountTable`]; knows nothing about identity, scanning or
+//! metrics.
 
 pub mod mountinfo;
 pub mod options;
-pub mod print;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -96,59 +96,51 @@ pub struct MountTable {
     pub bad_lines: Vec<mountinfo::BadLine>,
     /// The file that was read.
     pub source: PathBuf,
-    /// Runtime and container of the mounts that could be identified.
-    pub identities: BTreeMap<Device, crate::identity::Identity>,
 }
 
-impl MountTable {
-    /// Builds the table from mountinfo lines, keeping mountpoints `select` accepts.
-    pub fn from_lines(
-        lines: Vec<mountinfo::OverlayLine>,
-        select: impl Fn(&str) -> bool,
-    ) -> BTreeMap<Device, Mount> {
-        let mut by_dev: BTreeMap<Device, Vec<mountinfo::OverlayLine>> = BTreeMap::new();
-        for l in lines {
-            if select(&path_label(&l.mountpoint)) {
-                by_dev.entry(l.device).or_default().push(l);
-            }
+/// Groups mountinfo lines by superblock, keeping the mountpoints `select` accepts:
+/// one [`Mount`] per device, its primary mountpoint chosen as [`Mount::mountpoint`] says.
+pub fn group_by_superblock(
+    lines: Vec<mountinfo::OverlayLine>,
+    select: impl Fn(&str) -> bool,
+) -> BTreeMap<Device, Mount> {
+    let mut by_dev: BTreeMap<Device, Vec<mountinfo::OverlayLine>> = BTreeMap::new();
+    for l in lines {
+        if select(&path_label(&l.mountpoint)) {
+            by_dev.entry(l.device).or_default().push(l);
         }
-        by_dev
-            .into_iter()
-            .filter_map(|(dev, mut ls)| {
-                ls.sort_by_key(|l| (l.root != "/", l.mount_id));
-                let mut it = ls.into_iter();
-                let first = it.next()?;
-                let mut others: Vec<PathBuf> = it.map(|l| l.mountpoint).collect();
-                others.sort();
-                others.dedup();
-                others.retain(|p| *p != first.mountpoint);
-                Some((
-                    dev,
-                    Mount {
-                        mount_id: first.mount_id,
-                        device: dev,
-                        mountpoint: first.mountpoint,
-                        other_mountpoints: others,
-                        source: first.source,
-                        read_only: first.read_only,
-                        options: first.options,
-                    },
-                ))
-            })
-            .collect()
     }
+    by_dev
+        .into_iter()
+        .filter_map(|(dev, mut ls)| {
+            ls.sort_by_key(|l| (l.root != "/", l.mount_id));
+            let mut it = ls.into_iter();
+            let first = it.next()?;
+            let mut others: Vec<PathBuf> = it.map(|l| l.mountpoint).collect();
+            others.sort();
+            others.dedup();
+            others.retain(|p| *p != first.mountpoint);
+            Some((
+                dev,
+                Mount {
+                    mount_id: first.mount_id,
+                    device: dev,
+                    mountpoint: first.mountpoint,
+                    other_mountpoints: others,
+                    source: first.source,
+                    read_only: first.read_only,
+                    options: first.options,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Reads the mount table under a procfs root.
 pub fn discover(procfs: &Path, select: impl Fn(&str) -> bool) -> Result<MountTable, DiscoveryError> {
     let source = mountinfo::mountinfo_path(procfs);
     let (lines, bad_lines) = mountinfo::read(&source)?;
-    Ok(MountTable {
-        mounts: MountTable::from_lines(lines, select),
-        bad_lines,
-        source,
-        identities: BTreeMap::new(),
-    })
+    Ok(MountTable { mounts: group_by_superblock(lines, select), bad_lines, source })
 }
 
 /// A path as a Prometheus label value: UTF-8 kept as is, every other byte as `\xNN`,
@@ -198,13 +190,13 @@ mod tests {
 71 27 0:61 / /other rw - overlay overlay rw,lowerdir=/l2,upperdir=/u2,workdir=/w2
 ";
         let (lines, _) = mountinfo::parse(text.as_bytes());
-        let t = MountTable::from_lines(lines, |_| true);
+        let t = group_by_superblock(lines, |_| true);
         assert_eq!(t.len(), 2);
         let m = &t[&Device { major: 0, minor: 60 }];
         assert_eq!(m.mountpoint, PathBuf::from("/merged"));
         assert_eq!(m.mount_id, 70);
         assert_eq!(m.other_mountpoints, vec![PathBuf::from("/again"), PathBuf::from("/bind/sub")]);
-        let t = MountTable::from_lines(mountinfo::parse(text.as_bytes()).0, |m| m != "/other");
+        let t = group_by_superblock(mountinfo::parse(text.as_bytes()).0, |m| m != "/other");
         assert_eq!(t.len(), 1);
     }
 

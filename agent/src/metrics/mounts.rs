@@ -4,6 +4,7 @@ use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
 use crate::discovery::{LayerPath, SharedTable};
+use crate::identity::SharedInventory;
 
 static MOUNTS: Def = Def {
     name: "overlayfs_mounts",
@@ -61,13 +62,15 @@ static MOUNTPOINTS: Def = Def {
     labels: &["mountpoint"],
 };
 
+/// Joins discovery's mount table with identity's inventory, by device.
 pub struct MountCollector {
     table: SharedTable,
+    identities: SharedInventory,
 }
 
 impl MountCollector {
-    pub fn new(table: SharedTable) -> Self {
-        MountCollector { table }
+    pub fn new(table: SharedTable, identities: SharedInventory) -> Self {
+        MountCollector { table, identities }
     }
 }
 
@@ -90,6 +93,7 @@ fn bool_str(v: bool) -> &'static str {
 impl Collector for MountCollector {
     fn collect(&self) -> Vec<Family> {
         let table = self.table.get();
+        let identities = self.identities.get();
         let mut count = Family::new(&MOUNTS);
         let mut info = Family::new(&INFO);
         let mut lower = Family::new(&LOWER);
@@ -103,7 +107,7 @@ impl Collector for MountCollector {
             let upper = o.upper.as_ref().map(LayerPath::label).unwrap_or_default();
             let work = o.work.as_ref().map(LayerPath::label).unwrap_or_default();
             let device = m.device.to_string();
-            let id = table.identities.get(&m.device);
+            let id = identities.get(&m.device);
             info.add(
                 &[
                     &mp,

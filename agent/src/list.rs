@@ -1,10 +1,12 @@
-//! `overlay-agent mounts`: the mount table as a table or as JSON.
+//! `overlay-agent mounts`: the mount table as a table or as JSON, the JSON with
+//! each mount's identity.
 
 use std::io::{self, Write};
 
-use super::{LayerPath, MountTable};
+use crate::discovery::{path_label, LayerPath, Mount, MountTable};
+use crate::identity::Inventory;
 
-fn notable_options(m: &super::Mount) -> String {
+fn notable_options(m: &Mount) -> String {
     let o = &m.options;
     let mut v: Vec<String> = Vec::new();
     if m.read_only || o.upper.is_none() {
@@ -39,7 +41,12 @@ fn cell(s: String) -> String {
     s.replace('\\', "\\134").replace('\t', "\\011").replace('\n', "\\012")
 }
 
-pub fn mounts(table: &MountTable, json: bool, out: &mut impl Write) -> io::Result<()> {
+pub fn mounts(
+    table: &MountTable,
+    identities: &Inventory,
+    json: bool,
+    out: &mut impl Write,
+) -> io::Result<()> {
     if json {
         let list: Vec<serde_json::Value> = table
             .mounts
@@ -49,11 +56,11 @@ pub fn mounts(table: &MountTable, json: bool, out: &mut impl Write) -> io::Resul
                     "mount_id": m.mount_id,
                     "device": m.device.to_string(),
                     "mountpoint": m.mountpoint_label(),
-                    "other_mountpoints": m.other_mountpoints.iter().map(|p| super::path_label(p)).collect::<Vec<_>>(),
+                    "other_mountpoints": m.other_mountpoints.iter().map(|p| path_label(p)).collect::<Vec<_>>(),
                     "upperdir": m.options.upper.as_ref().map(LayerPath::label),
                     "workdir": m.options.work.as_ref().map(LayerPath::label),
                     "lower_layers": m.options.lower.len(),
-                    "identity": table.identities.get(&m.device),
+                    "identity": identities.get(&m.device),
                     "options": m.options,
                 })
             })
