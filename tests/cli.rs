@@ -61,9 +61,9 @@ fn golden_once_on_fixture_procfs() {
 fn once_reports_every_fixture_superblock_once() {
     let out = common::run(Command::new(BIN).args(["once", "--path.procfs", &fixture_procfs()]));
     let m = common::Metrics::parse(&out);
-    // 11 overlay superblocks: 12 well-formed overlay lines, one of them a bind mount.
-    assert_eq!(m.get("overlayfs_mounts", &[]), Some(11.0));
-    assert_eq!(m.count("overlayfs_mount_info", &[]), 11);
+    // 16 overlay superblocks: 17 well-formed overlay lines, one of them a bind mount.
+    assert_eq!(m.get("overlayfs_mounts", &[]), Some(16.0));
+    assert_eq!(m.count("overlayfs_mount_info", &[]), 16);
     assert_eq!(m.get("overlayfs_discovery_bad_lines", &[]), Some(1.0));
     let podman = "/var/lib/containers/storage/overlay/9a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b0a9f/merged";
     assert_eq!(m.get("overlayfs_mount_mountpoints", &[("mountpoint", podman)]), Some(2.0));
@@ -99,7 +99,7 @@ fn once_reports_every_fixture_superblock_once() {
 fn mounts_table_and_json() {
     let table = common::run(Command::new(BIN).args(["mounts", "--path.procfs", &fixture_procfs()]));
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines.len(), 12, "header + 11 superblocks:\n{table}");
+    assert_eq!(lines.len(), 17, "header + 16 superblocks:\n{table}");
     assert!(lines[0].starts_with("MOUNT_ID\tDEVICE\tMOUNTPOINT\tUPPERDIR"));
     assert!(table.contains("2007\t0:107\t/mnt/ro-image\t-\t-\t2\tro"), "{table}");
     assert!(table.contains("relative_paths=5"), "{table}");
@@ -109,7 +109,7 @@ fn mounts_table_and_json() {
     let json = common::run(Command::new(BIN).args(["mounts", "--json", "--path.procfs", &fixture_procfs()]));
     let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
     let list = v.as_array().expect("array");
-    assert_eq!(list.len(), 11);
+    assert_eq!(list.len(), 16);
     let escaped = list.iter().find(|m| m["device"] == "0:108").expect("0:108");
     assert_eq!(escaped["mountpoint"], "/mnt/with space\ttab\\back");
     assert_eq!(escaped["options"]["lower"][0]["path"], "/l:colon");

@@ -264,7 +264,12 @@ impl<'a> Daemon<'a> {
             let reread = match wake {
                 Wake::Stop => break,
                 Wake::MountsChanged => true,
-                Wake::Tick => last_read.elapsed() >= self.config.discovery.resync_interval,
+                // Settling identities (a Concourse volume in init/, whose rename to
+                // live/ mountinfo does not announce) are re-read every second.
+                Wake::Tick => {
+                    last_read.elapsed() >= self.config.discovery.resync_interval
+                        || self.pipeline.identities.get().settling()
+                }
                 Wake::Reload => {
                     reload(self.cli, &mut self.config);
                     reload_web(&self.config, &self.http);

@@ -3,7 +3,7 @@
 use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
-use crate::discovery::{LayerPath, SharedTable};
+use crate::discovery::{LayerPath, OverlayOptions, SharedTable};
 use crate::identity::SharedInventory;
 
 static MOUNTS: Def = Def {
@@ -27,10 +27,12 @@ static INFO: Def = Def {
         "redirect_dir",
         "xino",
         "volatile",
+        "fsync",
         "userxattr",
         "runtime",
         "container_id",
         "container_name",
+        "containerd_namespace",
         "privileged",
         "pod_namespace",
         "pod_name",
@@ -82,6 +84,17 @@ fn on_off(v: Option<bool>) -> &'static str {
     }
 }
 
+/// The `fsync=` mode (`volatile`, `auto`, `strict`; 7.0, backported to 6.12): it
+/// decides whether a copy-up waits for an fsync. The older `volatile` flag is
+/// `fsync=volatile`; "" when the kernel prints neither (its default applies).
+fn fsync(o: &OverlayOptions) -> &str {
+    match o.fsync.as_deref() {
+        Some(mode) => mode,
+        None if o.volatile => "volatile",
+        None => "",
+    }
+}
+
 fn bool_str(v: bool) -> &'static str {
     if v {
         "true"
@@ -120,10 +133,12 @@ impl Collector for MountCollector {
                     o.redirect_dir.as_deref().unwrap_or(""),
                     o.xino.as_deref().unwrap_or(""),
                     bool_str(o.is_volatile()),
+                    fsync(o),
                     bool_str(o.userxattr),
                     id.map(|i| i.runtime.as_str()).unwrap_or(""),
                     id.map(|i| i.container_id.as_str()).unwrap_or(""),
                     id.map(|i| i.container_name.as_str()).unwrap_or(""),
+                    id.map(|i| i.containerd_namespace.as_str()).unwrap_or(""),
                     id.map(|i| i.privileged.as_str()).unwrap_or(""),
                     id.map(|i| i.pod_namespace.as_str()).unwrap_or(""),
                     id.map(|i| i.pod_name.as_str()).unwrap_or(""),

@@ -1,0 +1,47 @@
+//! Concourse's baggageclaim volumes. A volume's directory moves through three
+//! states, by rename (worker/baggageclaim/volume/filesystem.go):
+//! `<volumes>/init/<handle>` while it is created and initialised (the overlay is
+//! mounted at `init/<handle>/volume`, `privileged.json` written beside it, and an
+//! unprivileged volume's files chowned to the mapped ids: the copy-up storm),
+//! then `live/<handle>`, then `dead/<handle>` while it is torn down (unmounted,
+//! then removed). Overlay volumes have upper dir `<work>/overlays/<handle>`,
+//! which no rename moves.
+//!
+//! The handle is the volume's identity in every state. privileged.json is read
+//! from wherever the handle's directory is now: the state mountinfo showed first,
+//! then the others, since a rename may land between reading mountinfo and
+//! reading the file. A volume in init/ is settling: the rename to live/ is not
+//! announced by mountinfo, so the daemon re-reads it every second meanwhile.
+
+use super::{builtin, Identity, Layout, Subject};
+
+const STATES: [&str; 3] = ["init", "live", "dead"];
+
+pub(super) struct Concourse {
+    volume: regex::Regex,
+}
+
+impl Concourse {
+    pub fn new() -> Self {
+        Concourse {
+            volume: builtin(
+                r"^(?P<volumes>/.*/volumes)/(?P<state>init|live|dead)/(?P<container_id>[^/]+)/volume$",
+            ),
+        }
+    }
+}
+
+impl Layout for Concourse {
+    fn identify(&self, s: &Subject) -> Option<Identity> {
+        let c = self.volume.captures(&s.mountpoint)?;
+        let (volumes, state, handle) = (&c["volumes"], &c["state"], &c["container_id"]);
+        let mut i = Identity::new("concourse", handle, "");
+        // baggageclaim writes the volume's privileged flag as a JSON boolean.
+        let privileged = std::iter::once(state)
+            .chain(STATES.into_iter().filter(|st| *st != state))
+            .find_map(|st| s.read_json::<bool>(&format!("{volumes}/{st}/{handle}/privileged.json")));
+        i.privileged = privileged.map(|p| p.to_string()).unwrap_or_default();
+        i.settling = state == "init";
+        Some(i)
+    }
+}

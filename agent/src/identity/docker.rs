@@ -1,0 +1,87 @@
+//! Docker, both storage back ends:
+//! - overlay2 (the default up to Docker 28): `<root>/overlay2/<mount-id>/merged`;
+//!   `<root>/image/overlay2/layerdb/mounts/<container id>/mount-id` holds the
+//!   mount id;
+//! - the containerd image store (`"features": {"containerd-snapshotter": true}`,
+//!   the default of fresh Docker 29 installs): `<root>/rootfs/overlayfs/<container id>`,
+//!   upper dir `<root>/containerd/daemon/io.containerd.snapshotter.v1.overlayfs/snapshots/<n>/fs`.
+//!
+//! Either way the container's name is in `<root>/containers/<id>/config.v2.json`.
+//! [`DockerSnapshots`] recognises mounts of the containerd store's snapshots
+//! that are not a container's root (build steps) by their upper dir.
+
+use serde::Deserialize;
+
+use super::{builtin, Identity, Layout, Subject};
+
+pub(super) struct Docker {
+    overlay2: regex::Regex,
+    containerd_store: regex::Regex,
+}
+
+impl Docker {
+    pub fn new() -> Self {
+        Docker {
+            overlay2: builtin(r"^(?P<root>/.+)/overlay2/(?P<mount>[0-9a-f]{64})/merged$"),
+            containerd_store: builtin(r"^(?P<root>/.+)/rootfs/overlayfs/(?P<container_id>[0-9a-f]{64})$"),
+        }
+    }
+}
+
+/// The container's name, from the daemon's config.v2.json ("" when unreadable).
+fn container_name(s: &Subject, root: &str, id: &str) -> String {
+    #[derive(Deserialize)]
+    struct Config {
+        #[serde(rename = "Name", default)]
+        name: String,
+    }
+    s.read_json::<Config>(&format!("{root}/containers/{id}/config.v2.json"))
+        .map(|c| c.name.trim_start_matches('/').to_owned())
+        .unwrap_or_default()
+}
+
+/// The container whose layerdb mount holds `mount`.
+fn overlay2_container(s: &Subject, root: &str, mount: &str) -> Option<String> {
+    let mounts = s.host(&format!("{root}/image/overlay2/layerdb/mounts"));
+    std::fs::read_dir(&mounts).ok()?.flatten().find_map(|e| {
+        let mid = std::fs::read_to_string(e.path().join("mount-id")).ok()?;
+        (mid.trim() == mount).then(|| e.file_name().to_string_lossy().into_owned())
+    })
+}
+
+impl Layout for Docker {
+    fn identify(&self, s: &Subject) -> Option<Identity> {
+        if let Some(c) = self.overlay2.captures(&s.mountpoint) {
+            let Some(id) = overlay2_container(s, &c["root"], &c["mount"]) else {
+                return Some(Identity::new("docker", "", ""));
+            };
+            let name = container_name(s, &c["root"], &id);
+            return Some(Identity::new("docker", id, name));
+        }
+        let c = self.containerd_store.captures(&s.mountpoint)?;
+        let id = &c["container_id"];
+        Some(Identity::new("docker", id, container_name(s, &c["root"], id)))
+    }
+}
+
+/// A mount of a snapshot of Docker's containerd store that is not a container's
+/// root: runtime `docker`, no container.
+pub(super) struct DockerSnapshots {
+    upper: regex::Regex,
+}
+
+impl DockerSnapshots {
+    pub fn new() -> Self {
+        DockerSnapshots {
+            upper: builtin(
+                r"^/.+/containerd/daemon/io\.containerd\.snapshotter\.v1\.overlayfs/snapshots/[0-9]+/fs$",
+            ),
+        }
+    }
+}
+
+impl Layout for DockerSnapshots {
+    fn identify(&self, s: &Subject) -> Option<Identity> {
+        self.upper.is_match(&s.upper).then(|| Identity::new("docker", "", ""))
+    }
+}

@@ -1,0 +1,231 @@
+//! Who a mount belongs to: the container runtime and container, recognised from
+//! where runtimes put their overlays and read from the runtime's own state on disk.
+//! Runs after discovery (when the mount table changes) and produces an
+//! [`Inventory`] keyed by device, beside the [`MountTable`]; exposed only as
+//! labels of `overlayfs_mount_info`, so other series keep just `mountpoint` and
+//! cardinality stays one series per mount.
+//!
+//! One file per runtime family, tried in this order after the user's rules:
+//! [`storage`] (podman, CRI-O), [`docker`] (overlay2 and the containerd image
+//! store), [`concourse`] (baggageclaim volumes in init/, live/ and dead/),
+//! [`containerd`] (task rootfs), [`buildkit`]; then [`kubernetes`] names the
+//! pods of the containers found.
+
+mod buildkit;
+mod concourse;
+mod containerd;
+mod docker;
+mod kubernetes;
+mod storage;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::Deserialize;
+
+use crate::discovery::{Device, LayerPath, Mount, MountTable};
+use crate::pattern::PathRegex;
+use crate::sync::RwLockExt;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Identity {
+    /// `podman`, `cri-o`, `docker`, `containerd`, `concourse`, `buildkit`, or a rule's name.
+    pub runtime: String,
+    pub container_id: String,
+    pub container_name: String,
+    /// containerd: the namespace of the container (`default`, `k8s.io`, `moby`), else "".
+    pub containerd_namespace: String,
+    /// Concourse: whether the volume is privileged ("true"/"false"), else "".
+    pub privileged: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+    /// Not final yet: a Concourse volume still in init/ (it is renamed to live/
+    /// once initialised, which mountinfo does not announce) or whose
+    /// privileged.json is not written yet. See [`Inventory::settling`].
+    #[serde(skip)]
+    pub settling: bool,
+}
+
+impl Identity {
+    fn new(runtime: &str, container_id: impl Into<String>, container_name: impl Into<String>) -> Self {
+        Identity {
+            runtime: runtime.to_owned(),
+            container_id: container_id.into(),
+            container_name: container_name.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The identities of a mount table's mounts, keyed by device: identity's output,
+/// beside discovery's [`MountTable`]; the metrics join the two. Mounts no layout
+/// recognises have no entry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inventory {
+    by_device: BTreeMap<Device, Identity>,
+}
+
+impl Inventory {
+    pub fn get(&self, device: &Device) -> Option<&Identity> {
+        self.by_device.get(device)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Device, &Identity)> {
+        self.by_device.iter()
+    }
+
+    /// Whether some identity is still settling: the daemon then re-reads the
+    /// mount table every second instead of waiting for the resync interval.
+    pub fn settling(&self) -> bool {
+        self.by_device.values().any(|i| i.settling)
+    }
+
+    /// Both inventories' entries, `newer`'s where both have one.
+    pub fn union(&self, newer: &Inventory) -> Inventory {
+        let mut by_device = self.by_device.clone();
+        by_device.extend(newer.by_device.iter().map(|(d, i)| (*d, i.clone())));
+        Inventory { by_device }
+    }
+}
+
+/// The current inventory, shared like [`crate::discovery::SharedTable`].
+#[derive(Debug, Clone, Default)]
+pub struct SharedInventory(Arc<RwLock<Arc<Inventory>>>);
+
+impl SharedInventory {
+    pub fn get(&self) -> Arc<Inventory> {
+        self.0.read_now().clone()
+    }
+
+    pub fn set(&self, inventory: Inventory) {
+        *self.0.write_now() = Arc::new(inventory);
+    }
+}
+
+/// What a user rule matches against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleSource {
+    Mountpoint,
+    Upperdir,
+}
+
+/// A user rule: an anchored regex whose named captures `container_id` and
+/// `container_name` (both optional) identify the mount.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityRule {
+    pub runtime: String,
+    #[serde(default = "default_source")]
+    pub source: RuleSource,
+    pub regex: PathRegex,
+}
+
+fn default_source() -> RuleSource {
+    RuleSource::Mountpoint
+}
+
+/// The named captures `container_id` and `container_name` ("" when absent).
+fn capture(re: &regex::Regex, s: &str) -> Option<(String, String)> {
+    let c = re.captures(s)?;
+    let get = |n: &str| c.name(n).map(|m| m.as_str().to_owned()).unwrap_or_default();
+    Some((get("container_id"), get("container_name")))
+}
+
+/// A built-in layout's pattern. Constant patterns, each covered by the tests.
+fn builtin(pattern: &str) -> regex::Regex {
+    regex::Regex::new(pattern).unwrap_or_else(|e| panic!("identity pattern {pattern}: {e}"))
+}
+
+/// What a layout sees of a mount: its mountpoint and upper dir as labels, and
+/// where the host's files are (runtime state is read under the rootfs).
+pub(crate) struct Subject<'a> {
+    pub mountpoint: String,
+    pub upper: String,
+    rootfs: &'a Path,
+}
+
+impl Subject<'_> {
+    /// A host path under the agent's view of the host root.
+    pub fn host(&self, p: &str) -> PathBuf {
+        self.rootfs.join(p.trim_start_matches('/'))
+    }
+
+    /// A JSON file of the runtime's state; None when absent or unreadable (logged at debug).
+    pub fn read_json<T: serde::de::DeserializeOwned>(&self, p: &str) -> Option<T> {
+        let path = self.host(p);
+        let bytes = std::fs::read(&path).ok()?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| tracing::debug!(path = %path.display(), error = %e, "unreadable runtime state"))
+            .ok()
+    }
+}
+
+/// One runtime family's layouts.
+trait Layout: Send + Sync {
+    fn identify(&self, s: &Subject) -> Option<Identity>;
+}
+
+/// Identifies mounts; `rootfs` is where the host's / is visible (runtime state
+/// files are read under it).
+pub struct Resolver {
+    rootfs: PathBuf,
+    rules: Vec<IdentityRule>,
+    layouts: Vec<Box<dyn Layout>>,
+}
+
+impl Resolver {
+    pub fn new(rootfs: &Path, rules: &[IdentityRule]) -> Self {
+        Resolver {
+            rootfs: rootfs.to_owned(),
+            rules: rules.to_vec(),
+            // Mountpoint layouts first; the upper-dir fallbacks (Docker's and
+            // BuildKit's snapshot dirs, for mounts outside a container) last.
+            layouts: vec![
+                Box::new(storage::Storage::new()),
+                Box::new(docker::Docker::new()),
+                Box::new(concourse::Concourse::new()),
+                Box::new(containerd::Containerd::new()),
+                Box::new(buildkit::BuildKit::new()),
+                Box::new(docker::DockerSnapshots::new()),
+            ],
+        }
+    }
+
+    /// Identifies every mount of a table; the Kubernetes index is built once, and
+    /// only when some mount belongs to a container.
+    pub fn inventory(&self, table: &MountTable) -> Inventory {
+        let mut by_device: BTreeMap<Device, Identity> =
+            table.mounts.iter().filter_map(|(dev, m)| Some((*dev, self.identify(m)?))).collect();
+        if by_device.values().any(|i| !i.container_id.is_empty()) {
+            let pods = kubernetes::Pods::read(&self.rootfs);
+            for i in by_device.values_mut() {
+                pods.label(i);
+            }
+        }
+        Inventory { by_device }
+    }
+
+    pub fn identify(&self, m: &Mount) -> Option<Identity> {
+        let s = Subject {
+            mountpoint: m.mountpoint_label(),
+            upper: m.options.upper.as_ref().map(LayerPath::label).unwrap_or_default(),
+            rootfs: &self.rootfs,
+        };
+        for r in &self.rules {
+            let subject = match r.source {
+                RuleSource::Mountpoint => &s.mountpoint,
+                RuleSource::Upperdir => &s.upper,
+            };
+            if let Some((container_id, container_name)) = capture(r.regex.regex(), subject) {
+                return Some(Identity::new(&r.runtime, container_id, container_name));
+            }
+        }
+        self.layouts.iter().find_map(|l| l.identify(&s))
+    }
+}
+
+#[cfg(test)]
+mod tests;
