@@ -67,4 +67,28 @@ ensure_test_tools() {
     # systemd-analyze and podman (with runc) for the packaging tests; curl for
     # the TLS and basic-auth tests; bindfs (FUSE) for the hung-filesystem test.
     apt_install util-linux mount coreutils prometheus systemd podman runc uidmap curl bindfs
+    ensure_container_daemons
+}
+
+ensure_container_daemons() {
+    # tests/runtimes.rs starts its own dockerd (docker.io 20.10) and containerd
+    # (1.6) in temporary directories. Installing the packages must not start the
+    # system's daemons, nor fail where they cannot start (no systemd): while apt
+    # runs, a policy-rc.d (honoured by invoke-rc.d and deb-systemd-invoke) denies
+    # every service start, unless the host already has one.
+    local missing=0 p
+    for p in docker.io containerd; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing=1
+    done
+    [ "$missing" = 0 ] && return 0
+    local policy=/usr/sbin/policy-rc.d ours=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# overlay-agent scripts/deps.sh: no service starts while installing\nexit 101\n' >"$policy"
+        chmod 0755 "$policy"
+        ours=1
+    fi
+    local rc=0
+    apt_install docker.io containerd || rc=$?
+    [ "$ours" = 1 ] && rm -f "$policy"
+    return "$rc"
 }

@@ -1,6 +1,7 @@
 //! Packaging, checked with the real tools: the systemd unit with systemd-analyze,
 //! the Kubernetes manifests for consistency with the unit and the agent, and the
-//! container image built offline and run with podman against the host.
+//! container image built offline and run with podman against the host. (podman's
+//! container identity is tested in runtimes.rs.)
 
 mod common;
 
@@ -169,59 +170,4 @@ fn container_image_runs_against_the_host() {
     assert_eq!(m.get("overlayfs_upper_copied_up_bytes", &[("mountpoint", &mp)]), Some(1234.0));
     common::promtool_check(&m.text);
     let _ = podman().args(["rmi", "-f", &tag]).output();
-}
-
-/// Two real podman containers: each mount is labelled with its runtime,
-/// container id and name, and its upper dir shows what the container copied up.
-#[test]
-fn podman_containers_are_identified() {
-    common::require_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let podman = podman(tmp.path());
-    // An image without a registry: a busybox-static tree, imported.
-    let tree = tmp.path().join("tree");
-    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
-    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).expect("busybox-static");
-    for link in ["sh", "sleep"] {
-        std::os::unix::fs::symlink("busybox", tree.join("bin").join(link)).expect("symlink");
-    }
-    let tar = tmp.path().join("image.tar");
-    common::run(Command::new("tar").arg("-C").arg(&tree).arg("-cf").arg(&tar).arg("."));
-    let image = format!("localhost/overlay-agent-bb:{}", std::process::id());
-    common::run(podman().arg("import").arg("-q").arg(&tar).arg(&image));
-    let pid = std::process::id();
-    let names = [format!("oa-web-{pid}"), format!("oa-db-{pid}")];
-    let mut guards = Vec::new();
-    let mut ids = Vec::new();
-    for name in &names {
-        let id = common::run(podman().args(["run", "-d", "--name", name, &image, "/bin/sleep", "600"]));
-        guards.push(Container(name.clone(), tmp.path().join("containers.conf")));
-        ids.push(id.trim().to_owned());
-    }
-    // The first container chowns its /bin (3 copy-ups) and writes a file; the second only writes.
-    common::run(podman().args(["exec", &names[0], "/bin/busybox", "chown", "-R", "1:1", "/bin"]));
-    for name in &names {
-        common::run(podman().args(["exec", name, "/bin/sh", "-c", "echo hello > /new-file"]));
-    }
-    let out = common::run(Command::new(common::BIN).args(["once"]));
-    let m = common::Metrics::parse(&out);
-    common::promtool_check(&out);
-    for (i, (name, id)) in names.iter().zip(&ids).enumerate() {
-        let info = m
-            .samples
-            .keys()
-            .find(|k| k.starts_with("overlayfs_mount_info{") && k.contains(&format!("container_id=\"{id}\"")))
-            .unwrap_or_else(|| panic!("no mount labelled with container {id}:\n{out}"));
-        assert!(info.contains("runtime=\"containers-storage\""), "{info}");
-        assert!(info.contains(&format!("container_name=\"{name}\"")), "{info}");
-        let mp = info.split("mountpoint=\"").nth(1).and_then(|s| s.split('"').next()).expect("mountpoint");
-        let copied = m.get("overlayfs_upper_entries", &[("mountpoint", mp), ("kind", "copied_up")]);
-        assert_eq!(copied, Some(if i == 0 { 3.0 } else { 0.0 }), "{name}: busybox, sh, sleep chowned");
-        assert!(
-            m.get("overlayfs_upper_entries", &[("mountpoint", mp), ("kind", "created")]).unwrap_or(0.0)
-                >= 1.0
-        );
-    }
-    drop(guards);
-    let _ = podman().args(["rmi", "-f", &image]).output();
 }

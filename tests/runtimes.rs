@@ -1,0 +1,374 @@
+//! Real container runtimes, started and stopped by the tests: Docker 20.10 with
+//! overlay2, containerd through `ctr`, podman. Each test runs containers from a
+//! busybox image built here (no registry), changes their root filesystems, and
+//! checks that `overlay-agent once` labels each container's mount with the
+//! runtime's own names for it and counts what the container copied up.
+//!
+//! The daemons run in a temporary directory with their own data root, state and
+//! socket, so they never touch (or need) a system installation; readiness is
+//! polled, and each guard stops what it started, the daemon last.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Metrics;
+
+/// Debian's docker.io and containerd binaries (a docker client elsewhere in
+/// PATH, e.g. /usr/local/bin, may be another version).
+const DOCKERD: &str = "/usr/sbin/dockerd";
+const DOCKER: &str = "/usr/bin/docker";
+const CONTAINERD: &str = "/usr/bin/containerd";
+const CTR: &str = "/usr/bin/ctr";
+
+/// A short temporary directory: daemon sockets live in it, and a unix socket
+/// path must fit in 108 bytes.
+fn short_tempdir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").expect("tempdir")
+}
+
+/// A busybox-static tree with `sh` and `sleep`, tarred (the image's only layer).
+fn busybox_layer(dir: &Path) -> PathBuf {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).expect("busybox-static");
+    for link in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(link)).expect("symlink");
+    }
+    let tar = dir.join("layer.tar");
+    common::run(Command::new("tar").arg("-C").arg(&tree).arg("-cf").arg(&tar).arg("."));
+    tar
+}
+
+/// A daemon started by a test: SIGTERM on drop, SIGKILL if it has not exited
+/// after 30 s, then any mount it left under its directory is detached.
+struct Daemon {
+    child: Child,
+    name: &'static str,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(name: &'static str, dir: &Path, cmd: &mut Command) -> Daemon {
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("daemon log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?} ({e}): run the README's test command"));
+        Daemon { child, name, dir: dir.to_owned() }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.name))).unwrap_or_default()
+    }
+
+    /// Polls `ready` until it succeeds; panics with the daemon's log otherwise.
+    fn wait_ready(&mut self, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited with {status}:\n{}", self.name, self.log());
+            }
+            assert!(Instant::now() < deadline, "{} not ready after 60 s:\n{}", self.name, self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Deepest first: the daemons bind-mount their roots and mount overlays inside.
+        let mut left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|mp| Path::new(mp).starts_with(&self.dir))
+            .collect();
+        left.sort_by_key(|mp| std::cmp::Reverse(mp.len()));
+        for mp in left {
+            let _ = Command::new("umount").arg("-l").arg(&mp).status();
+        }
+    }
+}
+
+/// `overlay-agent once` watching only mounts under `dir`.
+fn agent_once(dir: &Path) -> Metrics {
+    let cfg = common::config_for(dir, "");
+    let out = common::run(Command::new(common::BIN).arg("--config").arg(&cfg).arg("once"));
+    common::promtool_check(&out);
+    Metrics::parse(&out)
+}
+
+/// The mount_info series labelled with `container_id`, and its mountpoint.
+fn mount_of(m: &Metrics, container_id: &str) -> (String, String) {
+    let info = m
+        .samples
+        .keys()
+        .find(|k| {
+            k.starts_with("overlayfs_mount_info{") && k.contains(&format!("container_id=\"{container_id}\""))
+        })
+        .unwrap_or_else(|| panic!("no mount labelled with container {container_id}:\n{}", m.text))
+        .clone();
+    let mp = info.split("mountpoint=\"").nth(1).and_then(|s| s.split('"').next()).expect("mountpoint");
+    (info.clone(), mp.to_owned())
+}
+
+fn entries(m: &Metrics, mp: &str, kind: &str) -> f64 {
+    m.get("overlayfs_upper_entries", &[("mountpoint", mp), ("kind", kind)]).unwrap_or(0.0)
+}
+
+/// Docker 20.10, overlay2: two containers, each labelled with its id and name;
+/// the one that ran `chown -R` on /bin shows its three entries copied up.
+#[test]
+fn docker_overlay2_containers_are_identified() {
+    common::require_root();
+    let tmp = short_tempdir("oa-dk");
+    let d = tmp.path();
+    std::fs::write(
+        d.join("daemon.json"),
+        r#"{"iptables": false, "ip6tables": false, "bridge": "none", "storage-driver": "overlay2",
+ "default-ulimits": {"nofile": {"Name": "nofile", "Hard": 20000, "Soft": 20000},
+                     "nproc": {"Name": "nproc", "Hard": 1024, "Soft": 1024}}}"#,
+    )
+    .expect("daemon.json");
+    let sock = format!("unix://{}/docker.sock", d.display());
+    let mut dockerd = Daemon::spawn(
+        "dockerd",
+        d,
+        Command::new(DOCKERD)
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .args(["-H", &sock]),
+    );
+    let docker = || {
+        let mut c = Command::new(DOCKER);
+        c.args(["-H", &sock]);
+        c
+    };
+    dockerd.wait_ready(|| docker().arg("version").output().map(|o| o.status.success()).unwrap_or(false));
+
+    let layer = busybox_layer(d);
+    let image = "oa-busybox:test";
+    common::run(docker().arg("import").arg(&layer).arg(image));
+    let names = ["oa-web", "oa-db"];
+    let _containers = Containers(names.iter().map(|n| with_args(docker(), &["rm", "-f", n])).collect());
+    let mut ids = Vec::new();
+    for name in names {
+        let id = common::run(docker().args([
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            name,
+            image,
+            "/bin/sleep",
+            "600",
+        ]));
+        ids.push(id.trim().to_owned());
+    }
+    common::run(docker().args(["exec", names[0], "/bin/busybox", "chown", "-R", "1:1", "/bin"]));
+    for name in names {
+        common::run(docker().args(["exec", name, "/bin/sh", "-c", "echo hello > /new-file"]));
+    }
+
+    let m = agent_once(d);
+    for (i, (name, id)) in names.iter().zip(&ids).enumerate() {
+        let (info, mp) = mount_of(&m, id);
+        assert!(info.contains("runtime=\"docker\""), "{info}");
+        assert!(info.contains(&format!("container_name=\"{name}\"")), "{info}");
+        assert!(
+            mp.starts_with(&format!("{}/root/overlay2/", d.display())) && mp.ends_with("/merged"),
+            "{mp}"
+        );
+        assert_eq!(
+            entries(&m, &mp, "copied_up"),
+            if i == 0 { 3.0 } else { 0.0 },
+            "{name}: busybox, sh, sleep"
+        );
+        assert!(entries(&m, &mp, "created") >= 1.0, "{name}: /new-file");
+    }
+}
+
+fn with_args(mut c: Command, args: &[&str]) -> Command {
+    c.args(args);
+    c
+}
+
+/// Commands run on drop (container removal before the daemon stops).
+struct Containers(Vec<Command>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// A docker-archive image (what `docker save` writes) holding one layer, for
+/// `ctr images import`: manifest.json, the image config, the layer.
+fn docker_archive(dir: &Path, layer: &Path, tag: &str) -> PathBuf {
+    let arch = dir.join("archive");
+    std::fs::create_dir_all(&arch).expect("mkdir");
+    std::fs::copy(layer, arch.join("layer.tar")).expect("copy layer");
+    let sum = common::run(Command::new("sha256sum").arg(arch.join("layer.tar")));
+    let digest = sum.split_whitespace().next().expect("sha256sum output");
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{digest}")]},
+    });
+    std::fs::write(arch.join("config.json"), config.to_string()).expect("config");
+    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["layer.tar"]}]);
+    std::fs::write(arch.join("manifest.json"), manifest.to_string()).expect("manifest");
+    let tar = dir.join("image.tar");
+    common::run(Command::new("tar").arg("-C").arg(&arch).arg("-cf").arg(&tar).args([
+        "manifest.json",
+        "config.json",
+        "layer.tar",
+    ]));
+    tar
+}
+
+/// containerd 1.6 through ctr: a task in its own namespace is labelled with the
+/// namespace and the container id, and its chown -R shows as copy-ups.
+#[test]
+fn containerd_task_is_identified_with_its_namespace() {
+    common::require_root();
+    let tmp = short_tempdir("oa-cd");
+    let d = tmp.path();
+    std::fs::write(
+        d.join("config.toml"),
+        "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+    )
+    .expect("config.toml");
+    let sock = d.join("containerd.sock");
+    let mut containerd = Daemon::spawn(
+        "containerd",
+        d,
+        Command::new(CONTAINERD)
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--state")
+            .arg(d.join("state"))
+            .arg("--address")
+            .arg(&sock),
+    );
+    let ns = format!("oa-test-{}", std::process::id());
+    let ctr = || {
+        let mut c = Command::new(CTR);
+        c.arg("--address").arg(&sock).args(["--namespace", &ns]);
+        c
+    };
+    containerd.wait_ready(|| ctr().arg("version").output().map(|o| o.status.success()).unwrap_or(false));
+
+    let image = "docker.io/library/oa-busybox:test";
+    let archive = docker_archive(d, &busybox_layer(d), "oa-busybox:test");
+    common::run(ctr().args(["images", "import"]).arg(&archive));
+    let id = "oa-task";
+    common::run(ctr().args(["run", "-d", image, id, "/bin/sleep", "600"]));
+    // The task's shim outlives containerd: kill and remove the task first.
+    let _task = Containers(vec![
+        with_args(ctr(), &["task", "kill", "--signal", "SIGKILL", id]),
+        with_args(ctr(), &["task", "rm", "--force", id]),
+        with_args(ctr(), &["containers", "rm", id]),
+    ]);
+    common::run(ctr().args([
+        "task",
+        "exec",
+        "--exec-id",
+        "chown",
+        id,
+        "/bin/busybox",
+        "chown",
+        "-R",
+        "1:1",
+        "/bin",
+    ]));
+
+    let m = agent_once(d);
+    let (info, mp) = mount_of(&m, id);
+    assert!(info.contains("runtime=\"containerd\""), "{info}");
+    assert!(info.contains(&format!("containerd_namespace=\"{ns}\"")), "{info}");
+    assert_eq!(mp, format!("{}/state/io.containerd.runtime.v2.task/{ns}/{id}/rootfs", d.display()));
+    assert_eq!(entries(&m, &mp, "copied_up"), 3.0, "busybox, sh, sleep chowned");
+}
+
+/// podman with the settings this kind of machine needs (runc, no network
+/// namespace, modest ulimits), through a containers.conf in `dir`.
+fn podman(dir: &Path) -> impl Fn() -> Command + '_ {
+    let conf = dir.join("containers.conf");
+    std::fs::write(
+        &conf,
+        "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=1024:1024\"]\nnetns = \"none\"\n[engine]\nruntime = \"runc\"\n",
+    )
+    .expect("containers.conf");
+    move || {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", dir.join("containers.conf"));
+        c
+    }
+}
+
+/// Two real podman containers: each mount is labelled runtime="podman" with its
+/// container id and name, and its upper dir shows what the container copied up.
+#[test]
+fn podman_containers_are_identified() {
+    common::require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let podman = podman(tmp.path());
+    let layer = busybox_layer(tmp.path());
+    let pid = std::process::id();
+    let image = format!("localhost/overlay-agent-bb:{pid}");
+    common::run(podman().arg("import").arg("-q").arg(&layer).arg(&image));
+    let names = [format!("oa-web-{pid}"), format!("oa-db-{pid}")];
+    let mut cleanup: Vec<Command> =
+        names.iter().map(|n| with_args(podman(), &["rm", "-f", "-t", "0", n])).collect();
+    cleanup.push(with_args(podman(), &["rmi", "-f", &image]));
+    let _cleanup = Containers(cleanup);
+    let mut ids = Vec::new();
+    for name in &names {
+        let id = common::run(podman().args(["run", "-d", "--name", name, &image, "/bin/sleep", "600"]));
+        ids.push(id.trim().to_owned());
+    }
+    common::run(podman().args(["exec", &names[0], "/bin/busybox", "chown", "-R", "1:1", "/bin"]));
+    for name in &names {
+        common::run(podman().args(["exec", name, "/bin/sh", "-c", "echo hello > /new-file"]));
+    }
+    // podman's storage is the host's: no include filter, every mount is read.
+    let out = common::run(Command::new(common::BIN).args(["once"]));
+    common::promtool_check(&out);
+    let m = Metrics::parse(&out);
+    for (i, (name, id)) in names.iter().zip(&ids).enumerate() {
+        let (info, mp) = mount_of(&m, id);
+        assert!(info.contains("runtime=\"podman\""), "{info}");
+        assert!(info.contains(&format!("container_name=\"{name}\"")), "{info}");
+        assert_eq!(
+            entries(&m, &mp, "copied_up"),
+            if i == 0 { 3.0 } else { 0.0 },
+            "{name}: busybox, sh, sleep"
+        );
+        assert!(entries(&m, &mp, "created") >= 1.0);
+    }
+}
