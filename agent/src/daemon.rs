@@ -37,6 +37,17 @@ pub fn discover(config: &Config) -> Result<(MountTable, Inventory), DiscoveryErr
     Ok((table, identities))
 }
 
+/// Whether an identity may have changed without a mount table change (a renamed
+/// Concourse volume, one still in init/): checked every second, off the async
+/// threads since it stats files, and only when some identity is watched.
+async fn identities_outdated(identities: &SharedInventory) -> bool {
+    let inventory = identities.get();
+    if !inventory.watched() {
+        return false;
+    }
+    tokio::task::spawn_blocking(move || inventory.outdated()).await.unwrap_or(false)
+}
+
 /// Everything the collectors read, and the exposition that holds them. Every
 /// collector is registered here, once, for the daemon and for `once` alike.
 struct Pipeline {
@@ -264,11 +275,9 @@ impl<'a> Daemon<'a> {
             let reread = match wake {
                 Wake::Stop => break,
                 Wake::MountsChanged => true,
-                // Settling identities (a Concourse volume in init/, whose rename to
-                // live/ mountinfo does not announce) are re-read every second.
                 Wake::Tick => {
                     last_read.elapsed() >= self.config.discovery.resync_interval
-                        || self.pipeline.identities.get().settling()
+                        || identities_outdated(&self.pipeline.identities).await
                 }
                 Wake::Reload => {
                     reload(self.cli, &mut self.config);

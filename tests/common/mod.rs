@@ -381,6 +381,28 @@ impl Prometheus {
         (v["status"] == "success").then(|| v["data"]["result"].as_array().cloned().unwrap_or_default())
     }
 
+    /// A range query from `start` to `end` (Unix seconds) every `step` seconds;
+    /// None until Prometheus answers with success.
+    pub fn query_range(
+        &self,
+        promql: &str,
+        start: f64,
+        end: f64,
+        step: f64,
+    ) -> Option<Vec<serde_json::Value>> {
+        let q: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let path = format!("/api/v1/query_range?query={q}&start={start:.3}&end={end:.3}&step={step}");
+        let r = http_get(&self.addr, &path).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        (v["status"] == "success").then(|| v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
     /// The first sample's value of an instant query, as text.
     pub fn value(&self, promql: &str) -> Option<String> {
         self.query(promql)?.first()?["value"][1].as_str().map(str::to_owned)

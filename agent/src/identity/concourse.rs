@@ -10,8 +10,10 @@
 //! The handle is the volume's identity in every state. privileged.json is read
 //! from wherever the handle's directory is now: the state mountinfo showed first,
 //! then the others, since a rename may land between reading mountinfo and
-//! reading the file. A volume in init/ is settling: the rename to live/ is not
-//! announced by mountinfo, so the daemon re-reads it every second meanwhile.
+//! reading the file. mountinfo does not announce renames: the daemon checks
+//! every second that the handle's directory is still where mountinfo said, and
+//! re-reads it every second while a volume is in init/ (settling: its
+//! privileged.json may not be written yet).
 
 use super::{builtin, Identity, Layout, Subject};
 
@@ -42,6 +44,7 @@ impl Layout for Concourse {
             .find_map(|st| s.read_json::<bool>(&format!("{volumes}/{st}/{handle}/privileged.json")));
         i.privileged = privileged.map(|p| p.to_string()).unwrap_or_default();
         i.settling = state == "init";
+        i.renamed_unless_exists = Some(s.host(&format!("{volumes}/{state}/{handle}")));
         Some(i)
     }
 }

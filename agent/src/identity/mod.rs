@@ -41,11 +41,15 @@ pub struct Identity {
     pub pod_namespace: String,
     pub pod_name: String,
     pub pod_uid: String,
-    /// Not final yet: a Concourse volume still in init/ (it is renamed to live/
-    /// once initialised, which mountinfo does not announce) or whose
-    /// privileged.json is not written yet. See [`Inventory::settling`].
+    /// Not final yet: a Concourse volume still in init/, whose privileged.json
+    /// may not be written yet. See [`Inventory::outdated`].
     #[serde(skip)]
     pub settling: bool,
+    /// A host path that exists for as long as this identity holds: a Concourse
+    /// volume's directory, which baggageclaim renames (init/ -> live/ -> dead/)
+    /// while the overlay stays mounted. mountinfo does not announce renames.
+    #[serde(skip)]
+    pub renamed_unless_exists: Option<PathBuf>,
 }
 
 impl Identity {
@@ -76,10 +80,20 @@ impl Inventory {
         self.by_device.iter()
     }
 
-    /// Whether some identity is still settling: the daemon then re-reads the
-    /// mount table every second instead of waiting for the resync interval.
-    pub fn settling(&self) -> bool {
-        self.by_device.values().any(|i| i.settling)
+    /// Whether some identity may have changed since it was read: one is still
+    /// settling, or a directory it was read from has been renamed. The daemon
+    /// asks every second and then re-reads the mount table, instead of waiting
+    /// for the resync interval. Stats one path per Concourse volume.
+    pub fn outdated(&self) -> bool {
+        self.by_device.values().any(|i| {
+            i.settling
+                || i.renamed_unless_exists.as_ref().is_some_and(|p| std::fs::symlink_metadata(p).is_err())
+        })
+    }
+
+    /// Whether [`Inventory::outdated`] has anything to check.
+    pub fn watched(&self) -> bool {
+        self.by_device.values().any(|i| i.settling || i.renamed_unless_exists.is_some())
     }
 
     /// Both inventories' entries, `newer`'s where both have one.

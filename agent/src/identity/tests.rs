@@ -130,8 +130,11 @@ fn concourse_volume_in_every_state() {
     assert_eq!((i.container_id.as_str(), i.privileged.as_str()), (h, "false"));
     let i = id("live");
     assert_eq!((i.container_id.as_str(), i.privileged.as_str(), i.settling), (h, "false", false));
+    let watched = i.renamed_unless_exists.expect("the handle's directory is watched");
+    assert!(watched.ends_with(format!("worker/volumes/live/{h}")) && watched.exists());
     std::fs::rename(root.path().join("worker/volumes/live"), root.path().join("worker/volumes/dead"))
         .expect("rename");
+    assert!(!watched.exists(), "the rename to dead/ makes the live identity outdated");
     let i = id("dead");
     assert_eq!((i.container_id.as_str(), i.privileged.as_str(), i.settling), (h, "false", false));
     write("/worker/volumes/live/77aa/privileged.json", "true\n");
@@ -204,7 +207,7 @@ fn kubernetes_pods_from_cgroup_paths() {
         ..Default::default()
     };
     let ids = Resolver::new(r, &[]).inventory(&t);
-    assert!(!ids.settling());
+    assert!(!ids.watched() && !ids.outdated());
     let mut got: Vec<(String, String, String, String)> = ids
         .iter()
         .map(|(_, i)| {
