@@ -1,5 +1,6 @@
 //! Real container runtimes, started and stopped by the tests: Docker 20.10 with
-//! overlay2, containerd through `ctr`, podman. Each test runs containers from a
+//! overlay2, Docker 28.5 with the containerd image store (and a BuildKit build
+//! step), containerd through `ctr`, podman. Each test runs containers from a
 //! busybox image built here (no registry), changes their root filesystems, and
 //! checks that `overlay-agent once` labels each container's mount with the
 //! runtime's own names for it and counts what the container copied up.
@@ -212,6 +213,126 @@ fn docker_overlay2_containers_are_identified() {
 fn with_args(mut c: Command, args: &[&str]) -> Command {
     c.args(args);
     c
+}
+
+/// Docker 28.5 (Debian forky's, unpacked into .cache by tests/fetch-docker28.sh)
+/// with the containerd image store, Docker 29's default: a container under
+/// `<root>/rootfs/overlayfs/<id>` is labelled with its id and name, and a
+/// BuildKit RUN step, caught while it runs, with the step's executor id.
+#[test]
+fn docker_containerd_image_store_and_buildkit_are_identified() {
+    common::require_root();
+    let cache = common::repo_root().join(".cache");
+    let out = Command::new(common::repo_root().join("tests/fetch-docker28.sh"))
+        .arg(&cache)
+        .output()
+        .expect("fetch");
+    assert!(out.status.success(), "fetching Docker 28 failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let bin = cache.join("docker28");
+    // dockerd finds its containerd and shim in PATH; the CLI finds buildx in DOCKER_CONFIG.
+    let path = format!(
+        "{}:{}:{}",
+        bin.join("usr/bin").display(),
+        bin.join("usr/sbin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let tmp = short_tempdir("oa-d28");
+    let d = tmp.path();
+    std::fs::create_dir_all(d.join("cli/cli-plugins")).expect("mkdir");
+    std::os::unix::fs::symlink(
+        bin.join("usr/libexec/docker/cli-plugins/docker-buildx"),
+        d.join("cli/cli-plugins/docker-buildx"),
+    )
+    .expect("buildx plugin");
+    std::fs::write(
+        d.join("daemon.json"),
+        r#"{"iptables": false, "ip6tables": false, "bridge": "none", "features": {"containerd-snapshotter": true},
+ "default-ulimits": {"nofile": {"Name": "nofile", "Hard": 20000, "Soft": 20000},
+                     "nproc": {"Name": "nproc", "Hard": 1024, "Soft": 1024}}}"#,
+    )
+    .expect("daemon.json");
+    let sock = format!("unix://{}/docker.sock", d.display());
+    let mut dockerd = Daemon::spawn(
+        "dockerd",
+        d,
+        Command::new(bin.join("usr/sbin/dockerd"))
+            .env("PATH", &path)
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("docker.pid"))
+            .args(["-H", &sock]),
+    );
+    let docker = || {
+        let mut c = Command::new(bin.join("usr/bin/docker"));
+        c.env("PATH", &path).env("DOCKER_CONFIG", d.join("cli")).args(["-H", &sock]);
+        c
+    };
+    dockerd.wait_ready(|| docker().arg("version").output().map(|o| o.status.success()).unwrap_or(false));
+    let info = common::run(docker().args(["info", "--format", "{{.Driver}} {{.DriverStatus}}"]));
+    assert!(info.contains("io.containerd.snapshotter"), "not the containerd image store: {info}");
+
+    let image = "oa-busybox:test";
+    common::run(docker().arg("import").arg(busybox_layer(d)).arg(image));
+    let name = "oa-api";
+    let _containers = Containers(vec![with_args(docker(), &["rm", "-f", name])]);
+    let id = common::run(docker().args([
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        name,
+        image,
+        "/bin/sleep",
+        "600",
+    ]));
+    let id = id.trim();
+    common::run(docker().args(["exec", name, "/bin/busybox", "chown", "-R", "1:1", "/bin"]));
+
+    // A RUN step that lasts until the test is done with it.
+    std::fs::write(d.join("Dockerfile"), format!("FROM {image}\nRUN /bin/sleep 120\n")).expect("Dockerfile");
+    let log = std::fs::File::create(d.join("build.log")).expect("build log");
+    let build = docker()
+        .args(["build", "--network", "none", "-t", "oa-built:test"])
+        .arg(d)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("docker build");
+    let _build = Killed(build);
+    let executor = format!("{}/root/buildkit/executor/", d.display());
+    let step = common::wait_for("the RUN step's executor mount", Duration::from_secs(60), || {
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        mi.lines().find_map(|l| {
+            let mp = l.split(' ').nth(4)?;
+            mp.strip_prefix(&executor)?.strip_suffix("/rootfs").map(str::to_owned)
+        })
+    });
+
+    let m = agent_once(d);
+    let (info, mp) = mount_of(&m, id);
+    assert!(info.contains("runtime=\"docker\""), "{info}");
+    assert!(info.contains(&format!("container_name=\"{name}\"")), "{info}");
+    assert!(info.contains("/containerd/daemon/io.containerd.snapshotter.v1.overlayfs/snapshots/"), "{info}");
+    assert_eq!(mp, format!("{}/root/rootfs/overlayfs/{id}", d.display()));
+    assert_eq!(entries(&m, &mp, "copied_up"), 3.0, "busybox, sh, sleep chowned");
+    let (info, _) = mount_of(&m, &step);
+    assert!(info.contains("runtime=\"buildkit\""), "{info}");
+}
+
+/// A child killed on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Commands run on drop (container removal before the daemon stops).

@@ -222,12 +222,28 @@ impl Resolver {
         Inventory { by_device }
     }
 
+    /// The primary mountpoint decides, unless it names no container and a bind
+    /// mount of the same superblock does: BuildKit mounts a build step's snapshot
+    /// under its worker directory, then binds it at `executor/<id>/rootfs`.
     pub fn identify(&self, m: &Mount) -> Option<Identity> {
-        let s = Subject {
-            mountpoint: m.mountpoint_label(),
-            upper: m.options.upper.as_ref().map(LayerPath::label).unwrap_or_default(),
-            rootfs: &self.rootfs,
-        };
+        let upper = m.options.upper.as_ref().map(LayerPath::label).unwrap_or_default();
+        let mut first = None;
+        for mp in std::iter::once(&m.mountpoint).chain(&m.other_mountpoints) {
+            let s = Subject {
+                mountpoint: crate::discovery::path_label(mp),
+                upper: upper.clone(),
+                rootfs: &self.rootfs,
+            };
+            match self.identify_at(&s) {
+                Some(i) if !i.container_id.is_empty() => return Some(i),
+                Some(i) => first = first.or(Some(i)),
+                None => {}
+            }
+        }
+        first
+    }
+
+    fn identify_at(&self, s: &Subject) -> Option<Identity> {
         for r in &self.rules {
             let subject = match r.source {
                 RuleSource::Mountpoint => &s.mountpoint,
@@ -237,7 +253,7 @@ impl Resolver {
                 return Some(Identity::new(&r.runtime, container_id, container_name));
             }
         }
-        self.layouts.iter().find_map(|l| l.identify(&s))
+        self.layouts.iter().find_map(|l| l.identify(s))
     }
 }
 

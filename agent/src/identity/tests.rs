@@ -98,6 +98,15 @@ fn containerd_and_buildkit() {
     let bk =
         id("/var/lib/docker/buildkit/containerd-overlayfs/cachemounts/buildkit1/x", "/u").expect("worker");
     assert_eq!(triple(&bk), ("buildkit", "", ""));
+    // As dockerd 28 mounts a RUN step: the snapshot under cachemounts/ (the
+    // primary mountpoint), bound at executor/<id>/rootfs: the bind names the step.
+    let snap = "/var/lib/docker/containerd/daemon/io.containerd.snapshotter.v1.overlayfs/snapshots/7/fs";
+    let lines = format!(
+        "40 2 0:52 / /var/lib/docker/buildkit/containerd-overlayfs/cachemounts/buildkit391 rw - overlay overlay rw,lowerdir=/l,upperdir={snap},workdir=/w\n\
+         41 2 0:52 / /var/lib/docker/buildkit/executor/z80h4kx/rootfs rw - overlay overlay rw,lowerdir=/l,upperdir={snap},workdir=/w\n"
+    );
+    let step = resolver.identify(&mount(&lines)).expect("build step");
+    assert_eq!(triple(&step), ("buildkit", "z80h4kx", ""));
     assert_eq!(id("/mnt/plain", "/u"), None);
 }
 
