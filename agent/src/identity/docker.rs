@@ -10,13 +10,19 @@
 //! [`DockerSnapshots`] recognises mounts of the containerd store's snapshots
 //! that are not a container's root (build steps) by their upper dir.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use serde::Deserialize;
 
 use super::{builtin, Identity, Layout, Subject};
+use crate::sync::LockExt;
 
 pub(super) struct Docker {
     overlay2: regex::Regex,
     containerd_store: regex::Regex,
+    /// Per data root, overlay2 mount id -> container id, read once per mount table.
+    containers: Mutex<HashMap<String, Arc<HashMap<String, String>>>>,
 }
 
 impl Docker {
@@ -24,7 +30,19 @@ impl Docker {
         Docker {
             overlay2: builtin(r"^(?P<root>/.+)/overlay2/(?P<mount>[0-9a-f]{64})/merged$"),
             containerd_store: builtin(r"^(?P<root>/.+)/rootfs/overlayfs/(?P<container_id>[0-9a-f]{64})$"),
+            containers: Mutex::default(),
         }
+    }
+
+    /// The container whose layerdb mount holds `mount`.
+    fn overlay2_container(&self, s: &Subject, root: &str, mount: &str) -> Option<String> {
+        let cached = self.containers.locked().get(root).cloned();
+        let by_mount = cached.unwrap_or_else(|| {
+            let by_mount = Arc::new(overlay2_containers(s, root));
+            self.containers.locked().insert(root.to_owned(), by_mount.clone());
+            by_mount
+        });
+        by_mount.get(mount).cloned()
     }
 }
 
@@ -40,19 +58,22 @@ fn container_name(s: &Subject, root: &str, id: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The container whose layerdb mount holds `mount`.
-fn overlay2_container(s: &Subject, root: &str, mount: &str) -> Option<String> {
+/// layerdb/mounts/<container id>/mount-id of every container: mount id -> container id.
+fn overlay2_containers(s: &Subject, root: &str) -> HashMap<String, String> {
     let mounts = s.host(&format!("{root}/image/overlay2/layerdb/mounts"));
-    std::fs::read_dir(&mounts).ok()?.flatten().find_map(|e| {
-        let mid = std::fs::read_to_string(e.path().join("mount-id")).ok()?;
-        (mid.trim() == mount).then(|| e.file_name().to_string_lossy().into_owned())
-    })
+    let Ok(dir) = std::fs::read_dir(&mounts) else { return HashMap::new() };
+    dir.flatten()
+        .filter_map(|e| {
+            let mid = std::fs::read_to_string(e.path().join("mount-id")).ok()?;
+            Some((mid.trim().to_owned(), e.file_name().to_string_lossy().into_owned()))
+        })
+        .collect()
 }
 
 impl Layout for Docker {
     fn identify(&self, s: &Subject) -> Option<Identity> {
         if let Some(c) = self.overlay2.captures(&s.mountpoint) {
-            let Some(id) = overlay2_container(s, &c["root"], &c["mount"]) else {
+            let Some(id) = self.overlay2_container(s, &c["root"], &c["mount"]) else {
                 return Some(Identity::new("docker", "", ""));
             };
             let name = container_name(s, &c["root"], &id);
@@ -61,6 +82,10 @@ impl Layout for Docker {
         let c = self.containerd_store.captures(&s.mountpoint)?;
         let id = &c["container_id"];
         Some(Identity::new("docker", id, container_name(s, &c["root"], id)))
+    }
+
+    fn forget(&self) {
+        self.containers.locked().clear();
     }
 }
 

@@ -180,6 +180,10 @@ impl Subject<'_> {
 /// One runtime family's layouts.
 trait Layout: Send + Sync {
     fn identify(&self, s: &Subject) -> Option<Identity>;
+
+    /// Drops the runtime state read while identifying one mount table (state
+    /// files shared by many mounts are read once per table, not once per mount).
+    fn forget(&self) {}
 }
 
 /// Identifies mounts; `rootfs` is where the host's / is visible (runtime state
@@ -211,8 +215,10 @@ impl Resolver {
     /// Identifies every mount of a table; the Kubernetes index is built once, and
     /// only when some mount belongs to a container.
     pub fn inventory(&self, table: &MountTable) -> Inventory {
+        self.forget();
         let mut by_device: BTreeMap<Device, Identity> =
-            table.mounts.iter().filter_map(|(dev, m)| Some((*dev, self.identify(m)?))).collect();
+            table.mounts.iter().filter_map(|(dev, m)| Some((*dev, self.identify_mount(m)?))).collect();
+        self.forget();
         if by_device.values().any(|i| !i.container_id.is_empty()) {
             let pods = kubernetes::Pods::read(&self.rootfs);
             for i in by_device.values_mut() {
@@ -226,6 +232,18 @@ impl Resolver {
     /// mount of the same superblock does: BuildKit mounts a build step's snapshot
     /// under its worker directory, then binds it at `executor/<id>/rootfs`.
     pub fn identify(&self, m: &Mount) -> Option<Identity> {
+        let i = self.identify_mount(m);
+        self.forget();
+        i
+    }
+
+    fn forget(&self) {
+        for l in &self.layouts {
+            l.forget();
+        }
+    }
+
+    fn identify_mount(&self, m: &Mount) -> Option<Identity> {
         let upper = m.options.upper.as_ref().map(LayerPath::label).unwrap_or_default();
         let mut first = None;
         for mp in std::iter::once(&m.mountpoint).chain(&m.other_mountpoints) {

@@ -4,17 +4,45 @@
 //! Each entry's `metadata` (a JSON string) is written by the runtime that made
 //! the container: CRI-O's always holds `pod-name` and `pod-id`, podman's never.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use serde::Deserialize;
 
 use super::{builtin, Identity, Layout, Subject};
+use crate::sync::LockExt;
 
 pub(super) struct Storage {
     merged: regex::Regex,
+    /// Per storage root, the containers by layer, read once per mount table.
+    by_layer: Mutex<HashMap<String, Arc<HashMap<String, Identity>>>>,
 }
 
 impl Storage {
     pub fn new() -> Self {
-        Storage { merged: builtin(r"^(?P<storage>/.+)/overlay/(?P<layer>[0-9a-f]{64})/merged$") }
+        Storage {
+            merged: builtin(r"^(?P<storage>/.+)/overlay/(?P<layer>[0-9a-f]{64})/merged$"),
+            by_layer: Mutex::default(),
+        }
+    }
+
+    fn containers(&self, s: &Subject, storage: &str) -> Arc<HashMap<String, Identity>> {
+        if let Some(c) = self.by_layer.locked().get(storage) {
+            return c.clone();
+        }
+        let list: Vec<Container> =
+            s.read_json(&format!("{storage}/overlay-containers/containers.json")).unwrap_or_default();
+        let by_layer: HashMap<String, Identity> = list
+            .into_iter()
+            .map(|e| {
+                let runtime = e.runtime();
+                let name = e.names.into_iter().next().unwrap_or_default();
+                (e.layer, Identity::new(runtime, e.id, name))
+            })
+            .collect();
+        let by_layer = Arc::new(by_layer);
+        self.by_layer.locked().insert(storage.to_owned(), by_layer.clone());
+        by_layer
     }
 }
 
@@ -53,16 +81,15 @@ impl Container {
 impl Layout for Storage {
     fn identify(&self, s: &Subject) -> Option<Identity> {
         let c = self.merged.captures(&s.mountpoint)?;
-        let list: Vec<Container> =
-            s.read_json(&format!("{}/overlay-containers/containers.json", &c["storage"])).unwrap_or_default();
-        match list.into_iter().find(|e| e.layer == c["layer"]) {
-            Some(e) => {
-                let runtime = e.runtime();
-                Some(Identity::new(runtime, e.id, e.names.into_iter().next().unwrap_or_default()))
-            }
+        match self.containers(s, &c["storage"]).get(&c["layer"]) {
+            Some(i) => Some(i.clone()),
             // A layer no container uses: an image mounted by `podman image mount`
             // or a build step of buildah/podman build (CRI-O mounts only containers).
             None => Some(Identity::new("podman", "", "")),
         }
+    }
+
+    fn forget(&self) {
+        self.by_layer.locked().clear();
     }
 }
