@@ -44,7 +44,10 @@ impl Layout for Concourse {
             .find_map(|st| s.read_json::<bool>(&format!("{volumes}/{st}/{handle}/privileged.json")));
         i.privileged = privileged.map(|p| p.to_string()).unwrap_or_default();
         i.settling = state == "init";
-        i.renamed_unless_exists = Some(s.host(&format!("{volumes}/{state}/{handle}")));
+        // Watched only when visible now: a directory the agent cannot see (a wrong
+        // --path.rootfs) would otherwise look renamed at every check.
+        let dir = s.host(&format!("{volumes}/{state}/{handle}"));
+        i.renamed_unless_exists = std::fs::symlink_metadata(&dir).is_ok().then_some(dir);
         Some(i)
     }
 }

@@ -129,6 +129,7 @@ fn concourse_volume_in_every_state() {
     let i = id("init");
     assert_eq!((i.runtime.as_str(), i.container_id.as_str(), i.privileged.as_str()), ("concourse", h, ""));
     assert!(i.settling);
+    assert_eq!(i.renamed_unless_exists, None, "a directory the agent cannot see is not watched");
     write(&format!("/worker/volumes/init/{h}/privileged.json"), "false\n");
     let i = id("init");
     assert_eq!((i.privileged.as_str(), i.settling), ("false", true));
