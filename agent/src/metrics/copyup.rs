@@ -25,6 +25,12 @@ static DATA_BYTES: Def = Def {
     kind: MetricType::COUNTER,
     labels: &["mountpoint", "cause"],
 };
+static SECONDS: Def = Def {
+    name: "overlayfs_copy_up_seconds_total",
+    help: "Time spent in copy-ups (the writing syscall blocked until each copy-up ended), by cause.",
+    kind: MetricType::COUNTER,
+    labels: &["mountpoint", "cause"],
+};
 static ERRORS: Def = Def {
     name: "overlayfs_copy_up_errors_total",
     help: "Copy-ups that returned an error, by cause.",
@@ -177,11 +183,13 @@ impl Collector for CopyUpCollector {
         let mut copy_ups: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
         let mut bytes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         let mut errors: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        let mut seconds: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for (k, v) in &snapshot.counts {
             let mp = mountpoint(k.dev);
             *copy_ups.entry((mp, cause_name(k.cause), kind_name(k.kind))).or_default() += v.copy_ups;
             *bytes.entry((mp, cause_name(k.cause))).or_default() += v.data_bytes;
             *errors.entry((mp, cause_name(k.cause))).or_default() += v.errors;
+            *seconds.entry((mp, cause_name(k.cause))).or_default() += v.latency_ns;
         }
         let mut f = Family::new(&COPY_UPS);
         for ((mp, c, k), n) in &copy_ups {
@@ -191,6 +199,12 @@ impl Collector for CopyUpCollector {
         let mut f = Family::new(&DATA_BYTES);
         for ((mp, c), n) in &bytes {
             f.add(&[mp, c], *n as f64);
+        }
+        out.push(f);
+        // Time blocked in copy-ups per mount: the latency sums the kernel keeps per key.
+        let mut f = Family::new(&SECONDS);
+        for ((mp, c), ns) in &seconds {
+            f.add(&[mp, c], *ns as f64 / 1e9);
         }
         out.push(f);
         let mut f = Family::new(&ERRORS);
