@@ -142,11 +142,64 @@ fn storm(dir: &Path, uid: u32, passes: u32) {
     println!("storm {n} entries {:.6} s", start.elapsed().as_secs_f64());
 }
 
-/// `tree DIR N`: N small files in directories of 100.
-fn tree(dir: &Path, n: usize) {
+/// `tree DIR N [SIZE]`: N files of SIZE bytes (default 100) in directories of 100.
+fn tree(dir: &Path, n: usize, size: usize) {
     for i in 0..n {
-        file(dir, &format!("d{}/f{i}", i / 100), 100);
+        file(dir, &format!("d{}/f{i}", i / 100), size);
     }
+}
+
+/// `steady SECS RATE MERGED...`: RATE chowns per second on each mount for SECS
+/// seconds (background copy-up traffic), on the files `tree` made.
+fn steady(secs: u64, rate: u64, mounts: &[&Path]) {
+    let start = std::time::Instant::now();
+    let ticks = secs * rate;
+    for t in 0..ticks {
+        for m in mounts {
+            let f = m.join(format!("d{}/f{t}", t / 100));
+            chown(&f, Some(7), Some(7)).unwrap_or_else(|e| panic!("chown {}: {e}", f.display()));
+        }
+        let next = std::time::Duration::from_micros((t + 1) * 1_000_000 / rate);
+        if let Some(wait) = next.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    println!("steady {} copy-ups {:.3} s", ticks * mounts.len() as u64, start.elapsed().as_secs_f64());
+}
+
+/// `record HOST:PORT INTERVAL_MS PHASE_FILE`: scrapes /metrics every interval
+/// until PHASE_FILE says `stop`, printing each scrape's copy-up samples and
+/// overlayfs_ebpf_enabled after a `=== SCRAPE <ms since start> <phase>` header (the input of
+/// scripts/scrapes-to-promtool). A tick missed by a slow scrape is skipped.
+fn record(addr: &str, interval_ms: u64, phase_file: &Path) {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    loop {
+        let phase = fs::read_to_string(phase_file).unwrap_or_default().trim().to_owned();
+        if phase == "stop" {
+            break;
+        }
+        let at = start.elapsed().as_millis();
+        let mut body = String::new();
+        let got = std::net::TcpStream::connect(addr).and_then(|mut s| {
+            write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+            s.read_to_string(&mut body)
+        });
+        if got.is_ok() {
+            writeln!(out, "=== SCRAPE {at} {phase}").expect("stdout");
+            for l in body
+                .lines()
+                .filter(|l| l.starts_with("overlayfs_copy_up") || l.starts_with("overlayfs_ebpf_enabled"))
+            {
+                writeln!(out, "{l}").expect("stdout");
+            }
+        }
+        let next_tick = start.elapsed().as_millis() as u64 / interval_ms + 1;
+        let next = std::time::Duration::from_millis(next_tick * interval_ms);
+        std::thread::sleep(next.saturating_sub(start.elapsed()));
+    }
+    out.flush().expect("stdout");
 }
 
 /// `causes-prepare LOWER`: one lower file or directory per copy-up cause.
@@ -238,7 +291,17 @@ fn main() {
             let passes = args.get(4).map(|p| p.parse().expect("passes")).unwrap_or(1);
             return storm(Path::new(&args[2]), args[3].parse().expect("uid"), passes);
         }
-        Some("tree") => return tree(Path::new(&args[2]), args[3].parse().expect("count")),
+        Some("tree") => {
+            let size = args.get(4).map(|s| s.parse().expect("size")).unwrap_or(100);
+            return tree(Path::new(&args[2]), args[3].parse().expect("count"), size);
+        }
+        Some("steady") => {
+            let mounts: Vec<&Path> = args[4..].iter().map(Path::new).collect();
+            return steady(args[2].parse().expect("seconds"), args[3].parse().expect("rate"), &mounts);
+        }
+        Some("record") => {
+            return record(&args[2], args[3].parse().expect("interval ms"), Path::new(&args[4]));
+        }
         _ => {}
     }
     let dirs: Vec<&Path> = args.iter().skip(2).map(Path::new).collect();

@@ -236,5 +236,59 @@ if [ "$mode" = concourse ]; then
   wait $agent
   echo "=== AGENT LOG BEGIN"; cat /agent.log; echo "=== AGENT LOG END"
 fi
+if [ "$mode" = storm ]; then
+  # Recorded storms (tests/qemu.rs, rules_fire_on_a_recorded_storm): the agent is
+  # scraped every second (qemu-workload record) through steady background traffic
+  # (10 mounts, 2 chowns/s each, 30 s), then real busybox `chown -R`s: 4 at
+  # once, each over $n files of $size bytes of one fresh overlay (4 x 4000 x
+  # 12 KiB: 190 MB lower, as much copied up, in the guest's 1 GiB), then 8 quiet
+  # seconds. One chown -R of 10,000 16 KiB files blocked 5.5 s in 9.4 s here
+  # (TCG); 4 at once on 2 vCPUs block about 4 s a second.
+  n=4000; size=12288
+  printf 'web:\n  listen_address: 127.0.0.1:9864\nscan:\n  interval: 5s\n' > /storm.yaml
+  steady=
+  for i in 0 1 2 3 4 5 6 7 8 9; do
+    d=/t/q/$i
+    mkdir -p $d/lower $d/upper $d/work $d/merged
+    /qemu-workload tree $d/lower 60 4096
+    mount -t overlay overlay -o lowerdir=$d/lower,upperdir=$d/upper,workdir=$d/work $d/merged
+    steady="$steady $d/merged"
+  done
+  mkdir -p /t/s/lower /t/s/upper /t/s/work /t/s/merged
+  for k in 1 2 3 4; do /qemu-workload tree /t/s/lower/p$k $n $size; done
+  mount -t overlay overlay -o lowerdir=/t/s/lower,upperdir=/t/s/upper,workdir=/t/s/work /t/s/merged
+  /overlay-agent --config /storm.yaml > /agent.log 2>&1 &
+  agent=$!
+  i=0
+  until /qemu-workload scrape 127.0.0.1:9864 1 > /dev/null 2>&1 && grep -q 'copy-up probes attached' /agent.log; do
+    i=$((i + 1)); [ $i -gt 600 ] && { echo "=== AGENT NOT READY"; break; }
+    usleep 100000
+  done
+  echo steady > /phase
+  /qemu-workload record 127.0.0.1:9864 1000 /phase > /scrapes.txt &
+  recorder=$!
+  sleep 2
+  /qemu-workload steady 30 2 $steady || echo "=== STEADY FAILED"
+  echo storm > /phase
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  pids=
+  for k in 1 2 3 4; do chown -R 1000:1000 /t/s/merged/p$k & pids="$pids $!"; done
+  for p in $pids; do wait $p || echo "=== STORM FAILED"; done
+  t1=$(cut -d' ' -f1 /proc/uptime)
+  echo "=== STORM 4 x chown -R of $n files of $size bytes: $t0 to $t1 (uptime, s)"
+  echo after > /phase
+  sleep 8
+  echo stop > /phase
+  wait $recorder
+  echo "=== STORM SCRAPES BEGIN"
+  cat /scrapes.txt
+  echo "=== STORM SCRAPES END"
+  kill -TERM $agent
+  wait $agent
+  echo "=== AGENT EXIT $?"
+  echo "=== AGENT LOG BEGIN"
+  tail -20 /agent.log
+  echo "=== AGENT LOG END"
+fi
 echo "=== DONE"
 poweroff -f
