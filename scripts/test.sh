@@ -24,6 +24,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --exclude overlay-agent-ebpf --locked --features overlay-agent/e2e,overlay-agent/qemu 2>&1 | tee "$log"
 [ -f target/qemu-summary.txt ] && cat target/qemu-summary.txt
+[ -f target/qemu-storm-summary.txt ] && cat target/qemu-storm-summary.txt
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

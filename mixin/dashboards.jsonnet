@@ -1,0 +1,2 @@
+// Renders dashboards/overlay-agent.json (mixin/render.sh).
+(import 'mixin.libsonnet').grafanaDashboards['overlay-agent.json']

@@ -1,0 +1,274 @@
+// Recording rules and alerts. The copy-up storm alerts sit in the same group as
+// the recording rules they read: rules of one group run in order at the same
+// evaluation time, so an alert sees this evaluation's figure, not the last one's.
+local robustIncrease(metric, by, window, agentSelector) =
+  // increase() needs two samples of a series. The counters of a fresh mount (a
+  // new container, a CI task's volume) appear with the first copy-up, often in
+  // the middle of its storm, and a storm shorter than the scrape interval shows
+  // as one sample: increase() loses it. A series that did not exist one window
+  // ago counts from zero, so its value is its increase; that holds only if the
+  // agent was already scraped one window ago (else the series is new to this
+  // Prometheus, not new on the node).
+  |||
+    sum by (%(by)s) (
+      (
+        (%(m)s unless %(m)s offset %(w)s)
+        and on (instance) (up{%(sel)s} offset %(w)s)
+      )
+      or
+      increase(%(m)s[%(w)s])
+    )
+  ||| % { m: metric, by: by, w: window, sel: agentSelector };
+
+local annotations(c, name, summary, description) = {
+  summary: summary,
+  description: description,
+  runbook_url: c.runbookURLPattern % std.asciiLower(name),
+};
+
+{
+  prometheusRules+:: {
+    local c = $._config,
+    local w = c.copyUpStormWindow,
+    local w5 = std.strReplace(w, 'm', ''),
+    groups+: [
+      {
+        name: 'overlay-agent.recording',
+        rules: [
+          {
+            record: 'instance_mountpoint:overlayfs_copy_up:rate5m',
+            expr: 'sum by (instance, mountpoint) (rate(overlayfs_copy_up_total[5m]))',
+          },
+          {
+            record: 'instance_cause_kind:overlayfs_copy_up:rate5m',
+            expr: 'sum by (instance, cause, kind) (rate(overlayfs_copy_up_total[5m]))',
+          },
+          {
+            record: 'instance_mountpoint:overlayfs_copy_up_data_bytes:rate5m',
+            expr: 'sum by (instance, mountpoint) (rate(overlayfs_copy_up_data_bytes_total[5m]))',
+          },
+          {
+            record: 'instance_cause:overlayfs_copy_up_data_bytes:rate5m',
+            expr: 'sum by (instance, cause) (rate(overlayfs_copy_up_data_bytes_total[5m]))',
+          },
+          {
+            record: 'instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m',
+            expr: 'sum by (instance, cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket[5m]))',
+          },
+          {
+            record: 'instance_cause:overlayfs_copy_up_duration_seconds:p50_rate5m',
+            expr: 'histogram_quantile(0.5, instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m)',
+          },
+          {
+            record: 'instance_cause:overlayfs_copy_up_duration_seconds:p99_rate5m',
+            expr: 'histogram_quantile(0.99, instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m)',
+          },
+          {
+            record: 'instance_mountpoint:overlayfs_upper_bytes:deriv30m',
+            expr: 'deriv(overlayfs_upper_bytes[30m])',
+          },
+        ],
+      },
+      {
+        name: 'overlay-agent.copy-up-storms',
+        rules: [
+          {
+            record: 'instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s' % w,
+            expr: robustIncrease('overlayfs_copy_up_seconds_total', 'instance, mountpoint, cause', w, c.agentSelector),
+          },
+          {
+            record: 'instance_mountpoint:overlayfs_copy_up_seconds:increase%s' % w,
+            expr: 'sum by (instance, mountpoint) (instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s)' % w,
+          },
+          {
+            record: 'instance_cause_le:overlayfs_copy_up_bytes_bucket:increase%s' % w,
+            expr: robustIncrease('overlayfs_copy_up_bytes_bucket', 'instance, cause, le', w, c.agentSelector),
+          },
+          {
+            alert: 'OverlayfsCopyUpStorm',
+            expr: 'instance_mountpoint:overlayfs_copy_up_seconds:increase%s > %g' % [w, c.copyUpStormBlockedSeconds],
+            labels: { severity: 'warning' },
+            annotations: annotations(
+              c,
+              'OverlayfsCopyUpStorm',
+              'Copy-up storm on {{ $labels.mountpoint }}: {{ $value | humanizeDuration }} blocked in %s' % w,
+              ('Work on {{ $labels.mountpoint }} ({{ $labels.instance }}) was blocked in copy-ups for ' +
+               '{{ $value | humanizeDuration }} within %s (threshold %gs): a chown -R, a package manager ' +
+               'or a build rewriting lower-layer files. `overlay-agent trace` on the node shows which ' +
+               'process and which files.') % [w, c.copyUpStormBlockedSeconds],
+            ),
+          },
+          {
+            alert: 'OverlayfsCopyUpStormsOnNode',
+            expr: |||
+              count by (instance) (
+                max_over_time(instance_mountpoint:overlayfs_copy_up_seconds:increase%s[%s]) > %g
+              ) >= %d
+            ||| % [w, c.nodeStormWindow, c.copyUpStormBlockedSeconds, c.nodeStormMounts],
+            labels: { severity: 'warning' },
+            annotations: annotations(
+              c,
+              'OverlayfsCopyUpStormsOnNode',
+              'Copy-up storms on {{ $value }} mounts of {{ $labels.instance }} within %s' % c.nodeStormWindow,
+              ('{{ $value }} different mounts of {{ $labels.instance }} were each blocked in copy-ups for more ' +
+               'than %gs within %s during the last %s (threshold %d mounts). Every new container or volume ' +
+               'on this node pays the storm again: a CI worker chowning each task volume, or an image whose ' +
+               'files belong to the wrong user. Fix it once, in the image or the mount options.') %
+              [c.copyUpStormBlockedSeconds, w, c.nodeStormWindow, c.nodeStormMounts],
+            ),
+          },
+          {
+            alert: 'OverlayfsHugeCopyUp',
+            expr: |||
+              instance_cause_le:overlayfs_copy_up_bytes_bucket:increase%(w)s{le="+Inf"}
+              - ignoring (le)
+              instance_cause_le:overlayfs_copy_up_bytes_bucket:increase%(w)s{le="%(le)d"}
+              > 0.5
+            ||| % { w: w, le: c.hugeCopyUpBytes },
+            labels: { severity: 'warning' },
+            annotations: annotations(
+              c,
+              'OverlayfsHugeCopyUp',
+              'A %s copy-up of more than %s on {{ $labels.instance }}' % ['{{ $labels.cause }}', '%dMiB' % (c.hugeCopyUpBytes / 1048576)],
+              ('On {{ $labels.instance }}, {{ $value | printf "%%.0f" }} copy-up(s) caused by {{ $labels.cause }} ' +
+               'copied a file larger than %dMiB within %s. The writer was blocked until the whole file was ' +
+               'copied, and the file now takes its size twice. overlayfs_copy_up_data_bytes_total names ' +
+               'the mount, `overlay-agent trace` the file.') % [c.hugeCopyUpBytes / 1048576, w],
+            ),
+          },
+        ],
+      },
+      {
+        name: 'overlay-agent.alerts',
+        rules: [
+          {
+            alert: 'OverlayfsCopyUpBytesStorm',
+            expr: 'instance_mountpoint:overlayfs_copy_up_data_bytes:rate5m > %d' % c.bytesStormBytesPerSecond,
+            'for': c.bytesStormFor,
+            labels: { severity: 'warning' },
+            annotations: annotations(
+              c,
+              'OverlayfsCopyUpBytesStorm',
+              'Copy-ups are writing {{ $value | humanize1024 }}B/s on {{ $labels.mountpoint }}',
+              ('{{ $labels.instance }} has copied {{ $value | humanize1024 }}B/s of lower-layer data into the ' +
+               'upper dir of {{ $labels.mountpoint }} for %s (threshold %d MiB/s). Each copy-up doubles the ' +
+               "file's disk use and blocks the writer until the whole file is copied.") %
+              [c.bytesStormFor, c.bytesStormBytesPerSecond / 1048576],
+            ),
+          },
+          {
+            alert: 'OverlayfsSlowCopyUps',
+            expr: 'instance_cause:overlayfs_copy_up_duration_seconds:p99_rate5m > %g' % c.slowCopyUpSeconds,
+            'for': c.slowCopyUpFor,
+            labels: { severity: 'warning' },
+            annotations: annotations(
+              c,
+              'OverlayfsSlowCopyUps',
+              'p99 {{ $labels.cause }} copy-up latency is {{ $value | humanizeDuration }}',
+              ('On {{ $labels.instance }}, 1%% of copy-ups caused by {{ $labels.cause }} took longer than ' +
+               '{{ $value | humanizeDuration }} for %s (threshold %gs). Large files are being copied up, or ' +
+               'the upper filesystem is slow. Consider metacopy=on for chown/chmod-heavy workloads.') %
+              [c.slowCopyUpFor, c.slowCopyUpSeconds],
+            ),
+          },
+          {
+            alert: 'OverlayfsUpperDirGrowingFast',
+            expr: 'instance_mountpoint:overlayfs_upper_bytes:deriv30m > %d / 3600' % c.upperGrowthBytesPerHour,
+            'for': '30m',
+            labels: { severity: 'warning' },
+            annotations: annotations(
+              c,
+              'OverlayfsUpperDirGrowingFast',
+              'Upper dir of {{ $labels.mountpoint }} grows {{ $value | humanize1024 }}B/s',
+              'The upper dir of {{ $labels.mountpoint }} on {{ $labels.instance }} has grown faster than ' +
+              '1 GiB/hour for 30 minutes (now {{ $value | humanize1024 }}B/s).',
+            ),
+          },
+          {
+            alert: 'OverlayfsUpperFilesystemFillingUp',
+            expr: |||
+              predict_linear(overlayfs_upper_filesystem_avail_bytes[6h], 24 * 3600) < 0
+              and
+              overlayfs_upper_filesystem_avail_bytes / overlayfs_upper_filesystem_size_bytes < 0.2
+            |||,
+            'for': '30m',
+            labels: { severity: 'critical' },
+            annotations: annotations(
+              c,
+              'OverlayfsUpperFilesystemFillingUp',
+              "The filesystem under {{ $labels.mountpoint }}'s upper dir fills within 24h",
+              'On {{ $labels.instance }}, the filesystem holding the upper dir of {{ $labels.mountpoint }} ' +
+              "has less than 20% free and, at the last 6 hours' rate, will be full within 24 hours.",
+            ),
+          },
+          {
+            alert: 'OverlayfsEbpfDisabled',
+            expr: 'overlayfs_ebpf_enabled == 0',
+            'for': '15m',
+            labels: { severity: 'info' },
+            annotations: annotations(
+              c,
+              'OverlayfsEbpfDisabled',
+              'overlay-agent on {{ $labels.instance }} is not counting copy-ups',
+              'The copy-up probes are off; see overlayfs_ebpf_disabled_info{instance="{{ $labels.instance }}"} ' +
+              'for the reason (no kprobes, no privileges, no BTF). Mount and upper-dir metrics still work.',
+            ),
+          },
+          {
+            alert: 'OverlayfsProbeDetached',
+            expr: 'overlayfs_ebpf_probe_attached == 0 and on (instance) overlayfs_ebpf_enabled == 1',
+            'for': '15m',
+            labels: { severity: 'warning' },
+            annotations: annotations(
+              c,
+              'OverlayfsProbeDetached',
+              'Copy-up probe {{ $labels.probe }} ({{ $labels.function }}) is not attached',
+              'On {{ $labels.instance }} the copy-up probes run, but {{ $labels.probe }} could not attach to ' +
+              '{{ $labels.function }} (missing or inlined on this kernel): the causes or kinds it provides ' +
+              'are incomplete. See docs/ebpf.md for what each probe provides.',
+            ),
+          },
+          {
+            alert: 'OverlayfsScanErrors',
+            expr: 'sum by (instance, mountpoint, reason) (increase(overlayfs_upper_scan_errors_total[15m])) > 0',
+            'for': '15m',
+            labels: { severity: 'warning' },
+            annotations: annotations(
+              c,
+              'OverlayfsScanErrors',
+              'Upper dir scans of {{ $labels.mountpoint }} fail: {{ $labels.reason }}',
+              'overlay-agent on {{ $labels.instance }} could not read parts of the upper dir of ' +
+              '{{ $labels.mountpoint }} for 15 minutes ({{ $labels.reason }}); its figures are incomplete.',
+            ),
+          },
+          {
+            alert: 'OverlayfsScanStale',
+            expr: 'time() - overlayfs_upper_scan_timestamp_seconds > 1800',
+            'for': '15m',
+            labels: { severity: 'warning' },
+            annotations: annotations(
+              c,
+              'OverlayfsScanStale',
+              'Upper dir of {{ $labels.mountpoint }} not measured for {{ $value | humanizeDuration }}',
+              'The last completed scan of {{ $labels.mountpoint }} on {{ $labels.instance }} is older than ' +
+              '30 minutes: the scan hangs (a stuck filesystem) or takes longer than the interval allows.',
+            ),
+          },
+          {
+            alert: 'OverlayAgentDown',
+            expr: 'up{%s} == 0' % c.agentSelector,
+            'for': '5m',
+            labels: { severity: 'critical' },
+            annotations: annotations(
+              c,
+              'OverlayAgentDown',
+              'overlay-agent on {{ $labels.instance }} is down',
+              'Prometheus could not scrape overlay-agent on {{ $labels.instance }} for 5 minutes: no ' +
+              'overlayfs figures from that node.',
+            ),
+          },
+        ],
+      },
+    ],
+  },
+}
