@@ -1,12 +1,21 @@
 #!/bin/sh
 # Renders the mixin into the files that are committed and shipped:
-#   config/prometheus/overlay-agent.rules.yml       (jsonnet -S rules.jsonnet)
-#   config/prometheus/overlay-agent.rules.test.yml, overlay-agent.rules.test-15s.yml (jsonnet -S -m)
-#   dashboards/overlay-agent.json                   (jsonnet dashboards.jsonnet)
-# Needs the jsonnet binary (Debian package jsonnet). tests/operator.rs fails when
-# the committed files differ from a fresh rendering.
+#   config/prometheus/overlay-agent.rules.yml                                  rules.jsonnet
+#   config/prometheus/overlay-agent.rules.test.yml, overlay-agent.rules.test-15s.yml  tests.jsonnet
+#   dashboards/overlay-agent.json                                              dashboards.jsonnet
+# Usage: mixin/render.sh [OUTDIR]   (default: the repository). tests/operator.rs
+# renders into a temporary directory and fails when the committed files differ.
+# Needs jsonnet (Debian package jsonnet), python3 and python3-yaml (to-yaml.py).
 set -eu
-cd "$(dirname "$0")"
-jsonnet -S rules.jsonnet > ../config/prometheus/overlay-agent.rules.yml
-jsonnet -S -m ../config/prometheus tests.jsonnet > /dev/null
-jsonnet dashboards.jsonnet > ../dashboards/overlay-agent.json
+mixin=$(cd "$(dirname "$0")" && pwd)
+out=${1:-$mixin/..}
+mkdir -p "$out/config/prometheus" "$out/dashboards"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cd "$mixin"
+jsonnet rules.jsonnet | python3 to-yaml.py > "$out/config/prometheus/overlay-agent.rules.yml"
+jsonnet -m "$tmp" tests.jsonnet > /dev/null
+for f in overlay-agent.rules.test.yml overlay-agent.rules.test-15s.yml; do
+    python3 to-yaml.py < "$tmp/$f" > "$out/config/prometheus/$f"
+done
+jsonnet dashboards.jsonnet > "$out/dashboards/overlay-agent.json"

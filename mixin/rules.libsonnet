@@ -1,6 +1,8 @@
-// Recording rules and alerts. The copy-up storm alerts sit in the same group as
-// the recording rules they read: rules of one group run in order at the same
-// evaluation time, so an alert sees this evaluation's figure, not the last one's.
+// Recording rules and alerts, in three groups. Every alert sits in the same
+// group as the recording rules it reads: rules of one group run in order at the
+// same evaluation time, so an alert sees this evaluation's figure. Across groups
+// the order is not fixed (promtool picks it at random each run), and an alert
+// would see a figure one evaluation old, or not, from one run to the next.
 local robustIncrease(metric, by, window, agentSelector) =
   // increase() needs two samples of a series. The counters of a fresh mount (a
   // new container, a CI task's volume) appear with the first copy-up, often in
@@ -30,10 +32,9 @@ local annotations(c, name, summary, description) = {
   prometheusRules+:: {
     local c = $._config,
     local w = c.copyUpStormWindow,
-    local w5 = std.strReplace(w, 'm', ''),
     groups+: [
       {
-        name: 'overlay-agent.recording',
+        name: 'overlay-agent.copy-ups',
         rules: [
           {
             record: 'instance_mountpoint:overlayfs_copy_up:rate5m',
@@ -63,15 +64,6 @@ local annotations(c, name, summary, description) = {
             record: 'instance_cause:overlayfs_copy_up_duration_seconds:p99_rate5m',
             expr: 'histogram_quantile(0.99, instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m)',
           },
-          {
-            record: 'instance_mountpoint:overlayfs_upper_bytes:deriv30m',
-            expr: 'deriv(overlayfs_upper_bytes[30m])',
-          },
-        ],
-      },
-      {
-        name: 'overlay-agent.copy-up-storms',
-        rules: [
           {
             record: 'instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s' % w,
             expr: robustIncrease('overlayfs_copy_up_seconds_total', 'instance, mountpoint, cause', w, c.agentSelector),
@@ -136,11 +128,6 @@ local annotations(c, name, summary, description) = {
                'the mount, `overlay-agent trace` the file.') % [c.hugeCopyUpBytes / 1048576, w],
             ),
           },
-        ],
-      },
-      {
-        name: 'overlay-agent.alerts',
-        rules: [
           {
             alert: 'OverlayfsCopyUpBytesStorm',
             expr: 'instance_mountpoint:overlayfs_copy_up_data_bytes:rate5m > %d' % c.bytesStormBytesPerSecond,
@@ -170,6 +157,15 @@ local annotations(c, name, summary, description) = {
                'the upper filesystem is slow. Consider metacopy=on for chown/chmod-heavy workloads.') %
               [c.slowCopyUpFor, c.slowCopyUpSeconds],
             ),
+          },
+        ],
+      },
+      {
+        name: 'overlay-agent.upper-dirs',
+        rules: [
+          {
+            record: 'instance_mountpoint:overlayfs_upper_bytes:deriv30m',
+            expr: 'deriv(overlayfs_upper_bytes[30m])',
           },
           {
             alert: 'OverlayfsUpperDirGrowingFast',
@@ -201,6 +197,11 @@ local annotations(c, name, summary, description) = {
               "has less than 20% free and, at the last 6 hours' rate, will be full within 24 hours.",
             ),
           },
+        ],
+      },
+      {
+        name: 'overlay-agent.agent',
+        rules: [
           {
             alert: 'OverlayfsEbpfDisabled',
             expr: 'overlayfs_ebpf_enabled == 0',

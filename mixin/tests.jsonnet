@@ -1,4 +1,4 @@
-// Renders the rules' unit tests (mixin/render.sh):
+// Renders the rules' unit tests (mixin/render.sh, through mixin/to-yaml.py):
 //   config/prometheus/overlay-agent.rules.test.yml      evaluation every 1m, samples every 60s
 //   config/prometheus/overlay-agent.rules.test-15s.yml  evaluation every 15s, samples every 15s
 // The storm shapes (a Concourse-size storm on a fresh volume and on a busy
@@ -218,20 +218,23 @@ local withRunbooks(t) = t {
   ],
 };
 
-local file(eval, tests, header) = header + std.manifestYamlDoc({
-  rule_files: ['overlay-agent.rules.yml'],
-  evaluation_interval: eval,
-  tests: tests,
-}, indent_array_in_object=true, quote_keys=false) + '\n';
+local file(eval, tests, header) = {
+  header: header,
+  doc: {
+    rule_files: ['overlay-agent.rules.yml'],
+    evaluation_interval: eval,
+    tests: tests,
+  },
+};
 
 {
   'overlay-agent.rules.test.yml': file('1m', [withRunbooks(t) for t in existing] + annotated + storms(60), |||
-    # promtool test rules overlay-agent.rules.test.yml, rendered from mixin/tests.jsonnet (mixin/render.sh).
-    # Samples and evaluations every minute; the storm shapes also run every 15 s in
-    # overlay-agent.rules.test-15s.yml. Every alert has a case that fires and series that must not.
+    promtool test rules overlay-agent.rules.test.yml, rendered from mixin/tests.jsonnet (mixin/render.sh).
+    Samples and evaluations every minute; the storm shapes also run every 15 s in
+    overlay-agent.rules.test-15s.yml. Every alert has a case that fires and series that must not.
   |||),
   'overlay-agent.rules.test-15s.yml': file('15s', storms(15), |||
-    # promtool test rules overlay-agent.rules.test-15s.yml, rendered from mixin/tests.jsonnet (mixin/render.sh).
-    # The storm shapes of overlay-agent.rules.test.yml, sampled and evaluated every 15 s.
+    promtool test rules overlay-agent.rules.test-15s.yml, rendered from mixin/tests.jsonnet (mixin/render.sh).
+    The storm shapes of overlay-agent.rules.test.yml, sampled and evaluated every 15 s.
   |||),
 }

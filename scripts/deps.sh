@@ -66,9 +66,9 @@ ensure_test_tools() {
     # mount/umount, du, Prometheus and promtool for the integration tests;
     # systemd-analyze and podman (with runc) for the packaging tests; curl for
     # the TLS and basic-auth tests; bindfs (FUSE) for the hung-filesystem test;
-    # jsonnet renders the monitoring mixin (mixin/) and python3 runs
+    # jsonnet and python3-yaml render the monitoring mixin (mixin/), python3 runs
     # scripts/scrapes-to-promtool for the recorded-storm rule tests.
-    apt_install util-linux mount coreutils prometheus systemd podman runc uidmap curl bindfs jsonnet python3
+    apt_install util-linux mount coreutils prometheus systemd podman runc uidmap curl bindfs jsonnet python3 python3-yaml
     ensure_container_daemons
 }
 

@@ -576,7 +576,7 @@ fn rules_fire_on_a_recorded_storm() {
         "overlayfs_copy_up_seconds_total: {storm_secs} s on the storm mount, {per_mount} s over all mounts, latency histogram sum {hist_sum} s (capture: {})",
         log.display()
     );
-    match storms::check(&capture, 1) {
+    match storms::check(&capture, 1).and_then(|a| Ok(format!("{a}; {}", storms::check(&capture, 15)?))) {
         Ok(report) => {
             let line = format!(
                 "kernel {version}: {}, {storm_secs:.1} s blocked; {report}\n",

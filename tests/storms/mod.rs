@@ -144,7 +144,7 @@ pub fn check(capture: &Path, every: u32) -> Result<String, String> {
     }
     .unwrap_or_else(|| "?".to_owned());
     Ok(format!(
-        "{} at {}s: steady {steady_lo}-{steady_hi} s quiet; storm scraped {storm_lo}-{storm_hi} s; {STORM_ALERT} on {STORM_MOUNT} first firing at {first} s; the only alert firing at {end} s",
+        "{} at {}s: steady {steady_lo}-{steady_hi} s quiet; storm {storm_lo}-{storm_hi} s; {STORM_ALERT} on {STORM_MOUNT} first firing at {first} s; the only alert firing at {end} s",
         capture.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         s.step,
     ))
