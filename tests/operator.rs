@@ -279,6 +279,31 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
+    // "This chown took 787 ms for 1 GB": the per-copy-up panel gives, for the
+    // guest's chown on /t/a/merged (one copy-up of 10,000 bytes), that copy-up's
+    // seconds and bytes, as the replayed exposition has them.
+    let m = common::Metrics::parse(
+        &std::fs::read_to_string(repo_root().join("tests/fixtures/qemu-6.1-metrics.prom")).expect("capture"),
+    );
+    let labels = [("mountpoint", "/t/a/merged"), ("cause", "chown")];
+    let want_secs = m.get("overlayfs_copy_up_seconds_total", &labels).expect("seconds in the capture");
+    let panel = d["panels"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["title"].as_str().is_some_and(|t| t.starts_with("Per copy-up"))))
+        .expect("the per-copy-up panel");
+    let got = |i: usize| -> f64 {
+        let e = substitute(panel["targets"][i]["expr"].as_str().expect("expr"));
+        let r = prom.query(&e).unwrap_or_default();
+        r.iter()
+            .find(|s| s["metric"]["mountpoint"] == "/t/a/merged" && s["metric"]["cause"] == "chown")
+            .and_then(|s| s["value"][1].as_str()?.parse().ok())
+            .unwrap_or_else(|| panic!("no /t/a/merged chown row for {e}: {r:?}"))
+    };
+    let (secs, bytes) = (got(0), got(1));
+    assert!(
+        (secs - want_secs).abs() < 1e-9 && bytes == 10_000.0,
+        "per copy-up: {secs} s and {bytes} bytes, want {want_secs} s and 10000 bytes"
+    );
 }
 
 /// The golden exposition, which tests/cli.rs compares `once` with byte for byte

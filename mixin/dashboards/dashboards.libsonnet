@@ -131,10 +131,22 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
     panel('table', 'Per copy-up: seconds and bytes by mount and cause (selected range)', 's',
       'Answers "this chown took 787 ms for 1 GB": for each mount and cause, the time and the bytes of one copy-up on average over the range (time blocked / copy-ups, data bytes / copy-ups), and how many there were. With one copy-up in the range, these are that copy-up.', w=12,
       targets=[
-        target('sum by (mountpoint, cause) (%s) / sum by (mountpoint, cause) (%s)' % [rangeIncrease('overlayfs_copy_up_seconds_total'), rangeIncrease('overlayfs_copy_up_total')], format='table', instant=true),
-        target('sum by (mountpoint, cause) (%s) / sum by (mountpoint, cause) (%s)' % [rangeIncrease('overlayfs_copy_up_data_bytes_total'), rangeIncrease('overlayfs_copy_up_total')], format='table', instant=true),
-        target('sum by (mountpoint, cause) (%s)' % rangeIncrease('overlayfs_copy_up_total'), format='table', instant=true),
-      ]),
+        target('sum by (instance, mountpoint, cause) (%s) / sum by (instance, mountpoint, cause) (%s)' % [rangeIncrease('overlayfs_copy_up_seconds_total'), rangeIncrease('overlayfs_copy_up_total')], format='table', instant=true),
+        target('sum by (instance, mountpoint, cause) (%s) / sum by (instance, mountpoint, cause) (%s)' % [rangeIncrease('overlayfs_copy_up_data_bytes_total'), rangeIncrease('overlayfs_copy_up_total')], format='table', instant=true),
+        target('sum by (instance, mountpoint, cause) (%s)' % rangeIncrease('overlayfs_copy_up_total'), format='table', instant=true),
+      ]) + {
+      // One row per mount and cause: seconds (A), bytes (B) and copy-ups (C) side by side.
+      fieldConfig+: {
+        overrides: [
+          { matcher: { id: 'byName', options: 'bytes per copy-up' }, properties: [{ id: 'unit', value: 'bytes' }] },
+          { matcher: { id: 'byName', options: 'copy-ups' }, properties: [{ id: 'unit', value: 'short' }] },
+        ],
+      },
+      transformations: [
+        { id: 'merge', options: {} },
+        { id: 'organize', options: { renameByName: { 'Value #A': 'seconds per copy-up', 'Value #B': 'bytes per copy-up', 'Value #C': 'copy-ups' }, excludeByName: { Time: true } } },
+      ],
+    },
     panel('heatmap', 'Copy-up sizes heatmap', 'bytes',
       'Distribution of the data size of copy-ups over time (all causes), from the overlayfs_copy_up_bytes buckets: a huge copy-up (OverlayfsHugeCopyUp: above %dMiB) shows in the top buckets.' % (c.hugeCopyUpBytes / 1048576), w=12,
       targets=[
