@@ -314,3 +314,164 @@ fn golden_exposition_passes_promtool_check_metrics() {
     let text = std::fs::read_to_string(&golden).unwrap_or_else(|e| panic!("{}: {e}", golden.display()));
     common::promtool_check(&text);
 }
+
+/// The recorded storm replayed in real time to a real Prometheus, 2.x and 3.x
+/// (whose range windows are left-open): a server hands out the capture's scrapes
+/// at the pace they were taken, Prometheus scrapes it and evaluates the rules
+/// every second. Nothing may fire during the steady phase; OverlayfsCopyUpStorm
+/// on the storm mount must fire within 2 minutes of the storm's first scrape and
+/// be the only alert at the end. (Prometheus starts fresh, so this exercises the
+/// increase() side of the storm rule; promtool above covers the fresh-series side.)
+#[test]
+fn prometheus_2_and_3_raise_the_storm_alert_on_the_replayed_storm() {
+    let cache = repo_root().join(".cache");
+    let out =
+        Command::new(repo_root().join("tests/fetch-prometheus3.sh")).arg(&cache).output().expect("fetch");
+    assert!(out.status.success(), "fetching Prometheus 3 failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let p3 = cache.join("prometheus3/prometheus");
+    let runs: Vec<_> = [Path::new("prometheus").to_path_buf(), p3]
+        .into_iter()
+        .map(|bin| std::thread::spawn(move || live_storm(&bin)))
+        .collect();
+    for r in runs {
+        match r.join() {
+            Ok(line) => eprintln!("{line}"),
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+}
+
+/// One scrape of a capture: (milliseconds since the recording started, phase, body).
+fn capture_scrapes(text: &str) -> Vec<(u64, String, String)> {
+    let mut out: Vec<(u64, String, String)> = Vec::new();
+    for line in text.lines() {
+        if let Some(h) = line.strip_prefix("=== SCRAPE ") {
+            let mut f = h.split_whitespace();
+            let ms = f.next().and_then(|m| m.parse().ok()).expect("=== SCRAPE <ms>");
+            out.push((ms, f.next().unwrap_or("-").to_owned(), String::new()));
+        } else if let Some(last) = out.last_mut() {
+            last.2.push_str(line);
+            last.2.push('\n');
+        }
+    }
+    out
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn query_at(prom: &Prometheus, promql: &str, at: Option<f64>) -> Vec<Value> {
+    let q: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let time = at.map(|t| format!("&time={t:.3}")).unwrap_or_default();
+    let r =
+        common::http_get(&prom.addr, &format!("/api/v1/query?query={q}{time}")).expect("query Prometheus");
+    let v: Value = serde_json::from_str(&r.body).expect("Prometheus answers JSON");
+    assert_eq!(v["status"], "success", "{promql}: {}", r.body);
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+fn live_storm(binary: &Path) -> String {
+    let capture =
+        std::fs::read_to_string(repo_root().join("tests/fixtures/qemu-6.1-storm.scrapes")).expect("capture");
+    let scrapes = std::sync::Arc::new(capture_scrapes(&capture));
+    let last_ms = scrapes.last().map(|s| s.0).expect("scrapes");
+    // The replay clock starts at the first request; the storm's first scrape is
+    // noted (unix time) when it is first served.
+    let clock = std::sync::Arc::new(std::sync::Mutex::new((None::<std::time::Instant>, None::<f64>)));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    {
+        let (scrapes, clock) = (scrapes.clone(), clock.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let body = {
+                    let mut c = clock.lock().unwrap_or_else(|p| p.into_inner());
+                    let start = *c.0.get_or_insert_with(std::time::Instant::now);
+                    let now = start.elapsed().as_millis() as u64;
+                    let (_, phase, body) = scrapes.iter().rev().find(|s| s.0 <= now).unwrap_or(&scrapes[0]);
+                    if phase == "storm" && c.1.is_none() {
+                        c.1 = Some(unix_now());
+                    }
+                    body.clone()
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                    body.len(),
+                    body
+                );
+            }
+        });
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let prom = Prometheus::start(
+        binary,
+        &format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files: ['{}']\nscrape_configs:\n  - job_name: overlay-agent\n    static_configs:\n      - targets: ['{addr}']\n",
+            repo_root().join("config/prometheus/overlay-agent.rules.yml").display(),
+        ),
+        tmp.path(),
+    );
+    let version = common::wait_for("Prometheus answers", Duration::from_secs(30), || {
+        let r = common::http_get(&prom.addr, "/api/v1/status/buildinfo").ok()?;
+        let v: Value = serde_json::from_str(&r.body).ok()?;
+        v["data"]["version"].as_str().map(str::to_owned)
+    });
+    // The whole capture served, and a few evaluations more.
+    let started = common::wait_for("the replay starts", Duration::from_secs(30), || {
+        clock.lock().unwrap_or_else(|p| p.into_inner()).0
+    });
+    let end = Duration::from_millis(last_ms) + Duration::from_secs(5);
+    std::thread::sleep(end.saturating_sub(started.elapsed()));
+    let storm_at = clock.lock().unwrap_or_else(|p| p.into_inner()).1.expect("the storm was served");
+    let replay_at = unix_now() - started.elapsed().as_secs_f64();
+    let label = format!("Prometheus {version}");
+    // Quiet through the steady phase: no ALERTS sample from the replay's start to
+    // just before the storm's first scrape.
+    let steady = query_at(
+        &prom,
+        &format!("count_over_time(ALERTS[{:.0}s])", storm_at - replay_at + 1.0),
+        Some(storm_at - 0.5),
+    );
+    assert!(steady.is_empty(), "{label}: alerts during the steady phase: {steady:?}\n{}", prom.log());
+    let firing = query_at(&prom, "ALERTS{alertstate=\"firing\"}", None);
+    let names: Vec<String> = firing
+        .iter()
+        .map(|s| format!("{}{{mountpoint={}}}", s["metric"]["alertname"], s["metric"]["mountpoint"]))
+        .collect();
+    assert!(
+        firing.len() == 1
+            && firing[0]["metric"]["alertname"] == storms::STORM_ALERT
+            && firing[0]["metric"]["mountpoint"] == storms::STORM_MOUNT,
+        "{label}: firing at the end: {names:?}, want only {} on {}\n{}",
+        storms::STORM_ALERT,
+        storms::STORM_MOUNT,
+        prom.log()
+    );
+    let first = query_at(
+        &prom,
+        &format!(
+            "min_over_time(timestamp(ALERTS{{alertname=\"{}\",alertstate=\"firing\"}})[2m:1s])",
+            storms::STORM_ALERT
+        ),
+        None,
+    );
+    let t: f64 = first.first().and_then(|s| s["value"][1].as_str()?.parse().ok()).expect("first firing time");
+    let after = t - storm_at;
+    assert!(
+        after <= storms::WITHIN_SECS as f64,
+        "{label}: {} first fired {after:.1} s after the storm's first scrape",
+        storms::STORM_ALERT
+    );
+    format!("{label}, live replay at 1 s: nothing during the steady phase; {} on {} first firing {after:.1} s after the storm's first scrape; the only alert at the end", storms::STORM_ALERT, storms::STORM_MOUNT)
+}
