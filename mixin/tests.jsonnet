@@ -54,13 +54,16 @@ local storm(mp, at) = { labels: { alertname: 'OverlayfsCopyUpStorm', instance: '
 
 local storms(i) = [
   {
-    local s = 600, local end = 1800,
+    local s = 600,
+    local end = 1800,
     name: 'a Concourse-size storm (30,000 x 50 KB, 50 s blocked, in 60 s) on a fresh volume and on a busy mount, sampled every %ds' % i,
     interval: '%ds' % i,
     input_series: [up('n1', end, i)] + stormSeries('n1', '/vol/fresh', s, s + 240, i) + [
       {
         // A long-lived mount with 1 ms/s of background copy-ups, then the same storm.
-        local b = 0.001 * i, local steps = 60 / i, local d = 50 / steps,
+        local b = 0.001 * i,
+        local steps = 60 / i,
+        local d = 50 / steps,
         series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/app', cause: 'chown' }),
         values: join([line(0, b, s / i + 1), line(s * 0.001 + b + d, b + d, steps), line(s * 0.001 + 0.06 + 50 + b, b, (end - s - 60) / i)]),
       },
@@ -86,7 +89,8 @@ local storms(i) = [
     ],
   },
   {
-    local s = 600, local end = 1800,
+    local s = 600,
+    local end = 1800,
     name: 'one chown of a 1 GiB file (0.787 s), next to a 200 MB truncate and background open copy-ups, sampled every %ds' % i,
     interval: '%ds' % i,
     input_series: [up('n1', end, i)] + [
@@ -110,7 +114,9 @@ local storms(i) = [
     ],
   },
   {
-    local s = 600, local end = 3000, local n = 1200 / i,
+    local s = 600,
+    local end = 3000,
+    local n = 1200 / i,
     name: 'a bytes storm: 100 MiB/s for 20 minutes (0.5 s blocked per second), next to 1 MB/s, sampled every %ds' % i,
     interval: '%ds' % i,
     input_series: [up('n1', end, i)] + [
@@ -135,7 +141,8 @@ local storms(i) = [
     ],
   },
   {
-    local end = 4 * 3600, local mounts = ['/c/%d' % k for k in std.range(0, 9)],
+    local end = 4 * 3600,
+    local mounts = ['/c/%d' % k for k in std.range(0, 9)],
     name: 'steady background: 10 mounts, 2 copy-ups/s each (4 KB, 0.5 ms), for 4 hours, sampled every %ds: nothing fires' % i,
     interval: '%ds' % i,
     input_series: [up('n1', end, i)] + std.flattenArrays([
@@ -162,7 +169,9 @@ local storms(i) = [
 // Exact annotations, once per new alert (at 60 s).
 local annotated = [
   {
-    local s = 600, local end = 1800, local i = 60,
+    local s = 600,
+    local end = 1800,
+    local i = 60,
     name: 'storm alerts: labels and annotations',
     interval: '60s',
     input_series: [up('n1', end, i)] + std.flattenArrays([stormSeries('n1', '/w/%d' % k, 600 + 300 * k, 840 + 300 * k, i) for k in std.range(0, 2)]) + [

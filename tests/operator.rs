@@ -95,6 +95,31 @@ fn committed_rules_and_dashboard_are_the_mixins_output() {
     let mut files: Vec<String> = RULE_TESTS.iter().map(|f| format!("config/prometheus/{f}")).collect();
     files.push("config/prometheus/overlay-agent.rules.yml".into());
     files.push("dashboards/overlay-agent.json".into());
+    // The sources are jsonnetfmt-formatted.
+    let sources: Vec<std::path::PathBuf> = [
+        "config.libsonnet",
+        "mixin.libsonnet",
+        "rules.libsonnet",
+        "rules.jsonnet",
+        "tests.jsonnet",
+        "dashboards.jsonnet",
+        "dashboards/dashboards.libsonnet",
+        "tests/existing.libsonnet",
+    ]
+    .iter()
+    .map(|f| repo_root().join("mixin").join(f))
+    .collect();
+    let fmt = Command::new("jsonnetfmt")
+        .arg("--test")
+        .args(["--max-blank-lines", "1"])
+        .args(&sources)
+        .output()
+        .expect("jsonnetfmt (Debian package jsonnet)");
+    assert!(
+        fmt.status.success(),
+        "mixin sources not formatted: run jsonnetfmt -i --max-blank-lines 1 on them\n{}",
+        String::from_utf8_lossy(&fmt.stderr)
+    );
     for path in files {
         let rendered = std::fs::read_to_string(tmp.path().join(&path)).expect("rendered file");
         let committed = std::fs::read_to_string(repo_root().join(&path)).expect("committed file");
