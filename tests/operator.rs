@@ -500,3 +500,26 @@ fn live_storm(binary: &Path) -> String {
     );
     format!("{label}, live replay at 1 s: nothing during the steady phase; {} on {} first firing {after:.1} s after the storm's first scrape; the only alert at the end", storms::STORM_ALERT, storms::STORM_MOUNT)
 }
+
+/// scripts/scrapes-to-promtool names the file and line of what it cannot read.
+#[test]
+fn scrapes_to_promtool_rejects_bad_captures_with_file_and_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (text, want) in [
+        ("overlayfs_copy_up_total 1\n", ":1: a sample before the first `=== SCRAPE` header"),
+        ("=== SCRAPE 0 steady\noverlayfs_copy_up_total{a=\"b\"} x\n", ":2: value 'x' is not a number"),
+        ("=== SCRAPE 0 steady\nnot a sample\n", ":2: not an exposition sample"),
+        ("=== SCRAPE 0 a\n=== SCRAPE 100 b\n", ":2: two scrapes in slot 0"),
+        ("", "no `=== SCRAPE` blocks"),
+    ] {
+        let f = tmp.path().join("bad.scrapes");
+        std::fs::write(&f, text).expect("write");
+        let out =
+            Command::new(repo_root().join("scripts/scrapes-to-promtool")).arg(&f).output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(&format!("{}", f.display())) && err.contains(want),
+            "{text:?}: want an error with the file and {want:?}, got: {err}"
+        );
+    }
+}
