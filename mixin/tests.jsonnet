@@ -15,9 +15,11 @@ local existing = import 'tests/existing.libsonnet';
 local runbook(name) = c.runbookURLPattern % std.asciiLower(name);
 local join(parts) = std.join(' ', std.filter(function(p) p != '', parts));
 local miss(n) = if n <= 0 then '' else '_x%d' % n;
-local hold(v, n) = if n <= 0 then '' else if n == 1 then std.toString(v) else '%sx%d' % [v, n - 1];
+// Numbers as promtool reads them, without float noise (0.015, not 0.014999999999999999).
+local num(v) = if v == 0 then '0' else std.format('%.15g', v);
+local hold(v, n) = if n <= 0 then '' else if n == 1 then num(v) else '%sx%d' % [num(v), n - 1];
 // n samples: start, start+step, ...
-local line(start, step, n) = if n <= 0 then '' else if n == 1 then std.toString(start) else '%s+%sx%d' % [start, step, n - 1];
+local line(start, step, n) = if n <= 0 then '' else if n == 1 then num(start) else '%s+%sx%d' % [num(start), num(step), n - 1];
 
 // A counter of a fresh mount whose storm starts just after the sample at s and
 // lasts 60 s (total reached at s+60); the mount is removed after r: stale.
