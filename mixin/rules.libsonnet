@@ -8,13 +8,14 @@ local robustIncrease(metric, by, window, agentSelector) =
   // new container, a CI task's volume) appear with the first copy-up, often in
   // the middle of its storm, and a storm shorter than the scrape interval shows
   // as one sample: increase() loses it. A series that did not exist one window
-  // ago counts from zero, so its value is its increase; that holds only if the
-  // agent was already scraped one window ago (else the series is new to this
-  // Prometheus, not new on the node).
+  // ago counts from zero, so its highest value in the window is its increase
+  // (max_over_time, not the last value: the mount may be gone already, its
+  // series stale); that holds only if the agent was already scraped one window
+  // ago (else the series is new to this Prometheus, not new on the node).
   |||
     sum by (%(by)s) (
       (
-        (%(m)s unless %(m)s offset %(w)s)
+        (max_over_time(%(m)s[%(w)s]) unless %(m)s offset %(w)s)
         and on (instance) (up{%(sel)s} offset %(w)s)
       )
       or

@@ -81,9 +81,9 @@ local storms(i) = [
   {
     local end = 2400,
     local tasks = [{ mp: '/w/task%d' % k, s: 600 + 300 * k } for k in std.range(0, 3)],
-    name: 'a CI worker: the storm on a fresh mount per task, every 5 minutes, each mount removed after 4 minutes, sampled every %ds' % i,
+    name: 'a CI worker: the storm on a fresh mount per task, every 5 minutes, each mount removed a minute after its storm, sampled every %ds' % i,
     interval: '%ds' % i,
-    input_series: [up('n1', end, i)] + std.flattenArrays([stormSeries('n1', t.mp, t.s, t.s + 240, i) for t in tasks]),
+    input_series: [up('n1', end, i)] + std.flattenArrays([stormSeries('n1', t.mp, t.s, t.s + 120, i) for t in tasks]),
     promql_expr_test: [
       firstFiring(end, i, [storm(t.mp, t.s + i) for t in tasks] + [
         { labels: { alertname: 'OverlayfsCopyUpStormsOnNode', instance: 'n1', severity: 'warning' }, at: tasks[2].s + i },

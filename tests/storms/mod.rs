@@ -12,6 +12,8 @@ use std::process::Command;
 /// The mount the guest storms on, and the alert it must raise.
 pub const STORM_MOUNT: &str = "/t/s/merged";
 pub const STORM_ALERT: &str = "OverlayfsCopyUpStorm";
+/// The alert the guest's chown of one 272 MiB file must raise.
+pub const HUGE_ALERT: &str = "OverlayfsHugeCopyUp";
 /// The bound: the alert fires within 2 minutes of the storm's start.
 pub const WITHIN_SECS: u64 = 120;
 
@@ -91,61 +93,102 @@ fn promtool(dir: &Path, s: &Series, exprs: &[(String, u64, String)]) -> Result<(
     }
 }
 
-fn firing(labels: &[(&str, &str)]) -> String {
+fn selector(labels: &[(&str, &str)]) -> String {
     let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    format!("[{{labels: '{{__name__=\"ALERTS\",alertstate=\"firing\",{}}}', value: 1}}]", l.join(","))
+    format!("{{{}}}", l.join(","))
 }
 
 /// Checks a capture at 1 s x `every`: no alert pending or firing during the
-/// steady phase; the storm alert on the storm mount first fires within
-/// WITHIN_SECS of the storm's first scrape and is, at the end, the only alert
-/// firing. Returns a report line with the first firing time.
+/// steady phase; OverlayfsCopyUpStorm on the storm mount first fires within
+/// WITHIN_SECS of the storm's first scrape, OverlayfsHugeCopyUp (cause chown)
+/// within WITHIN_SECS of the huge chown's; at the end these two are the only
+/// alerts firing. Returns a report line with the first firing times.
 pub fn check(capture: &Path, every: u32) -> Result<String, String> {
     let s = convert(capture, every);
     let dir = tempfile::tempdir().expect("tempdir");
     let phase =
         |p: &str| s.phases.get(p).copied().ok_or_else(|| format!("no {p} phase in {}", capture.display()));
     let (steady_lo, steady_hi) = phase("steady")?;
-    let (storm_lo, storm_hi) = phase("storm")?;
-    let end = s.phases.values().map(|p| p.1).max().unwrap_or(storm_hi);
-    let storm_labels = [
-        ("alertname", STORM_ALERT),
-        ("instance", "guest"),
-        ("mountpoint", STORM_MOUNT),
-        ("severity", "warning"),
+    let end = s.phases.values().map(|p| p.1).max().unwrap_or(steady_hi);
+    let expected = [
+        (
+            phase("storm")?.0,
+            vec![
+                ("alertname", STORM_ALERT),
+                ("instance", "guest"),
+                ("mountpoint", STORM_MOUNT),
+                ("severity", "warning"),
+            ],
+        ),
+        (
+            phase("huge")?.0,
+            vec![
+                ("alertname", HUGE_ALERT),
+                ("cause", "chown"),
+                ("instance", "guest"),
+                ("severity", "warning"),
+            ],
+        ),
     ];
-    let first_firing = format!(
-        "min_over_time(timestamp(ALERTS{{alertname=\"{STORM_ALERT}\",alertstate=\"firing\",mountpoint=\"{STORM_MOUNT}\"}})[{end}s:{}s])",
-        s.step
-    );
-    let checks = [
+    let first_firing = |labels: &[(&str, &str)]| {
+        let mut l = labels.to_vec();
+        l.push(("alertstate", "firing"));
+        format!("min_over_time(timestamp(ALERTS{})[{end}s:{}s])", selector(&l), s.step)
+    };
+    let mut checks = vec![
         // Quiet: no alert at all, pending or firing, at any evaluation of the steady phase.
         (format!("count_over_time(ALERTS[{}s])", steady_hi - steady_lo + s.step), steady_hi, "[]".to_owned()),
-        // The storm alert, and nothing else, at the end of the capture.
-        ("ALERTS{alertstate=\"firing\"}".to_owned(), end, firing(&storm_labels)),
-        // It started firing within WITHIN_SECS of the storm's first scrape.
+        // The expected alerts, and nothing else, at the end of the capture.
         (
-            format!("({first_firing} - {storm_lo}) <= bool {WITHIN_SECS}"),
+            "ALERTS{alertstate=\"firing\"}".to_owned(),
             end,
             format!(
-                "[{{labels: '{{alertname=\"{STORM_ALERT}\",alertstate=\"firing\",instance=\"guest\",mountpoint=\"{STORM_MOUNT}\",severity=\"warning\"}}', value: 1}}]"
+                "[{}]",
+                expected
+                    .iter()
+                    .map(|(_, l)| {
+                        let mut l = l.clone();
+                        l.extend([("__name__", "ALERTS"), ("alertstate", "firing")]);
+                        format!("{{labels: '{}', value: 1}}", selector(&l))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ),
     ];
-    promtool(dir.path(), &s, &checks)
-        .map_err(|e| format!("storm {storm_lo}-{storm_hi} s, steady {steady_lo}-{steady_hi} s:\n{e}"))?;
-    // When exactly, for the report: promtool prints what it got.
-    let first = match promtool(dir.path(), &s, &[(first_firing, end, "[]".to_owned())]) {
-        Err(out) => out
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("got: ")?.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|t| format!("{t}")),
-        Ok(()) => None,
+    // Each first fired within WITHIN_SECS of its phase's first scrape.
+    for (lo, labels) in &expected {
+        let mut l = labels.clone();
+        l.push(("alertstate", "firing"));
+        checks.push((
+            format!("({} - {lo}) <= bool {WITHIN_SECS}", first_firing(labels)),
+            end,
+            format!("[{{labels: '{}', value: 1}}]", selector(&l)),
+        ));
     }
-    .unwrap_or_else(|| "?".to_owned());
+    promtool(dir.path(), &s, &checks).map_err(|e| format!("phases {:?}:\n{e}", s.phases))?;
+    // When exactly, for the report: promtool prints what it got.
+    let mut when = Vec::new();
+    for (lo, labels) in &expected {
+        let t = match promtool(dir.path(), &s, &[(first_firing(labels), end, "[]".to_owned())]) {
+            Err(out) => out
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("got: ")?.rsplit(' ').next()?.parse::<f64>().ok()),
+            Ok(()) => None,
+        };
+        let name = labels.iter().find(|l| l.0 == "alertname").map(|l| l.1).unwrap_or("?");
+        when.push(match t {
+            Some(t) => format!(
+                "{name} first firing at {t} s ({:+} s after its phase's first scrape at {lo} s)",
+                t - *lo as f64
+            ),
+            None => format!("{name}: ?"),
+        });
+    }
     Ok(format!(
-        "{} at {}s: steady {steady_lo}-{steady_hi} s quiet; storm {storm_lo}-{storm_hi} s; {STORM_ALERT} on {STORM_MOUNT} first firing at {first} s; the only alert firing at {end} s",
+        "{} at {}s: steady {steady_lo}-{steady_hi} s quiet; {}; only these two firing at {end} s",
         capture.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
         s.step,
+        when.join("; "),
     ))
 }
