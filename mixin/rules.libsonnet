@@ -3,7 +3,7 @@
 // same evaluation time, so an alert sees this evaluation's figure. Across groups
 // the order is not fixed (promtool picks it at random each run), and an alert
 // would see a figure one evaluation old, or not, from one run to the next.
-local robustIncrease(metric, by, window, agentSelector) =
+local robustIncrease(metric, by, window, agentSelector, perMount=false) =
   // increase() needs two samples of a series. The counters of a fresh mount (a
   // new container, a CI task's volume) appear with the first copy-up, often in
   // the middle of its storm, and a storm shorter than the scrape interval shows
@@ -12,16 +12,29 @@ local robustIncrease(metric, by, window, agentSelector) =
   // (max_over_time, not the last value: the mount may be gone already, its
   // series stale); that holds only if the agent was already scraped one window
   // ago (else the series is new to this Prometheus, not new on the node).
+  // Per mount, one more case: a mount that moved (a Concourse volume renamed
+  // from init/ to live/ right after its chown) keeps its counters under its new
+  // mountpoint, a new series; it is not counted again when overlayfs_mount_info
+  // saw its device and container id under another mountpoint in the window.
+  local moved = |||
+
+    unless on (instance, mountpoint) (
+      overlayfs_mount_info{container_id!=""}
+      and on (instance, device, container_id) (
+        count by (instance, device, container_id) (max_over_time(overlayfs_mount_info{container_id!=""}[%(w)s])) > 1
+      )
+    )
+  ||| % { w: window };
   |||
     sum by (%(by)s) (
       (
         (max_over_time(%(m)s[%(w)s]) unless %(m)s offset %(w)s)
-        and on (instance) (up{%(sel)s} offset %(w)s)
+        and on (instance) (up{%(sel)s} offset %(w)s)%(moved)s
       )
       or
       increase(%(m)s[%(w)s])
     )
-  ||| % { m: metric, by: by, w: window, sel: agentSelector };
+  ||| % { m: metric, by: by, w: window, sel: agentSelector, moved: if perMount then std.rstripChars(std.strReplace(moved, '\n', '\n    '), ' \n') else '' };
 
 local annotations(c, name, summary, description) = {
   summary: summary,
@@ -67,7 +80,7 @@ local annotations(c, name, summary, description) = {
           },
           {
             record: 'instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s' % w,
-            expr: robustIncrease('overlayfs_copy_up_seconds_total', 'instance, mountpoint, cause', w, c.agentSelector),
+            expr: robustIncrease('overlayfs_copy_up_seconds_total', 'instance, mountpoint, cause', w, c.agentSelector, perMount=true),
           },
           {
             record: 'instance_mountpoint:overlayfs_copy_up_seconds:increase%s' % w,

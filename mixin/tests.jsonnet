@@ -79,6 +79,30 @@ local storms(i) = [
     ],
   },
   {
+    local s = 600,
+    local r = s + 60,
+    local end = 1800,
+    local steps = 60 / i,
+    local info(mp) = sel('overlayfs_mount_info', { instance: 'n1', mountpoint: mp, device: '0:50', container_id: 'h1', runtime: 'concourse' }),
+    name: 'a Concourse volume: the storm in init/<handle>, renamed to live/<handle> right after it (one storm, not two), sampled every %ds' % i,
+    interval: '%ds' % i,
+    input_series: [up('n1', end, i)] + [
+      { series: info('/vol/init/h1/volume'), values: join([miss(s / i), hold(1, (r - s) / i + 1), 'stale']) },
+      { series: info('/vol/live/h1/volume'), values: join([miss(r / i + 1), hold(1, (end - r) / i)]) },
+      {
+        series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/init/h1/volume', cause: 'chown' }),
+        values: join([miss(s / i + 1), line(50 / steps, 50 / steps, steps), 'stale']),
+      },
+      {
+        series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/live/h1/volume', cause: 'chown' }),
+        values: join([miss(r / i + 1), hold(50, (end - r) / i)]),
+      },
+    ],
+    promql_expr_test: [
+      firstFiring(end, i, [storm('/vol/init/h1/volume', s + i)]),
+    ],
+  },
+  {
     local end = 2400,
     local tasks = [{ mp: '/w/task%d' % k, s: 600 + 300 * k } for k in std.range(0, 3)],
     name: 'a CI worker: the storm on a fresh mount per task, every 5 minutes, each mount removed a minute after its storm, sampled every %ds' % i,
