@@ -358,8 +358,10 @@ fn prometheus_2_and_3_raise_the_storm_alert_on_the_replayed_storm() {
         .into_iter()
         .map(|bin| std::thread::spawn(move || live_storm(&bin)))
         .collect();
-    for r in runs {
-        match r.join() {
+    // Every run joined (each drops, so kills, its Prometheus) before a failure is raised.
+    let results: Vec<_> = runs.into_iter().map(|r| r.join()).collect();
+    for r in results {
+        match r {
             Ok(line) => eprintln!("{line}"),
             Err(e) => std::panic::resume_unwind(e),
         }
