@@ -66,6 +66,7 @@ fn initramfs(dir: &Path, kernel: &Path, mode: &str) -> PathBuf {
     copy(&musl("overlay-agent"), "overlay-agent");
     copy(&musl("examples/qemu-workload"), "qemu-workload");
     copy(&musl("examples/qemu-bare-probe"), "qemu-bare-probe");
+    copy(&musl("examples/qemu-btf-check"), "qemu-btf-check");
     copy(&repo_root().join("tests/qemu/agent-bench.yaml"), "agent-bench.yaml");
     copy(&kernel.join("overlay.ko"), "overlay.ko");
     std::fs::write(root.join("mode"), mode).expect("write mode");
@@ -174,6 +175,322 @@ const EXPECTED_BYTES: &[(&str, &str, f64)] = &[
     ("/t/c/merged", "open", 13_000.0),
 ];
 
+/// One guest run of mode `agent`: the console and the main scrape.
+struct Guest {
+    version: String,
+    console: String,
+    text: String,
+    m: Metrics,
+}
+
+impl Guest {
+    fn want_total() -> f64 {
+        EXPECTED.iter().map(|e| e.3).sum()
+    }
+
+    fn version(&self) -> (u32, u32) {
+        let mut it = self.version.split('.').map(|p| p.parse().unwrap_or(0));
+        (it.next().unwrap_or(0), it.next().unwrap_or(0))
+    }
+}
+
+/// A named check of a guest run: it returns its problems.
+type Check = (&'static str, fn(&Guest) -> Vec<String>);
+
+/// Every check of a guest run.
+const CHECKS: &[Check] = &[
+    ("copy_ups_by_cause_and_kind", check_counts),
+    ("data_bytes", check_bytes),
+    ("no_errors", check_no_errors),
+    ("histograms", check_histograms),
+    ("processes", check_processes),
+    ("lifecycle", check_lifecycle),
+    ("trace", check_trace),
+    ("kprobes_detached", check_kprobes_detached),
+    ("restart_and_capabilities", check_restart_and_caps),
+    ("perf_event_paranoid", check_paranoid),
+    ("btf_table", check_btf_table),
+    ("io_uring", check_io_uring),
+    ("no_runs_without_copy_up", check_churn),
+];
+
+fn check_counts(g: &Guest) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (mp, cause, kind, want) in EXPECTED {
+        let got = g.m.get("overlayfs_copy_up_total", &[("mountpoint", mp), ("cause", cause), ("kind", kind)]);
+        if got != Some(*want) {
+            problems.push(format!("copy_up_total{{{mp},{cause},{kind}}} = {got:?}, want {want}"));
+        }
+    }
+    let total: f64 =
+        g.m.samples.iter().filter(|(k, _)| k.starts_with("overlayfs_copy_up_total{")).map(|(_, v)| v).sum();
+    let want_total = Guest::want_total();
+    if total != want_total {
+        problems.push(format!(
+            "{total} copy-ups in all, want {want_total}:\n{}",
+            grep(&g.text, "overlayfs_copy_up_total")
+        ));
+    }
+    if g.m.get("overlayfs_ebpf_enabled", &[]) != Some(1.0) {
+        problems.push("overlayfs_ebpf_enabled is not 1".into());
+    }
+    problems
+}
+
+fn check_bytes(g: &Guest) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (mp, cause, want) in EXPECTED_BYTES {
+        let got = g.m.get("overlayfs_copy_up_data_bytes_total", &[("mountpoint", mp), ("cause", cause)]);
+        if got != Some(*want) {
+            problems.push(format!("copy_up_data_bytes_total{{{mp},{cause}}} = {got:?}, want {want}"));
+        }
+    }
+    problems
+}
+
+fn check_no_errors(g: &Guest) -> Vec<String> {
+    if g.m.samples.iter().any(|(k, v)| k.starts_with("overlayfs_copy_up_errors_total") && *v > 0.0) {
+        vec![format!("errors counted:\n{}", grep(&g.text, "overlayfs_copy_up_errors_total"))]
+    } else {
+        vec![]
+    }
+}
+
+/// One sample per data copy-up, the bytes adding up.
+fn check_histograms(g: &Guest) -> Vec<String> {
+    let mut problems = Vec::new();
+    let chown_bytes = g.m.get("overlayfs_copy_up_bytes_count", &[("cause", "chown")]);
+    if chown_bytes != Some(2.0) {
+        problems.push(format!("overlayfs_copy_up_bytes_count{{cause=chown}} = {chown_bytes:?}, want 2 (A and B; C is metadata-only)"));
+    }
+    let chown_sum = g.m.get("overlayfs_copy_up_bytes_sum", &[("cause", "chown")]);
+    if chown_sum != Some(22_000.0) {
+        problems.push(format!("overlayfs_copy_up_bytes_sum{{cause=chown}} = {chown_sum:?}, want 22000"));
+    }
+    let lat = g.m.get("overlayfs_copy_up_duration_seconds_count", &[("cause", "create")]);
+    if lat != Some(2.0) {
+        problems.push(format!("overlayfs_copy_up_duration_seconds_count{{cause=create}} = {lat:?}, want 2"));
+    }
+    problems
+}
+
+/// Who copied up: the workload's main threads for all but mount B's chown,
+/// done by thread actor-b, which with top_processes: 1 lands in comm="other".
+fn check_processes(g: &Guest) -> Vec<String> {
+    let mut problems = Vec::new();
+    let want_total = Guest::want_total();
+    let want_bytes: f64 = EXPECTED_BYTES.iter().map(|e| e.2).sum();
+    for (comm, n, bytes) in
+        [("qemu-workload", want_total - 1.0, want_bytes - 12_000.0), ("other", 1.0, 12_000.0)]
+    {
+        let got = (
+            g.m.get("overlayfs_copy_up_process_total", &[("comm", comm)]),
+            g.m.get("overlayfs_copy_up_process_data_bytes_total", &[("comm", comm)]),
+        );
+        if got != (Some(n), Some(bytes)) {
+            problems.push(format!(
+                "process {{comm={comm}}} = {got:?}, want ({n}, {bytes}):\n{}",
+                grep(&g.text, "overlayfs_copy_up_process")
+            ));
+        }
+    }
+    let process_series = g.text.lines().filter(|l| l.starts_with("overlayfs_copy_up_process_total{")).count();
+    if process_series != 2 {
+        problems
+            .push(format!("{process_series} overlayfs_copy_up_process_total series, want 2 (K=1 + other)"));
+    }
+    problems
+}
+
+fn check_lifecycle(g: &Guest) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !g.console.contains("=== AGENT EXIT 0") {
+        problems.push("the agent did not exit 0 on SIGTERM".into());
+    }
+    if g.console.contains("BPF_MAP_LOOKUP_BATCH failed") {
+        problems
+            .push("the maps were read key by key: BPF_MAP_LOOKUP_BATCH failed (see the agent log)".into());
+    }
+    if !g.console.contains("copy-up probes detached") {
+        problems.push("the agent did not report detaching its probes".into());
+    }
+    problems
+}
+
+/// The live trace: one line per copy-up, with the process, the file and the mount.
+fn check_trace(g: &Guest) -> Vec<String> {
+    let mut problems = Vec::new();
+    let want_total = Guest::want_total();
+    let trace = section(&g.console, "=== TRACE BEGIN\n", "=== TRACE END").unwrap_or("");
+    let events: Vec<&str> = trace.lines().filter(|l| !l.starts_with('#') && !l.starts_with("TIME")).collect();
+    if events.len() as f64 != want_total {
+        problems.push(format!("trace printed {} copy-ups, want {want_total}:\n{trace}", events.len()));
+    }
+    let chown_line = events.iter().find(|l| l.contains(" chown.dat "));
+    let ok = chown_line.is_some_and(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(2) == Some(&"qemu-workload")
+            && f.get(3) == Some(&"/t/a/merged")
+            && f.get(5) == Some(&"chown")
+            && f.get(6) == Some(&"data")
+            && f.get(7) == Some(&"10000")
+    });
+    if !ok {
+        problems
+            .push(format!("no trace line 'qemu-workload /t/a/merged chown.dat chown data 10000':\n{trace}"));
+    }
+    if !trace.contains("# trace stopped; 0 events dropped in all") || !g.console.contains("=== TRACE EXIT 0")
+    {
+        problems.push(format!("trace did not stop cleanly on SIGINT:\n{trace}"));
+    }
+    problems
+}
+
+/// Every overlay kprobe goes with the agent, on SIGTERM and on SIGKILL.
+fn check_kprobes_detached(g: &Guest) -> Vec<String> {
+    let kprobes = |what: &str| -> Option<u32> {
+        g.console.lines().find_map(|l| l.strip_prefix(&format!("=== KPROBES {what} "))?.trim().parse().ok())
+    };
+    match (kprobes("RUNNING"), kprobes("AFTER SIGTERM"), kprobes("AFTER SIGKILL")) {
+        (Some(r), Some(0), Some(0)) if r > 0 => vec![],
+        other => vec![format!(
+            "overlay kprobes (running, after SIGTERM, after SIGKILL) = {other:?}, want (>0, 0, 0)"
+        )],
+    }
+}
+
+/// A restart counts from zero; the minimal capabilities suffice.
+fn check_restart_and_caps(g: &Guest) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, file, uid_note) in [
+        ("RESTART", "restart.dat", "after SIGKILL"),
+        ("CAPS", "caps.dat", "with CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE only, perf_event_paranoid 2"),
+    ] {
+        let Some(t) = section_of(&g.console, name) else {
+            problems.push(format!("no {name} metrics ({uid_note})"));
+            continue;
+        };
+        let m = Metrics::parse(t);
+        let chown = m.get(
+            "overlayfs_copy_up_total",
+            &[("mountpoint", "/t/b/merged"), ("cause", "chown"), ("kind", "data")],
+        );
+        let by_comm = m.get("overlayfs_copy_up_process_total", &[("comm", "chown")]);
+        if m.get("overlayfs_ebpf_enabled", &[]) != Some(1.0) || chown != Some(1.0) || by_comm != Some(1.0) {
+            let log = section(&g.console, &format!("=== {name} LOG BEGIN"), &format!("=== {name} LOG END"))
+                .unwrap_or("");
+            problems.push(format!(
+                "{uid_note}: busybox chown of {file} gave copy_up_total {chown:?} and process_total{{comm=chown}} {by_comm:?}, want 1 and 1:\n{}\n{log}",
+                grep(t, "overlayfs_ebpf")
+            ));
+        }
+    }
+    problems
+}
+
+/// As booted (Debian: perf_event_paranoid 3), the same capabilities are refused
+/// by perf_event_open, and the agent says why.
+fn check_paranoid(g: &Guest) -> Vec<String> {
+    let paranoid: Option<u32> =
+        g.console.lines().find_map(|l| l.strip_prefix("=== PERF_EVENT_PARANOID ")?.trim().parse().ok());
+    match (paranoid, section_of(&g.console, "CAPS_BOOTED").map(Metrics::parse)) {
+        (Some(p), Some(m)) if p >= 3 => {
+            if m.get("overlayfs_ebpf_disabled_info", &[("reason", "no_privileges")]) != Some(1.0) {
+                return vec![format!(
+                    "perf_event_paranoid {p} without CAP_SYS_ADMIN: want reason no_privileges:\n{}",
+                    grep(&m.text, "overlayfs_ebpf")
+                )];
+            }
+            vec![]
+        }
+        (Some(_), Some(m)) => {
+            if m.get("overlayfs_ebpf_enabled", &[]) != Some(1.0) {
+                return vec![format!(
+                    "perf_event_paranoid <= 2: want eBPF on:\n{}",
+                    grep(&m.text, "overlayfs_ebpf")
+                )];
+            }
+            vec![]
+        }
+        other => vec![format!("no CAPS_BOOTED run: {:?}", other.0)],
+    }
+}
+
+/// The kernel table (kernel::hooks) matches this kernel's BTF: every drift is
+/// printed by qemu-btf-check naming the function and the kernel.
+fn check_btf_table(g: &Guest) -> Vec<String> {
+    let lines: Vec<&str> = g.console.lines().filter(|l| l.starts_with("btf-check: ")).collect();
+    let ok =
+        g.console.contains("=== BTF CHECK EXIT 0") && lines.iter().any(|l| l.starts_with("btf-check: ok "));
+    // Where the module has BTF (6.1+), every row must have been compared.
+    let compared_all =
+        g.version() < (6, 1) || lines.iter().any(|l| l.contains("not compared (no overlay BTF): none"));
+    if ok && compared_all {
+        vec![]
+    } else {
+        vec![format!("the kernel table does not match this kernel's BTF:\n{}", lines.join("\n"))]
+    }
+}
+
+/// io_uring: an openat for write is an `open` (from the copy-up's flags); a
+/// renameat (5.11+, and Debian's 5.10, which carries the 5.15 io_uring) runs
+/// outside any rename system call and counts as `other`.
+fn check_io_uring(g: &Guest) -> Vec<String> {
+    let mut problems = Vec::new();
+    if g.console.contains("=== URING FAILED") {
+        problems.push("the io_uring workload failed".into());
+    }
+    let Some(t) = section_of(&g.console, "URING") else {
+        return vec!["no URING metrics".into()];
+    };
+    let m = Metrics::parse(t);
+    let rename_supported = g.console.contains("workload: io_uring renameat: ok");
+    if g.version() >= (5, 11) && !rename_supported {
+        problems.push(format!("io_uring renameat did not run on kernel {}", g.version));
+    }
+    let want: &[(&str, &str, f64, f64)] = if rename_supported {
+        &[("open", "data", 1.0, 16_000.0), ("other", "data", 1.0, 17_000.0)]
+    } else {
+        &[("open", "data", 1.0, 16_000.0)]
+    };
+    for (cause, kind, n, bytes) in want {
+        let labels = [("mountpoint", "/t/d/merged"), ("cause", cause), ("kind", kind)];
+        let got = m.get("overlayfs_copy_up_total", &labels);
+        let got_bytes =
+            m.get("overlayfs_copy_up_data_bytes_total", &[("mountpoint", "/t/d/merged"), ("cause", cause)]);
+        if (got, got_bytes) != (Some(*n), Some(*bytes)) {
+            problems.push(format!(
+                "io_uring {cause}/{kind} on /t/d/merged = ({got:?}, {got_bytes:?}), want ({n}, {bytes}):\n{}",
+                grep(t, "overlayfs_copy_up_total{mountpoint=\"/t/d")
+            ));
+        }
+    }
+    let on_d: f64 = m
+        .samples
+        .iter()
+        .filter(|(k, _)| k.starts_with("overlayfs_copy_up_total{mountpoint=\"/t/d/merged\""))
+        .map(|(_, v)| v)
+        .sum();
+    if on_d != want.iter().map(|w| w.2).sum::<f64>() {
+        problems.push(format!("{on_d} copy-ups on /t/d/merged:\n{}", grep(t, "overlayfs_copy_up_total")));
+    }
+    problems
+}
+
+/// 8,000 overlay operations on upper-only files (create, write, chown, chmod,
+/// rename, link, unlink): zero runs of the agent's programs.
+fn check_churn(g: &Guest) -> Vec<String> {
+    let runs: Option<i64> =
+        g.console.lines().find_map(|l| l.strip_prefix("=== CHURN RUNS ")?.trim().parse().ok());
+    let done = g.console.lines().any(|l| l.starts_with("churn 8000 ops"));
+    match runs {
+        Some(0) if done => vec![],
+        other => vec![format!(
+            "program runs during 8000 upper-only operations: {other:?} (churn done: {done}), want 0"
+        )],
+    }
+}
+
 fn check_kernel(version: &str) -> Result<String, String> {
     let started = Instant::now();
     let (console, log) = run_guest(version, "agent", "qemu");
@@ -198,158 +515,17 @@ fn check_kernel(version: &str) -> Result<String, String> {
     let Some(text) = section(&console, "=== METRICS BEGIN\n", "=== METRICS END") else {
         return fail("no metrics in the console output".into());
     };
-    let m = Metrics::parse(text);
-    let mut problems = Vec::new();
-    for (mp, cause, kind, want) in EXPECTED {
-        let got = m.get("overlayfs_copy_up_total", &[("mountpoint", mp), ("cause", cause), ("kind", kind)]);
-        if got != Some(*want) {
-            problems.push(format!("copy_up_total{{{mp},{cause},{kind}}} = {got:?}, want {want}"));
-        }
-    }
-    let total: f64 =
-        m.samples.iter().filter(|(k, _)| k.starts_with("overlayfs_copy_up_total{")).map(|(_, v)| v).sum();
-    let want_total: f64 = EXPECTED.iter().map(|e| e.3).sum();
-    if total != want_total {
-        problems.push(format!(
-            "{total} copy-ups in all, want {want_total}:\n{}",
-            grep(text, "overlayfs_copy_up_total")
-        ));
-    }
-    for (mp, cause, want) in EXPECTED_BYTES {
-        let got = m.get("overlayfs_copy_up_data_bytes_total", &[("mountpoint", mp), ("cause", cause)]);
-        if got != Some(*want) {
-            problems.push(format!("copy_up_data_bytes_total{{{mp},{cause}}} = {got:?}, want {want}"));
-        }
-    }
-    if m.samples.iter().any(|(k, v)| k.starts_with("overlayfs_copy_up_errors_total") && *v > 0.0) {
-        problems.push(format!("errors counted:\n{}", grep(text, "overlayfs_copy_up_errors_total")));
-    }
-    // Histograms: one sample per data copy-up, the bytes adding up.
-    let chown_bytes = m.get("overlayfs_copy_up_bytes_count", &[("cause", "chown")]);
-    if chown_bytes != Some(2.0) {
-        problems.push(format!("overlayfs_copy_up_bytes_count{{cause=chown}} = {chown_bytes:?}, want 2 (A and B; C is metadata-only)"));
-    }
-    let chown_sum = m.get("overlayfs_copy_up_bytes_sum", &[("cause", "chown")]);
-    if chown_sum != Some(22_000.0) {
-        problems.push(format!("overlayfs_copy_up_bytes_sum{{cause=chown}} = {chown_sum:?}, want 22000"));
-    }
-    let lat = m.get("overlayfs_copy_up_duration_seconds_count", &[("cause", "create")]);
-    if lat != Some(2.0) {
-        problems.push(format!("overlayfs_copy_up_duration_seconds_count{{cause=create}} = {lat:?}, want 2"));
-    }
-    // Who copied up: the workload's main threads for all but mount B's chown,
-    // done by thread actor-b, which with top_processes: 1 lands in comm="other".
-    let want_bytes: f64 = EXPECTED_BYTES.iter().map(|e| e.2).sum();
-    for (comm, n, bytes) in
-        [("qemu-workload", want_total - 1.0, want_bytes - 12_000.0), ("other", 1.0, 12_000.0)]
-    {
-        let got = (
-            m.get("overlayfs_copy_up_process_total", &[("comm", comm)]),
-            m.get("overlayfs_copy_up_process_data_bytes_total", &[("comm", comm)]),
-        );
-        if got != (Some(n), Some(bytes)) {
-            problems.push(format!(
-                "process {{comm={comm}}} = {got:?}, want ({n}, {bytes}):\n{}",
-                grep(text, "overlayfs_copy_up_process")
-            ));
-        }
-    }
-    let process_series = text.lines().filter(|l| l.starts_with("overlayfs_copy_up_process_total{")).count();
-    if process_series != 2 {
-        problems
-            .push(format!("{process_series} overlayfs_copy_up_process_total series, want 2 (K=1 + other)"));
-    }
-    if m.get("overlayfs_ebpf_enabled", &[]) != Some(1.0) {
-        problems.push("overlayfs_ebpf_enabled is not 1".into());
-    }
-    if !console.contains("=== AGENT EXIT 0") {
-        problems.push("the agent did not exit 0 on SIGTERM".into());
-    }
-    if console.contains("BPF_MAP_LOOKUP_BATCH failed") {
-        problems
-            .push("the maps were read key by key: BPF_MAP_LOOKUP_BATCH failed (see the agent log)".into());
-    }
-    if !console.contains("copy-up probes detached") {
-        problems.push("the agent did not report detaching its probes".into());
-    }
-    // The live trace: one line per copy-up, with the process, the file and the mount.
-    let trace = section(&console, "=== TRACE BEGIN\n", "=== TRACE END").unwrap_or("");
-    let events: Vec<&str> = trace.lines().filter(|l| !l.starts_with('#') && !l.starts_with("TIME")).collect();
-    if events.len() as f64 != want_total {
-        problems.push(format!("trace printed {} copy-ups, want {want_total}:\n{trace}", events.len()));
-    }
-    let chown_line = events.iter().find(|l| l.contains(" chown.dat "));
-    let ok = chown_line.is_some_and(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.get(2) == Some(&"qemu-workload")
-            && f.get(3) == Some(&"/t/a/merged")
-            && f.get(5) == Some(&"chown")
-            && f.get(6) == Some(&"data")
-            && f.get(7) == Some(&"10000")
-    });
-    if !ok {
-        problems
-            .push(format!("no trace line 'qemu-workload /t/a/merged chown.dat chown data 10000':\n{trace}"));
-    }
-    if !trace.contains("# trace stopped; 0 events dropped in all") || !console.contains("=== TRACE EXIT 0") {
-        problems.push(format!("trace did not stop cleanly on SIGINT:\n{trace}"));
-    }
-    // Lifecycle: every overlay kprobe goes with the agent, on SIGTERM and on
-    // SIGKILL; a restart counts from zero; the minimal capabilities suffice.
-    let kprobes = |what: &str| -> Option<u32> {
-        console.lines().find_map(|l| l.strip_prefix(&format!("=== KPROBES {what} "))?.trim().parse().ok())
+    let g = Guest {
+        version: version.to_owned(),
+        m: Metrics::parse(text),
+        text: text.to_owned(),
+        console: console.clone(),
     };
-    match (kprobes("RUNNING"), kprobes("AFTER SIGTERM"), kprobes("AFTER SIGKILL")) {
-        (Some(r), Some(0), Some(0)) if r > 0 => {}
-        other => problems.push(format!(
-            "overlay kprobes (running, after SIGTERM, after SIGKILL) = {other:?}, want (>0, 0, 0)"
-        )),
-    }
-    for (name, file, uid_note) in [
-        ("RESTART", "restart.dat", "after SIGKILL"),
-        ("CAPS", "caps.dat", "with CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE only, perf_event_paranoid 2"),
-    ] {
-        let Some(t) = section_of(&console, name) else {
-            problems.push(format!("no {name} metrics ({uid_note})"));
-            continue;
-        };
-        let m = Metrics::parse(t);
-        let chown = m.get(
-            "overlayfs_copy_up_total",
-            &[("mountpoint", "/t/b/merged"), ("cause", "chown"), ("kind", "data")],
-        );
-        let by_comm = m.get("overlayfs_copy_up_process_total", &[("comm", "chown")]);
-        if m.get("overlayfs_ebpf_enabled", &[]) != Some(1.0) || chown != Some(1.0) || by_comm != Some(1.0) {
-            let log = section(&console, &format!("=== {name} LOG BEGIN"), &format!("=== {name} LOG END"))
-                .unwrap_or("");
-            problems.push(format!(
-                "{uid_note}: busybox chown of {file} gave copy_up_total {chown:?} and process_total{{comm=chown}} {by_comm:?}, want 1 and 1:\n{}\n{log}",
-                grep(t, "overlayfs_ebpf")
-            ));
+    let mut problems = Vec::new();
+    for (name, check) in CHECKS {
+        for p in check(&g) {
+            problems.push(format!("[{name}] {p}"));
         }
-    }
-    // As booted (Debian: perf_event_paranoid 3), the same capabilities are refused
-    // by perf_event_open, and the agent says why.
-    let paranoid: Option<u32> =
-        console.lines().find_map(|l| l.strip_prefix("=== PERF_EVENT_PARANOID ")?.trim().parse().ok());
-    match (paranoid, section_of(&console, "CAPS_BOOTED").map(Metrics::parse)) {
-        (Some(p), Some(m)) if p >= 3 => {
-            if m.get("overlayfs_ebpf_disabled_info", &[("reason", "no_privileges")]) != Some(1.0) {
-                problems.push(format!(
-                    "perf_event_paranoid {p} without CAP_SYS_ADMIN: want reason no_privileges:\n{}",
-                    grep(&m.text, "overlayfs_ebpf")
-                ));
-            }
-        }
-        (Some(_), Some(m)) => {
-            if m.get("overlayfs_ebpf_enabled", &[]) != Some(1.0) {
-                problems.push(format!(
-                    "perf_event_paranoid <= 2: want eBPF on:\n{}",
-                    grep(&m.text, "overlayfs_ebpf")
-                ));
-            }
-        }
-        other => problems.push(format!("no CAPS_BOOTED run: {:?}", other.0)),
     }
     if problems.is_empty() {
         let attached: Vec<&str> = text
@@ -358,7 +534,9 @@ fn check_kernel(version: &str) -> Result<String, String> {
             .filter_map(|l| l.split("function=\"").nth(1)?.split('"').next())
             .collect();
         Ok(format!(
-            "kernel {version}: all {want_total} copy-ups exact, boot+test {secs:.1}s, {} probes attached",
+            "kernel {version}: all {} copy-ups exact, {} checks passed, boot+test {secs:.1}s, {} probes attached",
+            Guest::want_total(),
+            CHECKS.len(),
             attached.len()
         ))
     } else {

@@ -23,6 +23,14 @@ pub mod cause {
         "open", "truncate", "chown", "chmod", "utimes", "setattr", "xattr", "link", "rename", "create",
         "remove", "other",
     ];
+
+    /// The label value of cause code `c` (unknown codes are "other").
+    pub fn name(c: u8) -> &'static str {
+        match NAMES.get(c as usize) {
+            Some(n) => n,
+            None => "other",
+        }
+    }
 }
 
 /// What a copy-up copied.
@@ -38,41 +46,92 @@ pub mod kind {
     pub const OTHER: u8 = 4;
     pub const COUNT: usize = 5;
     pub const NAMES: [&str; COUNT] = ["data", "metadata", "directory", "deferred_data", "other"];
+
+    /// The label value of kind code `k` (unknown codes are "other").
+    pub fn name(k: u8) -> &'static str {
+        match NAMES.get(k as usize) {
+            Some(n) => n,
+            None => "other",
+        }
+    }
 }
 
-/// Which eBPF hook set a per-thread cause, so that only its own return clears it.
-pub mod owner {
-    pub const SETATTR: u8 = 1;
-    pub const XATTR: u8 = 2;
-    pub const LINK: u8 = 3;
-    pub const RENAME: u8 = 4;
-    pub const CREATE: u8 = 5;
-    pub const REMOVE: u8 = 6;
-}
+/// The cause of a copy-up from the system call the copying thread is in
+/// (its saved user registers' `orig_ax`), for x86_64. The agent writes this
+/// table into the programs' SYSCALL_CAUSE map (value: cause + 1, 0 = none).
+/// Copy-ups outside a listed call (io_uring, kernel threads such as nfsd and
+/// ksmbd, 32-bit callers) fall back on the copy-up's own open flags: `open`
+/// when it has them, else `other`.
+pub mod syscall {
+    use super::cause::*;
 
-/// `struct iattr.ia_valid` bits (include/linux/fs.h; stable since 2.6).
-pub mod attr {
-    pub const MODE: u32 = 1 << 0;
-    pub const UID: u32 = 1 << 1;
-    pub const GID: u32 = 1 << 2;
-    pub const SIZE: u32 = 1 << 3;
-    pub const ATIME: u32 = 1 << 4;
-    pub const MTIME: u32 = 1 << 5;
-}
+    /// Entries of the SYSCALL_CAUSE map: x86_64 numbers are below 512 (x32
+    /// calls are the same numbers with bit 30 set, masked off).
+    pub const TABLE_SIZE: u32 = 512;
+    /// `orig_ax` bit of the x32 ABI (__X32_SYSCALL_BIT).
+    pub const X32_BIT: u64 = 0x4000_0000;
+    /// `pt_regs.cs` of a 64-bit user task (__USER_CS); 32-bit tasks have 0x23.
+    pub const USER_CS: u64 = 0x33;
 
-/// The cause of a setattr copy-up from `ia_valid`. chown also sets kill-suid
-/// bits that look like a mode change, so owner bits are tested first.
-pub const fn setattr_cause(ia_valid: u32) -> u8 {
-    if ia_valid & (attr::UID | attr::GID) != 0 {
-        cause::CHOWN
-    } else if ia_valid & attr::SIZE != 0 {
-        cause::TRUNCATE
-    } else if ia_valid & attr::MODE != 0 {
-        cause::CHMOD
-    } else if ia_valid & (attr::ATIME | attr::MTIME) != 0 {
-        cause::UTIMES
-    } else {
-        cause::SETATTR
+    /// (name, x86_64 number from arch/x86/entry/syscalls/syscall_64.tbl, cause).
+    /// OPEN means "the open family": `open` when the copy-up carries open flags
+    /// (the file itself, opened for write), `create` when it does not (the
+    /// parent of a file created with O_CREAT or O_TMPFILE).
+    pub const X86_64: &[(&str, u32, u8)] = &[
+        ("open", 2, OPEN),
+        ("ioctl", 16, XATTR), // FS_IOC_SETFLAGS / FS_IOC_FSSETXATTR: ovl_fileattr_set
+        ("truncate", 76, TRUNCATE),
+        ("ftruncate", 77, TRUNCATE),
+        ("rename", 82, RENAME),
+        ("mkdir", 83, CREATE),
+        ("rmdir", 84, REMOVE),
+        ("creat", 85, OPEN),
+        ("link", 86, LINK),
+        ("unlink", 87, REMOVE),
+        ("symlink", 88, CREATE),
+        ("chmod", 90, CHMOD),
+        ("fchmod", 91, CHMOD),
+        ("chown", 92, CHOWN),
+        ("fchown", 93, CHOWN),
+        ("lchown", 94, CHOWN),
+        ("utime", 132, UTIMES),
+        ("mknod", 133, CREATE),
+        ("setxattr", 188, XATTR),
+        ("lsetxattr", 189, XATTR),
+        ("fsetxattr", 190, XATTR),
+        ("removexattr", 197, XATTR),
+        ("lremovexattr", 198, XATTR),
+        ("fremovexattr", 199, XATTR),
+        ("utimes", 235, UTIMES),
+        ("openat", 257, OPEN),
+        ("mkdirat", 258, CREATE),
+        ("mknodat", 259, CREATE),
+        ("fchownat", 260, CHOWN),
+        ("futimesat", 261, UTIMES),
+        ("unlinkat", 263, REMOVE),
+        ("renameat", 264, RENAME),
+        ("linkat", 265, LINK),
+        ("symlinkat", 266, CREATE),
+        ("fchmodat", 268, CHMOD),
+        ("utimensat", 280, UTIMES),
+        ("open_by_handle_at", 304, OPEN),
+        ("renameat2", 316, RENAME),
+        ("openat2", 437, OPEN),
+        ("fchmodat2", 452, CHMOD),
+        ("setxattrat", 463, XATTR),
+        ("removexattrat", 466, XATTR),
+    ];
+
+    /// The cause of a copy-up in system call `entry` (the SYSCALL_CAUSE value,
+    /// cause + 1, 0 for a call not in the table), given the copy-up's flags.
+    #[inline(always)]
+    pub const fn cause_of(entry: u8, flags: u32) -> u8 {
+        match entry {
+            0 if flags != 0 => OPEN,
+            0 => OTHER,
+            e if e - 1 == OPEN && flags == 0 => CREATE,
+            e => e - 1,
+        }
     }
 }
 
@@ -81,6 +140,17 @@ pub const fn setattr_cause(ia_valid: u32) -> u8 {
 pub const HIST_BUCKETS: u32 = 48;
 pub const HIST_BYTES: u8 = 0;
 pub const HIST_LATENCY_NS: u8 = 1;
+
+/// What the agent exports of histogram `hist`: bucket bounds 2^lo .. 2^hi (every
+/// other power of two) and the scale from the kernel's unit to the base unit
+/// (bytes stay bytes; nanoseconds become seconds): (lo, hi, scale).
+pub const fn exported_buckets(hist: u8) -> (u32, u32, f64) {
+    if hist == HIST_BYTES {
+        (10, 34, 1.0) // 1 KiB .. 16 GiB
+    } else {
+        (10, 36, 1e-9) // ~1 us .. ~69 s
+    }
+}
 
 /// The bucket of a value: ceil(log2(v)), capped at the last bucket.
 #[inline(always)]
@@ -152,8 +222,6 @@ pub struct Config {
     pub sb_s_dev: u32,
     /// offsetof(struct inode, i_mode)
     pub inode_i_mode: u32,
-    /// Position (0-based) of `struct iattr *` among ovl_setattr's arguments.
-    pub setattr_iattr_arg: u32,
     /// Position (0-based) of the length among the data-copy function's arguments.
     pub copy_len_arg: u32,
     /// Key histograms by mount too (cardinality: mounts x causes x buckets).
@@ -162,6 +230,15 @@ pub struct Config {
     pub ready: u32,
     /// offsetof(struct dentry, d_name) + offsetof(struct qstr, name): the name pointer.
     pub dentry_name_ptr: u32,
+    /// offsetof(struct task_struct, stack): the user registers sit at the top
+    /// of that stack (kernels before 5.15, which lack bpf_task_pt_regs).
+    pub task_stack: u32,
+    /// THREAD_SIZE minus sizeof(struct pt_regs): where the registers start.
+    pub stack_regs_offset: u32,
+    /// offsetof(struct pt_regs, orig_ax): the system call number.
+    pub regs_orig_ax: u32,
+    /// offsetof(struct pt_regs, cs): 64-bit or 32-bit caller.
+    pub regs_cs: u32,
     pub _pad: u32,
     /// Send an event to the TRACE ring buffer for copy-ups at least this slow;
     /// u64::MAX sends none (the daemon counts without events).
@@ -186,16 +263,6 @@ pub struct Inflight {
     /// Set from ovl_copy_up_one's entry to its return. Entries are reused in
     /// place rather than deleted (cheaper); the LRU evicts those of dead threads.
     pub active: u8,
-    pub _pad: [u8; 6],
-}
-
-/// Per-thread cause set by an operation's entry hook, cleared by its return
-/// (owner 0: no operation running; the entry is kept for reuse).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ThreadCause {
-    pub cause: u8,
-    pub owner: u8,
     pub _pad: [u8; 6],
 }
 
@@ -261,12 +328,23 @@ mod tests {
     }
 
     #[test]
-    fn setattr_causes() {
-        // chown(2) passes ATTR_UID|ATTR_GID plus kill-suid/mode bits.
-        assert_eq!(setattr_cause(attr::UID | attr::GID | attr::MODE | 0x1800), cause::CHOWN);
-        assert_eq!(setattr_cause(attr::SIZE | 0x40), cause::TRUNCATE);
-        assert_eq!(setattr_cause(attr::MODE | 0x40), cause::CHMOD);
-        assert_eq!(setattr_cause(attr::ATIME | attr::MTIME | 0x40 | 0x80 | 0x100), cause::UTIMES);
-        assert_eq!(setattr_cause(0x40), cause::SETATTR);
+    fn syscall_causes() {
+        use syscall::cause_of;
+        let entry =
+            |name: &str| syscall::X86_64.iter().find(|e| e.0 == name).map(|e| e.2 + 1).expect("in the table");
+        assert_eq!(cause_of(entry("fchownat"), 0), cause::CHOWN);
+        assert_eq!(cause_of(entry("truncate"), 1), cause::TRUNCATE, "truncate(2) copies with O_WRONLY");
+        assert_eq!(cause_of(entry("openat"), 0o1), cause::OPEN, "the file opened for write");
+        assert_eq!(cause_of(entry("openat"), 0), cause::CREATE, "the parent of a created file");
+        assert_eq!(cause_of(0, 0o1), cause::OPEN, "io_uring or a kernel thread opening for write");
+        assert_eq!(cause_of(0, 0), cause::OTHER);
+        for (name, nr, c) in syscall::X86_64 {
+            assert!(*nr < syscall::TABLE_SIZE && (*c as usize) < cause::COUNT, "{name}");
+        }
+        let mut nrs: [u32; 64] = [0; 64];
+        for (i, e) in syscall::X86_64.iter().enumerate() {
+            assert!(!nrs[..i].contains(&e.1), "{} listed twice", e.0);
+            nrs[i] = e.1;
+        }
     }
 }

@@ -8,37 +8,71 @@
 //! ran inside: M+F data, M metadata, F deferred_data, neither other.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
+    bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes, bpf_task_pt_regs,
 };
 use aya_ebpf::macros::{kprobe, kretprobe};
 use aya_ebpf::programs::{ProbeContext, RetProbeContext};
 use overlay_agent_common::{
-    cause, kind, stat, Config, CountKey, CountValue, Inflight, ProcessValue, TraceEvent, HIST_BYTES,
+    kind, stat, syscall, Config, CountKey, CountValue, Inflight, ProcessValue, TraceEvent, HIST_BYTES,
     HIST_LATENCY_NS,
 };
 
-use crate::maps::{COUNTS, INFLIGHT, PROCESSES, THREAD_CAUSE, TRACE};
-use crate::util::{arg_at, bump, config, observe, read, tid};
+use crate::maps::{COUNTS, INFLIGHT, PROCESSES, SYSCALL_CAUSE, TRACE};
+use crate::util::{arg_at, bump, config, observe, read, tid, upsert};
 
 const S_IFMT: u16 = 0o170000;
 const S_IFDIR: u16 = 0o040000;
 
-/// ovl_copy_up_one(parent, dentry, flags): stable from 4.19 to 7.2.
+/// ovl_copy_up_one(parent, dentry, flags): stable from 4.19 to 7.2. Reads the
+/// user registers with bpf_task_pt_regs (5.15+).
 #[kprobe]
 pub fn one_entry(ctx: ProbeContext) -> u32 {
     bump(stat::ONE_ENTRIES);
     let Some(cfg) = config() else { return 0 };
+    // SAFETY: helpers without preconditions; the task pointer is the current
+    // task's, which the verifier knows by its BTF type.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    copy_up_entry(&ctx, cfg, regs)
+}
+
+/// The same, for kernels without bpf_task_pt_regs (before 5.15): the user
+/// registers are the top of the task's kernel stack (task_pt_regs()).
+#[kprobe]
+pub fn one_entry_stack(ctx: ProbeContext) -> u32 {
+    bump(stat::ONE_ENTRIES);
+    let Some(cfg) = config() else { return 0 };
+    // SAFETY: helper without preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let stack: u64 = read(task + cfg.task_stack as u64).unwrap_or(0);
+    let regs = if stack != 0 { stack + cfg.stack_regs_offset as u64 } else { 0 };
+    copy_up_entry(&ctx, cfg, regs)
+}
+
+/// The cause, from the system call this thread is in (`orig_ax` of its user
+/// registers at `regs`) and the copy-up's open flags: see
+/// overlay_agent_common::syscall. Kernel threads and io_uring workers have
+/// zeroed user registers (call 0, read, not in the table).
+#[inline(always)]
+fn cause_now(cfg: &Config, regs: u64, flags: u32) -> u8 {
+    let mut entry = 0u8;
+    if regs != 0 && read::<u64>(regs + cfg.regs_cs as u64) == Some(syscall::USER_CS) {
+        let nr = read::<u64>(regs + cfg.regs_orig_ax as u64).unwrap_or(u64::MAX) & !syscall::X32_BIT;
+        if nr < syscall::TABLE_SIZE as u64 {
+            entry = SYSCALL_CAUSE.get(nr as u32).copied().unwrap_or(0);
+        }
+    }
+    syscall::cause_of(entry, flags)
+}
+
+#[inline(always)]
+fn copy_up_entry(ctx: &ProbeContext, cfg: &Config, regs: u64) -> u32 {
     let t = tid();
     let dentry: u64 = ctx.arg(1).unwrap_or(0);
-    // ovl_copy_up_flags, the only caller, passes the open flags down: a copy-up
-    // with open flags and no operation hook's cause is an open for write.
+    // ovl_copy_up_flags, the only caller, passes the open flags down (0 for
+    // setattr, xattr, link, rename, create and remove; O_WRONLY for truncate).
     let flags: u64 = ctx.arg(2).unwrap_or(0);
-    // SAFETY: copied out at once.
-    let c = match unsafe { THREAD_CAUSE.get(&t) } {
-        Some(tc) if tc.owner != 0 => tc.cause,
-        _ if flags as u32 != 0 => cause::OPEN,
-        _ => cause::OTHER,
-    };
+    let c = cause_now(cfg, regs, flags as u32);
     let sb: u64 = read(dentry + cfg.dentry_d_sb as u64).unwrap_or(0);
     let dev: u32 = if sb != 0 { read(sb + cfg.sb_s_dev as u64).unwrap_or(0) } else { 0 };
     let inode: u64 = read(dentry + cfg.dentry_d_inode as u64).unwrap_or(0);
@@ -53,15 +87,7 @@ pub fn one_entry(ctx: ProbeContext) -> u32 {
         active: 1,
         ..Default::default()
     };
-    match INFLIGHT.get_ptr_mut(&t) {
-        // SAFETY: this thread's own entry, reused in place.
-        Some(p) => unsafe { *p = v },
-        None => {
-            if INFLIGHT.insert(&t, &v, 0).is_err() {
-                bump(stat::MAP_FULL);
-            }
-        }
-    }
+    upsert!(INFLIGHT, &t, v, |p| *p = v);
     0
 }
 
@@ -119,21 +145,13 @@ fn kind_of(v: &Inflight) -> u8 {
 
 #[inline(always)]
 fn add_count(key: &CountKey, copy_ups: u64, data_bytes: u64, latency_ns: u64, errors: u64) {
-    match COUNTS.get_ptr_mut(key) {
-        // SAFETY: per-CPU value of this CPU.
-        Some(p) => unsafe {
-            (*p).copy_ups += copy_ups;
-            (*p).data_bytes += data_bytes;
-            (*p).latency_ns += latency_ns;
-            (*p).errors += errors;
-        },
-        None => {
-            let v = CountValue { copy_ups, data_bytes, errors, latency_ns };
-            if COUNTS.insert(key, &v, 0).is_err() {
-                bump(stat::MAP_FULL);
-            }
-        }
-    }
+    let init = CountValue { copy_ups, data_bytes, errors, latency_ns };
+    upsert!(COUNTS, key, init, |p| {
+        (*p).copy_ups += copy_ups;
+        (*p).data_bytes += data_bytes;
+        (*p).latency_ns += latency_ns;
+        (*p).errors += errors;
+    });
 }
 
 /// One copy-up for the current thread's comm (the actor: a runtime chowning an
@@ -141,19 +159,10 @@ fn add_count(key: &CountKey, copy_ups: u64, data_bytes: u64, latency_ns: u64, er
 #[inline(always)]
 fn add_process(data_bytes: u64) {
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    match PROCESSES.get_ptr_mut(&comm) {
-        // SAFETY: per-CPU value of this CPU.
-        Some(p) => unsafe {
-            (*p).copy_ups += 1;
-            (*p).data_bytes += data_bytes;
-        },
-        None => {
-            let v = ProcessValue { copy_ups: 1, data_bytes };
-            if PROCESSES.insert(&comm, &v, 0).is_err() {
-                bump(stat::MAP_FULL);
-            }
-        }
-    }
+    upsert!(PROCESSES, &comm, ProcessValue { copy_ups: 1, data_bytes }, |p| {
+        (*p).copy_ups += 1;
+        (*p).data_bytes += data_bytes;
+    });
 }
 
 /// ovl_copy_up_end(dentry): the copy is done (or failed after it started).

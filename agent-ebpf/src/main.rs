@@ -1,17 +1,16 @@
 //! overlay-agent's eBPF programs: copy-up counts, bytes and latency by cause,
 //! kind and overlay superblock, aggregated in the kernel.
 //!
-//! Hook map (kprobes; each program names the kernel prototype it expects):
-//! - cause.rs: ovl_setattr, ovl_xattr_set/ovl_set_acl/ovl_fileattr_set, ovl_link,
-//!   ovl_rename, ovl_create_object/ovl_create_or_link/ovl_tmpfile, ovl_do_remove
-//! - copyup.rs: ovl_copy_up_one, ovl_copy_up_file/_data,
-//!   ovl_copy_up_metadata/_inode, ovl_copy_up_end
+//! Hooks (agent/src/kernel/hooks.rs is the table of functions, prototypes and
+//! what is read from them): copyup.rs on ovl_copy_up_one, ovl_copy_up_file/_data,
+//! ovl_copy_up_metadata/_inode and ovl_copy_up_end. Nothing runs on overlay
+//! operations that copy nothing up: the cause is read at copy-up time from the
+//! system call the thread is in.
 //! - bare.rs: the benchmark floor (a counting pair), never attached by the agent
 #![no_std]
 #![no_main]
 
 mod bare;
-mod cause;
 mod copyup;
 mod maps;
 mod util;

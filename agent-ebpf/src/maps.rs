@@ -3,13 +3,16 @@
 
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
-use overlay_agent_common::{
-    Config, CountKey, CountValue, HistKey, Inflight, ProcessKey, ProcessValue, ThreadCause,
-};
+use overlay_agent_common::{Config, CountKey, CountValue, HistKey, Inflight, ProcessKey, ProcessValue};
 
 /// Written once by the agent (offsets and argument positions from BTF).
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// The cause of a copy-up by system call number (overlay_agent_common::syscall),
+/// written once by the agent.
+#[map]
+pub static SYSCALL_CAUSE: Array<u8> = Array::with_max_entries(overlay_agent_common::syscall::TABLE_SIZE, 0);
 
 /// Copy-up counters by (device, cause, kind).
 #[map]
@@ -34,14 +37,8 @@ pub static TRACE: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(overlay_agent_common::stat::COUNT, 0);
 
-// Per-thread state. LRU maps: an entry whose return probe was missed is evicted,
-// never leaked. Keyed by thread id: overlayfs refuses an overlay as upper layer,
-// so copy-ups do not nest on one thread.
-
-/// Cause set by an operation's entry hook (setattr, xattr, link, ...).
-#[map]
-pub static THREAD_CAUSE: LruHashMap<u32, ThreadCause> = LruHashMap::with_max_entries(16384, 0);
-
-/// The ovl_copy_up_one call in progress.
+/// The ovl_copy_up_one call in progress, per thread. LRU: an entry whose return
+/// probe was missed is evicted, never leaked. Keyed by thread id: overlayfs
+/// refuses an overlay as upper layer, so copy-ups do not nest on one thread.
 #[map]
 pub static INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(16384, 0);

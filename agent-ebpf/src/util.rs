@@ -68,17 +68,28 @@ pub fn read<T>(addr: u64) -> Option<T> {
     }
 }
 
+/// Updates `key`'s value in place (`|p| ...` gets a `*mut V`), or inserts
+/// `init` when the key is new, counting a full map in stat::MAP_FULL. The
+/// update runs on this CPU's value (per-CPU maps) or this thread's entry
+/// (maps keyed by thread id), so nothing else writes it meanwhile.
+macro_rules! upsert {
+    ($map:expr, $key:expr, $init:expr, |$p:ident| $update:expr) => {
+        match $map.get_ptr_mut($key) {
+            // SAFETY: see above; the pointer is valid while the program runs.
+            Some($p) => unsafe { $update },
+            None => {
+                if $map.insert($key, &$init, 0).is_err() {
+                    $crate::util::bump(overlay_agent_common::stat::MAP_FULL);
+                }
+            }
+        }
+    };
+}
+pub(crate) use upsert;
+
 /// Counts `v` in its histogram bucket (the sums are kept in COUNTS).
 #[inline(always)]
 pub fn observe(dev: u32, cause: u8, hist: u8, v: u64) {
     let key = HistKey { dev, cause, hist, bucket: overlay_agent_common::bucket(v), _pad: 0 };
-    match HIST.get_ptr_mut(&key) {
-        // SAFETY: per-CPU value of this CPU.
-        Some(p) => unsafe { *p += 1 },
-        None => {
-            if HIST.insert(&key, &1, 0).is_err() {
-                bump(stat::MAP_FULL);
-            }
-        }
-    }
+    upsert!(HIST, &key, 1u64, |p| *p += 1);
 }

@@ -350,13 +350,8 @@ async fn start_probes(config: &Config, handle: &Arc<ProbeHandle>) -> Option<Prob
 /// for the collectors.
 fn start_probes_blocking(config: &Config, handle: &ProbeHandle) -> Option<Probes> {
     if !config.ebpf.enabled {
-        *handle.status.write_now() = probes::ProbeStatus {
-            disabled: Some(probes::Disabled {
-                code: "disabled_by_config",
-                detail: "ebpf.enabled: false".into(),
-            }),
-            ..Default::default()
-        };
+        *handle.status.write_now() =
+            probes::ProbeStatus { disabled: Some(probes::Disabled::DisabledByConfig), ..Default::default() };
         return None;
     }
     let opts = ProbeOptions { per_mount_histograms: config.ebpf.per_mount_histograms, ..Default::default() };
@@ -373,8 +368,8 @@ fn start_probes_blocking(config: &Config, handle: &ProbeHandle) -> Option<Probes
             tracing::info!(attached, ?missing, "copy-up probes attached");
         }
         Some(d) => tracing::warn!(
-            reason = d.code,
-            detail = %d.detail,
+            reason = d.reason(),
+            detail = %d,
             "copy-up probes are off; serving mount and upper-dir metrics without them"
         ),
     }
@@ -386,7 +381,7 @@ fn start_probes_blocking(config: &Config, handle: &ProbeHandle) -> Option<Probes
 
 fn waiting_for_overlay(handle: &ProbeHandle) -> bool {
     let status = handle.status.read_now();
-    status.disabled.as_ref().map(|d| d.code == "no_overlay").unwrap_or(false)
+    matches!(status.disabled, Some(probes::Disabled::NoOverlay(_)))
 }
 
 /// SIGHUP: re-read the web config (rotated certificates, changed users); keep the

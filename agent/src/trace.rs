@@ -16,8 +16,8 @@ use crate::probes::{self, ProbeOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("copy-up probes unavailable ({code}): {detail}")]
-    Unavailable { code: &'static str, detail: String },
+    #[error("copy-up probes unavailable ({reason}): {0}", reason = .0.reason())]
+    Unavailable(probes::Disabled),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -42,8 +42,8 @@ pub fn format_event(ev: &TraceEvent, since_ns: u64, mountpoint: &str) -> String 
         c_str(&ev.comm),
         mountpoint,
         c_str(&ev.name),
-        cause::NAMES.get(ev.cause as usize).copied().unwrap_or("other"),
-        kind::NAMES.get(ev.kind as usize).copied().unwrap_or("other"),
+        cause::name(ev.cause),
+        kind::name(ev.kind),
         ev.data_bytes,
         ev.latency_ns as f64 / 1e6,
     )
@@ -57,8 +57,8 @@ pub async fn run(config: &Config, min_latency: Duration, out: &mut impl Write) -
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let Some((mut probes, maps)) = started else {
-        let d = status.disabled.unwrap_or(probes::Disabled { code: "unknown", detail: String::new() });
-        return Err(TraceError::Unavailable { code: d.code, detail: d.detail });
+        let d = status.disabled.unwrap_or(probes::Disabled::AttachFailed("no reason given".into()));
+        return Err(TraceError::Unavailable(d));
     };
     let ring = probes
         .take_trace()

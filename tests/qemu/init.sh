@@ -14,11 +14,13 @@ insmod /overlay.ko || echo "=== INSMOD FAILED"
 mode=$(cat /mode)
 
 mount -t tmpfs tmpfs /t
-for m in a b c; do mkdir -p /t/$m/lower /t/$m/upper /t/$m/work /t/$m/merged; done
+for m in a b c d; do mkdir -p /t/$m/lower /t/$m/upper /t/$m/work /t/$m/merged; done
 /qemu-workload prepare /t/a/lower /t/b/lower /t/c/lower || echo "=== PREPARE FAILED"
+/qemu-workload uring-prepare /t/d/lower || echo "=== PREPARE FAILED"
 mount -t overlay overlay -o lowerdir=/t/a/lower,upperdir=/t/a/upper,workdir=/t/a/work /t/a/merged
 mount -t overlay overlay -o lowerdir=/t/b/lower,upperdir=/t/b/upper,workdir=/t/b/work /t/b/merged
 mount -t overlay overlay -o lowerdir=/t/c/lower,upperdir=/t/c/upper,workdir=/t/c/work,metacopy=on /t/c/merged
+mount -t overlay overlay -o lowerdir=/t/d/lower,upperdir=/t/d/upper,workdir=/t/d/work /t/d/merged
 
 scrape() { wget -q -O - http://127.0.0.1:9864/metrics; }
 ready() {
@@ -27,6 +29,15 @@ ready() {
     i=$((i + 1)); [ $i -gt 1200 ] && return 1
     usleep 100000
   done
+}
+# Program runs of process $1's eBPF programs (kernel.bpf_stats_enabled on).
+runs() {
+  n=0
+  for f in /proc/$1/fdinfo/*; do
+    c=$(awk '/^run_cnt:/ {print $2}' $f)
+    [ -n "$c" ] && n=$((n + c))
+  done
+  echo $n
 }
 # Overlay kprobes registered in the kernel (kprobe and kretprobe lines).
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
@@ -59,6 +70,20 @@ if [ "$mode" = agent ]; then
   echo "=== METRICS BEGIN"
   scrape
   echo "=== METRICS END"
+  # The kernel table (kernel::hooks) against this kernel's BTF.
+  /qemu-btf-check
+  echo "=== BTF CHECK EXIT $?"
+  # Copy-ups issued through io_uring (mount D).
+  /qemu-workload uring /t/d/merged || echo "=== URING FAILED"
+  echo "=== URING METRICS BEGIN"
+  scrape
+  echo "=== URING METRICS END"
+  # Overlay work that copies nothing up runs none of the agent's programs.
+  sysctl -w kernel.bpf_stats_enabled=1 > /dev/null
+  before=$(runs $agent)
+  /qemu-workload churn /t/a/merged/churn 1000 || echo "=== CHURN FAILED"
+  echo "=== CHURN RUNS $(( $(runs $agent) - before ))"
+  sysctl -w kernel.bpf_stats_enabled=0 > /dev/null
   echo "=== KPROBES RUNNING $(kprobes)"
   kill -TERM $agent
   wait $agent

@@ -72,22 +72,39 @@ impl KernelBtf {
         Err(missing())
     }
 
-    /// 0-based position of the parameter `param` of function `func`: from the
-    /// overlay module's BTF, else vmlinux's (overlay built in). None when no BTF
-    /// describes the function.
-    pub fn param_index(&self, func: &str, param: &str) -> Option<usize> {
+    /// Parameter names of function `func`: from the overlay module's BTF, else
+    /// vmlinux's (overlay built in). None when no BTF describes the function.
+    pub fn params(&self, func: &str) -> Option<Vec<String>> {
         let sources = self.overlay.iter().chain(std::iter::once(&self.vmlinux));
         for btf in sources {
             let Ok(types) = btf.resolve_types_by_name(func) else { continue };
             for t in types {
                 let Type::Func(f) = t else { continue };
                 let Ok(Type::FuncProto(proto)) = btf.resolve_chained_type(&f) else { continue };
-                let names: Vec<String> =
-                    proto.parameters.iter().map(|p| btf.resolve_name(p).unwrap_or_default()).collect();
-                return names.iter().position(|n| n == param);
+                return Some(
+                    proto.parameters.iter().map(|p| btf.resolve_name(p).unwrap_or_default()).collect(),
+                );
             }
         }
         None
+    }
+
+    /// 0-based position of the parameter `param` of function `func` (see `params`).
+    pub fn param_index(&self, func: &str, param: &str) -> Option<usize> {
+        self.params(func)?.iter().position(|n| n == param)
+    }
+
+    /// Size in bytes of `struct name`.
+    pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
+        let missing = || BtfError::Missing { what: format!("struct {name}") };
+        let types = self.vmlinux.resolve_types_by_name(name).map_err(|_| missing())?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => Some(s.size() as u32),
+                _ => None,
+            })
+            .ok_or_else(missing)
     }
 }
 
@@ -124,7 +141,9 @@ fn find_member(btf: &Btf, s: &btf_rs::Struct, member: &str, base_bits: u32) -> O
 mod tests {
     use super::*;
 
-    /// The host's own BTF: offsets exist and are plausible (this machine runs 6.18).
+    /// The host's own vmlinux BTF: offsets exist and are plausible. Overlay's
+    /// prototypes are checked against each booted kernel's BTF by the QEMU suite
+    /// (kernel::hooks::check, run in the guests), not against the host's.
     #[test]
     fn host_vmlinux_offsets() {
         let btf = KernelBtf::load(Path::new("/sys/kernel/btf")).expect("host BTF (/sys/kernel/btf/vmlinux)");
@@ -136,7 +155,13 @@ mod tests {
         assert!(s_dev < 64, "s_dev {s_dev}");
         assert_eq!(i_mode, 0, "i_mode leads struct inode");
         assert!(btf.member_offset("dentry", "no_such_member").is_err());
-        // overlay is built into this kernel: its functions are in vmlinux BTF.
-        assert_eq!(btf.param_index("ovl_copy_up_one", "dentry"), Some(1));
+        assert_eq!(
+            btf.member_offset("pt_regs", "orig_ax").expect("pt_regs.orig_ax"),
+            120,
+            "x86_64 ptrace ABI"
+        );
+        assert_eq!(btf.struct_size("pt_regs").expect("pt_regs"), 168);
+        assert!(btf.struct_size("no_such_struct").is_err());
+        assert_eq!(btf.params("vfs_fsync"), Some(vec!["file".to_string(), "datasync".to_string()]));
     }
 }

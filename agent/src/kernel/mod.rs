@@ -3,6 +3,7 @@
 //! the kernel version (only a fallback where a module has no BTF).
 
 pub mod btf;
+pub mod hooks;
 pub mod symbols;
 
 /// `major.minor` of the running kernel, from uname.

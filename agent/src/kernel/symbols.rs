@@ -10,6 +10,8 @@ pub struct Symbols {
     names: HashSet<String>,
     /// Whether any symbol came from the `[overlay]` module.
     pub overlay_module: bool,
+    /// Whether the kernel is built with KASAN (larger kernel stacks).
+    pub kasan: bool,
 }
 
 impl Symbols {
@@ -23,7 +25,11 @@ impl Symbols {
         for line in text.lines() {
             let mut f = line.split_whitespace();
             let (Some(_addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else { continue };
-            if !matches!(kind, "t" | "T") || !name.starts_with("ovl_") {
+            if !matches!(kind, "t" | "T") {
+                continue;
+            }
+            if !name.starts_with("ovl_") {
+                s.kasan |= name == "kasan_init";
                 continue;
             }
             if f.next() == Some("[overlay]") {

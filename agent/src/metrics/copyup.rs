@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use overlay_agent_common::{cause, kind, stat, HistKey, HIST_BUCKETS, HIST_BYTES, HIST_LATENCY_NS};
+use overlay_agent_common::{
+    cause, exported_buckets, kind, stat, HistKey, HIST_BUCKETS, HIST_BYTES, HIST_LATENCY_NS,
+};
 use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
@@ -106,7 +108,7 @@ static READ_ERRORS: Def = Def {
 
 /// Histogram upper bounds: powers of two, every other one, as (log2, value).
 fn bounds(hist: u8) -> impl Iterator<Item = (u32, f64)> {
-    let (lo, hi, scale) = if hist == HIST_BYTES { (10, 34, 1.0) } else { (10, 36, 1e-9) };
+    let (lo, hi, scale) = exported_buckets(hist);
     (lo..=hi).step_by(2).map(move |k| (k, (1u64 << k) as f64 * scale))
 }
 
@@ -146,7 +148,7 @@ impl Collector for CopyUpCollector {
         out.push(enabled);
         if let Some(d) = &status.disabled {
             let mut f = Family::new(&DISABLED);
-            f.add(&[d.code], 1.0);
+            f.add(&[d.reason()], 1.0);
             out.push(f);
         }
         let mut attached = Family::new(&ATTACHED);
@@ -176,8 +178,8 @@ impl Collector for CopyUpCollector {
             });
         }
         let mountpoint = |dev: u32| -> &str { labels.get(&dev).map(String::as_str).unwrap_or("unknown") };
-        let cause_name = |c: u8| cause::NAMES.get(c as usize).copied().unwrap_or("other");
-        let kind_name = |k: u8| kind::NAMES.get(k as usize).copied().unwrap_or("other");
+        let cause_name = cause::name;
+        let kind_name = kind::name;
 
         // Counters: several devices may map to "unknown", so sum by label set.
         let mut copy_ups: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
@@ -240,7 +242,7 @@ impl Collector for CopyUpCollector {
                 }
             }
         }
-        let scale = |hist: u8| if hist == HIST_LATENCY_NS { 1e-9 } else { 1.0 };
+        let scale = |hist: u8| exported_buckets(hist).2;
         let mut bytes_h = Family::new(&BYTES_HIST);
         let mut lat_h = Family::new(&LATENCY_HIST);
         for ((hist, c), h) in &by_cause {

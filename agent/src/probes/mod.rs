@@ -13,9 +13,10 @@ use std::sync::{Mutex, RwLock};
 use aya::maps::{Array, PerCpuArray, PerCpuHashMap};
 use aya::programs::KProbe;
 use aya::Ebpf;
-use overlay_agent_common::Config as ProgramConfig;
+use overlay_agent_common::{syscall, Config};
 
 use crate::kernel::btf::KernelBtf;
+use crate::kernel::hooks::{self, Group};
 use crate::kernel::symbols::Symbols;
 use maps::CopyUpMaps;
 use plan::{Mechanism, Planned};
@@ -44,11 +45,70 @@ impl Default for ProbeOptions {
     }
 }
 
-/// Why the probes are off; `code` is a bounded label value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Disabled {
-    pub code: &'static str,
-    pub detail: String,
+/// Why the probes are off. `reason()` is the bounded label value of
+/// `overlayfs_ebpf_disabled_info`; the message carries the details.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Disabled {
+    #[error("the kernel has no kprobes: {0}")]
+    KprobesUnavailable(String),
+    #[error("not permitted (run as root, or with CAP_BPF + CAP_PERFMON): {0}")]
+    NoPrivileges(String),
+    #[error("overlayfs is not loaded yet: {0}")]
+    NoOverlay(String),
+    #[error("kernel BTF: {0}")]
+    NoBtf(String),
+    #[error("cannot read kallsyms: {0}")]
+    NoKallsyms(String),
+    #[error("loading the eBPF object: {0}")]
+    LoadFailed(String),
+    #[error("{0}")]
+    AttachFailed(String),
+    #[error("ebpf.enabled: false")]
+    DisabledByConfig,
+}
+
+impl Disabled {
+    /// The `reason` label: the one place a cause of "off" becomes a string.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Disabled::KprobesUnavailable(_) => "kprobes_unavailable",
+            Disabled::NoPrivileges(_) => "no_privileges",
+            Disabled::NoOverlay(_) => "no_overlay",
+            Disabled::NoBtf(_) => "no_btf",
+            Disabled::NoKallsyms(_) => "no_kallsyms",
+            Disabled::LoadFailed(_) => "load_failed",
+            Disabled::AttachFailed(_) => "attach_failed",
+            Disabled::DisabledByConfig => "disabled_by_config",
+        }
+    }
+
+    /// Classifies a failed load or attach by the kernel's errno (found in the
+    /// error's source chain), not by its text.
+    fn from_error(e: &(dyn std::error::Error + 'static), detail: String) -> Disabled {
+        Disabled::from_errno(errno(e), detail)
+    }
+
+    fn from_errno(errno: Option<i32>, detail: String) -> Disabled {
+        match errno {
+            Some(libc::EPERM | libc::EACCES) => Disabled::NoPrivileges(detail),
+            Some(libc::ENOENT | libc::EOPNOTSUPP) => Disabled::KprobesUnavailable(detail),
+            _ => Disabled::AttachFailed(detail),
+        }
+    }
+}
+
+/// The OS error code anywhere in an error's source chain.
+fn errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if let Some(n) = io.raw_os_error() {
+                return Some(n);
+            }
+        }
+        cur = c.source();
+    }
+    None
 }
 
 /// One planned attachment and how it went.
@@ -59,6 +119,10 @@ pub struct AttachState {
     pub mechanism: Mechanism,
     pub attached: bool,
     pub error: Option<String>,
+    /// The kernel's errno when attaching failed.
+    pub errno: Option<i32>,
+    /// Without it nothing can be counted.
+    pub core: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -89,54 +153,53 @@ pub struct ProbeHandle {
     pub maps: Mutex<Option<CopyUpMaps>>,
 }
 
-fn disabled(code: &'static str, detail: impl Into<String>) -> ProbeStatus {
-    ProbeStatus { disabled: Some(Disabled { code, detail: detail.into() }), ..Default::default() }
+fn disabled(why: Disabled) -> ProbeStatus {
+    ProbeStatus { disabled: Some(why), ..Default::default() }
 }
 
-/// Argument positions where BTF does not describe the overlay module (5.10 has
-/// no module BTF): by kernel version, from the kernel sources.
-fn fallback_setattr_iattr(version: Option<(u32, u32)>) -> u32 {
-    // (dentry, iattr) until 5.11; (userns|idmap, dentry, iattr) from 5.12.
-    if version >= Some((5, 12)) {
-        2
+/// x86_64 THREAD_SIZE: 16 KiB, 32 KiB with KASAN (arch/x86/include/asm/page_64_types.h).
+fn thread_size(symbols: &Symbols) -> u32 {
+    if symbols.kasan {
+        32 << 10
     } else {
-        1
+        16 << 10
     }
 }
 
-fn fallback_len(function: &str, version: Option<(u32, u32)>) -> u32 {
-    match function {
-        "ovl_copy_up_file" => 3,           // (ofs, dentry, new_file, len[, datasync])
-        _ if version >= Some((5, 8)) => 3, // ovl_copy_up_data(ofs, old, new, len)
-        _ => 2,                            // ovl_copy_up_data(old, new, len)
-    }
-}
-
-/// Computes the programs' config from BTF. Errors name what is missing.
-fn program_config(btf: &KernelBtf, symbols: &Symbols, opts: &ProbeOptions) -> Result<ProgramConfig, String> {
+/// Computes the programs' config from BTF and the table in kernel::hooks.
+/// Errors name what is missing.
+fn program_config(
+    btf: &KernelBtf,
+    symbols: &Symbols,
+    version: (u32, u32),
+    opts: &ProbeOptions,
+) -> Result<Config, String> {
     let off = |s: &str, m: &str| btf.member_offset(s, m).map_err(|e| e.to_string());
-    let version = crate::kernel::version();
-    let setattr_iattr_arg = match btf.param_index("ovl_setattr", "attr") {
-        Some(i) => i as u32,
-        None => fallback_setattr_iattr(version),
-    };
-    let copy_len_arg = match symbols.first(plan::DATA_FNS) {
-        Some(f) => match btf.param_index(f, "len") {
-            Some(i) => i as u32,
-            None => fallback_len(f, version),
-        },
+    // The length's position: from the module's BTF where the kernel has it,
+    // else from the table's prototype for this kernel (5.10 has no module BTF).
+    let copy_len_arg = match plan::chosen(symbols, Group::DataCopy) {
+        Some(f) => btf
+            .param_index(f, "len")
+            .or_else(|| hooks::find(f)?.param_index("len", version))
+            .ok_or_else(|| format!("no parameter len of {f} on {version:?}"))? as u32,
         None => 0,
     };
-    Ok(ProgramConfig {
+    let regs_size = btf.struct_size("pt_regs").map_err(|e| e.to_string())?;
+    Ok(Config {
         dentry_d_sb: off("dentry", "d_sb")?,
         dentry_d_inode: off("dentry", "d_inode")?,
         sb_s_dev: off("super_block", "s_dev")?,
         inode_i_mode: off("inode", "i_mode")?,
-        setattr_iattr_arg,
         copy_len_arg,
         per_mount_histograms: opts.per_mount_histograms as u32,
         ready: 1,
         dentry_name_ptr: off("dentry", "d_name")? + off("qstr", "name")?,
+        task_stack: off("task_struct", "stack")?,
+        // Before 5.15 (the only kernels that use it) x86_64 has no padding above
+        // the registers (TOP_OF_KERNEL_STACK_PADDING is 0 until FRED, 6.9).
+        stack_regs_offset: thread_size(symbols).saturating_sub(regs_size),
+        regs_orig_ax: off("pt_regs", "orig_ax")?,
+        regs_cs: off("pt_regs", "cs")?,
         _pad: 0,
         trace_min_latency_ns: opts
             .trace_min_latency
@@ -166,39 +229,37 @@ fn release_startup_memory() {
 fn start_inner(opts: &ProbeOptions) -> (Option<(Probes, CopyUpMaps)>, ProbeStatus) {
     let symbols = match Symbols::read(&opts.kallsyms) {
         Ok(s) => s,
-        Err(e) => return (None, disabled("no_kallsyms", format!("{}: {e}", opts.kallsyms.display()))),
+        Err(e) => return (None, disabled(Disabled::NoKallsyms(format!("{}: {e}", opts.kallsyms.display())))),
     };
     if !symbols.has_overlay() {
-        return (
-            None,
-            disabled("no_overlay", "ovl_copy_up_one is not in kallsyms: overlay module not loaded yet"),
-        );
+        return (None, disabled(Disabled::NoOverlay("ovl_copy_up_one is not in kallsyms".into())));
     }
     let btf = match KernelBtf::load(&opts.btf_dir) {
         Ok(b) => b,
-        Err(e) => return (None, disabled("no_btf", e.to_string())),
+        Err(e) => return (None, disabled(Disabled::NoBtf(e.to_string()))),
     };
-    let cfg = match program_config(&btf, &symbols, opts) {
+    let version = crate::kernel::version().unwrap_or((0, 0));
+    let cfg = match program_config(&btf, &symbols, version, opts) {
         Ok(c) => c,
-        Err(e) => return (None, disabled("no_btf", e)),
+        Err(e) => return (None, disabled(Disabled::NoBtf(e))),
     };
     tracing::debug!(?cfg, overlay_btf = btf.has_overlay_btf(), "eBPF program config");
     raise_memlock();
     let mut ebpf = match Ebpf::load(OBJECT) {
         Ok(e) => e,
         Err(e) => {
-            return (None, disabled(load_error_code(&e.to_string()), format!("loading eBPF maps: {e}")))
+            return (None, disabled(Disabled::from_error(&e, format!("loading eBPF maps: {}", chain(&e)))))
         }
     };
     if let Err(e) = write_config(&mut ebpf, cfg) {
-        return (None, disabled("load_failed", e));
+        return (None, disabled(Disabled::LoadFailed(e)));
     }
     let mut status = ProbeStatus { per_mount_histograms: opts.per_mount_histograms, ..Default::default() };
     let mut loaded: Vec<&'static str> = Vec::new();
-    for p in plan::plan(&symbols) {
+    for p in plan::plan(&symbols, version) {
         status.attachments.push(attach(&mut ebpf, &p, &mut loaded));
     }
-    let core_failure = status.attachments.iter().find(|a| !a.attached && is_core(a.program));
+    let core_failure = status.attachments.iter().find(|a| !a.attached && a.core);
     if let Some(a) = core_failure {
         let detail = format!(
             "{} on {}: {}",
@@ -206,16 +267,16 @@ fn start_inner(opts: &ProbeOptions) -> (Option<(Probes, CopyUpMaps)>, ProbeStatu
             a.function.unwrap_or("?"),
             a.error.clone().unwrap_or_else(|| "function not found".into())
         );
-        let code = load_error_code(&detail);
+        let why = Disabled::from_errno(a.errno, detail);
         let attachments = status.attachments.clone();
-        return (None, ProbeStatus { attachments, ..disabled(code, detail) });
+        return (None, ProbeStatus { attachments, ..disabled(why) });
     }
     match take_maps(&mut ebpf) {
         Ok(maps) => {
             status.enabled = true;
             (Some((Probes { ebpf }, maps)), status)
         }
-        Err(e) => (None, disabled("load_failed", e)),
+        Err(e) => (None, disabled(Disabled::LoadFailed(e))),
     }
 }
 
@@ -233,22 +294,6 @@ pub fn attach_bare() -> Result<Probes, String> {
         }
     }
     Ok(Probes { ebpf })
-}
-
-fn is_core(program: &str) -> bool {
-    plan::HOOKS.iter().any(|h| h.core && h.program == program)
-}
-
-/// A bounded reason code from an error text.
-fn load_error_code(text: &str) -> &'static str {
-    let t = text.to_ascii_lowercase();
-    if t.contains("operation not permitted") || t.contains("permission denied") {
-        "no_privileges"
-    } else if t.contains("no such file") || t.contains("not supported") || t.contains("kprobe") {
-        "kprobes_unavailable"
-    } else {
-        "attach_failed"
-    }
 }
 
 /// An error with its causes: aya's own messages name the file or call, the
@@ -271,35 +316,45 @@ fn attach(ebpf: &mut Ebpf, p: &Planned, loaded: &mut Vec<&'static str>) -> Attac
         mechanism: p.mechanism,
         attached: false,
         error: None,
+        errno: None,
+        core: p.core,
     };
     let Some(function) = p.function else {
         state.error = Some("no candidate function on this kernel (inlined or renamed)".into());
         return state;
     };
-    let result = (|| -> Result<(), String> {
-        let prog =
-            ebpf.program_mut(p.program).ok_or_else(|| format!("program {} not in object", p.program))?;
-        let kprobe: &mut KProbe = prog.try_into().map_err(|e| chain(&e))?;
+    let result = (|| -> Result<(), (String, Option<i32>)> {
+        let prog = ebpf
+            .program_mut(p.program)
+            .ok_or_else(|| (format!("program {} not in object", p.program), None))?;
+        let kprobe: &mut KProbe = prog.try_into().map_err(|e| (chain(&e), errno(&e)))?;
         if !loaded.contains(&p.program) {
-            kprobe.load().map_err(|e| format!("load: {}", chain(&e)))?;
+            kprobe.load().map_err(|e| (format!("load: {}", chain(&e)), errno(&e)))?;
             loaded.push(p.program);
         }
-        kprobe.attach(function, 0).map_err(|e| format!("attach: {}", chain(&e)))?;
+        kprobe.attach(function, 0).map_err(|e| (format!("attach: {}", chain(&e)), errno(&e)))?;
         Ok(())
     })();
     match result {
         Ok(()) => state.attached = true,
-        Err(e) => {
+        Err((e, n)) => {
             tracing::debug!(program = p.program, function, error = %e, "probe not attached");
             state.error = Some(e);
+            state.errno = n;
         }
     }
     state
 }
 
-fn write_config(ebpf: &mut Ebpf, cfg: ProgramConfig) -> Result<(), String> {
+/// Writes CONFIG and the SYSCALL_CAUSE table (cause + 1 by call number).
+fn write_config(ebpf: &mut Ebpf, cfg: Config) -> Result<(), String> {
+    let map = ebpf.map_mut("SYSCALL_CAUSE").ok_or("map SYSCALL_CAUSE not in object")?;
+    let mut table: Array<_, u8> = Array::try_from(map).map_err(|e| e.to_string())?;
+    for (name, nr, cause) in syscall::X86_64 {
+        table.set(*nr, cause + 1, 0).map_err(|e| format!("writing SYSCALL_CAUSE[{name}]: {e}"))?;
+    }
     let map = ebpf.map_mut("CONFIG").ok_or("map CONFIG not in object")?;
-    let mut array: Array<_, ProgramConfig> = Array::try_from(map).map_err(|e| e.to_string())?;
+    let mut array: Array<_, Config> = Array::try_from(map).map_err(|e| e.to_string())?;
     array.set(0, cfg, 0).map_err(|e| format!("writing CONFIG: {e}"))
 }
 
@@ -325,19 +380,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fallbacks_follow_the_kernel_sources() {
-        assert_eq!(fallback_setattr_iattr(Some((5, 10))), 1);
-        assert_eq!(fallback_setattr_iattr(Some((5, 15))), 2);
-        assert_eq!(fallback_len("ovl_copy_up_data", Some((5, 10))), 3);
-        assert_eq!(fallback_len("ovl_copy_up_data", Some((4, 19))), 2);
-        assert_eq!(fallback_len("ovl_copy_up_file", Some((6, 12))), 3);
+    fn reasons_come_from_the_errno() {
+        let eperm = std::io::Error::from_raw_os_error(libc::EPERM);
+        assert_eq!(Disabled::from_error(&eperm, String::new()).reason(), "no_privileges");
+        let enoent = std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(Disabled::from_error(&enoent, String::new()).reason(), "kprobes_unavailable");
+        let other = std::io::Error::other("weird");
+        assert_eq!(Disabled::from_error(&other, String::new()).reason(), "attach_failed");
+        assert_eq!(Disabled::DisabledByConfig.to_string(), "ebpf.enabled: false");
     }
 
+    /// The embedded object has every program and map the plan and the loader
+    /// name (parsed offline, nothing loaded).
     #[test]
-    fn reason_codes() {
-        assert_eq!(load_error_code("attach: Operation not permitted (os error 1)"), "no_privileges");
-        assert_eq!(load_error_code("attach: No such file or directory"), "kprobes_unavailable");
-        assert_eq!(load_error_code("weird"), "attach_failed");
+    fn object_has_every_planned_program_and_map() {
+        let obj = aya_obj::Object::parse(OBJECT).expect("parse the embedded eBPF object");
+        for p in hooks::program_names().into_iter().chain(["bare_entry", "bare_exit"]) {
+            assert!(obj.programs.contains_key(p), "program {p} missing from the eBPF object");
+        }
+        for m in ["CONFIG", "SYSCALL_CAUSE", "COUNTS", "HIST", "STATS", "PROCESSES", "TRACE", "INFLIGHT"] {
+            assert!(obj.maps.contains_key(m), "map {m} missing from the eBPF object");
+        }
     }
 
     /// On a kernel without overlay symbols the probes report it and stay off.
@@ -349,6 +412,6 @@ mod tests {
         let opts = ProbeOptions { kallsyms, ..Default::default() };
         let (probes, status) = start(&opts);
         assert!(probes.is_none() && !status.enabled);
-        assert_eq!(status.disabled.map(|d| d.code), Some("no_overlay"));
+        assert_eq!(status.disabled.map(|d| d.reason()), Some("no_overlay"));
     }
 }

@@ -1,99 +1,39 @@
-//! Which program attaches to which kernel function, decided from the functions
-//! the running kernel has (pure: tested on symbol lists of real kernels).
-//!
-//! Compatibility (kernel sources 4.19 .. 7.2, see docs/ebpf.md):
-//! - ovl_copy_up_one(parent, dentry, flags): all versions. Core.
-//! - ovl_copy_up_end(dentry): all versions. Core: copy-ups are counted there.
-//! - data copy: ovl_copy_up_file (6.1+) else ovl_copy_up_data (<= 6.0).
-//! - metadata copy: ovl_copy_up_metadata (6.x) else ovl_copy_up_inode (5.x).
-//! - causes: ovl_setattr; ovl_xattr_set, ovl_set_acl (6.2+), ovl_fileattr_set
-//!   (5.13+); ovl_link; ovl_rename; ovl_create_object else ovl_create_or_link,
-//!   and ovl_tmpfile (6.x); ovl_do_remove.
+//! Which program attaches to which kernel function, decided from the table in
+//! kernel::hooks and the functions the running kernel has (pure: tested on
+//! symbol lists of real kernels).
 
+pub use crate::kernel::hooks::Mechanism;
+use crate::kernel::hooks::{Group, HOOKS};
 use crate::kernel::symbols::Symbols;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mechanism {
-    Kprobe,
-    Kretprobe,
-}
-
-impl Mechanism {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mechanism::Kprobe => "kprobe",
-            Mechanism::Kretprobe => "kretprobe",
-        }
-    }
-}
-
-/// One hook: a program and the functions it may attach to.
-pub struct Hook {
-    pub program: &'static str,
-    pub mechanism: Mechanism,
-    /// Attach to the first candidate that exists, or to all that exist.
-    pub candidates: &'static [&'static str],
-    pub all: bool,
-    /// Without it nothing can be counted.
-    pub core: bool,
-}
-
-const fn hook(program: &'static str, mechanism: Mechanism, candidates: &'static [&'static str]) -> Hook {
-    Hook { program, mechanism, candidates, all: false, core: false }
-}
-
-use Mechanism::{Kprobe, Kretprobe};
-
-pub const HOOKS: &[Hook] = &[
-    Hook { core: true, ..hook("one_entry", Kprobe, &["ovl_copy_up_one"]) },
-    Hook { core: true, ..hook("end_entry", Kprobe, &["ovl_copy_up_end"]) },
-    hook("one_exit", Kretprobe, &["ovl_copy_up_one"]),
-    hook("data_entry", Kprobe, DATA_FNS),
-    hook("meta_entry", Kprobe, &["ovl_copy_up_metadata", "ovl_copy_up_inode"]),
-    hook("setattr_entry", Kprobe, &["ovl_setattr"]),
-    hook("setattr_exit", Kretprobe, &["ovl_setattr"]),
-    Hook { all: true, ..hook("xattr_entry", Kprobe, XATTR_FNS) },
-    Hook { all: true, ..hook("xattr_exit", Kretprobe, XATTR_FNS) },
-    hook("link_entry", Kprobe, &["ovl_link"]),
-    hook("link_exit", Kretprobe, &["ovl_link"]),
-    hook("rename_entry", Kprobe, &["ovl_rename"]),
-    hook("rename_exit", Kretprobe, &["ovl_rename"]),
-    hook("create_entry", Kprobe, CREATE_FNS),
-    hook("create_exit", Kretprobe, CREATE_FNS),
-    Hook { all: true, ..hook("create_entry", Kprobe, &["ovl_tmpfile"]) },
-    Hook { all: true, ..hook("create_exit", Kretprobe, &["ovl_tmpfile"]) },
-    hook("remove_entry", Kprobe, &["ovl_do_remove"]),
-    hook("remove_exit", Kretprobe, &["ovl_do_remove"]),
-];
-
-/// Data-copy functions, preferred first; the one chosen also gives the length argument.
-pub const DATA_FNS: &[&str] = &["ovl_copy_up_file", "ovl_copy_up_data"];
-const XATTR_FNS: &[&str] = &["ovl_xattr_set", "ovl_set_acl", "ovl_fileattr_set"];
-const CREATE_FNS: &[&str] = &["ovl_create_object", "ovl_create_or_link"];
 
 /// A planned attachment, or a hook with nothing to attach to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Planned {
     pub program: &'static str,
     pub mechanism: Mechanism,
-    /// None: no candidate function exists on this kernel (inlined or renamed).
+    /// None: no function of the group exists on this kernel (inlined or renamed).
     pub function: Option<&'static str>,
     pub core: bool,
 }
 
-pub fn plan(symbols: &Symbols) -> Vec<Planned> {
+const GROUPS: [Group; 4] = [Group::CopyUpOne, Group::CopyUpEnd, Group::DataCopy, Group::MetaCopy];
+
+/// The function hooked for `group`: the first of its rows the kernel has.
+pub fn chosen(symbols: &Symbols, group: Group) -> Option<&'static str> {
+    HOOKS.iter().filter(|h| h.group == group).map(|h| h.function).find(|f| symbols.has(f))
+}
+
+pub fn plan(symbols: &Symbols, version: (u32, u32)) -> Vec<Planned> {
     let mut out = Vec::new();
-    for h in HOOKS {
-        let found: Vec<&'static str> = if h.all {
-            h.candidates.iter().copied().filter(|c| symbols.has(c)).collect()
-        } else {
-            symbols.first(h.candidates).into_iter().collect()
-        };
-        if found.is_empty() && !h.all {
-            out.push(Planned { program: h.program, mechanism: h.mechanism, function: None, core: h.core });
-        }
-        for f in found {
-            out.push(Planned { program: h.program, mechanism: h.mechanism, function: Some(f), core: h.core });
+    for group in GROUPS {
+        let rows: Vec<_> = HOOKS.iter().filter(|h| h.group == group).collect();
+        let Some(first) = rows.first() else { continue };
+        let row = chosen(symbols, group).and_then(crate::kernel::hooks::find).unwrap_or(first);
+        let function = chosen(symbols, group);
+        for mechanism in [Mechanism::Kprobe, Mechanism::Kretprobe] {
+            if let Some(program) = row.program(mechanism, version) {
+                out.push(Planned { program, mechanism, function, core: row.core });
+            }
         }
     }
     out
@@ -117,38 +57,26 @@ mod tests {
             "ovl_copy_up_metadata",
             "ovl_copy_up_flags",
             "ovl_setattr",
-            "ovl_xattr_set",
-            "ovl_fileattr_set",
-            "ovl_link",
-            "ovl_rename",
-            "ovl_create_object",
-            "ovl_create_or_link",
-            "ovl_tmpfile",
-            "ovl_do_remove",
         ]);
-        let p = plan(&s);
+        let p = plan(&s, (6, 1));
         let find =
             |prog: &str| p.iter().filter(|x| x.program == prog).map(|x| x.function).collect::<Vec<_>>();
         assert_eq!(find("data_entry"), vec![Some("ovl_copy_up_file")]);
-        assert_eq!(find("xattr_entry"), vec![Some("ovl_xattr_set"), Some("ovl_fileattr_set")]);
-        assert_eq!(find("create_entry"), vec![Some("ovl_create_object"), Some("ovl_tmpfile")]);
+        assert_eq!(find("one_entry"), vec![Some("ovl_copy_up_one")]);
+        assert_eq!(find("one_exit"), vec![Some("ovl_copy_up_one")]);
+        assert!(find("one_entry_stack").is_empty());
+        assert_eq!(p.len(), 5, "no hook on operations that do not copy up: {p:?}");
         assert!(p.iter().all(|x| x.function.is_some()), "{p:?}");
     }
 
     #[test]
     fn linux_5_10_like_and_missing_functions() {
-        let s = syms(&[
-            "ovl_copy_up_one",
-            "ovl_copy_up_end",
-            "ovl_copy_up_data",
-            "ovl_copy_up_inode",
-            "ovl_setattr",
-        ]);
-        let p = plan(&s);
-        let find = |prog: &str| p.iter().find(|x| x.program == prog).and_then(|x| x.function);
-        assert_eq!(find("data_entry"), Some("ovl_copy_up_data"));
-        assert_eq!(find("meta_entry"), Some("ovl_copy_up_inode"));
-        assert_eq!(find("link_entry"), None, "reported as missing, not dropped");
-        assert!(p.iter().any(|x| x.program == "rename_entry" && x.function.is_none()));
+        let s = syms(&["ovl_copy_up_one", "ovl_copy_up_end", "ovl_copy_up_data"]);
+        let p = plan(&s, (5, 10));
+        let find = |prog: &str| p.iter().find(|x| x.program == prog).map(|x| x.function);
+        assert_eq!(find("data_entry"), Some(Some("ovl_copy_up_data")));
+        assert_eq!(find("one_entry_stack"), Some(Some("ovl_copy_up_one")));
+        assert_eq!(find("one_entry"), None);
+        assert_eq!(find("meta_entry"), Some(None), "reported as missing, not dropped");
     }
 }
