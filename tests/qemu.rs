@@ -212,6 +212,7 @@ const CHECKS: &[Check] = &[
     ("btf_table", check_btf_table),
     ("io_uring", check_io_uring),
     ("no_runs_without_copy_up", check_churn),
+    ("no_lost_returns", check_parallel),
 ];
 
 fn check_counts(g: &Guest) -> Vec<String> {
@@ -491,6 +492,47 @@ fn check_churn(g: &Guest) -> Vec<String> {
     }
 }
 
+/// 64 processes copying up distinct 2 MiB files at once: all counted, no
+/// return lost (the kernel's own miss count and calls = returns), and the
+/// tracefs return probe defined while running and gone after exit and SIGKILL.
+fn check_parallel(g: &Guest) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(t) = section_of(&g.console, "PARALLEL") else {
+        return vec!["no PARALLEL metrics".into()];
+    };
+    let m = Metrics::parse(t);
+    let labels = [("mountpoint", "/t/e/merged"), ("cause", "open"), ("kind", "data")];
+    let n = m.get("overlayfs_copy_up_total", &labels);
+    let bytes =
+        m.get("overlayfs_copy_up_data_bytes_total", &[("mountpoint", "/t/e/merged"), ("cause", "open")]);
+    if (n, bytes) != (Some(64.0), Some(64.0 * (2 << 20) as f64)) {
+        problems.push(format!("64 parallel copy-ups gave ({n:?}, {bytes:?}), want (64, 134217728)"));
+    }
+    let misses = m.get("overlayfs_ebpf_return_probe_misses_total", &[("probe", "one_exit")]);
+    let (calls, returns) = (
+        m.get("overlayfs_ebpf_copy_up_calls_total", &[]),
+        m.get("overlayfs_ebpf_copy_up_returns_total", &[]),
+    );
+    if misses != Some(0.0) || calls.is_none() || calls != returns {
+        problems.push(format!(
+            "return probe: misses {misses:?}, calls {calls:?}, returns {returns:?}; want 0 and calls = returns:\n{}",
+            grep(t, "overlayfs_ebpf")
+        ));
+    }
+    let events = |what: &str| -> Option<u32> {
+        g.console
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("=== RETPROBE EVENTS {what} "))?.trim().parse().ok())
+    };
+    if (events("RUNNING"), events("AFTER RESTART")) != (Some(1), Some(0)) {
+        problems.push(format!(
+            "tracefs return-probe events (running, after SIGKILL + restart + SIGTERM) = {:?}, want (1, 0)",
+            (events("RUNNING"), events("AFTER RESTART"))
+        ));
+    }
+    problems
+}
+
 fn check_kernel(version: &str) -> Result<String, String> {
     let started = Instant::now();
     let (console, log) = run_guest(version, "agent", "qemu");
@@ -506,6 +548,7 @@ fn check_kernel(version: &str) -> Result<String, String> {
         "RESTART NOT READY",
         "CAPS NOT READY",
         "CAPS_BOOTED NOT READY",
+        "PARALLEL FAILED",
     ] {
         if console.contains(&format!("=== {marker}")) {
             let agent_log = section(&console, "=== AGENT LOG BEGIN", "=== AGENT LOG END").unwrap_or("");
@@ -528,13 +571,19 @@ fn check_kernel(version: &str) -> Result<String, String> {
         }
     }
     if problems.is_empty() {
+        // "=== DEFAULT MAXACTIVE default_maxactive HITS MISSES": the kernel default's misses.
+        let default_misses = console
+            .lines()
+            .find_map(|l| l.strip_prefix("=== DEFAULT MAXACTIVE ")?.split_whitespace().nth(2))
+            .unwrap_or("?");
         let attached: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("overlayfs_ebpf_probe_attached") && l.ends_with(" 1"))
             .filter_map(|l| l.split("function=\"").nth(1)?.split('"').next())
             .collect();
         Ok(format!(
-            "kernel {version}: all {} copy-ups exact, {} checks passed, boot+test {secs:.1}s, {} probes attached",
+            "kernel {version}: all {} copy-ups exact, {} checks passed, boot+test {secs:.1}s, {} probes attached; \
+             64 parallel copy-ups: 0 returns lost at maxactive 4096, {default_misses} at the default 10",
             Guest::want_total(),
             CHECKS.len(),
             attached.len()

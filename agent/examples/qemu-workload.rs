@@ -202,6 +202,48 @@ fn uring_ops(m: &Path) {
     }
 }
 
+/// `parallel-prepare LOWER N`: N lower files of 2 MiB.
+fn parallel_prepare(lower: &Path, n: usize) {
+    for i in 0..n {
+        file(lower, &format!("p{i}.dat"), 2 << 20);
+    }
+}
+
+/// `parallel MERGED N`: N processes, released at once, each appending to its
+/// own lower file: N concurrent data copy-ups of 2 MiB.
+fn parallel(m: &Path, n: usize) {
+    use std::process::{Command, Stdio};
+    let me = std::env::current_exe().expect("own path");
+    let mut children: Vec<_> = (0..n)
+        .map(|i| {
+            Command::new(&me)
+                .arg("append-one")
+                .arg(m.join(format!("p{i}.dat")))
+                .stdin(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    // Release them all: each waits for its stdin to close.
+    for c in &mut children {
+        drop(c.stdin.take());
+    }
+    let failed = children.iter_mut().map(|c| c.wait().is_ok_and(|s| s.success())).filter(|ok| !ok).count();
+    if failed > 0 {
+        println!("workload: parallel: FAILED: {failed} of {n} processes");
+        std::process::exit(1);
+    }
+    println!("workload: parallel {n}: ok");
+}
+
+/// `append-one FILE`: waits for stdin to close, then appends one byte.
+fn append_one(f: &Path) {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut buf);
+    OpenOptions::new().append(true).open(f).and_then(|mut f| f.write_all(b"+")).expect("append");
+}
+
 /// `churn DIR N`: N rounds of 8 operations (create, write, chown, chmod,
 /// rename, link, unlink, unlink) on files that exist only in the upper layer (DIR is a directory
 /// created on the merged mount): overlay work that copies nothing up.
@@ -467,6 +509,11 @@ fn main() {
             file(Path::new(&args[2]), "uring.dat", 16_000);
             return file(Path::new(&args[2]), "uring-mv.dat", 17_000);
         }
+        Some("parallel-prepare") => {
+            return parallel_prepare(Path::new(&args[2]), args[3].parse().expect("count"))
+        }
+        Some("parallel") => return parallel(Path::new(&args[2]), args[3].parse().expect("count")),
+        Some("append-one") => return append_one(Path::new(&args[2])),
         Some("churn") => return churn(Path::new(&args[2]), args[3].parse().expect("count")),
         Some("causes-prepare") => return causes_prepare(Path::new(&args[2])),
         Some("causes-run") => return causes_run(Path::new(&args[2])),

@@ -14,13 +14,15 @@ insmod /overlay.ko || echo "=== INSMOD FAILED"
 mode=$(cat /mode)
 
 mount -t tmpfs tmpfs /t
-for m in a b c d; do mkdir -p /t/$m/lower /t/$m/upper /t/$m/work /t/$m/merged; done
+for m in a b c d e; do mkdir -p /t/$m/lower /t/$m/upper /t/$m/work /t/$m/merged; done
 /qemu-workload prepare /t/a/lower /t/b/lower /t/c/lower || echo "=== PREPARE FAILED"
 /qemu-workload uring-prepare /t/d/lower || echo "=== PREPARE FAILED"
+/qemu-workload parallel-prepare /t/e/lower 64 || echo "=== PREPARE FAILED"
 mount -t overlay overlay -o lowerdir=/t/a/lower,upperdir=/t/a/upper,workdir=/t/a/work /t/a/merged
 mount -t overlay overlay -o lowerdir=/t/b/lower,upperdir=/t/b/upper,workdir=/t/b/work /t/b/merged
 mount -t overlay overlay -o lowerdir=/t/c/lower,upperdir=/t/c/upper,workdir=/t/c/work,metacopy=on /t/c/merged
 mount -t overlay overlay -o lowerdir=/t/d/lower,upperdir=/t/d/upper,workdir=/t/d/work /t/d/merged
+mount -t overlay overlay -o lowerdir=/t/e/lower,upperdir=/t/e/upper,workdir=/t/e/work /t/e/merged
 
 scrape() { wget -q -O - http://127.0.0.1:9864/metrics; }
 ready() {
@@ -41,7 +43,10 @@ runs() {
 }
 # Overlay kprobes registered in the kernel (kprobe and kretprobe lines).
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
-kprobes() { grep -c ' ovl_' /sys/kernel/debug/kprobes/list 2>/dev/null || echo 0; }
+# A tracefs return probe whose perf event is closed stays defined but DISABLED.
+kprobes() { grep ' ovl_' /sys/kernel/debug/kprobes/list 2>/dev/null | grep -vc DISABLED; }
+# The agent's return-probe events defined in tracefs.
+retprobe_events() { grep -c overlay_agent /sys/kernel/tracing/kprobe_events 2>/dev/null; }
 
 if [ "$mode" = agent ]; then
   /overlay-agent --config /agent.yaml > /agent.log 2>&1 &
@@ -84,6 +89,21 @@ if [ "$mode" = agent ]; then
   /qemu-workload churn /t/a/merged/churn 1000 || echo "=== CHURN FAILED"
   echo "=== CHURN RUNS $(( $(runs $agent) - before ))"
   sysctl -w kernel.bpf_stats_enabled=0 > /dev/null
+  # 64 processes copying up distinct 2 MiB files at once (mount E): no return lost.
+  # For comparison, an ftrace kretprobe with the kernel's default maxactive for
+  # 2 CPUs (max(10, 2 x CPUs) = 10) on the same function counts its own misses.
+  tr=/sys/kernel/tracing
+  echo 'r10:cmp/default_maxactive ovl_copy_up_one' >> $tr/kprobe_events
+  echo 1 > $tr/events/cmp/default_maxactive/enable
+  /qemu-workload parallel /t/e/merged 64 || echo "=== PARALLEL FAILED"
+  echo 0 > $tr/events/cmp/default_maxactive/enable
+  echo "=== DEFAULT MAXACTIVE $(grep default_maxactive $tr/kprobe_profile)"
+  echo '-:cmp/default_maxactive' >> $tr/kprobe_events
+  echo "=== PARALLEL METRICS BEGIN"
+  scrape
+  echo "=== PARALLEL METRICS END"
+  echo "=== RETPROBE EVENTS RUNNING $(retprobe_events)"
+  echo "=== AGENT RETPROBE $(grep one_exit_ $tr/kprobe_profile)"
   echo "=== KPROBES RUNNING $(kprobes)"
   kill -TERM $agent
   wait $agent
@@ -108,6 +128,8 @@ if [ "$mode" = agent ]; then
   echo "=== RESTART METRICS END"
   kill -TERM $agent
   wait $agent
+  # The SIGKILLed agent's event was removed by the restart, the restart's own on exit.
+  echo "=== RETPROBE EVENTS AFTER RESTART $(retprobe_events)"
 
   # The documented minimal capabilities for the probes: CAP_BPF, CAP_PERFMON and
   # (for RLIMIT_MEMLOCK before 5.11) CAP_SYS_RESOURCE, with perf_event_paranoid

@@ -93,6 +93,12 @@ static RETURNS: Def = Def {
     kind: MetricType::COUNTER,
     labels: &[],
 };
+static RETURN_MISSES: Def = Def {
+    name: "overlayfs_ebpf_return_probe_misses_total",
+    help: "Returns the kernel could not report to a return probe (its maxactive instances all in use), by program (tracefs kprobe_profile).",
+    kind: MetricType::COUNTER,
+    labels: &["probe"],
+};
 static MAP_FULL: Def = Def {
     name: "overlayfs_ebpf_map_full_total",
     help: "Updates dropped because an eBPF map was full.",
@@ -158,13 +164,18 @@ impl Collector for CopyUpCollector {
         }
         out.push(attached);
 
-        let snapshot = {
+        let (snapshot, misses) = {
             let maps = self.probes.maps.locked();
             match maps.as_ref() {
-                Some(m) => m.snapshot(),
+                Some(m) => (m.snapshot(), m.return_misses()),
                 None => return out,
             }
         };
+        let mut f = Family::new(&RETURN_MISSES);
+        for (program, n) in &misses {
+            f.add(&[program], *n as f64);
+        }
+        out.push(f);
         let table = self.table.get();
         // Each device's label once (not once per key: 1000 mounts x 11 causes).
         let mut labels: std::collections::HashMap<u32, String> = std::collections::HashMap::new();

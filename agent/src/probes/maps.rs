@@ -11,6 +11,8 @@ pub struct CopyUpMaps {
     pub(super) hist: PerCpuHashMap<MapData, HistKey, u64>,
     pub(super) stats: PerCpuArray<MapData, u64>,
     pub(super) processes: PerCpuHashMap<MapData, ProcessKey, ProcessValue>,
+    /// Return probes defined in tracefs: (program, event, its kprobe_profile).
+    pub(super) returns: Vec<(String, String, std::path::PathBuf)>,
 }
 
 /// A consistent-enough copy of the maps (each entry read once).
@@ -69,6 +71,17 @@ impl CopyUpMaps {
             }
         }
         out
+    }
+
+    /// The kernel's missed returns of each tracefs return probe, by program
+    /// (kprobe_profile).
+    pub fn return_misses(&self) -> Vec<(String, u64)> {
+        self.returns
+            .iter()
+            .filter_map(|(program, event, profile)| {
+                Some((program.clone(), super::retprobe::profile(profile, event)?.1))
+            })
+            .collect()
     }
 
     /// Drops the counters of devices no longer mounted, so that a reused device

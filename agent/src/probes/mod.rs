@@ -6,7 +6,9 @@
 pub mod batch;
 pub mod maps;
 pub mod plan;
+pub mod retprobe;
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
 
@@ -123,6 +125,8 @@ pub struct AttachState {
     pub errno: Option<i32>,
     /// Without it nothing can be counted.
     pub core: bool,
+    /// A return probe's maxactive, when set explicitly (tracefs).
+    pub maxactive: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -136,6 +140,8 @@ pub struct ProbeStatus {
 
 /// Loaded and attached programs. Dropping it detaches every probe.
 pub struct Probes {
+    /// Declared first: dropped (detached, events removed) before the programs.
+    _retprobes: Vec<retprobe::Retprobe>,
     ebpf: Ebpf,
 }
 
@@ -255,9 +261,9 @@ fn start_inner(opts: &ProbeOptions) -> (Option<(Probes, CopyUpMaps)>, ProbeStatu
         return (None, disabled(Disabled::LoadFailed(e)));
     }
     let mut status = ProbeStatus { per_mount_histograms: opts.per_mount_histograms, ..Default::default() };
-    let mut loaded: Vec<&'static str> = Vec::new();
+    let mut att = Attacher::new(true);
     for p in plan::plan(&symbols, version) {
-        status.attachments.push(attach(&mut ebpf, &p, &mut loaded));
+        status.attachments.push(att.attach(&mut ebpf, &p));
     }
     let core_failure = status.attachments.iter().find(|a| !a.attached && a.core);
     if let Some(a) = core_failure {
@@ -274,7 +280,13 @@ fn start_inner(opts: &ProbeOptions) -> (Option<(Probes, CopyUpMaps)>, ProbeStatu
     match take_maps(&mut ebpf) {
         Ok(maps) => {
             status.enabled = true;
-            (Some((Probes { ebpf }, maps)), status)
+            let returns = att
+                .returns
+                .iter()
+                .map(|r| (r.program.clone(), r.event.clone(), r.tracefs_profile()))
+                .collect();
+            let maps = CopyUpMaps { returns, ..maps };
+            (Some((Probes { _retprobes: att.returns, ebpf }, maps)), status)
         }
         Err(e) => (None, disabled(Disabled::LoadFailed(e))),
     }
@@ -285,15 +297,16 @@ fn start_inner(opts: &ProbeOptions) -> (Option<(Probes, CopyUpMaps)>, ProbeStatu
 pub fn attach_bare() -> Result<Probes, String> {
     raise_memlock();
     let mut ebpf = Ebpf::load(OBJECT).map_err(|e| chain(&e))?;
-    let mut loaded = Vec::new();
+    // The bare pair is the floor of aya's own mechanism: a perf kretprobe.
+    let mut att = Attacher::new(false);
     for (program, mechanism) in [("bare_entry", Mechanism::Kprobe), ("bare_exit", Mechanism::Kretprobe)] {
         let p = Planned { program, mechanism, function: Some("ovl_copy_up_one"), core: true };
-        let state = attach(&mut ebpf, &p, &mut loaded);
+        let state = att.attach(&mut ebpf, &p);
         if let Some(e) = state.error {
             return Err(e);
         }
     }
-    Ok(Probes { ebpf })
+    Ok(Probes { _retprobes: att.returns, ebpf })
 }
 
 /// An error with its causes: aya's own messages name the file or call, the
@@ -309,41 +322,77 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn attach(ebpf: &mut Ebpf, p: &Planned, loaded: &mut Vec<&'static str>) -> AttachState {
-    let mut state = AttachState {
-        program: p.program,
-        function: p.function,
-        mechanism: p.mechanism,
-        attached: false,
-        error: None,
-        errno: None,
-        core: p.core,
-    };
-    let Some(function) = p.function else {
-        state.error = Some("no candidate function on this kernel (inlined or renamed)".into());
-        return state;
-    };
-    let result = (|| -> Result<(), (String, Option<i32>)> {
-        let prog = ebpf
-            .program_mut(p.program)
-            .ok_or_else(|| (format!("program {} not in object", p.program), None))?;
-        let kprobe: &mut KProbe = prog.try_into().map_err(|e| (chain(&e), errno(&e)))?;
-        if !loaded.contains(&p.program) {
-            kprobe.load().map_err(|e| (format!("load: {}", chain(&e)), errno(&e)))?;
-            loaded.push(p.program);
+/// Loads and attaches programs; return probes go through tracefs with an
+/// explicit maxactive where tracefs is there (retprobe.rs), else through aya.
+struct Attacher {
+    loaded: Vec<&'static str>,
+    tracefs: Option<PathBuf>,
+    returns: Vec<retprobe::Retprobe>,
+}
+
+impl Attacher {
+    fn new(tracefs_returns: bool) -> Attacher {
+        let tracefs = if tracefs_returns { retprobe::tracefs() } else { None };
+        if let Some(t) = &tracefs {
+            retprobe::remove_stale(t);
         }
-        kprobe.attach(function, 0).map_err(|e| (format!("attach: {}", chain(&e)), errno(&e)))?;
-        Ok(())
-    })();
-    match result {
-        Ok(()) => state.attached = true,
-        Err((e, n)) => {
-            tracing::debug!(program = p.program, function, error = %e, "probe not attached");
-            state.error = Some(e);
-            state.errno = n;
-        }
+        Attacher { loaded: Vec::new(), tracefs, returns: Vec::new() }
     }
-    state
+
+    fn attach(&mut self, ebpf: &mut Ebpf, p: &Planned) -> AttachState {
+        let mut state = AttachState {
+            program: p.program,
+            function: p.function,
+            mechanism: p.mechanism,
+            attached: false,
+            error: None,
+            errno: None,
+            core: p.core,
+            maxactive: None,
+        };
+        let Some(function) = p.function else {
+            state.error = Some("no candidate function on this kernel (inlined or renamed)".into());
+            return state;
+        };
+        let result = (|| -> Result<Option<u32>, (String, Option<i32>)> {
+            let prog = ebpf
+                .program_mut(p.program)
+                .ok_or_else(|| (format!("program {} not in object", p.program), None))?;
+            let kprobe: &mut KProbe = prog.try_into().map_err(|e| (chain(&e), errno(&e)))?;
+            if !self.loaded.contains(&p.program) {
+                kprobe.load().map_err(|e| (format!("load: {}", chain(&e)), errno(&e)))?;
+                self.loaded.push(p.program);
+            }
+            if let (Mechanism::Kretprobe, Some(tracefs)) = (p.mechanism, &self.tracefs) {
+                let fd = kprobe.fd().map_err(|e| (chain(&e), errno(&e)))?;
+                match retprobe::Retprobe::attach(tracefs, p.program, function, fd.as_fd()) {
+                    Ok(r) => {
+                        self.returns.push(r);
+                        return Ok(Some(retprobe::MAXACTIVE));
+                    }
+                    Err(e) => tracing::warn!(
+                        program = p.program,
+                        error = %e,
+                        "tracefs return probe failed; using perf's (kernel default maxactive)"
+                    ),
+                }
+            }
+            kprobe.attach(function, 0).map_err(|e| (format!("attach: {}", chain(&e)), errno(&e)))?;
+            Ok(None)
+        })();
+        match result {
+            Ok(maxactive) => {
+                state.attached = true;
+                state.maxactive = maxactive;
+            }
+            Err((e, n)) => {
+                tracing::debug!(program = p.program, function, error = %e, "probe not attached");
+                state.error = Some(e);
+                state.errno = n;
+            }
+        }
+        state
+    }
 }
 
 /// Writes CONFIG and the SYSCALL_CAUSE table (cause + 1 by call number).
@@ -364,7 +413,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<CopyUpMaps, String> {
     let hist = PerCpuHashMap::try_from(take("HIST")?).map_err(|e| e.to_string())?;
     let stats = PerCpuArray::try_from(take("STATS")?).map_err(|e| e.to_string())?;
     let processes = PerCpuHashMap::try_from(take("PROCESSES")?).map_err(|e| e.to_string())?;
-    Ok(CopyUpMaps { counts, hist, stats, processes })
+    Ok(CopyUpMaps { counts, hist, stats, processes, returns: Vec::new() })
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
