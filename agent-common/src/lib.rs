@@ -239,7 +239,9 @@ pub struct Config {
     pub regs_orig_ax: u32,
     /// offsetof(struct pt_regs, cs): 64-bit or 32-bit caller.
     pub regs_cs: u32,
-    pub _pad: u32,
+    /// offsetof(struct ovl_inode, __upperdentry) - offsetof(struct ovl_inode,
+    /// vfs_inode): the upper dentry, from the overlay inode's address.
+    pub ovl_inode_upper: u32,
     /// Send an event to the TRACE ring buffer for copy-ups at least this slow;
     /// u64::MAX sends none (the daemon counts without events).
     pub trace_min_latency_ns: u64,
@@ -257,7 +259,9 @@ pub struct Inflight {
     pub cause: u8,
     pub is_dir: u8,
     pub copied_data: u8,
-    pub copied_meta: u8,
+    /// The entry already had an upper dentry at ovl_copy_up_one's entry, so no
+    /// full copy (and no metadata copy) runs: a deferred data copy or a link-up.
+    pub had_upper: u8,
     /// Set when ovl_copy_up_end ran, i.e. the copy-up really started here.
     pub counted: u8,
     /// Set from ovl_copy_up_one's entry to its return. Entries are reused in

@@ -4,8 +4,13 @@
 //! not count). Counting happens at ovl_copy_up_end, an entry probe that is never
 //! missed; the return probe of ovl_copy_up_one only adds errors and cleans up.
 //!
-//! Kind: a directory, else which of the data copy (F) and the metadata copy (M)
-//! ran inside: M+F data, M metadata, F deferred_data, neither other.
+//! Kind: a directory, else by whether the entry had an upper dentry at entry
+//! (then ovl_copy_up_one skips the full copy: only a deferred data copy or a
+//! link-up runs) and whether the data copy (F) ran: no upper + F data, no
+//! upper alone metadata, upper + F deferred_data, upper alone other. This is
+//! ovl_copy_up_one's own test (`if (!ovl_dentry_upper(dentry))
+//! ovl_do_copy_up()`), read once at entry instead of a probe on the metadata
+//! copy.
 
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
@@ -77,6 +82,7 @@ fn copy_up_entry(ctx: &ProbeContext, cfg: &Config, regs: u64) -> u32 {
     let dev: u32 = if sb != 0 { read(sb + cfg.sb_s_dev as u64).unwrap_or(0) } else { 0 };
     let inode: u64 = read(dentry + cfg.dentry_d_inode as u64).unwrap_or(0);
     let mode: u16 = if inode != 0 { read(inode + cfg.inode_i_mode as u64).unwrap_or(0) } else { 0 };
+    let upper: u64 = if inode != 0 { read(inode + cfg.ovl_inode_upper as u64).unwrap_or(0) } else { 0 };
     let v = Inflight {
         // SAFETY: helper without preconditions.
         start_ns: unsafe { bpf_ktime_get_ns() },
@@ -84,6 +90,7 @@ fn copy_up_entry(ctx: &ProbeContext, cfg: &Config, regs: u64) -> u32 {
         dev,
         cause: c,
         is_dir: (mode & S_IFMT == S_IFDIR) as u8,
+        had_upper: (upper != 0) as u8,
         active: 1,
         ..Default::default()
     };
@@ -119,26 +126,16 @@ pub fn data_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// ovl_copy_up_metadata(ctx, temp) 6.x, or ovl_copy_up_inode(ctx, temp) 5.x.
-#[kprobe]
-pub fn meta_entry(_ctx: ProbeContext) -> u32 {
-    if let Some(p) = active() {
-        // SAFETY: as above.
-        unsafe { (*p).copied_meta = 1 };
-    }
-    0
-}
-
 #[inline(always)]
 fn kind_of(v: &Inflight) -> u8 {
     if v.is_dir != 0 {
         kind::DIRECTORY
     } else {
-        match (v.copied_data != 0, v.copied_meta != 0) {
-            (true, true) => kind::DATA,
-            (false, true) => kind::METADATA,
-            (true, false) => kind::DEFERRED_DATA,
-            (false, false) => kind::OTHER,
+        match (v.copied_data != 0, v.had_upper != 0) {
+            (true, false) => kind::DATA,
+            (false, false) => kind::METADATA,
+            (true, true) => kind::DEFERRED_DATA,
+            (false, true) => kind::OTHER,
         }
     }
 }

@@ -2,10 +2,10 @@
 //! kind and overlay superblock, aggregated in the kernel.
 //!
 //! Hooks (agent/src/kernel/hooks.rs is the table of functions, prototypes and
-//! what is read from them): copyup.rs on ovl_copy_up_one, ovl_copy_up_file/_data,
-//! ovl_copy_up_metadata/_inode and ovl_copy_up_end. Nothing runs on overlay
+//! what is read from them): copyup.rs on ovl_copy_up_one, ovl_copy_up_file/_data
+//! and ovl_copy_up_end. Nothing runs on overlay
 //! operations that copy nothing up: the cause is read at copy-up time from the
-//! system call the thread is in.
+//! system call the thread is in; the kind from the entry's upper dentry.
 //! - bare.rs: the benchmark floor (a counting pair), never attached by the agent
 #![no_std]
 #![no_main]

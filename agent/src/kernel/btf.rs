@@ -72,6 +72,22 @@ impl KernelBtf {
         Err(missing())
     }
 
+    /// Byte offset of `member` in the overlay module's `struct name` (its split
+    /// BTF, else vmlinux's when overlay is built in).
+    pub fn module_member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
+        let missing = || BtfError::Missing { what: format!("struct {name} member {member}") };
+        let btf = self.overlay.as_ref().unwrap_or(&self.vmlinux);
+        let types = btf.resolve_types_by_name(name).map_err(|_| missing())?;
+        for t in types {
+            if let Type::Struct(s) = t {
+                if let Some(bits) = find_member(btf, &s, member, 0) {
+                    return Ok(bits / 8);
+                }
+            }
+        }
+        Err(missing())
+    }
+
     /// Parameter names of function `func`: from the overlay module's BTF, else
     /// vmlinux's (overlay built in). None when no BTF describes the function.
     pub fn params(&self, func: &str) -> Option<Vec<String>> {

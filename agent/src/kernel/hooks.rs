@@ -38,8 +38,6 @@ pub enum Group {
     CopyUpEnd,
     /// The file data copy: the length copied.
     DataCopy,
-    /// The metadata copy (xattrs, attributes).
-    MetaCopy,
 }
 
 /// A program attached to a function, and how.
@@ -129,30 +127,6 @@ pub const HOOKS: &[Hooked] = &[
         ],
         reads: &["len"],
     },
-    Hooked {
-        function: "ovl_copy_up_metadata",
-        group: Group::MetaCopy,
-        role: "metadata copy (6.x): kind",
-        core: false,
-        programs: &[prog("meta_entry", Kprobe)],
-        prototypes: &[
-            Proto { since: (4, 19), params: None },
-            Proto { since: (6, 1), params: Some(&["c", "temp"]) },
-        ],
-        reads: &[],
-    },
-    Hooked {
-        function: "ovl_copy_up_inode",
-        group: Group::MetaCopy,
-        role: "metadata copy (5.x): kind",
-        core: false,
-        programs: &[prog("meta_entry", Kprobe)],
-        prototypes: &[
-            Proto { since: (4, 19), params: Some(&["c", "temp"]) },
-            Proto { since: (6, 1), params: None },
-        ],
-        reads: &[],
-    },
 ];
 
 /// Struct members the programs read (offsets from vmlinux BTF at start).
@@ -166,6 +140,18 @@ pub const MEMBERS: &[(&str, &str, &str)] = &[
     ("task_struct", "stack", "user registers at the stack top (before 5.15)"),
     ("pt_regs", "orig_ax", "the system call number (the cause)"),
     ("pt_regs", "cs", "64-bit caller or not"),
+];
+
+/// Overlay module struct members read (offsets from the module's BTF; where it
+/// has none, 5.10, the fallback in probes::program_config: __upperdentry
+/// follows vfs_inode, as in every ovl_entry.h from 4.19 to 7.2).
+pub const MODULE_MEMBERS: &[(&str, &str, &str)] = &[
+    ("ovl_inode", "vfs_inode", "the overlay inode a dentry points to"),
+    (
+        "ovl_inode",
+        "__upperdentry",
+        "already on the upper layer: deferred data copy or link-up, not a full copy",
+    ),
 ];
 
 impl Hooked {
@@ -256,6 +242,28 @@ pub fn check(btf: &KernelBtf, release: &str, version: (u32, u32)) -> (Checked, V
         checked.members += 1;
         if let Err(e) = btf.member_offset(s, m) {
             drifts.push(drift(&format!("struct {s}"), e.to_string()));
+        }
+    }
+    if btf.has_overlay_btf() {
+        for (s, m, _) in MODULE_MEMBERS {
+            checked.members += 1;
+            if let Err(e) = btf.module_member_offset(s, m) {
+                drifts.push(drift(&format!("struct {s}"), e.to_string()));
+            }
+        }
+        // The 5.10 fallback assumes __upperdentry right after vfs_inode: check it
+        // where BTF can tell.
+        if let (Ok(vfs), Ok(upper), Ok(size)) = (
+            btf.module_member_offset("ovl_inode", "vfs_inode"),
+            btf.module_member_offset("ovl_inode", "__upperdentry"),
+            btf.struct_size("inode"),
+        ) {
+            if upper != vfs + size.next_multiple_of(8) {
+                drifts.push(drift(
+                    "struct ovl_inode",
+                    format!("__upperdentry at {upper}, not right after vfs_inode ({vfs} + {size})"),
+                ));
+            }
         }
     }
     (checked, drifts)

@@ -172,6 +172,20 @@ fn thread_size(symbols: &Symbols) -> u32 {
     }
 }
 
+/// Where the upper dentry sits from the overlay inode's address: from the
+/// module's BTF, else (5.10) right after the VFS inode, as in every
+/// fs/overlayfs/ovl_entry.h from 4.19 to 7.2 (the QEMU suite checks that
+/// layout on the kernels with module BTF).
+fn ovl_inode_upper(btf: &KernelBtf) -> Result<u32, String> {
+    match (
+        btf.module_member_offset("ovl_inode", "vfs_inode"),
+        btf.module_member_offset("ovl_inode", "__upperdentry"),
+    ) {
+        (Ok(vfs), Ok(upper)) if upper > vfs => Ok(upper - vfs),
+        _ => Ok(btf.struct_size("inode").map_err(|e| e.to_string())?.next_multiple_of(8)),
+    }
+}
+
 /// Computes the programs' config from BTF and the table in kernel::hooks.
 /// Errors name what is missing.
 fn program_config(
@@ -206,7 +220,7 @@ fn program_config(
         stack_regs_offset: thread_size(symbols).saturating_sub(regs_size),
         regs_orig_ax: off("pt_regs", "orig_ax")?,
         regs_cs: off("pt_regs", "cs")?,
-        _pad: 0,
+        ovl_inode_upper: ovl_inode_upper(btf)?,
         trace_min_latency_ns: opts
             .trace_min_latency
             .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -447,6 +461,7 @@ mod tests {
         for p in hooks::program_names().into_iter().chain(["bare_entry", "bare_exit"]) {
             assert!(obj.programs.contains_key(p), "program {p} missing from the eBPF object");
         }
+        assert!(!obj.programs.contains_key("meta_entry"), "no probe on the metadata copy");
         for m in ["CONFIG", "SYSCALL_CAUSE", "COUNTS", "HIST", "STATS", "PROCESSES", "TRACE", "INFLIGHT"] {
             assert!(obj.maps.contains_key(m), "map {m} missing from the eBPF object");
         }
