@@ -210,6 +210,17 @@ pub struct Checked {
 /// major.minor). Prototypes are compared where BTF describes overlayfs (module
 /// BTF, or overlay built in); members always.
 pub fn check(btf: &KernelBtf, release: &str, version: (u32, u32)) -> (Checked, Vec<Drift>) {
+    check_rows(btf, release, version, HOOKS, MEMBERS)
+}
+
+/// `check` for given rows (tests pass deliberately wrong ones).
+pub fn check_rows(
+    btf: &KernelBtf,
+    release: &str,
+    version: (u32, u32),
+    hooks: &[Hooked],
+    members: &[(&str, &str, &str)],
+) -> (Checked, Vec<Drift>) {
     let mut drifts = Vec::new();
     let mut checked = Checked::default();
     let drift = |function: &str, problem: String| Drift {
@@ -218,7 +229,7 @@ pub fn check(btf: &KernelBtf, release: &str, version: (u32, u32)) -> (Checked, V
         problem,
     };
     let overlay_described = btf.has_overlay_btf() || btf.params("ovl_copy_up_one").is_some();
-    for h in HOOKS {
+    for h in hooks {
         if !overlay_described {
             checked.unchecked.push(h.function.to_owned());
             continue;
@@ -238,7 +249,7 @@ pub fn check(btf: &KernelBtf, release: &str, version: (u32, u32)) -> (Checked, V
             )),
         }
     }
-    for (s, m, _) in MEMBERS {
+    for (s, m, _) in members {
         checked.members += 1;
         if let Err(e) = btf.member_offset(s, m) {
             drifts.push(drift(&format!("struct {s}"), e.to_string()));
@@ -293,6 +304,22 @@ mod tests {
         assert_eq!(one.program(Kprobe, (5, 10)), Some("one_entry_stack"));
         assert_eq!(one.program(Kprobe, (6, 1)), Some("one_entry"));
         assert_eq!(one.program(Kretprobe, (6, 1)), Some("one_exit"));
+    }
+
+    /// A drift names the struct or function and the kernel (the host's vmlinux
+    /// BTF; the overlay rows are checked in the QEMU guests).
+    #[test]
+    fn a_drift_names_what_and_where() {
+        let btf = KernelBtf::load(std::path::Path::new("/sys/kernel/btf")).expect("host BTF");
+        let members = [("dentry", "d_sb", ""), ("dentry", "d_no_such_member", "")];
+        let (checked, drifts) = check_rows(&btf, "host-test", (6, 18), &[], &members);
+        assert_eq!(checked.members, 2);
+        assert_eq!(drifts.len(), 1, "{drifts:?}");
+        let text = drifts[0].to_string();
+        assert!(text.contains("kernel host-test") && text.contains("struct dentry"), "{text}");
+        assert!(text.contains("d_no_such_member"), "{text}");
+        let (_, drifts) = check_rows(&btf, "host-test", (6, 18), &[], MEMBERS);
+        assert!(drifts.is_empty(), "the real members exist on the host: {drifts:?}");
     }
 
     #[test]
