@@ -19,13 +19,19 @@ mode=$(cat /mode)
 mount -t tmpfs tmpfs /t
 for m in a b c d e; do mkdir -p /t/$m/lower /t/$m/upper /t/$m/work /t/$m/merged; done
 /qemu-workload prepare /t/a/lower /t/b/lower /t/c/lower || echo "=== PREPARE FAILED"
-/qemu-workload uring-prepare /t/d/lower || echo "=== PREPARE FAILED"
-/qemu-workload parallel-prepare /t/e/lower 64 || echo "=== PREPARE FAILED"
+if [ "$mode" = agent ]; then
+  # D: io_uring copy-ups; E: 64 x 2 MiB for the parallel copy-ups (agent mode only:
+  # the other modes need the guest's memory).
+  /qemu-workload uring-prepare /t/d/lower || echo "=== PREPARE FAILED"
+  /qemu-workload parallel-prepare /t/e/lower 64 || echo "=== PREPARE FAILED"
+fi
 mount -t overlay overlay -o lowerdir=/t/a/lower,upperdir=/t/a/upper,workdir=/t/a/work /t/a/merged
 mount -t overlay overlay -o lowerdir=/t/b/lower,upperdir=/t/b/upper,workdir=/t/b/work /t/b/merged
 mount -t overlay overlay -o lowerdir=/t/c/lower,upperdir=/t/c/upper,workdir=/t/c/work,metacopy=on /t/c/merged
-mount -t overlay overlay -o lowerdir=/t/d/lower,upperdir=/t/d/upper,workdir=/t/d/work /t/d/merged
-mount -t overlay overlay -o lowerdir=/t/e/lower,upperdir=/t/e/upper,workdir=/t/e/work /t/e/merged
+if [ "$mode" = agent ]; then
+  mount -t overlay overlay -o lowerdir=/t/d/lower,upperdir=/t/d/upper,workdir=/t/d/work /t/d/merged
+  mount -t overlay overlay -o lowerdir=/t/e/lower,upperdir=/t/e/upper,workdir=/t/e/work /t/e/merged
+fi
 
 scrape() { wget -q -O - http://127.0.0.1:9864/metrics; }
 ready() {
