@@ -18,6 +18,7 @@ pub mod list;
 pub mod metrics;
 pub mod pattern;
 pub mod probes;
+pub mod rlimit;
 pub mod scan;
 pub mod sync;
 pub mod trace;
