@@ -524,6 +524,8 @@ fn tls_fetch(
     let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
     let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
     let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    // The request goes out in several records: no Nagle wait for the server's delayed ACK.
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     write!(tls, "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -591,4 +593,93 @@ fn tls_metric(ca: &rustls::pki_types::CertificateDer<'static>, addr: &str, name:
     assert_eq!(status, 200);
     let body = body.split_once("\r\n\r\n").map_or(body.as_str(), |(_, b)| b);
     common::Metrics::parse(body).get(name, &[]).unwrap_or_else(|| panic!("{name} missing"))
+}
+
+/// VmRSS of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kib / 1024.0
+}
+
+/// The benchmark behind the figures in docs/performance.md ("Hostile clients"):
+/// scrape latency and agent RSS under each flood, default config. Not in the test
+/// command; run it on a release build:
+/// `cargo test --release -p overlay-agent --features e2e --test web -- --ignored --nocapture flood_figures`
+#[test]
+#[ignore = "benchmark: prints figures"]
+fn flood_figures() {
+    common::require_root();
+    let mut rows = Vec::new();
+    for kind in [None, Some(Flood::Idle), Some(Flood::ByteByByte), Some(Flood::StalledTls), None] {
+        let hammer = rows.len() == 4;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = tmp.path();
+        let ca = make_ca(d, "ca");
+        leaf(d, "server", &ca, &["127.0.0.1", "localhost"], false);
+        let tls = matches!(kind, Some(Flood::StalledTls));
+        let web = if tls {
+            std::fs::write(
+                d.join("web.yml"),
+                "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+            )
+            .expect("write web config");
+            format!("  config_file: {}\n", d.join("web.yml").display())
+        } else {
+            String::new()
+        };
+        let cfg = d.join("agent.yaml");
+        std::fs::write(&cfg, format!("web:\n{web}scan:\n  enabled: false\nebpf:\n  enabled: false\n"))
+            .expect("write config");
+        let agent = Agent::spawn(d, &["--config", cfg.to_str().expect("utf8")]);
+        let der = ca.der().clone();
+        let get =
+            move |addr: &str, path: &str| if tls { tls_get(&der, addr, path) } else { plain_get(addr, path) };
+        wait_for("the agent to be ready", Duration::from_secs(20), || {
+            (get(&agent.addr, "/readyz") == Ok(200)).then_some(())
+        });
+        let _ = timed_scrapes(&agent.addr, 20, &get);
+        let idle = rss_mib(agent.child.id());
+        let flood = kind.map(|k| {
+            let f = Flooder::start(&agent.addr, 1000, k);
+            f.wait_holding(1000);
+            f
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let hammers: Vec<_> = (0..if hammer { 100 } else { 0 })
+            .map(|_| {
+                let (addr, stop) = (agent.addr.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = http_get(&addr, "/metrics");
+                    }
+                })
+            })
+            .collect();
+        let times = timed_scrapes(&agent.addr, 100, &get);
+        let loaded = rss_mib(agent.child.id());
+        stop.store(true, Ordering::Relaxed);
+        for h in hammers {
+            h.join().expect("hammer");
+        }
+        drop(flood);
+        let what = match (kind, hammer) {
+            (_, true) => "100 clients scraping /metrics back to back".to_owned(),
+            (None, _) => "none".to_owned(),
+            (Some(k), _) => format!("1,000 connections: {k:?}"),
+        };
+        rows.push(format!(
+            "| {what} | {} | {idle:.1} MiB | {loaded:.1} MiB | {:+.1} MiB |",
+            summary(&times),
+            loaded - idle
+        ));
+    }
+    println!("| load | /metrics + /healthz latency | RSS idle | RSS loaded | added |\n|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
 }

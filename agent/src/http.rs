@@ -497,52 +497,138 @@ where
 /// Why a connection was closed before HTTP.
 enum Refused {
     Timeout,
+    Closed,
+    Io(std::io::Error),
     Tls(String),
     PlainHttp,
+}
+
+/// TLS record type of a handshake (the first byte a TLS client sends).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// What a client sent first, read with a buffer the size of what arrived: a
+/// complete HTTP request head (or MAX_HEAD bytes of one), or a complete first
+/// TLS record. hyper (about 16 KiB of buffers per connection) and rustls are only
+/// given a connection once it has sent that much, so a flood of silent, slow-head
+/// or stalled-handshake connections costs little more than their sockets.
+/// Hand-written because neither library can start with smaller buffers.
+async fn read_opening(stream: &TcpStream) -> Result<Vec<u8>, Refused> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        stream.readable().await.map_err(Refused::Io)?;
+        let want = opening_missing(&got).min(buf.len());
+        match stream.try_read(&mut buf[..want]) {
+            Ok(0) => return Err(Refused::Closed),
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if opening_complete(&got, n) {
+                    return Ok(got);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(Refused::Io(e)),
+        }
+    }
+}
+
+/// Whether `got` holds a whole first TLS record, a whole HTTP head, or MAX_HEAD
+/// bytes; the last `new` bytes just arrived (only they and the 2 before are searched
+/// for the head's end, so a head sent byte by byte costs linear time).
+fn opening_complete(got: &[u8], new: usize) -> bool {
+    match got.first() {
+        None => false,
+        Some(&TLS_HANDSHAKE) => opening_missing(got) == 0,
+        Some(_) => {
+            let tail = &got[got.len().saturating_sub(new + 2)..];
+            got.len() >= MAX_HEAD
+                || tail.windows(2).any(|w| w == b"\n\n")
+                || tail.windows(3).any(|w| w == b"\n\r\n")
+        }
+    }
+}
+
+/// Bytes still to read: the rest of a TLS record, or up to MAX_HEAD of a head.
+fn opening_missing(got: &[u8]) -> usize {
+    match got {
+        [TLS_HANDSHAKE, _, _, hi, lo, body @ ..] => {
+            (usize::from(*hi) << 8 | usize::from(*lo)).saturating_sub(body.len())
+        }
+        [TLS_HANDSHAKE, ..] => 5 - got.len(),
+        _ => MAX_HEAD.saturating_sub(got.len()),
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+struct Prefixed<T> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.pos);
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A TLS connection: a client speaking plain HTTP gets a 400 that says so; a
 /// handshake that fails or takes longer than IO_TIMEOUT closes the connection.
 async fn tls_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
+    opening: Vec<u8>,
     tls: Arc<rustls::ServerConfig>,
     cx: ConnCtx,
 ) -> Result<ConnFuture, Refused> {
-    use tokio::io::AsyncWriteExt;
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(IO_TIMEOUT, stream.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] != 0x16 => {
-            // Not a TLS handshake record: most likely plain HTTP. Read the request
-            // head first (closing with unread data would reset the connection).
-            use tokio::io::AsyncReadExt;
-            let mut stream = stream;
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                while head.len() < MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-            })
-            .await;
-            let _ = tokio::time::timeout(IO_TIMEOUT, async {
-                stream
-                    .write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
-                    .await?;
-                stream.shutdown().await
-            })
-            .await;
-            return Err(Refused::PlainHttp);
-        }
-        Ok(Ok(0)) => return Err(Refused::Tls("closed before a handshake".into())),
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(Refused::Tls(e.to_string())),
-        Err(_) => return Err(Refused::Timeout),
+    if opening.first() != Some(&TLS_HANDSHAKE) {
+        // Most likely plain HTTP; its head is read (closing with unread data
+        // would reset the connection before the client reads the answer).
+        use tokio::io::AsyncWriteExt;
+        let _ = tokio::time::timeout(IO_TIMEOUT, async {
+            stream
+                .write_all(b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+                .await?;
+            stream.shutdown().await
+        })
+        .await;
+        return Err(Refused::PlainHttp);
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    match tokio::time::timeout(IO_TIMEOUT, acceptor.accept(stream)).await {
+    let io = Prefixed { prefix: opening, pos: 0, inner: stream };
+    match tokio::time::timeout(IO_TIMEOUT, acceptor.accept(io)).await {
         Ok(Ok(s)) => Ok(connection(s, cx)),
         Ok(Err(e)) => Err(Refused::Tls(format!("TLS handshake failed: {e}"))),
         Err(_) => Err(Refused::Tls("TLS handshake did not finish within 10s".into())),
@@ -553,38 +639,35 @@ async fn tls_connection(
 async fn serve_connection(stream: TcpStream, peer: std::net::SocketAddr, cx: ConnCtx) {
     let stats = cx.state.stats.clone();
     let conn = cx.conn.clone();
-    let web = cx.web.clone();
-    let result = match web.tls.clone() {
-        Some(tls) => match tls_connection(stream, tls, cx).await {
-            Ok(c) => c.await,
-            Err(why) => {
-                let (counter, detail) = match why {
-                    Refused::Timeout => (&stats.refused_timeout, "no TLS handshake within 10s".to_owned()),
-                    Refused::Tls(e) => (&stats.refused_tls, e),
-                    Refused::PlainHttp => {
-                        (&stats.refused_plain_http, "plain HTTP on the TLS port".to_owned())
-                    }
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, error = %detail, "connection refused");
-                return;
-            }
-        },
-        None => {
-            // hyper allocates about 16 KiB of buffers per connection: wait for the
-            // first byte, so that a silent connection costs only its socket.
-            match tokio::time::timeout(IO_TIMEOUT, stream.readable()).await {
-                Ok(Ok(())) => connection(stream, cx).await,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "connection error");
-                    return;
+    let tls = cx.web.tls.clone();
+    let opened = match tokio::time::timeout(IO_TIMEOUT, read_opening(&stream)).await {
+        Ok(r) => r,
+        Err(_) => Err(Refused::Timeout),
+    };
+    let served = match (opened, tls) {
+        (Ok(opening), Some(tls)) => Box::pin(tls_connection(stream, opening, tls, cx)).await,
+        (Ok(opening), None) => Ok(connection(Prefixed { prefix: opening, pos: 0, inner: stream }, cx)),
+        (Err(why), _) => Err(why),
+    };
+    let result = match served {
+        Ok(c) => c.await,
+        Err(why) => {
+            let (counter, detail) = match why {
+                Refused::Timeout => {
+                    (Some(&stats.refused_timeout), "nothing complete sent within 10s".to_owned())
                 }
-                Err(_) => {
-                    stats.refused_timeout.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "connection closed: nothing sent within 10s");
-                    return;
+                Refused::Closed => (None, "closed before a request".to_owned()),
+                Refused::Io(e) => (None, e.to_string()),
+                Refused::Tls(e) => (Some(&stats.refused_tls), e),
+                Refused::PlainHttp => {
+                    (Some(&stats.refused_plain_http), "plain HTTP on the TLS port".to_owned())
                 }
+            };
+            if let Some(c) = counter {
+                c.fetch_add(1, Ordering::Relaxed);
             }
+            tracing::debug!(%peer, error = %detail, "connection closed before HTTP");
+            return;
         }
     };
     if let Err(e) = result {
@@ -623,6 +706,8 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, shutdown: impl 
             },
             _ = &mut shutdown => break,
         };
+        // As Go's net/http does: a response's last segment is not held back for an ACK.
+        let _ = stream.set_nodelay(true);
         let guard = loop {
             let room = registry.room.notified();
             if let Some(g) = registry.admit() {
@@ -731,6 +816,40 @@ mod tests {
         assert_eq!(stats.shed.load(Ordering::Relaxed), 2);
         drop((a, c, d, e));
         assert_eq!(stats.open.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn an_opening_is_a_whole_head_or_a_whole_tls_record() {
+        let whole = |b: &[u8]| opening_complete(b, b.len());
+        assert!(!whole(b""));
+        assert!(!whole(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(whole(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(whole(b"GET / HTTP/1.0\n\n"));
+        assert!(whole(&vec![b'x'; MAX_HEAD]), "too long: hyper answers 431");
+        // Byte by byte: the end is found in the last byte and the two before it.
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let ends: Vec<bool> = (1..=head.len()).map(|n| opening_complete(&head[..n], 1)).collect();
+        assert_eq!(ends.iter().position(|e| *e), Some(head.len() - 1));
+        assert_eq!(opening_missing(b"GET"), MAX_HEAD - 3);
+        assert_eq!(opening_missing(&[0x16, 3, 1]), 2, "the record header first");
+        assert_eq!(opening_missing(&[0x16, 3, 1, 0x02, 0x00]), 512);
+        let mut record = vec![0x16, 3, 1, 0, 3, 1, 2];
+        assert!(!whole(&record));
+        record.push(3);
+        assert!(whole(&record));
+    }
+
+    /// The bytes read before hyper or rustls take over are given back first.
+    #[tokio::test]
+    async fn a_prefixed_stream_replays_its_prefix() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.expect("write");
+        drop(client);
+        let mut p = Prefixed { prefix: b"hello".to_vec(), pos: 0, inner: server };
+        let mut out = String::new();
+        p.read_to_string(&mut out).await.expect("read");
+        assert_eq!(out, "hello world");
     }
 
     #[test]
