@@ -228,22 +228,35 @@ impl Body for Tracked {
 }
 
 /// One render of the exposition at a time; a request reuses a render that
-/// started after it arrived, so the answer is never older than the request.
+/// started after it arrived, so the answer is never older than the request. The
+/// text is kept only for the requests that waited for it (at 10,000 mounts it is
+/// 20 MiB), not until the next scrape.
 #[derive(Default)]
 struct Renders {
     /// Renders started so far.
     started: AtomicU64,
-    /// The last render: (its number, its text). Held while rendering.
-    last: tokio::sync::Mutex<(u64, Bytes)>,
+    /// Requests waiting for the lock.
+    waiting: AtomicU64,
+    /// The last render: its number and, while requests wait for it, its text.
+    last: tokio::sync::Mutex<(u64, Option<Bytes>)>,
 }
 
 impl Renders {
     /// The exposition text; None if the render failed (a bug: it panicked).
     async fn get(&self, exposition: &Arc<metrics::Exposition>, stats: &Stats) -> Option<Bytes> {
+        // Counted as waiting before reading `started`: a render that starts after
+        // this point keeps its text for this request.
+        self.waiting.fetch_add(1, Ordering::AcqRel);
         let arrived = self.started.load(Ordering::Acquire);
         let mut last = self.last.lock().await;
+        let others = self.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
         if last.0 > arrived {
-            return Some(last.1.clone());
+            if let Some(text) = last.1.clone() {
+                if others == 0 {
+                    last.1 = None;
+                }
+                return Some(text);
+            }
         }
         let number = self.started.fetch_add(1, Ordering::AcqRel) + 1;
         stats.renders.fetch_add(1, Ordering::Relaxed);
@@ -251,7 +264,8 @@ impl Renders {
         // Off the async threads: at 10,000 mounts a render takes tens of milliseconds.
         match tokio::task::spawn_blocking(move || Bytes::from(e.render())).await {
             Ok(text) => {
-                *last = (number, text.clone());
+                let keep = self.waiting.load(Ordering::Acquire) > 0;
+                *last = (number, keep.then(|| text.clone()));
                 Some(text)
             }
             Err(e) => {
@@ -888,7 +902,17 @@ mod tests {
     /// A scrape reuses a render only when it started after the scrape arrived.
     #[tokio::test]
     async fn a_scrape_never_gets_an_older_render() {
+        /// A render that takes a while, as at 10,000 mounts: concurrent scrapes
+        /// all arrive before it ends.
+        struct Slow;
+        impl metrics::Collector for Slow {
+            fn collect(&self) -> Vec<metrics::Family> {
+                std::thread::sleep(Duration::from_millis(50));
+                Vec::new()
+            }
+        }
         let s = state(true);
+        s.exposition.register(Box::new(Slow));
         for _ in 0..3 {
             assert_eq!(handle(&s, &get("/metrics")).await.status(), StatusCode::OK);
         }
@@ -900,6 +924,7 @@ mod tests {
         }
         let renders = s.stats.renders.load(Ordering::Relaxed) - 3;
         assert!((1..=2).contains(&renders), "20 concurrent scrapes share at most 2 renders: {renders}");
+        assert!(s.renders.last.lock().await.1.is_none(), "the text is not kept once every waiter has it");
     }
 
     async fn futures_join<F: Future>(fs: Vec<F>) -> Vec<F::Output> {

@@ -15,6 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod kernel;
 pub mod list;
+pub mod memory;
 pub mod metrics;
 pub mod pattern;
 pub mod probes;

@@ -54,6 +54,7 @@ fn main() -> ExitCode {
     init_logging(&config.log);
     if matches!(cli.command, None | Some(Command::Serve)) {
         raise_open_files_limit();
+        overlay_agent::memory::tune_malloc();
     }
     match run(&cli, config, web) {
         Ok(()) => ExitCode::SUCCESS,
