@@ -162,7 +162,8 @@ def run_count(count, args):
         cfg = os.path.join(base, "agent.yaml")
         with open(cfg, "w") as f:
             f.write(f"web:\n  listen_address: 127.0.0.1:{port}\n"
-                    "discovery:\n  resync_interval: 30s\nebpf:\n  enabled: false\n")
+                    f"discovery:\n  include_mountpoints: ['{base}/.*']\n  resync_interval: 30s\n"
+                    "ebpf:\n  enabled: false\n")
         url = f"http://127.0.0.1:{port}"
         t0 = time.perf_counter()
         agent = subprocess.Popen([AGENT, "--config", cfg], stderr=open(os.path.join(base, "agent.log"), "w"))
@@ -231,6 +232,18 @@ def inner(args):
     # The namespace's /proc is private; make every mount private too, so nothing
     # propagates back to the host.
     subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    # The namespace starts as a copy of the host's mounts, overlays of other running
+    # tests included: detach those copies (the host's own are not touched), so that
+    # both exporters see only the benchmark's mounts.
+    inherited = [line.split(" - ")[0].split()[4] for line in open("/proc/self/mountinfo")
+                 if line.split(" - ")[-1].startswith("overlay ")]
+    for m in reversed(inherited):
+        try:
+            sys_umount(m.encode().decode("unicode_escape"))
+        except OSError as e:
+            print(f"(could not detach the inherited overlay {m}: {e})")
+    if inherited:
+        print(f"(detached {len(inherited)} overlay mounts inherited from the host's namespace)")
     rows = [run_count(int(c), args) for c in args.counts.split(",")]
     print(f"\noverlay-agent with 1k-10k mounts, {time.strftime('%Y-%m-%d')}, kernel {os.uname().release}, "
           f"{os.cpu_count()} CPUs, {args.scrapes} sequential scrapes per agent row ({args.node_scrapes} for "

@@ -15,3 +15,15 @@ pub fn tune_malloc() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
+
+/// Returns the free pages inside malloc's heaps to the kernel. After a render of
+/// a big exposition, the small allocations it and a concurrent discovery freed
+/// leave holes that glibc does not give back on its own (10,000 mounts with mount
+/// churn during scrapes: 107 MiB retained against 38 MiB live). A no-op elsewhere.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
