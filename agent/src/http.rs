@@ -13,8 +13,9 @@
 //! - One render of `/metrics` at a time: scrapes that arrive during a render wait
 //!   for the next one and share it, so 100 clients scraping back to back cost one
 //!   render at a time, not 100, and every answer is at least as fresh as its request.
-//! - A silent connection costs its socket and a small task: hyper's buffers are
-//!   allocated when the first byte arrives.
+//! - A connection costs its socket, a small task and the bytes it sent until it
+//!   has sent a whole request head or first TLS record: only then do hyper (about
+//!   16 KiB of buffers) and rustls get it (`read_opening`).
 //! - Request heads must arrive within 10 s and fit in 16 KiB; a TLS handshake must
 //!   finish within 10 s; a client that stops reading its response for 10 s is
 //!   dropped; a keep-alive connection idle for 10 s is closed.
