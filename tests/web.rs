@@ -8,6 +8,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{http_get, http_request, wait_for, Agent};
@@ -227,20 +229,457 @@ fn slow_clients_big_headers_and_connection_limits() {
     assert!(closed.is_ok(), "a slow client was not disconnected within 30 s: {closed:?}");
 
     // Four connections that send nothing fill web.max_connections: a fifth
-    // client waits in the backlog, then is served as soon as a slot frees.
+    // client is served at once, the oldest silent one shed to make room.
     let mut hogs: Vec<TcpStream> = (0..4).map(|_| idle_connection(&agent.addr, b"")).collect();
-    let addr = agent.addr.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(http_get(&addr, "/healthz").map(|r| r.status));
+    // Each scrape is a fifth connection once the agent has accepted the four.
+    let m = wait_for("a scrape to shed a silent connection", Duration::from_secs(10), || {
+        let m = agent.metrics();
+        (m.get("overlayfs_http_connections_shed_total", &[]) >= Some(1.0)).then_some(m)
     });
-    assert!(
-        rx.recv_timeout(Duration::from_secs(2)).is_err(),
-        "a fifth connection was served while four held every slot"
-    );
-    hogs.pop();
-    let status = rx.recv_timeout(Duration::from_secs(20)).expect("served once a slot was free");
-    assert_eq!(status.expect("healthz"), 200);
+    assert_eq!(m.get("overlayfs_http_connections", &[]), Some(4.0), "three hogs and the scrape");
+    assert_eq!(m.get("overlayfs_http_connections_limit", &[]), Some(4.0));
+    let r = http_get(&agent.addr, "/healthz").expect("healthz while four connections are held");
+    assert_eq!(r.status, 200);
+    let oldest = read_to_close(&mut hogs[0], Duration::from_secs(5));
+    assert!(oldest.is_ok(), "the oldest silent connection was not shed: {oldest:?}");
     drop(hogs);
     assert_eq!(http_get(&agent.addr, "/healthz").expect("healthz").status, 200);
+}
+
+/// How the connections of a flood behave.
+#[derive(Clone, Copy, Debug)]
+enum Flood {
+    /// Connect and send nothing.
+    Idle,
+    /// Send a request head that never ends, one byte per connection every 100 ms.
+    ByteByByte,
+    /// Start a TLS handshake (a record header) and stall.
+    StalledTls,
+}
+
+/// `n` flood connections to `addr`, renewed as the server closes them, from one
+/// thread; stopped on drop.
+struct Flooder {
+    stop: Arc<AtomicBool>,
+    /// Connections open now (from the client's side) and opened in all.
+    held: Arc<AtomicUsize>,
+    opened: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flooder {
+    fn start(addr: &str, n: usize, kind: Flood) -> Flooder {
+        let addr: std::net::SocketAddr = addr.parse().expect("loopback address");
+        assert!(addr.ip().is_loopback(), "floods only go to loopback");
+        let stop = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicUsize::new(0));
+        let opened = Arc::new(AtomicUsize::new(0));
+        let (s, h, o) = (stop.clone(), held.clone(), opened.clone());
+        let thread = std::thread::spawn(move || {
+            let head = b"GET /metrics HTTP/1.1\r\nHost: flood\r\nX-Slow: ";
+            let mut conns: Vec<Option<(TcpStream, usize)>> = (0..n).map(|_| None).collect();
+            let mut buf = [0u8; 4096];
+            while !s.load(Ordering::Relaxed) {
+                let round = std::time::Instant::now();
+                for c in conns.iter_mut() {
+                    if s.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if c.is_none() {
+                        if let Ok(mut st) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                            if matches!(kind, Flood::StalledTls) {
+                                // A handshake record header, and nothing of the ClientHello.
+                                let _ = st.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]);
+                            }
+                            let _ = st.set_nonblocking(true);
+                            o.fetch_add(1, Ordering::Relaxed);
+                            *c = Some((st, 0));
+                        }
+                        continue;
+                    }
+                    let Some((st, sent)) = c.as_mut() else { continue };
+                    let alive = match st.read(&mut buf) {
+                        Ok(0) => false,
+                        Ok(_) => true,
+                        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                    };
+                    let alive = alive
+                        && match kind {
+                            Flood::ByteByByte => {
+                                let byte = head.get(*sent).copied().unwrap_or(b'a');
+                                *sent += 1;
+                                !matches!(st.write(&[byte]), Err(e) if e.kind() != std::io::ErrorKind::WouldBlock)
+                            }
+                            _ => true,
+                        };
+                    if !alive {
+                        *c = None;
+                    }
+                }
+                h.store(conns.iter().filter(|c| c.is_some()).count(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100).saturating_sub(round.elapsed()));
+            }
+        });
+        Flooder { stop, held, opened, thread: Some(thread) }
+    }
+
+    /// Waits until the flood holds at least `n` connections.
+    fn wait_holding(&self, n: usize) {
+        wait_for(&format!("the flood to hold {n} connections"), Duration::from_secs(60), || {
+            (self.held.load(Ordering::Relaxed) >= n).then_some(())
+        });
+    }
+
+    /// Waits until the flood has opened `n` connections in all (renewing the shed ones).
+    fn wait_opened(&self, n: usize) {
+        wait_for(&format!("the flood to open {n} connections"), Duration::from_secs(60), || {
+            (self.opened.load(Ordering::Relaxed) >= n).then_some(())
+        });
+    }
+}
+
+impl Flooder {
+    /// Runs `scrapes` while the flood goes on, and checks that it did: with no cap
+    /// the flood held all its connections at the end, with a cap it kept renewing
+    /// the shed ones (at least 100 during the scrapes).
+    fn scrapes_during(
+        &self,
+        what: &str,
+        cap: Option<usize>,
+        scrapes: impl FnOnce() -> Vec<Duration>,
+    ) -> Vec<Duration> {
+        let opened = self.opened.load(Ordering::Relaxed);
+        let times = scrapes();
+        let held = self.held.load(Ordering::Relaxed);
+        let renewed = self.opened.load(Ordering::Relaxed) - opened;
+        println!("{what}: the flood held {held} connections and opened {renewed} during the scrapes");
+        match cap {
+            None => assert!(held >= 1000, "{what}: the flood did not hold on ({held})"),
+            Some(_) => assert!(renewed >= 100, "{what}: the flood did not go on ({renewed} renewed)"),
+        }
+        times
+    }
+}
+
+impl Drop for Flooder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Latencies of `rounds` GETs of /metrics and /healthz, each on a new connection
+/// (as Prometheus after a failed scrape). Panics on any failure or non-200.
+fn timed_scrapes(
+    addr: &str,
+    rounds: usize,
+    get: &dyn Fn(&str, &str) -> Result<u16, String>,
+) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for i in 0..rounds {
+        for path in ["/metrics", "/healthz"] {
+            let t = std::time::Instant::now();
+            let status = get(addr, path).unwrap_or_else(|e| panic!("{path} (round {i}) failed: {e}"));
+            times.push(t.elapsed());
+            assert_eq!(status, 200, "{path} (round {i})");
+        }
+        // A scrape cadence (not a wait for readiness): the flood goes on between rounds.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    times
+}
+
+fn plain_get(addr: &str, path: &str) -> Result<u16, String> {
+    http_get(addr, path).map(|r| r.status).map_err(|e| e.to_string())
+}
+
+/// p50, p99 and max of latencies, in milliseconds.
+fn summary(times: &[Duration]) -> String {
+    let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
+    format!("n={} p50={:.1} ms p99={:.1} ms max={:.1} ms", ms.len(), at(0.5), at(0.99), at(1.0))
+}
+
+/// A scrape must finish well inside Prometheus's default 10 s scrape timeout. The
+/// issue's target is 1 s; the measured margin is printed (and in the benchmark,
+/// `flood_figures`): the deadline here is generous because the flood and the test
+/// share two loaded cores with other builds.
+const SCRAPE_DEADLINE: Duration = Duration::from_secs(5);
+
+fn assert_within_deadline(what: &str, times: &[Duration]) {
+    println!("{what}: {}", summary(times));
+    let worst = times.iter().max().copied().unwrap_or_default();
+    assert!(worst < SCRAPE_DEADLINE, "{what}: a scrape took {worst:?}: {}", summary(times));
+}
+
+fn quiet_agent(dir: &Path, web: &str) -> Agent {
+    let cfg = dir.join("agent.yaml");
+    std::fs::write(&cfg, format!("web:\n{web}scan:\n  enabled: false\nebpf:\n  enabled: false\n"))
+        .expect("write config");
+    Agent::start(dir, &["--config", cfg.to_str().expect("utf8")])
+}
+
+fn gauge(agent: &Agent, name: &str) -> f64 {
+    agent.metrics().get(name, &[]).unwrap_or_else(|| panic!("{name} missing"))
+}
+
+/// 1,000 connections held idle and 1,000 sending their heads byte by byte, each
+/// renewed as the agent drops them. With the default cap the agent holds them all;
+/// with a cap of 500 it sheds the oldest. Either way every scrape is answered.
+#[test]
+fn scrapes_answer_under_a_flood_of_idle_and_slow_connections() {
+    common::require_root();
+    for (cap, kind) in [
+        (None, Flood::Idle),
+        (None, Flood::ByteByByte),
+        (Some(500), Flood::Idle),
+        (Some(500), Flood::ByteByByte),
+    ] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let web = cap.map(|c| format!("  max_connections: {c}\n")).unwrap_or_default();
+        let agent = quiet_agent(tmp.path(), &web);
+        let flood = Flooder::start(&agent.addr, 1000, kind);
+        match cap {
+            None => flood.wait_holding(1000),
+            // At the cap the agent sheds as fast as the flood reconnects.
+            Some(_) => flood.wait_opened(3000),
+        }
+        let what = format!("{kind:?} flood of 1000, cap {}", cap.map_or("default".into(), |c| c.to_string()));
+        match cap {
+            // The agent itself holds the whole flood (and the scrape).
+            None => wait_for("the agent to hold the flood", Duration::from_secs(30), || {
+                (gauge(&agent, "overlayfs_http_connections") >= 1000.0).then_some(())
+            }),
+            Some(c) => {
+                assert!(gauge(&agent, "overlayfs_http_connections") <= c as f64);
+                assert!(gauge(&agent, "overlayfs_http_connections_shed_total") >= 900.0, "{what}: shed");
+            }
+        }
+        let times = flood.scrapes_during(&what, cap, || timed_scrapes(&agent.addr, 20, &plain_get));
+        assert_within_deadline(&what, &times);
+    }
+}
+
+/// 100 clients scraping /metrics back to back: one render at a time, shared by
+/// the scrapes that wait for it; a scrape among them is answered promptly.
+#[test]
+fn scrapes_answer_while_100_clients_hammer_metrics() {
+    common::require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let agent = quiet_agent(tmp.path(), "");
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let hammers: Vec<_> = (0..100)
+        .map(|_| {
+            let (addr, stop, done) = (agent.addr.clone(), stop.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(r) = http_get(&addr, "/metrics") {
+                        assert_eq!(r.status, 200, "a hammering client got {}", r.status);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for("the hammering to start", Duration::from_secs(30), || {
+        (done.load(Ordering::Relaxed) >= 1000).then_some(())
+    });
+    let before = agent.metrics();
+    let times = timed_scrapes(&agent.addr, 20, &plain_get);
+    let after = agent.metrics();
+    stop.store(true, Ordering::Relaxed);
+    for h in hammers {
+        h.join().expect("hammering client");
+    }
+    let delta = |name: &str| after.get(name, &[]).expect(name) - before.get(name, &[]).expect(name);
+    let (scrapes, renders) = (delta("overlayfs_http_scrapes_total"), delta("overlayfs_http_renders_total"));
+    println!("100 hammering clients: {scrapes} scrapes served by {renders} renders meanwhile");
+    assert!(renders < scrapes / 2.0, "scrapes did not share renders: {scrapes} scrapes, {renders} renders");
+    assert_within_deadline("scrape among 100 hammering clients", &times);
+}
+
+/// A blocking TLS client trusting `ca`: GET `path`, the status code.
+fn tls_get(ca: &rustls::pki_types::CertificateDer<'static>, addr: &str, path: &str) -> Result<u16, String> {
+    tls_fetch(ca, addr, path).map(|(status, _)| status)
+}
+
+/// GET `path` over TLS: the status code and the whole reply (head and body).
+fn tls_fetch(
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    addr: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).map_err(|e| e.to_string())?;
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    // The request goes out in several records: no Nagle wait for the server's delayed ACK.
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    write!(tls, "GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    match tls.read_to_end(&mut reply) {
+        Ok(_) => {}
+        // The server closes without close_notify after HTTP/1.0: what was read counts.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    status.map(|s| (s, text.clone())).ok_or_else(|| format!("no status in {text:?}"))
+}
+
+/// The TLS port under 1,000 stalled handshakes, renewed as dropped: a TLS scrape
+/// is answered, with the default cap and with a cap of 500.
+#[test]
+fn tls_scrapes_answer_under_a_flood_of_stalled_handshakes() {
+    common::require_root();
+    for cap in [None, Some(500)] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = tmp.path();
+        let ca = make_ca(d, "ca");
+        leaf(d, "server", &ca, &["127.0.0.1", "localhost"], false);
+        std::fs::write(
+            d.join("web.yml"),
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+        )
+        .expect("write web config");
+        let web = format!(
+            "  config_file: {}\n{}",
+            d.join("web.yml").display(),
+            cap.map(|c| format!("  max_connections: {c}\n")).unwrap_or_default()
+        );
+        let cfg = d.join("agent.yaml");
+        std::fs::write(&cfg, format!("web:\n{web}scan:\n  enabled: false\nebpf:\n  enabled: false\n"))
+            .expect("write config");
+        let agent = Agent::spawn(d, &["--config", cfg.to_str().expect("utf8")]);
+        let der = ca.der().clone();
+        wait_for("the TLS agent to be ready", Duration::from_secs(20), || {
+            (tls_get(&der, &agent.addr, "/readyz") == Ok(200)).then_some(())
+        });
+        let flood = Flooder::start(&agent.addr, 1000, Flood::StalledTls);
+        match cap {
+            None => flood.wait_holding(1000),
+            Some(_) => flood.wait_opened(3000),
+        }
+        let what =
+            format!("stalled TLS handshakes x1000, cap {}", cap.map_or("default".into(), |c| c.to_string()));
+        let get = |addr: &str, path: &str| tls_get(&der, addr, path);
+        let times = flood.scrapes_during(&what, cap, || timed_scrapes(&agent.addr, 20, &get));
+        assert_within_deadline(&what, &times);
+        if cap.is_some() {
+            let shed = tls_metric(&der, &agent.addr, "overlayfs_http_connections_shed_total");
+            assert!(shed >= 900.0, "{what}: {shed} shed");
+        }
+    }
+}
+
+/// One unlabelled sample of the agent's exposition over TLS.
+fn tls_metric(ca: &rustls::pki_types::CertificateDer<'static>, addr: &str, name: &str) -> f64 {
+    let (status, body) = tls_fetch(ca, addr, "/metrics").expect("TLS scrape");
+    assert_eq!(status, 200);
+    let body = body.split_once("\r\n\r\n").map_or(body.as_str(), |(_, b)| b);
+    common::Metrics::parse(body).get(name, &[]).unwrap_or_else(|| panic!("{name} missing"))
+}
+
+/// VmRSS of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    kib / 1024.0
+}
+
+/// The benchmark behind the figures in docs/performance.md ("Hostile clients"):
+/// scrape latency and agent RSS under each flood, default config. Not in the test
+/// command; run it on a release build:
+/// `cargo test --release -p overlay-agent --features e2e --test web -- --ignored --nocapture flood_figures`
+#[test]
+#[ignore = "benchmark: prints figures"]
+fn flood_figures() {
+    common::require_root();
+    let mut rows = Vec::new();
+    for kind in [None, Some(Flood::Idle), Some(Flood::ByteByByte), Some(Flood::StalledTls), None] {
+        let hammer = rows.len() == 4;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = tmp.path();
+        let ca = make_ca(d, "ca");
+        leaf(d, "server", &ca, &["127.0.0.1", "localhost"], false);
+        let tls = matches!(kind, Some(Flood::StalledTls));
+        let web = if tls {
+            std::fs::write(
+                d.join("web.yml"),
+                "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+            )
+            .expect("write web config");
+            format!("  config_file: {}\n", d.join("web.yml").display())
+        } else {
+            String::new()
+        };
+        let cfg = d.join("agent.yaml");
+        std::fs::write(&cfg, format!("web:\n{web}scan:\n  enabled: false\nebpf:\n  enabled: false\n"))
+            .expect("write config");
+        let agent = Agent::spawn(d, &["--config", cfg.to_str().expect("utf8")]);
+        let der = ca.der().clone();
+        let get =
+            move |addr: &str, path: &str| if tls { tls_get(&der, addr, path) } else { plain_get(addr, path) };
+        wait_for("the agent to be ready", Duration::from_secs(20), || {
+            (get(&agent.addr, "/readyz") == Ok(200)).then_some(())
+        });
+        let _ = timed_scrapes(&agent.addr, 20, &get);
+        let idle = rss_mib(agent.child.id());
+        let flood = kind.map(|k| {
+            let f = Flooder::start(&agent.addr, 1000, k);
+            f.wait_holding(1000);
+            f
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let hammers: Vec<_> = (0..if hammer { 100 } else { 0 })
+            .map(|_| {
+                let (addr, stop) = (agent.addr.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = http_get(&addr, "/metrics");
+                    }
+                })
+            })
+            .collect();
+        let times = timed_scrapes(&agent.addr, 100, &get);
+        let loaded = rss_mib(agent.child.id());
+        stop.store(true, Ordering::Relaxed);
+        for h in hammers {
+            h.join().expect("hammer");
+        }
+        drop(flood);
+        let what = match (kind, hammer) {
+            (_, true) => "100 clients scraping /metrics back to back".to_owned(),
+            (None, _) => "none".to_owned(),
+            (Some(k), _) => format!("1,000 connections: {k:?}"),
+        };
+        rows.push(format!(
+            "| {what} | {} | {idle:.1} MiB | {loaded:.1} MiB | {:+.1} MiB |",
+            summary(&times),
+            loaded - idle
+        ));
+    }
+    println!("| load | /metrics + /healthz latency | RSS idle | RSS loaded | added |\n|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
 }

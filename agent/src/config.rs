@@ -78,7 +78,8 @@ pub struct WebConfig {
     pub listen_address: ListenAddress,
     /// TLS and basic auth, in the exporter toolkit's web config format.
     pub config_file: Option<PathBuf>,
-    /// Connections served at once; more wait in the listen backlog.
+    /// Connections open at once (at most the open files limit less a reserve). At
+    /// the cap, the oldest connection without a request in progress is closed to make room.
     pub max_connections: usize,
 }
 
@@ -87,7 +88,7 @@ impl Default for WebConfig {
         Self {
             listen_address: ListenAddress(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
             config_file: None,
-            max_connections: 64,
+            max_connections: 1024,
         }
     }
 }

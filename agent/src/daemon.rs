@@ -142,6 +142,10 @@ pub fn once(config: &Config, out: &mut impl Write) -> Result<(), AgentError> {
 pub async fn serve(cli: &Cli, config: Config, web: WebConfigFile) -> Result<(), AgentError> {
     let mut daemon = Daemon::build(cli, config, web).await?;
     let server = daemon.spawn_server();
+    if let Err(e) = daemon.start().await {
+        daemon.drain(server).await;
+        return Err(e);
+    }
     daemon.run().await;
     daemon.drain(server).await;
     Ok(())
@@ -174,7 +178,8 @@ enum Wake {
     Stop,
 }
 
-/// The running daemon: built by `build`, served by `spawn_server`, driven by `run`.
+/// The running daemon: built by `build`, served by `spawn_server` (503 on
+/// /readyz and /metrics until `start` has read the first mount table), driven by `run`.
 struct Daemon<'a> {
     cli: &'a Cli,
     config: Config,
@@ -185,6 +190,7 @@ struct Daemon<'a> {
     signals: Signals,
     mounts_changed: Arc<Notify>,
     _watcher: Option<discovery::watch::MountWatcher>,
+    ready: Arc<AtomicBool>,
 }
 
 /// The HTTP server task and the way to stop it.
@@ -194,27 +200,18 @@ struct Server {
 }
 
 impl<'a> Daemon<'a> {
-    /// First discovery, scans, probes, listener, mountinfo watcher, signals.
+    /// Listener, signals, mountinfo watcher, HTTP state: everything that lets the
+    /// server answer (503 until `start`) and that must exist before the first read.
     async fn build(cli: &'a Cli, config: Config, web: WebConfigFile) -> Result<Daemon<'a>, AgentError> {
         crate::caps::warn_if_missing();
         let pipeline = Arc::new(Pipeline::new(&config)?);
-        pipeline.rediscover(&config)?;
-        let ready = Arc::new(AtomicBool::new(true));
-        pipeline.schedule_scans(&config);
-        let copy_up_probes = start_probes(&config, &pipeline.probes).await;
 
         let addr = config.web.listen_address;
         let listener = tokio::net::TcpListener::bind(addr.0)
             .await
             .map_err(|source| AgentError::Listen { addr: addr.to_string(), source })?;
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| addr.to_string());
-        tracing::info!(
-            address = %local,
-            tls = web.tls.is_some(),
-            basic_auth = web.requires_auth(),
-            mounts = pipeline.table.get().mounts.len(),
-            "listening"
-        );
+        tracing::info!(address = %local, tls = web.tls.is_some(), basic_auth = web.requires_auth(), "listening");
 
         let mounts_changed = Arc::new(Notify::new());
         let mountinfo = discovery::mountinfo::mountinfo_path(&config.discovery.procfs);
@@ -225,24 +222,47 @@ impl<'a> Daemon<'a> {
                 None
             }
         };
+        // Before readiness: a SIGHUP sent once /readyz says 200 must reload, not kill.
         let signals = Signals::install()?;
-        let http = Arc::new(HttpState {
-            exposition: pipeline.exposition.clone(),
-            ready,
-            web: std::sync::RwLock::new(Arc::new(web)),
-            max_connections: config.web.max_connections,
-        });
+        let ready = Arc::new(AtomicBool::new(false));
+        let http = Arc::new(HttpState::new(
+            pipeline.exposition.clone(),
+            ready.clone(),
+            web,
+            config.web.max_connections,
+        ));
+        // Registered here, not in Pipeline::new: only the daemon serves HTTP (`once` has no server).
+        pipeline.exposition.register(Box::new(metrics::http::HttpCollector::new(http.stats())));
         Ok(Daemon {
             cli,
             config,
             pipeline,
-            copy_up_probes,
+            copy_up_probes: None,
             http,
             listener: Some(listener),
             signals,
             mounts_changed,
             _watcher: watcher,
+            ready,
         })
+    }
+
+    /// First discovery (an error stops the start), scans, probes; then ready: the
+    /// first mount table is read, the listener serves and the probes' start-up is
+    /// over (attached, or off with overlayfs_ebpf_disabled_info saying why), so that
+    /// copy-ups after a 200 are counted. Scans do not gate it: a first scan of a big
+    /// upper dir can take minutes, and the scan metrics show its progress.
+    async fn start(&mut self) -> Result<(), AgentError> {
+        let (p, c) = (self.pipeline.clone(), self.config.clone());
+        match tokio::task::spawn_blocking(move || p.rediscover(&c)).await {
+            Ok(r) => r?,
+            Err(e) => return Err(AgentError::Start { what: "discovery", source: std::io::Error::other(e) }),
+        }
+        self.pipeline.schedule_scans(&self.config);
+        self.copy_up_probes = start_probes(&self.config, &self.pipeline.probes).await;
+        self.ready.store(true, Ordering::Release);
+        tracing::info!(mounts = self.pipeline.table.get().mounts.len(), "ready");
+        Ok(())
     }
 
     fn spawn_server(&mut self) -> Server {
@@ -388,7 +408,7 @@ fn waiting_for_overlay(handle: &ProbeHandle) -> bool {
 /// running one when the file is invalid.
 fn reload_web(config: &Config, state: &HttpState) {
     match WebConfigFile::from_file(config.web.config_file.as_deref()) {
-        Ok(web) => *state.web.write_now() = Arc::new(web),
+        Ok(web) => state.set_web(web),
         Err(e) => tracing::error!(error = %e, "web config reload failed; keeping the running one"),
     }
 }

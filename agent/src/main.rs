@@ -52,6 +52,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log);
+    if matches!(cli.command, None | Some(Command::Serve)) {
+        raise_open_files_limit();
+        overlay_agent::memory::tune_malloc();
+    }
     match run(&cli, config, web) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -59,6 +63,19 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Soft RLIMIT_NOFILE up to the hard limit, as Go programs do: the HTTP
+/// connection cap is sized from it (overlay_agent::rlimit).
+fn raise_open_files_limit() {
+    use overlay_agent::rlimit::{raise_nofile, Raised};
+    match raise_nofile() {
+        Ok(Raised::To { from, to }) => {
+            tracing::debug!(?from, ?to, "open files limit raised to the hard limit")
+        }
+        Ok(Raised::AlreadyMax(_)) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 }
 

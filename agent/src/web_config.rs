@@ -168,6 +168,16 @@ impl WebConfigFile {
         !self.users.is_empty()
     }
 
+    /// The answer without bcrypt, when there is one: no users, no or malformed
+    /// credentials, or credentials that already passed. None: a bcrypt check is needed.
+    pub fn authorized_cached(&self, header: Option<&HeaderValue>) -> Option<bool> {
+        if self.users.is_empty() {
+            return Some(true);
+        }
+        let Some(key) = header.and_then(parse_basic) else { return Some(false) };
+        self.verified.locked().contains(&key).then_some(true)
+    }
+
     /// Checks an `Authorization` header against basic_auth_users. Slow (bcrypt)
     /// on a first use of a credential: call off the async threads.
     pub fn authorized(&self, header: Option<&HeaderValue>) -> bool {
@@ -283,7 +293,11 @@ mod tests {
             HeaderValue::from_str(&format!("Basic {v}")).expect("header")
         };
         assert!(w.requires_auth());
+        assert_eq!(w.authorized_cached(Some(&basic("prom", "s3cret"))), None, "needs bcrypt");
+        assert_eq!(w.authorized_cached(None), Some(false), "no credentials: no bcrypt");
         assert!(w.authorized(Some(&basic("prom", "s3cret"))));
+        assert_eq!(w.authorized_cached(Some(&basic("prom", "s3cret"))), Some(true));
+        assert_eq!(w.authorized_cached(Some(&basic("prom", "wrong"))), None);
         assert!(w.authorized(Some(&basic("prom", "s3cret"))), "cached");
         assert!(!w.authorized(Some(&basic("prom", "wrong"))));
         assert!(!w.authorized(Some(&basic("nobody", "s3cret"))));

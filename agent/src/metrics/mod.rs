@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod copyup;
+pub mod http;
 pub mod mounts;
 pub mod process;
 pub mod upper;

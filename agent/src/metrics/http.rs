@@ -1,0 +1,90 @@
+//! Collector for the HTTP server: connections, the cap, shedding, requests in flight.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus::proto::MetricType;
+
+use super::{Collector, Def, Family};
+use crate::http::Stats;
+
+static OPEN: Def = Def {
+    name: "overlayfs_http_connections",
+    help: "HTTP connections open now.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+static LIMIT: Def = Def {
+    name: "overlayfs_http_connections_limit",
+    help: "HTTP connections open at most (web.max_connections, at most the open files limit less a reserve); past it the oldest connection without a request in progress is shed.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+static SHED: Def = Def {
+    name: "overlayfs_http_connections_shed_total",
+    help: "HTTP connections closed to make room at the connection limit: the oldest one without a request in progress.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+static REFUSED: Def = Def {
+    name: "overlayfs_http_connections_refused_total",
+    help: "HTTP connections closed before any request, by reason: timeout (no complete request head, or TLS handshake record, within 10 s), tls_handshake (failed or not finished within 10 s), plain_http (HTTP sent to the TLS port).",
+    kind: MetricType::COUNTER,
+    labels: &["reason"],
+};
+static IN_FLIGHT: Def = Def {
+    name: "overlayfs_http_requests_in_flight",
+    help: "HTTP requests being answered now.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+static SCRAPES: Def = Def {
+    name: "overlayfs_http_scrapes_total",
+    help: "Requests to /metrics answered with an exposition.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+static RENDERS: Def = Def {
+    name: "overlayfs_http_renders_total",
+    help: "Renders of the exposition; scrapes that arrive during a render share the next one, so this grows slower than overlayfs_http_scrapes_total under concurrent scrapes.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+
+pub struct HttpCollector {
+    stats: Arc<Stats>,
+}
+
+impl HttpCollector {
+    pub fn new(stats: Arc<Stats>) -> Self {
+        HttpCollector { stats }
+    }
+}
+
+impl Collector for HttpCollector {
+    fn collect(&self) -> Vec<Family> {
+        let s = &self.stats;
+        let one = |def: &'static Def, v: &std::sync::atomic::AtomicU64| {
+            let mut f = Family::new(def);
+            f.add(&[], v.load(Ordering::Relaxed) as f64);
+            f
+        };
+        let mut refused = Family::new(&REFUSED);
+        for (reason, v) in [
+            ("plain_http", &s.refused_plain_http),
+            ("timeout", &s.refused_timeout),
+            ("tls_handshake", &s.refused_tls),
+        ] {
+            refused.add(&[reason], v.load(Ordering::Relaxed) as f64);
+        }
+        vec![
+            one(&OPEN, &s.open),
+            one(&LIMIT, &s.limit),
+            one(&SHED, &s.shed),
+            refused,
+            one(&IN_FLIGHT, &s.in_flight),
+            one(&SCRAPES, &s.scrapes),
+            one(&RENDERS, &s.renders),
+        ]
+    }
+}

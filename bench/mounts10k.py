@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""10,000 overlay mounts: discovery, scrape cost, RSS and series lag, beside node_exporter.
+
+  sudo python3 bench/mounts10k.py [--counts 1000,3000,10000] [--scrapes 100] [--changes 20]
+
+Needs prometheus-node-exporter from apt for the comparison (skipped when missing).
+
+Real overlay mounts on cheap tmpfs layers, made with mount(2), inside a private mount
+and PID namespace that the script creates (unshare --mount --pid --fork --mount-proc):
+10,000 mounts in the host's namespace would slow every process there that reads
+mountinfo. /proc inside shows the namespace, so the agent (which reads
+/proc/1/mountinfo) and node_exporter (/proc/1/mounts) see exactly these mounts. When
+the script ends, the namespace dies and the kernel unmounts everything in it.
+
+Per mount count it prints: time to read the first mount table (start -> /readyz 200),
+scrape p50/p99 and size, CPU per scrape, agent RSS, the lag from mount(2) /
+umount2(2) to the mount's series appearing / leaving in /metrics, the agent's CPU per
+mount change without scrapes, and node_exporter's filesystem collector with overlay
+included, scraped the same way.
+"""
+import argparse
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AGENT = os.path.join(ROOT, "target/release/overlay-agent")
+TICK = os.sysconf("SC_CLK_TCK")
+libc = ctypes.CDLL(None, use_errno=True)
+MNT_DETACH = 2
+
+
+def sys_mount(src, target, fstype, opts):
+    if libc.mount(src.encode(), target.encode(), fstype.encode(), 0, opts.encode()) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mount {fstype} on {target}: {os.strerror(e)}")
+
+
+def sys_umount(target):
+    if libc.umount2(target.encode(), MNT_DETACH) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"umount {target}: {os.strerror(e)}")
+
+
+def pct(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def cpu_seconds(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / TICK
+
+
+def rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def get(url, timeout=30):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read()
+
+
+def wait(what, timeout, f, period=0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            v = f()
+            if v:
+                return v
+        except OSError:
+            pass
+        time.sleep(period)
+    sys.exit(f"timed out after {timeout} s waiting for {what}")
+
+
+def mount_one(base, i):
+    d = os.path.join(base, f"m{i}")
+    os.makedirs(os.path.join(d, "l"))
+    for sub in ("u", "w", "merged"):
+        os.mkdir(os.path.join(d, sub))
+    with open(os.path.join(d, "l", "f"), "w") as f:
+        f.write("x")
+    m = os.path.join(d, "merged")
+    sys_mount("overlay", m, "overlay", f"lowerdir={d}/l,upperdir={d}/u,workdir={d}/w")
+    return m
+
+
+def scrape_stats(url, pid, n):
+    lat, size = [], 0
+    cpu0 = cpu_seconds(pid)
+    for _ in range(n):
+        t0 = time.perf_counter()
+        body = get(url)
+        lat.append(time.perf_counter() - t0)
+        size = len(body)
+    return {"p50": pct(lat, 50) * 1e3, "p99": pct(lat, 99) * 1e3, "max": max(lat) * 1e3, "size": size,
+            "cpu": (cpu_seconds(pid) - cpu0) / n * 1e3, "rss": rss_mib(pid)}
+
+
+def lag(url, base, count, changes):
+    """mount(2) -> first scrape that shows the mount; umount2(2) -> first scrape without it.
+    Each figure is until the end of that scrape (an upper bound), and the scrape itself
+    is included (tens of ms at 10,000 mounts)."""
+    appear, gone = [], []
+    for k in range(changes):
+        t0 = time.perf_counter()
+        m = mount_one(base, count + k)
+        needle = f'mountpoint="{m}"'.encode()
+        wait("the new mount's series", 30, lambda: needle in get(url), period=0)
+        appear.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        sys_umount(m)
+        wait("the mount's series to leave", 30, lambda: needle not in get(url), period=0)
+        gone.append(time.perf_counter() - t0)
+    return appear, gone
+
+
+def change_cost(pid, base, start, changes):
+    """The agent's CPU per mount change (one mount, later its unmount), no scrapes."""
+    time.sleep(2)
+    cpu0 = cpu_seconds(pid)
+    for k in range(changes):
+        m = mount_one(base, start + k)
+        time.sleep(0.5)
+        sys_umount(m)
+        time.sleep(0.5)
+    time.sleep(1)
+    return (cpu_seconds(pid) - cpu0) / (2 * changes) * 1e3
+
+
+def run_count(count, args):
+    base = tempfile.mkdtemp(prefix="ovl10k-", dir="/tmp")
+    sys_mount("tmpfs", base, "tmpfs", "size=2g,nr_inodes=0")
+    procs = []
+    row = {"count": count}
+    try:
+        t0 = time.perf_counter()
+        for i in range(count):
+            m = mount_one(base, i)
+            os.chown(os.path.join(m, "f"), 1, 1)  # one copy-up: an upper dir with a file
+        row["mount_s"] = time.perf_counter() - t0
+
+        port = free_port()
+        cfg = os.path.join(base, "agent.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"web:\n  listen_address: 127.0.0.1:{port}\n"
+                    f"discovery:\n  include_mountpoints: ['{base}/.*']\n  resync_interval: 30s\n"
+                    "ebpf:\n  enabled: false\n")
+        url = f"http://127.0.0.1:{port}"
+        t0 = time.perf_counter()
+        agent = subprocess.Popen([AGENT, "--config", cfg], stderr=open(os.path.join(base, "agent.log"), "w"))
+        procs.append(agent)
+        wait("/readyz", 120, lambda: urllib.request.urlopen(url + "/readyz", timeout=5).status == 200, period=0.01)
+        row["ready_s"] = time.perf_counter() - t0
+        wait("every upper dir scanned", 600,
+             lambda: get(url + "/metrics").count(b"\noverlayfs_upper_scans_total{") >= count, period=0.5)
+        row["scanned_s"] = time.perf_counter() - t0
+        row["agent"] = scrape_stats(url + "/metrics", agent.pid, args.scrapes)
+        appear, gone = lag(url + "/metrics", base, count, args.changes)
+        row["appear"] = (pct(appear, 50) * 1e3, pct(appear, 99) * 1e3)
+        row["gone"] = (pct(gone, 50) * 1e3, pct(gone, 99) * 1e3)
+        row["change_cpu"] = change_cost(agent.pid, base, count + args.changes, args.changes)
+        row["agent_rss_end"] = rss_mib(agent.pid)
+
+        ne = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+        if ne:
+            nport = free_port()
+            node = subprocess.Popen([ne, f"--web.listen-address=127.0.0.1:{nport}", "--collector.disable-defaults",
+                                     "--collector.filesystem", "--collector.filesystem.fs-types-exclude=^$",
+                                     "--collector.filesystem.mount-points-exclude=^$"], stderr=subprocess.DEVNULL)
+            procs.append(node)
+            nurl = f"http://127.0.0.1:{nport}/metrics"
+            wait("node_exporter", 60, lambda: get(nurl))
+            row["node"] = scrape_stats(nurl, node.pid, args.node_scrapes)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+        sys_umount(base)  # detaches every overlay below it as well
+        shutil.rmtree(base, ignore_errors=True)
+    return row
+
+
+def report(rows):
+    print("| mounts | exporter | p50 | p99 | max | response | CPU per scrape | RSS |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for name, key in (("overlay-agent", "agent"), ("node_exporter (filesystem, overlay included)", "node")):
+            s = r.get(key)
+            if s:
+                print(f"| {r['count']:,} | {name} | {s['p50']:.1f} ms | {s['p99']:.1f} ms | {s['max']:.1f} ms | "
+                      f"{s['size'] / 1048576:.2f} MiB | {s['cpu']:.1f} ms | {s['rss']:.1f} MiB |")
+    print()
+    print("| mounts | mount(2) x N | start -> /readyz (first mount table) | start -> all scanned | "
+          "mount -> series, p50 / p99 | unmount -> series gone, p50 / p99 | agent CPU per mount change | RSS at the end |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['count']:,} | {r['mount_s']:.1f} s | {r['ready_s'] * 1e3:.0f} ms | {r['scanned_s']:.1f} s | "
+              f"{r['appear'][0]:.0f} / {r['appear'][1]:.0f} ms | {r['gone'][0]:.0f} / {r['gone'][1]:.0f} ms | "
+              f"{r['change_cpu']:.1f} ms | {r['agent_rss_end']:.1f} MiB |")
+    if len(rows) > 1:
+        a, b = rows[0], rows[-1]
+        k = b["count"] / a["count"]
+        print(f"\nGrowth from {a['count']:,} to {b['count']:,} mounts (x{k:.0f}; linear = x{k:.0f}):")
+        for what, f in (("scrape p50", lambda r: r["agent"]["p50"]), ("CPU per scrape", lambda r: r["agent"]["cpu"]),
+                        ("response", lambda r: r["agent"]["size"]), ("first mount table", lambda r: r["ready_s"]),
+                        ("CPU per mount change", lambda r: r["change_cpu"]),
+                        ("RSS", lambda r: r["agent"]["rss"])):
+            print(f"- {what}: x{f(b) / f(a):.1f}")
+
+
+def inner(args):
+    assert os.getpid() == 1, "run inside the namespace"
+    # The namespace's /proc is private; make every mount private too, so nothing
+    # propagates back to the host.
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    # The namespace starts as a copy of the host's mounts, overlays of other running
+    # tests included: detach those copies (the host's own are not touched), so that
+    # both exporters see only the benchmark's mounts.
+    inherited = [line.split(" - ")[0].split()[4] for line in open("/proc/self/mountinfo")
+                 if line.split(" - ")[-1].startswith("overlay ")]
+    for m in reversed(inherited):
+        try:
+            sys_umount(m.encode().decode("unicode_escape"))
+        except OSError as e:
+            print(f"(could not detach the inherited overlay {m}: {e})")
+    if inherited:
+        print(f"(detached {len(inherited)} overlay mounts inherited from the host's namespace)")
+    rows = [run_count(int(c), args) for c in args.counts.split(",")]
+    print(f"\noverlay-agent with 1k-10k mounts, {time.strftime('%Y-%m-%d')}, kernel {os.uname().release}, "
+          f"{os.cpu_count()} CPUs, {args.scrapes} sequential scrapes per agent row ({args.node_scrapes} for "
+          f"node_exporter), {args.changes} mount changes\n")
+    report(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--counts", default="1000,3000,10000")
+    ap.add_argument("--scrapes", type=int, default=100)
+    ap.add_argument("--changes", type=int, default=20)
+    ap.add_argument("--node-scrapes", type=int, default=20, help="node_exporter takes seconds per scrape at 10k")
+    ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-build", action="store_true")
+    args = ap.parse_args()
+    if args.inner:
+        return inner(args)
+    if os.geteuid() != 0:
+        sys.exit("run as root: the benchmark mounts overlays (in a private namespace)")
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "overlay-agent"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private",
+           sys.executable, os.path.abspath(__file__), "--inner",
+           "--counts", args.counts, "--scrapes", str(args.scrapes), "--changes", str(args.changes),
+           "--node-scrapes", str(args.node_scrapes)]
+    sys.exit(subprocess.run(cmd).returncode)
+
+
+if __name__ == "__main__":
+    main()
