@@ -4,6 +4,15 @@
 //! read from BTF, since Rust eBPF has no CO-RE relocations).
 #![no_std]
 
+/// The bytes of a NUL-padded kernel string (a comm, a file name) before its first
+/// NUL: the whole buffer when it has none.
+pub fn until_nul(bytes: &[u8]) -> &[u8] {
+    match bytes.iter().position(|&b| b == 0) {
+        Some(end) => &bytes[..end],
+        None => bytes,
+    }
+}
+
 /// Why a copy-up happened: the overlayfs operation that triggered it.
 pub mod cause {
     pub const OPEN: u8 = 0;
@@ -319,6 +328,13 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn until_nul_stops_at_the_first_nul() {
+        assert_eq!(until_nul(b"chown\0\0\0x"), b"chown");
+        assert_eq!(until_nul(b"sixteen-bytes-xx"), b"sixteen-bytes-xx", "no NUL: the whole buffer");
+        assert_eq!(until_nul(b"\0abc"), b"");
+    }
 
     #[test]
     fn buckets_are_inclusive_powers_of_two() {

@@ -23,8 +23,7 @@ pub enum TraceError {
 }
 
 fn c_str(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    String::from_utf8_lossy(overlay_agent_common::until_nul(bytes)).into_owned()
 }
 
 fn monotonic_ns() -> u64 {
@@ -97,7 +96,7 @@ pub async fn run(config: &Config, min_latency: Duration, out: &mut impl Write) -
                         table = discover().unwrap_or(table);
                         table_read = std::time::Instant::now();
                     }
-                    let mp = table.mounts.get(&dev).map(|m| m.mountpoint_label()).unwrap_or_else(|| "unknown".into());
+                    let mp = table.label_of(dev);
                     writeln!(out, "{}", format_event(&ev, since, &mp))?;
                 }
                 out.flush()?;

@@ -98,6 +98,18 @@ pub struct MountTable {
     pub source: PathBuf,
 }
 
+/// The `mountpoint` label of counts whose device is not in the mount table: the
+/// mount went away between the kernel's count and the scrape, or the discovery
+/// filters leave it out. Counts of several such devices add up under it.
+pub const UNKNOWN_MOUNTPOINT: &str = "unknown";
+
+impl MountTable {
+    /// The `mountpoint` label of a device: its mount's, else [`UNKNOWN_MOUNTPOINT`].
+    pub fn label_of(&self, dev: Device) -> String {
+        self.mounts.get(&dev).map(Mount::mountpoint_label).unwrap_or_else(|| UNKNOWN_MOUNTPOINT.to_owned())
+    }
+}
+
 /// Groups mountinfo lines by superblock, keeping the mountpoints `select` accepts:
 /// one [`Mount`] per device, its primary mountpoint chosen as [`Mount::mountpoint`] says.
 pub fn group_by_superblock(

@@ -11,7 +11,7 @@ use overlay_agent_common::{
 use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
-use crate::discovery::{Device, SharedTable};
+use crate::discovery::{Device, SharedTable, UNKNOWN_MOUNTPOINT};
 use crate::probes::ProbeHandle;
 use crate::sync::{LockExt, RwLockExt};
 
@@ -180,15 +180,10 @@ impl Collector for CopyUpCollector {
         // Each device's label once (not once per key: 1000 mounts x 11 causes).
         let mut labels: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
         for k in snapshot.counts.keys().map(|k| k.dev).chain(snapshot.hist.keys().map(|k| k.dev)) {
-            labels.entry(k).or_insert_with(|| {
-                table
-                    .mounts
-                    .get(&Device::from_kernel_dev(k))
-                    .map(|m| m.mountpoint_label())
-                    .unwrap_or_else(|| "unknown".to_owned())
-            });
+            labels.entry(k).or_insert_with(|| table.label_of(Device::from_kernel_dev(k)));
         }
-        let mountpoint = |dev: u32| -> &str { labels.get(&dev).map(String::as_str).unwrap_or("unknown") };
+        let mountpoint =
+            |dev: u32| -> &str { labels.get(&dev).map(String::as_str).unwrap_or(UNKNOWN_MOUNTPOINT) };
         let cause_name = cause::name;
         let kind_name = kind::name;
 

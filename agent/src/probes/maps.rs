@@ -63,8 +63,8 @@ impl CopyUpMaps {
     pub fn processes(&self) -> BTreeMap<String, ProcessValue> {
         let mut out: BTreeMap<String, ProcessValue> = BTreeMap::new();
         for (k, per_cpu) in entries(&self.processes) {
-            let len = k.iter().position(|b| *b == 0).unwrap_or(k.len());
-            let e = out.entry(String::from_utf8_lossy(&k[..len]).into_owned()).or_default();
+            let comm = String::from_utf8_lossy(overlay_agent_common::until_nul(&k)).into_owned();
+            let e = out.entry(comm).or_default();
             for v in per_cpu.iter() {
                 e.copy_ups += v.copy_ups;
                 e.data_bytes += v.data_bytes;
