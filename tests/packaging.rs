@@ -162,6 +162,10 @@ fn container_image_runs_against_the_host() {
         Duration::from_secs(60),
         || {
             let r = common::http_get(&addr, "/metrics").ok()?;
+            // 503 until the agent has read its first mount table.
+            if r.status != 200 {
+                return None;
+            }
             let m = common::Metrics::parse(&r.body);
             (m.get("overlayfs_upper_scans_total", &[("mountpoint", &mp)])? >= 1.0).then_some(m)
         },
