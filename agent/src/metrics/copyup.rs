@@ -2,7 +2,7 @@
 //! in the kernel by superblock device; here they are joined to mountpoints
 //! (`unknown` for a device not in the mount table).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use overlay_agent_common::{
@@ -12,7 +12,8 @@ use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
 use crate::discovery::{Device, SharedTable, UNKNOWN_MOUNTPOINT};
-use crate::probes::ProbeHandle;
+use crate::probes::maps::Snapshot;
+use crate::probes::{ProbeHandle, ProbeStatus};
 use crate::sync::{LockExt, RwLockExt};
 
 static COPY_UPS: Def = Def {
@@ -147,23 +148,8 @@ impl CopyUpCollector {
 
 impl Collector for CopyUpCollector {
     fn collect(&self) -> Vec<Family> {
-        let mut out = Vec::new();
         let status = self.probes.status.read_now().clone();
-        let mut enabled = Family::new(&ENABLED);
-        enabled.add(&[], if status.enabled { 1.0 } else { 0.0 });
-        out.push(enabled);
-        if let Some(d) = &status.disabled {
-            let mut f = Family::new(&DISABLED);
-            f.add(&[d.reason()], 1.0);
-            out.push(f);
-        }
-        let mut attached = Family::new(&ATTACHED);
-        for a in &status.attachments {
-            let v = if a.attached { 1.0 } else { 0.0 };
-            attached.add(&[a.program, a.function.unwrap_or(""), a.mechanism.as_str()], v);
-        }
-        out.push(attached);
-
+        let mut out = status_families(&status);
         let (snapshot, misses) = {
             let maps = self.probes.maps.locked();
             match maps.as_ref() {
@@ -171,125 +157,153 @@ impl Collector for CopyUpCollector {
                 None => return out,
             }
         };
-        let mut f = Family::new(&RETURN_MISSES);
-        for (program, n) in &misses {
-            f.add(&[program], *n as f64);
-        }
-        out.push(f);
-        let table = self.table.get();
-        // Each device's label once (not once per key: 1000 mounts x 11 causes).
-        let mut labels: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
-        for k in snapshot.counts.keys().map(|k| k.dev).chain(snapshot.hist.keys().map(|k| k.dev)) {
-            labels.entry(k).or_insert_with(|| table.label_of(Device::from_kernel_dev(k)));
-        }
-        let mountpoint =
-            |dev: u32| -> &str { labels.get(&dev).map(String::as_str).unwrap_or(UNKNOWN_MOUNTPOINT) };
-        let cause_name = cause::name;
-        let kind_name = kind::name;
-
-        // Counters: several devices may map to "unknown", so sum by label set.
-        let mut copy_ups: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
-        let mut bytes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        let mut errors: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        let mut seconds: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        for (k, v) in &snapshot.counts {
-            let mp = mountpoint(k.dev);
-            *copy_ups.entry((mp, cause_name(k.cause), kind_name(k.kind))).or_default() += v.copy_ups;
-            *bytes.entry((mp, cause_name(k.cause))).or_default() += v.data_bytes;
-            *errors.entry((mp, cause_name(k.cause))).or_default() += v.errors;
-            *seconds.entry((mp, cause_name(k.cause))).or_default() += v.latency_ns;
-        }
-        let mut f = Family::new(&COPY_UPS);
-        for ((mp, c, k), n) in &copy_ups {
-            f.add(&[mp, c, k], *n as f64);
-        }
-        out.push(f);
-        let mut f = Family::new(&DATA_BYTES);
-        for ((mp, c), n) in &bytes {
-            f.add(&[mp, c], *n as f64);
-        }
-        out.push(f);
-        // Time blocked in copy-ups per mount: the latency sums the kernel keeps per key.
-        let mut f = Family::new(&SECONDS);
-        for ((mp, c), ns) in &seconds {
-            f.add(&[mp, c], *ns as f64 / 1e9);
-        }
-        out.push(f);
-        let mut f = Family::new(&ERRORS);
-        for ((mp, c), n) in &errors {
-            f.add(&[mp, c], *n as f64);
-        }
-        out.push(f);
-
-        // Histograms by cause (all devices), and by mount when recorded: bucket
-        // counts from HIST, sums from COUNTS (bytes of data copy-ups, latencies).
-        let mut by_cause: BTreeMap<(u8, u8), RawHist> = BTreeMap::new();
-        let mut by_mount: BTreeMap<(&str, u8, u8), RawHist> = BTreeMap::new();
-        for (HistKey { dev, cause, hist, bucket, .. }, n) in &snapshot.hist {
-            let add = |h: &mut RawHist| {
-                if let Some(b) = h.buckets.get_mut(*bucket as usize) {
-                    *b += n;
-                }
-            };
-            add(by_cause.entry((*hist, *cause)).or_default());
-            if status.per_mount_histograms {
-                add(by_mount.entry((mountpoint(*dev), *hist, *cause)).or_default());
-            }
-        }
-        for (k, v) in &snapshot.counts {
-            for (hist, sum) in [(HIST_BYTES, v.data_bytes), (HIST_LATENCY_NS, v.latency_ns)] {
-                if let Some(h) = by_cause.get_mut(&(hist, k.cause)) {
-                    h.sum += sum;
-                }
-                if status.per_mount_histograms {
-                    if let Some(h) = by_mount.get_mut(&(mountpoint(k.dev), hist, k.cause)) {
-                        h.sum += sum;
-                    }
-                }
-            }
-        }
-        let scale = |hist: u8| exported_buckets(hist).2;
-        let mut bytes_h = Family::new(&BYTES_HIST);
-        let mut lat_h = Family::new(&LATENCY_HIST);
-        for ((hist, c), h) in &by_cause {
-            let count = h.buckets.iter().sum();
-            let fam = if *hist == HIST_BYTES { &mut bytes_h } else { &mut lat_h };
-            fam.add_histogram(
-                &[cause_name(*c)],
-                &cumulative(&h.buckets, *hist),
-                count,
-                h.sum as f64 * scale(*hist),
-            );
-        }
-        out.push(bytes_h);
-        out.push(lat_h);
-        let mut bytes_h = Family::new(&MOUNT_BYTES_HIST);
-        let mut lat_h = Family::new(&MOUNT_LATENCY_HIST);
-        for ((mp, hist, c), h) in &by_mount {
-            let count = h.buckets.iter().sum();
-            let fam = if *hist == HIST_BYTES { &mut bytes_h } else { &mut lat_h };
-            fam.add_histogram(
-                &[mp, cause_name(*c)],
-                &cumulative(&h.buckets, *hist),
-                count,
-                h.sum as f64 * scale(*hist),
-            );
-        }
-        out.push(bytes_h);
-        out.push(lat_h);
-
-        for (def, slot) in [
-            (&CALLS, stat::ONE_ENTRIES),
-            (&RETURNS, stat::ONE_RETURNS),
-            (&MAP_FULL, stat::MAP_FULL),
-            (&READ_ERRORS, stat::READ_ERRORS),
-        ] {
-            let mut f = Family::new(def);
-            f.add(&[], snapshot.stats.get(slot as usize).copied().unwrap_or(0) as f64);
-            out.push(f);
-        }
+        let labels = MountLabels::new(&self.table, &snapshot);
+        out.extend(counter_families(&snapshot, &labels));
+        out.extend(histogram_families(&snapshot, &labels, status.per_mount_histograms));
+        out.extend(self_stat_families(&snapshot, &misses));
         out
     }
+}
+
+/// Whether the probes run, why not, and what is attached where.
+fn status_families(status: &ProbeStatus) -> Vec<Family> {
+    let mut enabled = Family::new(&ENABLED);
+    enabled.add(&[], if status.enabled { 1.0 } else { 0.0 });
+    let mut out = vec![enabled];
+    if let Some(d) = &status.disabled {
+        let mut f = Family::new(&DISABLED);
+        f.add(&[d.reason()], 1.0);
+        out.push(f);
+    }
+    let mut attached = Family::new(&ATTACHED);
+    for a in &status.attachments {
+        let v = if a.attached { 1.0 } else { 0.0 };
+        attached.add(&[a.program, a.function.unwrap_or(""), a.mechanism.as_str()], v);
+    }
+    out.push(attached);
+    out
+}
+
+/// The `mountpoint` label of each device in a snapshot, looked up once per device
+/// (not once per key: 1000 mounts x 11 causes).
+struct MountLabels(HashMap<u32, String>);
+
+impl MountLabels {
+    fn new(table: &SharedTable, snapshot: &Snapshot) -> Self {
+        let table = table.get();
+        let mut labels = HashMap::new();
+        for dev in snapshot.counts.keys().map(|k| k.dev).chain(snapshot.hist.keys().map(|k| k.dev)) {
+            labels.entry(dev).or_insert_with(|| table.label_of(Device::from_kernel_dev(dev)));
+        }
+        MountLabels(labels)
+    }
+
+    fn get(&self, dev: u32) -> &str {
+        self.0.get(&dev).map(String::as_str).unwrap_or(UNKNOWN_MOUNTPOINT)
+    }
+}
+
+/// The per-mount counters. Several devices may map to "unknown", so they are
+/// summed by label set.
+fn counter_families(snapshot: &Snapshot, labels: &MountLabels) -> Vec<Family> {
+    let mut copy_ups: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    let mut bytes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let mut errors: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let mut seconds: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for (k, v) in &snapshot.counts {
+        let (mp, c) = (labels.get(k.dev), cause::name(k.cause));
+        *copy_ups.entry((mp, c, kind::name(k.kind))).or_default() += v.copy_ups;
+        *bytes.entry((mp, c)).or_default() += v.data_bytes;
+        *errors.entry((mp, c)).or_default() += v.errors;
+        *seconds.entry((mp, c)).or_default() += v.latency_ns;
+    }
+    let mut f_copy_ups = Family::new(&COPY_UPS);
+    for ((mp, c, k), n) in &copy_ups {
+        f_copy_ups.add(&[mp, c, k], *n as f64);
+    }
+    let by_mount_cause = |def: &'static Def, values: &BTreeMap<(&str, &str), u64>, scale: f64| {
+        let mut f = Family::new(def);
+        for ((mp, c), n) in values {
+            f.add(&[mp, c], *n as f64 * scale);
+        }
+        f
+    };
+    vec![
+        f_copy_ups,
+        by_mount_cause(&DATA_BYTES, &bytes, 1.0),
+        // Time blocked in copy-ups per mount: the latency sums the kernel keeps per key.
+        by_mount_cause(&SECONDS, &seconds, 1e-9),
+        by_mount_cause(&ERRORS, &errors, 1.0),
+    ]
+}
+
+/// Histograms by cause (all devices), and by mount when recorded: bucket counts
+/// from HIST, sums from COUNTS (bytes of data copy-ups, latencies).
+fn histogram_families(snapshot: &Snapshot, labels: &MountLabels, per_mount: bool) -> Vec<Family> {
+    let mut by_cause: BTreeMap<(u8, u8), RawHist> = BTreeMap::new();
+    let mut by_mount: BTreeMap<(&str, u8, u8), RawHist> = BTreeMap::new();
+    for (HistKey { dev, cause, hist, bucket, .. }, n) in &snapshot.hist {
+        let add = |h: &mut RawHist| {
+            if let Some(b) = h.buckets.get_mut(*bucket as usize) {
+                *b += n;
+            }
+        };
+        add(by_cause.entry((*hist, *cause)).or_default());
+        if per_mount {
+            add(by_mount.entry((labels.get(*dev), *hist, *cause)).or_default());
+        }
+    }
+    for (k, v) in &snapshot.counts {
+        for (hist, sum) in [(HIST_BYTES, v.data_bytes), (HIST_LATENCY_NS, v.latency_ns)] {
+            if let Some(h) = by_cause.get_mut(&(hist, k.cause)) {
+                h.sum += sum;
+            }
+            if per_mount {
+                if let Some(h) = by_mount.get_mut(&(labels.get(k.dev), hist, k.cause)) {
+                    h.sum += sum;
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(4);
+    let mut by_cause_fams = (Family::new(&BYTES_HIST), Family::new(&LATENCY_HIST));
+    for ((hist, c), h) in &by_cause {
+        add_histogram(&mut by_cause_fams, *hist, &[cause::name(*c)], h);
+    }
+    out.extend([by_cause_fams.0, by_cause_fams.1]);
+    let mut by_mount_fams = (Family::new(&MOUNT_BYTES_HIST), Family::new(&MOUNT_LATENCY_HIST));
+    for ((mp, hist, c), h) in &by_mount {
+        add_histogram(&mut by_mount_fams, *hist, &[mp, cause::name(*c)], h);
+    }
+    out.extend([by_mount_fams.0, by_mount_fams.1]);
+    out
+}
+
+/// Adds one raw log2 histogram to the bytes or the latency family of a pair.
+fn add_histogram(fams: &mut (Family, Family), hist: u8, values: &[&str], h: &RawHist) {
+    let fam = if hist == HIST_BYTES { &mut fams.0 } else { &mut fams.1 };
+    let count = h.buckets.iter().sum();
+    fam.add_histogram(values, &cumulative(&h.buckets, hist), count, h.sum as f64 * exported_buckets(hist).2);
+}
+
+/// The programs' own counters and the kernel's return-probe misses.
+fn self_stat_families(snapshot: &Snapshot, misses: &[(String, u64)]) -> Vec<Family> {
+    let mut f = Family::new(&RETURN_MISSES);
+    for (program, n) in misses {
+        f.add(&[program], *n as f64);
+    }
+    let mut out = vec![f];
+    for (def, slot) in [
+        (&CALLS, stat::ONE_ENTRIES),
+        (&RETURNS, stat::ONE_RETURNS),
+        (&MAP_FULL, stat::MAP_FULL),
+        (&READ_ERRORS, stat::READ_ERRORS),
+    ] {
+        let mut f = Family::new(def);
+        f.add(&[], snapshot.stats.get(slot as usize).copied().unwrap_or(0) as f64);
+        out.push(f);
+    }
+    out
 }
 
 #[cfg(test)]
