@@ -3,6 +3,10 @@
 // same evaluation time, so an alert sees this evaluation's figure. Across groups
 // the order is not fixed (promtool picks it at random each run), and an alert
 // would see a figure one evaluation old, or not, from one run to the next.
+// '5m' -> '10m' (the window is whole minutes or seconds).
+local doubled(w) =
+  local unit = std.substr(w, std.length(w) - 1, 1);
+  '%d%s' % [2 * std.parseInt(std.substr(w, 0, std.length(w) - 1)), unit];
 local robustIncrease(metric, by, window, agentSelector, perMount=false) =
   // increase() needs two samples of a series. The counters of a fresh mount (a
   // new container, a CI task's volume) appear with the first copy-up, often in
@@ -15,16 +19,25 @@ local robustIncrease(metric, by, window, agentSelector, perMount=false) =
   // Per mount, one more case: a mount that moved (a Concourse volume renamed
   // from init/ to live/ right after its chown) keeps its counters under its new
   // mountpoint, a new series; it is not counted again when overlayfs_mount_info
-  // saw its device and container id under another mountpoint in the window.
+  // saw its device and container id under another mountpoint within twice the
+  // window. Twice: the new series counts as fresh until one window after its
+  // first sample, and the old mountpoint's last sample is older than that first
+  // sample (by a scrape, or by the time the rename took), so a lookback of one
+  // window ended before the fresh branch did (docs/alerts.md). Mountpoints are
+  // counted, not series: a label of overlayfs_mount_info that changes on the
+  // same mountpoint (privileged "" -> "false", pod labels arriving late, a
+  // renamed Docker container) makes a second series, not a moved mount.
   local moved = |||
 
     unless on (instance, mountpoint) (
       overlayfs_mount_info{container_id!=""}
       and on (instance, device, container_id) (
-        count by (instance, device, container_id) (max_over_time(overlayfs_mount_info{container_id!=""}[%(w)s])) > 1
+        count by (instance, device, container_id) (
+          count by (instance, device, container_id, mountpoint) (max_over_time(overlayfs_mount_info{container_id!=""}[%(w2)s]))
+        ) > 1
       )
     )
-  ||| % { w: window };
+  ||| % { w2: doubled(window) };
   |||
     sum by (%(by)s) (
       (

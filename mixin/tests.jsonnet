@@ -20,6 +20,19 @@ local num(v) = if v == 0 then '0' else std.format('%.15g', v);
 local hold(v, n) = if n <= 0 then '' else if n == 1 then num(v) else '%sx%d' % [num(v), n - 1];
 // n samples: start, start+step, ...
 local line(start, step, n) = if n <= 0 then '' else if n == 1 then num(start) else '%s+%sx%d' % [num(start), num(step), n - 1];
+// A series of samples moved half an interval later: promtool's values at an
+// interval of half the scrape interval, every other one missing.
+local expand(t) =
+  local m = std.length(t) > 1 && std.substr(t, 0, 2) == '_x';
+  local x = std.split(t, 'x');
+  if m then ['_' for k in std.range(1, std.parseInt(x[1]))]
+  else if std.length(x) == 1 then [t]
+  else
+    local plus = std.split(x[0], '+');
+    local start = std.parseJson(plus[0]);
+    local step = if std.length(plus) > 1 then std.parseJson(plus[1]) else 0;
+    [num(start + k * step) for k in std.range(0, std.parseInt(x[1]))];
+local shift(values) = std.join(' ', std.flattenArrays([['_', v] for v in std.flattenArrays([expand(t) for t in std.split(values, ' ')])]));
 
 // A counter of a fresh mount whose storm starts just after the sample at s and
 // lasts 60 s (total reached at s+60); the mount is removed after r: stale.
@@ -100,6 +113,60 @@ local storms(i) = [
     ],
     promql_expr_test: [
       firstFiring(end, i, [storm('/vol/init/h1/volume', s + i)]),
+    ],
+  },
+  {
+    // The same rename, with every scrape half an interval after an evaluation
+    // (as a real Prometheus has it: scrapes and rule evaluations run on their
+    // own timers). For which sample falls in which window, this is also what
+    // Prometheus 3's left-open windows do to aligned samples. The last init/
+    // sample is then one scrape older than the first live/ one, and live/ stays
+    // fresh (one window from its first sample) after init/ has left a window of
+    // the same length: the exclusion looks back twice the window.
+    local s = 600,
+    local r = s + 60,
+    local end = 1800,
+    local steps = 60 / i,
+    local info(mp) = sel('overlayfs_mount_info', { instance: 'n1', mountpoint: mp, device: '0:50', container_id: 'h1', runtime: 'concourse' }),
+    name: 'a Concourse volume renamed from init/ to live/ right after its storm, every scrape %gs after an evaluation every %ds (one storm, not two)' % [i / 2, i],
+    interval: if i % 2 == 0 then '%ds' % (i / 2) else '%dms' % (i * 500),
+    input_series: [
+      { series: x.series, values: shift(x.values) }
+      for x in [up('n1', end, i)] + [
+        { series: info('/vol/init/h1/volume'), values: join([miss(s / i), hold(1, (r - s) / i + 1), 'stale']) },
+        { series: info('/vol/live/h1/volume'), values: join([miss(r / i + 1), hold(1, (end - r) / i)]) },
+        {
+          series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/init/h1/volume', cause: 'chown' }),
+          values: join([miss(s / i + 1), line(50 / steps, 50 / steps, steps), 'stale']),
+        },
+        {
+          series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/live/h1/volume', cause: 'chown' }),
+          values: join([miss(r / i + 1), hold(50, (end - r) / i)]),
+        },
+      ]
+    ],
+    promql_expr_test: [
+      firstFiring(end, i, [storm('/vol/init/h1/volume', s + 2 * i)]),
+    ],
+  },
+  {
+    // A label of overlayfs_mount_info changes on the same mountpoint one scrape
+    // before its storm (Concourse's privileged "" -> "false"; Kubernetes pod_*
+    // labels arriving after the rootfs mount and a renamed Docker container do
+    // the same): two series, one mountpoint. The mount did not move: its storm
+    // is counted by the fresh-series branch.
+    local s = 600,
+    local end = 1800,
+    local info(p) = sel('overlayfs_mount_info', { instance: 'n1', mountpoint: '/vol/init/h2/volume', device: '0:51', container_id: 'h2', privileged: p, runtime: 'concourse' }),
+    name: 'a label of overlayfs_mount_info changes (privileged "" -> "false") one scrape before a storm on that mount, sampled every %ds' % i,
+    interval: '%ds' % i,
+    input_series: [up('n1', end, i)] + [
+      { series: info(''), values: join([miss(s / i - 1), hold(1, 1), 'stale']) },
+      { series: info('false'), values: join([miss(s / i), hold(1, (end - s) / i + 1)]) },
+      { series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/init/h2/volume', cause: 'chown' }), values: fresh(50, s, end, i) },
+    ],
+    promql_expr_test: [
+      firstFiring(end, i, [storm('/vol/init/h2/volume', s + i)]),
     ],
   },
   {
