@@ -30,22 +30,22 @@ local robustIncrease(metric, by, window, agentSelector, perMount=false) =
   local moved = |||
 
     unless on (instance, mountpoint) (
-      overlayfs_mount_info{container_id!=""}
+      overlayfs_mount_info{%(sel)s, container_id!=""}
       and on (instance, device, container_id) (
         count by (instance, device, container_id) (
-          count by (instance, device, container_id, mountpoint) (max_over_time(overlayfs_mount_info{container_id!=""}[%(w2)s]))
+          count by (instance, device, container_id, mountpoint) (max_over_time(overlayfs_mount_info{%(sel)s, container_id!=""}[%(w2)s]))
         ) > 1
       )
     )
-  ||| % { w2: doubled(window) };
+  ||| % { w2: doubled(window), sel: agentSelector };
   |||
     sum by (%(by)s) (
       (
-        (max_over_time(%(m)s[%(w)s]) unless %(m)s offset %(w)s)
+        (max_over_time(%(m)s{%(sel)s}[%(w)s]) unless %(m)s{%(sel)s} offset %(w)s)
         and on (instance) (up{%(sel)s} offset %(w)s)%(moved)s
       )
       or
-      increase(%(m)s[%(w)s])
+      increase(%(m)s{%(sel)s}[%(w)s])
     )
   ||| % { m: metric, by: by, w: window, sel: agentSelector, moved: if perMount then std.rstripChars(std.strReplace(moved, '\n', '\n    '), ' \n') else '' };
 
@@ -65,23 +65,23 @@ local annotations(c, name, summary, description) = {
         rules: [
           {
             record: 'instance_mountpoint:overlayfs_copy_up:rate5m',
-            expr: 'sum by (instance, mountpoint) (rate(overlayfs_copy_up_total[5m]))',
+            expr: 'sum by (instance, mountpoint) (rate(overlayfs_copy_up_total{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause_kind:overlayfs_copy_up:rate5m',
-            expr: 'sum by (instance, cause, kind) (rate(overlayfs_copy_up_total[5m]))',
+            expr: 'sum by (instance, cause, kind) (rate(overlayfs_copy_up_total{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_mountpoint:overlayfs_copy_up_data_bytes:rate5m',
-            expr: 'sum by (instance, mountpoint) (rate(overlayfs_copy_up_data_bytes_total[5m]))',
+            expr: 'sum by (instance, mountpoint) (rate(overlayfs_copy_up_data_bytes_total{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause:overlayfs_copy_up_data_bytes:rate5m',
-            expr: 'sum by (instance, cause) (rate(overlayfs_copy_up_data_bytes_total[5m]))',
+            expr: 'sum by (instance, cause) (rate(overlayfs_copy_up_data_bytes_total{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m',
-            expr: 'sum by (instance, cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket[5m]))',
+            expr: 'sum by (instance, cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause:overlayfs_copy_up_duration_seconds:p50_rate5m',
@@ -192,7 +192,7 @@ local annotations(c, name, summary, description) = {
         rules: [
           {
             record: 'instance_mountpoint:overlayfs_upper_bytes:deriv30m',
-            expr: 'deriv(overlayfs_upper_bytes[30m])',
+            expr: 'deriv(overlayfs_upper_bytes{%(s)s}[30m])' % { s: c.agentSelector },
           },
           {
             alert: 'OverlayfsUpperDirGrowingFast',
@@ -210,10 +210,10 @@ local annotations(c, name, summary, description) = {
           {
             alert: 'OverlayfsUpperFilesystemFillingUp',
             expr: |||
-              predict_linear(overlayfs_upper_filesystem_avail_bytes[6h], 24 * 3600) < 0
+              predict_linear(overlayfs_upper_filesystem_avail_bytes{%(s)s}[6h], 24 * 3600) < 0
               and
-              overlayfs_upper_filesystem_avail_bytes / overlayfs_upper_filesystem_size_bytes < 0.2
-            |||,
+              overlayfs_upper_filesystem_avail_bytes{%(s)s} / overlayfs_upper_filesystem_size_bytes{%(s)s} < 0.2
+            ||| % { s: c.agentSelector },
             'for': '30m',
             labels: { severity: 'critical' },
             annotations: annotations(
@@ -231,7 +231,7 @@ local annotations(c, name, summary, description) = {
         rules: [
           {
             alert: 'OverlayfsEbpfDisabled',
-            expr: 'overlayfs_ebpf_enabled == 0',
+            expr: 'overlayfs_ebpf_enabled{%(s)s} == 0' % { s: c.agentSelector },
             'for': '15m',
             labels: { severity: 'info' },
             annotations: annotations(
@@ -244,7 +244,7 @@ local annotations(c, name, summary, description) = {
           },
           {
             alert: 'OverlayfsProbeDetached',
-            expr: 'overlayfs_ebpf_probe_attached == 0 and on (instance) overlayfs_ebpf_enabled == 1',
+            expr: 'overlayfs_ebpf_probe_attached{%(s)s} == 0 and on (instance) overlayfs_ebpf_enabled{%(s)s} == 1' % { s: c.agentSelector },
             'for': '15m',
             labels: { severity: 'warning' },
             annotations: annotations(
@@ -258,7 +258,7 @@ local annotations(c, name, summary, description) = {
           },
           {
             alert: 'OverlayfsScanErrors',
-            expr: 'sum by (instance, mountpoint, reason) (increase(overlayfs_upper_scan_errors_total[15m])) > 0',
+            expr: 'sum by (instance, mountpoint, reason) (increase(overlayfs_upper_scan_errors_total{%(s)s}[15m])) > 0' % { s: c.agentSelector },
             'for': '15m',
             labels: { severity: 'warning' },
             annotations: annotations(
@@ -271,7 +271,7 @@ local annotations(c, name, summary, description) = {
           },
           {
             alert: 'OverlayfsScanStale',
-            expr: 'time() - overlayfs_upper_scan_timestamp_seconds > 1800',
+            expr: 'time() - overlayfs_upper_scan_timestamp_seconds{%(s)s} > 1800' % { s: c.agentSelector },
             'for': '15m',
             labels: { severity: 'warning' },
             annotations: annotations(

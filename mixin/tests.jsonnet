@@ -44,14 +44,16 @@ local fresh(total, s, r, i) =
 local event(total, s, end, i) = join([miss(s / i + 1), hold(total, (end - s) / i + 0)]);
 
 local sel(name, labels) = '%s{%s}' % [name, std.join(',', ['%s="%s"' % [k, labels[k]] for k in std.objectFields(labels)])];
+// The agent's series, as its scrape job labels them (_config.agentSelector).
+local agent(name, labels) = sel(name, labels { job: 'overlay-agent' });
 local up(inst, end, i) = { series: sel('up', { job: 'overlay-agent', instance: inst }), values: hold(1, end / i + 1) };
 
 // The Concourse storm of the issue: 30,000 copy-ups of 50 KB files in 60 s,
 // 50 s blocked.
 local stormSeries(inst, mp, s, r, i) = [
-  { series: sel('overlayfs_copy_up_seconds_total', { instance: inst, mountpoint: mp, cause: 'chown' }), values: fresh(50, s, r, i) },
-  { series: sel('overlayfs_copy_up_total', { instance: inst, mountpoint: mp, cause: 'chown', kind: 'data' }), values: fresh(30000, s, r, i) },
-  { series: sel('overlayfs_copy_up_data_bytes_total', { instance: inst, mountpoint: mp, cause: 'chown' }), values: fresh(30000 * 51200, s, r, i) },
+  { series: agent('overlayfs_copy_up_seconds_total', { instance: inst, mountpoint: mp, cause: 'chown' }), values: fresh(50, s, r, i) },
+  { series: agent('overlayfs_copy_up_total', { instance: inst, mountpoint: mp, cause: 'chown', kind: 'data' }), values: fresh(30000, s, r, i) },
+  { series: agent('overlayfs_copy_up_data_bytes_total', { instance: inst, mountpoint: mp, cause: 'chown' }), values: fresh(30000 * 51200, s, r, i) },
 ];
 
 local firstFiring(end, i, expected) = {
@@ -79,11 +81,11 @@ local storms(i) = [
         local b = 0.001 * i,
         local steps = 60 / i,
         local d = 50 / steps,
-        series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/app', cause: 'chown' }),
+        series: agent('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/app', cause: 'chown' }),
         values: join([line(0, b, s / i + 1), line(s * 0.001 + b + d, b + d, steps), line(s * 0.001 + 0.06 + 50 + b, b, (end - s - 60) / i)]),
       },
       {
-        series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/calm', cause: 'open' }),
+        series: agent('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/calm', cause: 'open' }),
         values: line(0, 0.001 * i, end / i + 1),
       },
     ],
@@ -96,18 +98,18 @@ local storms(i) = [
     local r = s + 60,
     local end = 1800,
     local steps = 60 / i,
-    local info(mp) = sel('overlayfs_mount_info', { instance: 'n1', mountpoint: mp, device: '0:50', container_id: 'h1', runtime: 'concourse' }),
+    local info(mp) = agent('overlayfs_mount_info', { instance: 'n1', mountpoint: mp, device: '0:50', container_id: 'h1', runtime: 'concourse' }),
     name: 'a Concourse volume: the storm in init/<handle>, renamed to live/<handle> right after it (one storm, not two), sampled every %ds' % i,
     interval: '%ds' % i,
     input_series: [up('n1', end, i)] + [
       { series: info('/vol/init/h1/volume'), values: join([miss(s / i), hold(1, (r - s) / i + 1), 'stale']) },
       { series: info('/vol/live/h1/volume'), values: join([miss(r / i + 1), hold(1, (end - r) / i)]) },
       {
-        series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/init/h1/volume', cause: 'chown' }),
+        series: agent('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/init/h1/volume', cause: 'chown' }),
         values: join([miss(s / i + 1), line(50 / steps, 50 / steps, steps), 'stale']),
       },
       {
-        series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/live/h1/volume', cause: 'chown' }),
+        series: agent('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/live/h1/volume', cause: 'chown' }),
         values: join([miss(r / i + 1), hold(50, (end - r) / i)]),
       },
     ],
@@ -127,7 +129,7 @@ local storms(i) = [
     local r = s + 60,
     local end = 1800,
     local steps = 60 / i,
-    local info(mp) = sel('overlayfs_mount_info', { instance: 'n1', mountpoint: mp, device: '0:50', container_id: 'h1', runtime: 'concourse' }),
+    local info(mp) = agent('overlayfs_mount_info', { instance: 'n1', mountpoint: mp, device: '0:50', container_id: 'h1', runtime: 'concourse' }),
     name: 'a Concourse volume renamed from init/ to live/ right after its storm, every scrape %gs after an evaluation every %ds (one storm, not two)' % [i / 2, i],
     interval: if i % 2 == 0 then '%ds' % (i / 2) else '%dms' % (i * 500),
     input_series: [
@@ -136,11 +138,11 @@ local storms(i) = [
         { series: info('/vol/init/h1/volume'), values: join([miss(s / i), hold(1, (r - s) / i + 1), 'stale']) },
         { series: info('/vol/live/h1/volume'), values: join([miss(r / i + 1), hold(1, (end - r) / i)]) },
         {
-          series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/init/h1/volume', cause: 'chown' }),
+          series: agent('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/init/h1/volume', cause: 'chown' }),
           values: join([miss(s / i + 1), line(50 / steps, 50 / steps, steps), 'stale']),
         },
         {
-          series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/live/h1/volume', cause: 'chown' }),
+          series: agent('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/live/h1/volume', cause: 'chown' }),
           values: join([miss(r / i + 1), hold(50, (end - r) / i)]),
         },
       ]
@@ -157,13 +159,13 @@ local storms(i) = [
     // is counted by the fresh-series branch.
     local s = 600,
     local end = 1800,
-    local info(p) = sel('overlayfs_mount_info', { instance: 'n1', mountpoint: '/vol/init/h2/volume', device: '0:51', container_id: 'h2', privileged: p, runtime: 'concourse' }),
+    local info(p) = agent('overlayfs_mount_info', { instance: 'n1', mountpoint: '/vol/init/h2/volume', device: '0:51', container_id: 'h2', privileged: p, runtime: 'concourse' }),
     name: 'a label of overlayfs_mount_info changes (privileged "" -> "false") one scrape before a storm on that mount, sampled every %ds' % i,
     interval: '%ds' % i,
     input_series: [up('n1', end, i)] + [
       { series: info(''), values: join([miss(s / i - 1), hold(1, 1), 'stale']) },
       { series: info('false'), values: join([miss(s / i), hold(1, (end - s) / i + 1)]) },
-      { series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/init/h2/volume', cause: 'chown' }), values: fresh(50, s, end, i) },
+      { series: agent('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/vol/init/h2/volume', cause: 'chown' }), values: fresh(50, s, end, i) },
     ],
     promql_expr_test: [
       firstFiring(end, i, [storm('/vol/init/h2/volume', s + i)]),
@@ -187,18 +189,18 @@ local storms(i) = [
     name: 'one chown of a 1 GiB file (0.787 s), next to a 200 MB truncate and background open copy-ups, sampled every %ds' % i,
     interval: '%ds' % i,
     input_series: [up('n1', end, i)] + [
-      { series: sel('overlayfs_copy_up_bytes_bucket', { instance: 'n1', cause: 'open', le: le }), values: line(0, 2 * i, end / i + 1) }
+      { series: agent('overlayfs_copy_up_bytes_bucket', { instance: 'n1', cause: 'open', le: le }), values: line(0, 2 * i, end / i + 1) }
       for le in ['4096', '268435456', '1073741824', '+Inf']
     ] + [
-      { series: sel('overlayfs_copy_up_bytes_bucket', { instance: 'n1', cause: 'chown', le: b[0] }), values: event(b[1], s, end, i) }
+      { series: agent('overlayfs_copy_up_bytes_bucket', { instance: 'n1', cause: 'chown', le: b[0] }), values: event(b[1], s, end, i) }
       for b in [['4096', 0], ['268435456', 0], ['1073741824', 1], ['+Inf', 1]]
     ] + [
-      { series: sel('overlayfs_copy_up_bytes_bucket', { instance: 'n1', cause: 'truncate', le: b[0] }), values: event(b[1], s, end, i) }
+      { series: agent('overlayfs_copy_up_bytes_bucket', { instance: 'n1', cause: 'truncate', le: b[0] }), values: event(b[1], s, end, i) }
       for b in [['4096', 0], ['268435456', 1], ['1073741824', 1], ['+Inf', 1]]
     ] + [
-      { series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/db', cause: 'chown' }), values: event(0.787, s, end, i) },
-      { series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/db', cause: 'truncate' }), values: event(0.15, s, end, i) },
-      { series: sel('overlayfs_copy_up_data_bytes_total', { instance: 'n1', mountpoint: '/db', cause: 'chown' }), values: event(1073741824, s, end, i) },
+      { series: agent('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/db', cause: 'chown' }), values: event(0.787, s, end, i) },
+      { series: agent('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/db', cause: 'truncate' }), values: event(0.15, s, end, i) },
+      { series: agent('overlayfs_copy_up_data_bytes_total', { instance: 'n1', mountpoint: '/db', cause: 'chown' }), values: event(1073741824, s, end, i) },
     ],
     promql_expr_test: [
       firstFiring(end, i, [
@@ -214,15 +216,15 @@ local storms(i) = [
     interval: '%ds' % i,
     input_series: [up('n1', end, i)] + [
       {
-        series: sel('overlayfs_copy_up_data_bytes_total', { instance: 'n1', mountpoint: '/big', cause: 'open' }),
+        series: agent('overlayfs_copy_up_data_bytes_total', { instance: 'n1', mountpoint: '/big', cause: 'open' }),
         values: join([hold(0, s / i + 1), line(104857600 * i, 104857600 * i, n), hold(104857600 * 1200, (end - s - 1200) / i)]),
       },
       {
-        series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/big', cause: 'open' }),
+        series: agent('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: '/big', cause: 'open' }),
         values: join([hold(0, s / i + 1), line(0.5 * i, 0.5 * i, n), hold(600, (end - s - 1200) / i)]),
       },
       {
-        series: sel('overlayfs_copy_up_data_bytes_total', { instance: 'n1', mountpoint: '/calm', cause: 'open' }),
+        series: agent('overlayfs_copy_up_data_bytes_total', { instance: 'n1', mountpoint: '/calm', cause: 'open' }),
         values: line(0, 1000000 * i, end / i + 1),
       },
     ],
@@ -240,16 +242,16 @@ local storms(i) = [
     interval: '%ds' % i,
     input_series: [up('n1', end, i)] + std.flattenArrays([
       [
-        { series: sel('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: m, cause: 'open' }), values: line(0, 0.001 * i, end / i + 1) },
-        { series: sel('overlayfs_copy_up_total', { instance: 'n1', mountpoint: m, cause: 'open', kind: 'data' }), values: line(0, 2 * i, end / i + 1) },
-        { series: sel('overlayfs_copy_up_data_bytes_total', { instance: 'n1', mountpoint: m, cause: 'open' }), values: line(0, 8192 * i, end / i + 1) },
+        { series: agent('overlayfs_copy_up_seconds_total', { instance: 'n1', mountpoint: m, cause: 'open' }), values: line(0, 0.001 * i, end / i + 1) },
+        { series: agent('overlayfs_copy_up_total', { instance: 'n1', mountpoint: m, cause: 'open', kind: 'data' }), values: line(0, 2 * i, end / i + 1) },
+        { series: agent('overlayfs_copy_up_data_bytes_total', { instance: 'n1', mountpoint: m, cause: 'open' }), values: line(0, 8192 * i, end / i + 1) },
       ]
       for m in mounts
     ]) + [
-      { series: sel('overlayfs_copy_up_bytes_bucket', { instance: 'n1', cause: 'open', le: le }), values: line(0, 20 * i, end / i + 1) }
+      { series: agent('overlayfs_copy_up_bytes_bucket', { instance: 'n1', cause: 'open', le: le }), values: line(0, 20 * i, end / i + 1) }
       for le in ['4096', '268435456', '+Inf']
     ] + [
-      { series: sel('overlayfs_copy_up_duration_seconds_bucket', { instance: 'n1', cause: 'open', le: b[0] }), values: line(0, b[1] * i, end / i + 1) }
+      { series: agent('overlayfs_copy_up_duration_seconds_bucket', { instance: 'n1', cause: 'open', le: b[0] }), values: line(0, b[1] * i, end / i + 1) }
       for b in [['0.000262144', 0], ['0.001048576', 20], ['1.073741824', 20], ['+Inf', 20]]
     ],
     promql_expr_test: [
@@ -268,7 +270,7 @@ local annotated = [
     name: 'storm alerts: labels and annotations',
     interval: '60s',
     input_series: [up('n1', end, i)] + std.flattenArrays([stormSeries('n1', '/w/%d' % k, 600 + 300 * k, 840 + 300 * k, i) for k in std.range(0, 2)]) + [
-      { series: sel('overlayfs_copy_up_bytes_bucket', { instance: 'n1', cause: 'chown', le: b[0] }), values: event(b[1], s, end, i) }
+      { series: agent('overlayfs_copy_up_bytes_bucket', { instance: 'n1', cause: 'chown', le: b[0] }), values: event(b[1], s, end, i) }
       for b in [['268435456', 0], ['+Inf', 1]]
     ],
     alert_rule_test: [
