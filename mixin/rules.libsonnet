@@ -29,11 +29,11 @@ local robustIncrease(metric, by, window, agentSelector, perMount=false) =
   // renamed Docker container) makes a second series, not a moved mount.
   local moved = |||
 
-    unless on (instance, mountpoint) (
+    unless on (job, instance, mountpoint) (
       overlayfs_mount_info{%(sel)s, container_id!=""}
-      and on (instance, device, container_id) (
-        count by (instance, device, container_id) (
-          count by (instance, device, container_id, mountpoint) (max_over_time(overlayfs_mount_info{%(sel)s, container_id!=""}[%(w2)s]))
+      and on (job, instance, device, container_id) (
+        count by (job, instance, device, container_id) (
+          count by (job, instance, device, container_id, mountpoint) (max_over_time(overlayfs_mount_info{%(sel)s, container_id!=""}[%(w2)s]))
         ) > 1
       )
     )
@@ -42,7 +42,7 @@ local robustIncrease(metric, by, window, agentSelector, perMount=false) =
     sum by (%(by)s) (
       (
         (max_over_time(%(m)s{%(sel)s}[%(w)s]) unless %(m)s{%(sel)s} offset %(w)s)
-        and on (instance) (up{%(sel)s} offset %(w)s)%(moved)s
+        and on (job, instance) (up{%(sel)s} offset %(w)s)%(moved)s
       )
       or
       increase(%(m)s{%(sel)s}[%(w)s])
@@ -65,23 +65,23 @@ local annotations(c, name, summary, description) = {
         rules: [
           {
             record: 'instance_mountpoint:overlayfs_copy_up:rate5m',
-            expr: 'sum by (instance, mountpoint) (rate(overlayfs_copy_up_total{%(s)s}[5m]))' % { s: c.agentSelector },
+            expr: 'sum by (job, instance, mountpoint) (rate(overlayfs_copy_up_total{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause_kind:overlayfs_copy_up:rate5m',
-            expr: 'sum by (instance, cause, kind) (rate(overlayfs_copy_up_total{%(s)s}[5m]))' % { s: c.agentSelector },
+            expr: 'sum by (job, instance, cause, kind) (rate(overlayfs_copy_up_total{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_mountpoint:overlayfs_copy_up_data_bytes:rate5m',
-            expr: 'sum by (instance, mountpoint) (rate(overlayfs_copy_up_data_bytes_total{%(s)s}[5m]))' % { s: c.agentSelector },
+            expr: 'sum by (job, instance, mountpoint) (rate(overlayfs_copy_up_data_bytes_total{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause:overlayfs_copy_up_data_bytes:rate5m',
-            expr: 'sum by (instance, cause) (rate(overlayfs_copy_up_data_bytes_total{%(s)s}[5m]))' % { s: c.agentSelector },
+            expr: 'sum by (job, instance, cause) (rate(overlayfs_copy_up_data_bytes_total{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m',
-            expr: 'sum by (instance, cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket{%(s)s}[5m]))' % { s: c.agentSelector },
+            expr: 'sum by (job, instance, cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause:overlayfs_copy_up_duration_seconds:p50_rate5m',
@@ -93,15 +93,15 @@ local annotations(c, name, summary, description) = {
           },
           {
             record: 'instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s' % w,
-            expr: robustIncrease('overlayfs_copy_up_seconds_total', 'instance, mountpoint, cause', w, c.agentSelector, perMount=true),
+            expr: robustIncrease('overlayfs_copy_up_seconds_total', 'job, instance, mountpoint, cause', w, c.agentSelector, perMount=true),
           },
           {
             record: 'instance_mountpoint:overlayfs_copy_up_seconds:increase%s' % w,
-            expr: 'sum by (instance, mountpoint) (instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s)' % w,
+            expr: 'sum by (job, instance, mountpoint) (instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s)' % w,
           },
           {
             record: 'instance_cause_le:overlayfs_copy_up_bytes_bucket:increase%s' % w,
-            expr: robustIncrease('overlayfs_copy_up_bytes_bucket', 'instance, cause, le', w, c.agentSelector),
+            expr: robustIncrease('overlayfs_copy_up_bytes_bucket', 'job, instance, cause, le', w, c.agentSelector),
           },
           {
             alert: 'OverlayfsCopyUpStorm',
@@ -120,7 +120,7 @@ local annotations(c, name, summary, description) = {
           {
             alert: 'OverlayfsCopyUpStormsOnNode',
             expr: |||
-              count by (instance) (
+              count by (job, instance) (
                 max_over_time(instance_mountpoint:overlayfs_copy_up_seconds:increase%s[%s]) > %g
               ) >= %d
             ||| % [w, c.nodeStormWindow, c.copyUpStormBlockedSeconds, c.nodeStormMounts],
@@ -244,7 +244,7 @@ local annotations(c, name, summary, description) = {
           },
           {
             alert: 'OverlayfsProbeDetached',
-            expr: 'overlayfs_ebpf_probe_attached{%(s)s} == 0 and on (instance) overlayfs_ebpf_enabled{%(s)s} == 1' % { s: c.agentSelector },
+            expr: 'overlayfs_ebpf_probe_attached{%(s)s} == 0 and on (job, instance) overlayfs_ebpf_enabled{%(s)s} == 1' % { s: c.agentSelector },
             'for': '15m',
             labels: { severity: 'warning' },
             annotations: annotations(
@@ -258,7 +258,7 @@ local annotations(c, name, summary, description) = {
           },
           {
             alert: 'OverlayfsScanErrors',
-            expr: 'sum by (instance, mountpoint, reason) (increase(overlayfs_upper_scan_errors_total{%(s)s}[15m])) > 0' % { s: c.agentSelector },
+            expr: 'sum by (job, instance, mountpoint, reason) (increase(overlayfs_upper_scan_errors_total{%(s)s}[15m])) > 0' % { s: c.agentSelector },
             'for': '15m',
             labels: { severity: 'warning' },
             annotations: annotations(

@@ -67,7 +67,7 @@ local firstFiring(end, i, expected) = {
     for e in expected
   ],
 };
-local storm(mp, at) = { labels: { alertname: 'OverlayfsCopyUpStorm', instance: 'n1', mountpoint: mp, severity: 'warning' }, at: at };
+local storm(mp, at) = { labels: { alertname: 'OverlayfsCopyUpStorm', instance: 'n1', job: 'overlay-agent', mountpoint: mp, severity: 'warning' }, at: at };
 
 local storms(i) = [
   {
@@ -179,7 +179,7 @@ local storms(i) = [
     input_series: [up('n1', end, i)] + std.flattenArrays([stormSeries('n1', t.mp, t.s, t.s + 120, i) for t in tasks]),
     promql_expr_test: [
       firstFiring(end, i, [storm(t.mp, t.s + i) for t in tasks] + [
-        { labels: { alertname: 'OverlayfsCopyUpStormsOnNode', instance: 'n1', severity: 'warning' }, at: tasks[2].s + i },
+        { labels: { alertname: 'OverlayfsCopyUpStormsOnNode', instance: 'n1', job: 'overlay-agent', severity: 'warning' }, at: tasks[2].s + i },
       ]),
     ],
   },
@@ -204,7 +204,7 @@ local storms(i) = [
     ],
     promql_expr_test: [
       firstFiring(end, i, [
-        { labels: { alertname: 'OverlayfsHugeCopyUp', instance: 'n1', cause: 'chown', severity: 'warning' }, at: s + i },
+        { labels: { alertname: 'OverlayfsHugeCopyUp', instance: 'n1', job: 'overlay-agent', cause: 'chown', severity: 'warning' }, at: s + i },
       ]),
     ],
   },
@@ -231,7 +231,7 @@ local storms(i) = [
     promql_expr_test: [
       firstFiring(end, i, [
         storm('/big', s + (if i == 15 then 30 else 60)),
-        { labels: { alertname: 'OverlayfsCopyUpBytesStorm', instance: 'n1', mountpoint: '/big', severity: 'warning' }, at: s + (if i == 15 then 465 else 480) },
+        { labels: { alertname: 'OverlayfsCopyUpBytesStorm', instance: 'n1', job: 'overlay-agent', mountpoint: '/big', severity: 'warning' }, at: s + (if i == 15 then 465 else 480) },
       ]),
     ],
   },
@@ -278,7 +278,7 @@ local annotated = [
         eval_time: '11m',
         alertname: 'OverlayfsCopyUpStorm',
         exp_alerts: [{
-          exp_labels: { severity: 'warning', instance: 'n1', mountpoint: '/w/0' },
+          exp_labels: { severity: 'warning', job: 'overlay-agent', instance: 'n1', mountpoint: '/w/0' },
           exp_annotations: {
             summary: 'Copy-up storm on /w/0: 50s blocked in 5m',
             description: 'Work on /w/0 (n1) was blocked in copy-ups for 50s within 5m (threshold 10s): a chown -R, a package manager or a build rewriting lower-layer files. `overlay-agent trace` on the node shows which process and which files.',
@@ -290,7 +290,7 @@ local annotated = [
         eval_time: '21m',
         alertname: 'OverlayfsCopyUpStormsOnNode',
         exp_alerts: [{
-          exp_labels: { severity: 'warning', instance: 'n1' },
+          exp_labels: { severity: 'warning', job: 'overlay-agent', instance: 'n1' },
           exp_annotations: {
             summary: 'Copy-up storms on 3 mounts of n1 within 1h',
             description: '3 different mounts of n1 were each blocked in copy-ups for more than 10s within 5m during the last 1h (threshold 3 mounts). Every new container or volume on this node pays the storm again: a CI worker chowning each task volume, or an image whose files belong to the wrong user. Fix it once, in the image or the mount options.',
@@ -302,7 +302,7 @@ local annotated = [
         eval_time: '11m',
         alertname: 'OverlayfsHugeCopyUp',
         exp_alerts: [{
-          exp_labels: { severity: 'warning', instance: 'n1', cause: 'chown' },
+          exp_labels: { severity: 'warning', job: 'overlay-agent', instance: 'n1', cause: 'chown' },
           exp_annotations: {
             summary: 'A chown copy-up of more than 256MiB on n1',
             description: 'On n1, 1 copy-up(s) caused by chown copied a file larger than 256MiB within 5m. The writer was blocked until the whole file was copied, and the file now takes its size twice. overlayfs_copy_up_data_bytes_total names the mount, `overlay-agent trace` the file.',

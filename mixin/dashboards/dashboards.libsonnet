@@ -115,10 +115,10 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               targets=[
                 target(|||
                   (
-                    instance_mountpoint:overlayfs_copy_up_seconds:increase%(w)s{%(sel)s}
+                    instance_mountpoint:overlayfs_copy_up_seconds:increase%(w)s{%(agent)s,%(sel)s}
                     * on (instance, mountpoint) group_left (%(who)s) topk by (instance, mountpoint) (1, overlayfs_mount_info{%(agent)s,%(sel)s})
                   )
-                  or instance_mountpoint:overlayfs_copy_up_seconds:increase%(w)s{%(sel)s}
+                  or instance_mountpoint:overlayfs_copy_up_seconds:increase%(w)s{%(agent)s,%(sel)s}
                 ||| % { w: c.copyUpStormWindow, sel: sel, who: who, agent: c.agentSelector }, legend='{{container_name}}{{pod_namespace}}/{{pod_name}} {{mountpoint}}'),
               ]),
         panel('bargauge',

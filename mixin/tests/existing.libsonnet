@@ -22,6 +22,7 @@
           {
             exp_labels: {
               severity: 'warning',
+              job: 'overlay-agent',
               instance: 'n1',
               mountpoint: '/storm',
             },
@@ -79,6 +80,7 @@
           {
             exp_labels: {
               severity: 'warning',
+              job: 'overlay-agent',
               instance: 'n1',
               cause: 'chown',
             },
@@ -261,6 +263,7 @@
           {
             exp_labels: {
               severity: 'warning',
+              job: 'overlay-agent',
               instance: 'n1',
               mountpoint: '/bad',
               reason: 'permission_denied',
