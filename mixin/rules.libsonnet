@@ -1,4 +1,5 @@
-// Recording rules and alerts, in three groups. Every alert sits in the same
+// The alerts in three groups (prometheusAlerts), the recording rules only the
+// dashboard reads in a fourth (prometheusRules). Every alert sits in the same
 // group as the recording rules it reads: rules of one group run in order at the
 // same evaluation time, so an alert sees this evaluation's figure. Across groups
 // the order is not fixed (promtool picks it at random each run), and an alert
@@ -56,12 +57,13 @@ local annotations(c, name, summary, description) = {
 };
 
 {
+  // Recording rules that only the dashboard reads. (Those an alert reads are in
+  // the alert's group, in prometheusAlerts below.)
   prometheusRules+:: {
     local c = $._config,
-    local w = c.copyUpStormWindow,
     groups+: [
       {
-        name: 'overlay-agent.copy-ups',
+        name: 'overlay-agent.copy-ups.dashboard',
         rules: [
           {
             record: 'instance_mountpoint:overlayfs_copy_up:rate5m',
@@ -72,20 +74,35 @@ local annotations(c, name, summary, description) = {
             expr: 'sum by (job, instance, cause, kind) (rate(overlayfs_copy_up_total{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
-            record: 'instance_mountpoint:overlayfs_copy_up_data_bytes:rate5m',
-            expr: 'sum by (job, instance, mountpoint) (rate(overlayfs_copy_up_data_bytes_total{%(s)s}[5m]))' % { s: c.agentSelector },
-          },
-          {
             record: 'instance_cause:overlayfs_copy_up_data_bytes:rate5m',
             expr: 'sum by (job, instance, cause) (rate(overlayfs_copy_up_data_bytes_total{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
-            record: 'instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m',
-            expr: 'sum by (job, instance, cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket{%(s)s}[5m]))' % { s: c.agentSelector },
-          },
-          {
             record: 'instance_cause:overlayfs_copy_up_duration_seconds:p50_rate5m',
             expr: 'histogram_quantile(0.5, instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m)',
+          },
+        ],
+      },
+    ],
+  },
+
+  // The alerts, each in one group with the recording rules it reads (see the
+  // top of this file): the recording rules come first, so that the alert sees
+  // this evaluation's figure.
+  prometheusAlerts+:: {
+    local c = $._config,
+    local w = c.copyUpStormWindow,
+    groups+: [
+      {
+        name: 'overlay-agent.copy-ups',
+        rules: [
+          {
+            record: 'instance_mountpoint:overlayfs_copy_up_data_bytes:rate5m',
+            expr: 'sum by (job, instance, mountpoint) (rate(overlayfs_copy_up_data_bytes_total{%(s)s}[5m]))' % { s: c.agentSelector },
+          },
+          {
+            record: 'instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m',
+            expr: 'sum by (job, instance, cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause:overlayfs_copy_up_duration_seconds:p99_rate5m',
