@@ -3,8 +3,8 @@
 use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
-use crate::discovery::{LayerPath, OverlayOptions, SharedTable};
-use crate::identity::SharedInventory;
+use crate::discovery::{LayerPath, OverlayOptions};
+use crate::identity::SharedSnapshot;
 
 static MOUNTS: Def = Def {
     name: "overlayfs_mounts",
@@ -64,15 +64,15 @@ static MOUNTPOINTS: Def = Def {
     labels: &["mountpoint"],
 };
 
-/// Joins discovery's mount table with identity's inventory, by device.
+/// Joins discovery's mount table with identity's inventory, by device, both
+/// from one snapshot.
 pub struct MountCollector {
-    table: SharedTable,
-    identities: SharedInventory,
+    mounts: SharedSnapshot,
 }
 
 impl MountCollector {
-    pub fn new(table: SharedTable, identities: SharedInventory) -> Self {
-        MountCollector { table, identities }
+    pub fn new(mounts: SharedSnapshot) -> Self {
+        MountCollector { mounts }
     }
 }
 
@@ -105,8 +105,8 @@ fn bool_str(v: bool) -> &'static str {
 
 impl Collector for MountCollector {
     fn collect(&self) -> Vec<Family> {
-        let table = self.table.get();
-        let identities = self.identities.get();
+        let snapshot = self.mounts.get();
+        let (table, identities) = (&snapshot.table, &snapshot.identities);
         let mut count = Family::new(&MOUNTS);
         let mut info = Family::new(&INFO);
         let mut lower = Family::new(&LOWER);
