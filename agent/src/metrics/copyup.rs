@@ -11,7 +11,8 @@ use overlay_agent_common::{
 use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
-use crate::discovery::{Device, SharedTable, UNKNOWN_MOUNTPOINT};
+use crate::discovery::{Device, UNKNOWN_MOUNTPOINT};
+use crate::identity::SharedSnapshot;
 use crate::probes::ProbeHandle;
 use crate::sync::{LockExt, RwLockExt};
 
@@ -135,13 +136,13 @@ impl Default for RawHist {
 }
 
 pub struct CopyUpCollector {
-    table: SharedTable,
+    mounts: SharedSnapshot,
     probes: Arc<ProbeHandle>,
 }
 
 impl CopyUpCollector {
-    pub fn new(table: SharedTable, probes: Arc<ProbeHandle>) -> Self {
-        CopyUpCollector { table, probes }
+    pub fn new(mounts: SharedSnapshot, probes: Arc<ProbeHandle>) -> Self {
+        CopyUpCollector { mounts, probes }
     }
 }
 
@@ -176,7 +177,8 @@ impl Collector for CopyUpCollector {
             f.add(&[program], *n as f64);
         }
         out.push(f);
-        let table = self.table.get();
+        let mounts = self.mounts.get();
+        let table = &mounts.table;
         // Each device's label once (not once per key: 1000 mounts x 11 causes).
         let mut labels: std::collections::HashMap<u32, String> = std::collections::HashMap::new();
         for k in snapshot.counts.keys().map(|k| k.dev).chain(snapshot.hist.keys().map(|k| k.dev)) {

@@ -3,7 +3,7 @@
 use prometheus::proto::MetricType;
 
 use super::{unix_seconds, Collector, Def, Family};
-use crate::discovery::SharedTable;
+use crate::identity::SharedSnapshot;
 use crate::scan::{EntryKind, ScanStore};
 
 static BYTES: Def = Def {
@@ -81,19 +81,20 @@ static STALE: Def = Def {
 };
 
 pub struct UpperCollector {
-    table: SharedTable,
+    mounts: SharedSnapshot,
     store: ScanStore,
 }
 
 impl UpperCollector {
-    pub fn new(table: SharedTable, store: ScanStore) -> Self {
-        UpperCollector { table, store }
+    pub fn new(mounts: SharedSnapshot, store: ScanStore) -> Self {
+        UpperCollector { mounts, store }
     }
 }
 
 impl Collector for UpperCollector {
     fn collect(&self) -> Vec<Family> {
-        let table = self.table.get();
+        let mounts = self.mounts.get();
+        let table = &mounts.table;
         let store = self.store.lock();
         let mut bytes = Family::new(&BYTES);
         let mut apparent = Family::new(&APPARENT);
