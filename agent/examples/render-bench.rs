@@ -45,7 +45,7 @@ fn main() {
     let (t, i) = overlay_agent::daemon::discover(&config).expect("discover");
     table.set(t);
     identities.set(i);
-    let pool = ScanPool::new(2).expect("pool");
+    let pool = ScanPool::new(&config.scan).expect("pool");
     pool.schedule(&table.get(), config.scan.interval, config.scan.timeout, &config.discovery.rootfs);
     pool.wait_idle();
     let exposition = metrics::Exposition::default();
