@@ -119,6 +119,9 @@ const WHITEOUT_DEV: u8 = 0x40;
 /// With `WHITEOUT_DEV`: the inode had more than one link (the shared whiteout).
 const LINKED: u8 = 0x80;
 
+/// Directory entries read before they are sorted by inode and stat'ed.
+const SORT_BATCH: usize = 65_536;
+
 fn kind_of(marks: u8) -> EntryKind {
     EntryKind::ALL.get((marks & KIND_MASK) as usize).copied().unwrap_or(EntryKind::Created)
 }
@@ -406,40 +409,61 @@ impl Walker<'_> {
             ctimes: Vec::new(),
             marks: Vec::new(),
         };
+        // Entries are stat'ed in inode order, a batch at a time: inodes made one
+        // after the other sit side by side on disk and in memory, while getdents
+        // returns names in hash order (ext4, XFS). The order is kept in the cache.
         let mut complete = true;
-        loop {
-            let entry = match entries.next() {
-                None => break,
-                Some(Ok(e)) => e,
-                Some(Err(e)) => {
-                    self.error(e);
-                    complete = false;
-                    break;
+        let mut batch: Vec<(u64, u32)> = Vec::new();
+        let mut raw: Vec<u8> = Vec::new();
+        let mut more = true;
+        while more && complete {
+            batch.clear();
+            raw.clear();
+            while batch.len() < SORT_BATCH {
+                match entries.next() {
+                    None => {
+                        more = false;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        self.error(e);
+                        complete = false;
+                        break;
+                    }
+                    Some(Ok(e)) => {
+                        let name = e.file_name().to_bytes_with_nul();
+                        if name != b".\0" && name != b"..\0" {
+                            batch.push((e.ino(), raw.len() as u32));
+                            raw.extend_from_slice(name);
+                        }
+                    }
                 }
-            };
-            let name = entry.file_name();
-            if name.to_bytes() == b"." || name.to_bytes() == b".." {
-                continue;
             }
-            if !self.tick() {
-                complete = false;
-                break;
-            }
+            batch.sort_unstable_by_key(|&(ino, _)| ino);
             let Ok(dirfd) = entries.fd() else {
                 complete = false;
                 break;
             };
-            let st = match statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => st,
-                Err(e) => {
-                    self.error(e);
-                    continue; // gone meanwhile: the directory's times changed too
+            for &(_, off) in &batch {
+                let Some(Ok(name)) = raw.get(off as usize..).map(CStr::from_bytes_until_nul) else {
+                    continue;
+                };
+                if !self.tick() {
+                    complete = false;
+                    break;
                 }
-            };
-            let (c, m) = self.entry(cwd_ok, p, name, &st, None, stack);
-            d.names.extend_from_slice(name.to_bytes_with_nul());
-            d.ctimes.push(c);
-            d.marks.push(m);
+                let st = match statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => st,
+                    Err(e) => {
+                        self.error(e);
+                        continue; // gone meanwhile: the directory's times changed too
+                    }
+                };
+                let (c, m) = self.entry(cwd_ok, p, name, &st, None, stack);
+                d.names.extend_from_slice(name.to_bytes_with_nul());
+                d.ctimes.push(c);
+                d.marks.push(m);
+            }
         }
         if complete {
             d.names.shrink_to_fit();
