@@ -411,3 +411,48 @@ fn worker(queue: Arc<Queue>, store: ScanStore, busy: Arc<Busy>, workers: Arc<Wor
     }
     workers.live.fetch_sub(1, Ordering::SeqCst);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, priority: (bool, Option<Instant>, Reverse<Instant>)) -> Job {
+        Job {
+            upper: PathBuf::from(name),
+            open_at: PathBuf::from(name),
+            ns: XattrNamespace::Trusted,
+            interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(60),
+            cache: ScanCache::default(),
+            priority,
+        }
+    }
+
+    #[test]
+    fn never_scanned_then_recently_changed_then_most_overdue() {
+        let t0 = Instant::now();
+        let t = |s| t0 + Duration::from_secs(s);
+        let q = Queue::default();
+        q.push(job("idle-old-due", (false, Some(t(1)), Reverse(t(5)))));
+        q.push(job("idle-older-due", (false, Some(t(1)), Reverse(t(2)))));
+        q.push(job("changed-recently", (false, Some(t(9)), Reverse(t(8)))));
+        q.push(job("never-changed", (false, None, Reverse(t(0)))));
+        q.push(job("new", (true, None, Reverse(t(9)))));
+        let order: Vec<String> =
+            (0..5).filter_map(|_| q.pop()).map(|j| j.upper.display().to_string()).collect();
+        assert_eq!(order, ["new", "changed-recently", "idle-older-due", "idle-old-due", "never-changed"]);
+        q.close();
+        assert!(q.pop().is_none(), "a closed queue ends the workers");
+    }
+
+    #[test]
+    fn behind_schedule_counts_only_scans_not_started() {
+        let now = Instant::now();
+        let mut rec = ScanRecord::new(now);
+        rec.next_due = now;
+        let later = now + Duration::from_secs(3);
+        assert_eq!(rec.behind(later), Duration::from_secs(3));
+        rec.started = Some((later, later + Duration::from_secs(60)));
+        assert_eq!(rec.behind(later + Duration::from_secs(5)), Duration::ZERO);
+    }
+}
