@@ -2,11 +2,14 @@
 """Scan cost at node scale: many mounts, full walks against budgeted walks.
 
   sudo python3 bench/budget.py [--mounts 1000] [--entries 10000] [--budget 0.1] [--seconds 120]
+  sudo python3 bench/budget.py --disk --cold --mounts 1000 --entries 1000   # on ext4, caches dropped
 
 Builds MOUNTS real overlay mounts whose upper dirs hold ENTRIES names each (dirs of
 1,000 hard links to one file, on a tmpfs the benchmark mounts: ten million real files
 would take this machine hours to create; a name costs the scan one stat either way),
-then runs `overlay-agent serve` (scan.interval 60s, concurrency 2) twice:
+then runs `overlay-agent serve` (scan.interval 60s, concurrency 2) twice. With --disk the
+tree is built under /var/tmp (the root filesystem) instead, and --cold drops the page cache
+before each run, so the first pass reads inodes and directories from disk:
 - full: no budget; measured over SECONDS once the first pass over every mount is done;
 - budgeted: scan.max_cpu = BUDGET; measured over SECONDS from the start.
 It prints agent CPU-seconds per minute (all threads, /proc/PID/stat), the scan threads'
@@ -85,7 +88,15 @@ def build(base, mounts, entries):
     return time.time() - t0
 
 
-def run(base, mounts, budget, seconds, steady):
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def run(base, mounts, budget, seconds, steady, cold=False):
+    if cold:
+        drop_caches()
     port = free_port()
     addr = f"127.0.0.1:{port}"
     cfg = os.path.join(base, "agent.yaml")
@@ -145,18 +156,23 @@ def main():
     ap.add_argument("--entries", type=int, default=10000)
     ap.add_argument("--budget", type=float, default=0.1)
     ap.add_argument("--seconds", type=int, default=120)
+    ap.add_argument("--disk", action="store_true", help="build on /var/tmp, not on a tmpfs")
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before each run")
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark mounts overlays")
     sh("cargo", "build", "--release", "--locked", "-p", "overlay-agent")
-    base = tempfile.mkdtemp(prefix="ovl-budget-")
-    sh("mount", "-t", "tmpfs", "-o", "size=8g,nr_inodes=0", "tmpfs", base)
+    base = tempfile.mkdtemp(prefix="ovl-budget-", dir="/var/tmp" if args.disk else None)
+    if not args.disk:
+        sh("mount", "-t", "tmpfs", "-o", "size=8g,nr_inodes=0", "tmpfs", base)
+    where = sh("df", "--output=fstype", base).split()[-1]
     try:
         built = build(base, args.mounts, args.entries)
-        print(f"{args.mounts} mounts x {args.entries} entries built in {built:.0f} s")
-        full = run(base, args.mounts, None, args.seconds, steady=True)
-        capped = run(base, args.mounts, args.budget, args.seconds, steady=False)
+        print(f"{args.mounts} mounts x {args.entries} entries on {where} built in {built:.0f} s"
+              f"{', page cache dropped before each run' if args.cold else ''}")
+        full = run(base, args.mounts, None, args.seconds, steady=True, cold=args.cold)
+        capped = run(base, args.mounts, args.budget, args.seconds, steady=False, cold=args.cold)
         per_min = args.budget * 60
         print()
         print(f"| {args.mounts} mounts x {args.entries:,} entries, scan.interval 60s, {args.seconds} s measured | full walks | budgeted (max_cpu {args.budget}) |")
@@ -179,7 +195,8 @@ def main():
             mp = line.split(" on ", 1)[1].split(" type ", 1)[0] if " on " in line else ""
             if mp.startswith(base + "/"):
                 subprocess.run(["umount", "-l", mp])
-        subprocess.run(["umount", "-l", base])
+        if not args.disk:
+            subprocess.run(["umount", "-l", base])
         shutil.rmtree(base, ignore_errors=True)
 
 
