@@ -134,7 +134,9 @@ const IOPRIO_WHO_PROCESS: libc::c_int = 1;
 /// allowed without privileges (they only lower priority). Returns what failed.
 pub fn set_idle_priority() -> Result<(), String> {
     let mut failed = Vec::new();
-    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_param is plain integers (musl adds sporadic-server fields); all
+    // zero is priority 0, the only one SCHED_IDLE takes.
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
     // SAFETY: plain syscalls on the calling thread (pid 0) with a valid param pointer.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
         failed.push(format!("SCHED_IDLE: {}", std::io::Error::last_os_error()));
