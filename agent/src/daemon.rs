@@ -63,7 +63,7 @@ impl Pipeline {
     fn new(config: &Config) -> Result<Self, AgentError> {
         let mounts = SharedSnapshot::default();
         let stats = Arc::new(DiscoveryStats::default());
-        let pool = ScanPool::new(config.scan.concurrency)
+        let pool = ScanPool::new(&config.scan)
             .map_err(|source| AgentError::Start { what: "scan threads", source })?;
         let probes = Arc::new(ProbeHandle::default());
         let exposition = Arc::new(metrics::Exposition::default());
