@@ -7,5 +7,9 @@
     Check: promtool check rules overlay-agent.rules.yml
     Test:  promtool test rules overlay-agent.rules.test.yml overlay-agent.rules.test-15s.yml
   |||,
-  doc: (import 'mixin.libsonnet').prometheusRules,
+  // One file holds both, as a Prometheus loads them: the mixin's
+  // prometheusRules (recording rules only the dashboard reads) and its
+  // prometheusAlerts (each alert with the recording rules it reads).
+  local m = import 'mixin.libsonnet',
+  doc: { groups: m.prometheusAlerts.groups + m.prometheusRules.groups },
 }

@@ -1,8 +1,13 @@
-// Recording rules and alerts, in three groups. Every alert sits in the same
+// The alerts in three groups (prometheusAlerts), the recording rules only the
+// dashboard reads in a fourth (prometheusRules). Every alert sits in the same
 // group as the recording rules it reads: rules of one group run in order at the
 // same evaluation time, so an alert sees this evaluation's figure. Across groups
 // the order is not fixed (promtool picks it at random each run), and an alert
 // would see a figure one evaluation old, or not, from one run to the next.
+// '5m' -> '10m' (the window is whole minutes or seconds).
+local doubled(w) =
+  local unit = std.substr(w, std.length(w) - 1, 1);
+  '%d%s' % [2 * std.parseInt(std.substr(w, 0, std.length(w) - 1)), unit];
 local robustIncrease(metric, by, window, agentSelector, perMount=false) =
   // increase() needs two samples of a series. The counters of a fresh mount (a
   // new container, a CI task's volume) appear with the first copy-up, often in
@@ -15,24 +20,33 @@ local robustIncrease(metric, by, window, agentSelector, perMount=false) =
   // Per mount, one more case: a mount that moved (a Concourse volume renamed
   // from init/ to live/ right after its chown) keeps its counters under its new
   // mountpoint, a new series; it is not counted again when overlayfs_mount_info
-  // saw its device and container id under another mountpoint in the window.
+  // saw its device and container id under another mountpoint within twice the
+  // window. Twice: the new series counts as fresh until one window after its
+  // first sample, and the old mountpoint's last sample is older than that first
+  // sample (by a scrape, or by the time the rename took), so a lookback of one
+  // window ended before the fresh branch did (docs/alerts.md). Mountpoints are
+  // counted, not series: a label of overlayfs_mount_info that changes on the
+  // same mountpoint (privileged "" -> "false", pod labels arriving late, a
+  // renamed Docker container) makes a second series, not a moved mount.
   local moved = |||
 
-    unless on (instance, mountpoint) (
-      overlayfs_mount_info{container_id!=""}
-      and on (instance, device, container_id) (
-        count by (instance, device, container_id) (max_over_time(overlayfs_mount_info{container_id!=""}[%(w)s])) > 1
+    unless on (job, instance, mountpoint) (
+      overlayfs_mount_info{%(sel)s, container_id!=""}
+      and on (job, instance, device, container_id) (
+        count by (job, instance, device, container_id) (
+          count by (job, instance, device, container_id, mountpoint) (max_over_time(overlayfs_mount_info{%(sel)s, container_id!=""}[%(w2)s]))
+        ) > 1
       )
     )
-  ||| % { w: window };
+  ||| % { w2: doubled(window), sel: agentSelector };
   |||
     sum by (%(by)s) (
       (
-        (max_over_time(%(m)s[%(w)s]) unless %(m)s offset %(w)s)
-        and on (instance) (up{%(sel)s} offset %(w)s)%(moved)s
+        (max_over_time(%(m)s{%(sel)s}[%(w)s]) unless %(m)s{%(sel)s} offset %(w)s)
+        and on (job, instance) (up{%(sel)s} offset %(w)s)%(moved)s
       )
       or
-      increase(%(m)s[%(w)s])
+      increase(%(m)s{%(sel)s}[%(w)s])
     )
   ||| % { m: metric, by: by, w: window, sel: agentSelector, moved: if perMount then std.rstripChars(std.strReplace(moved, '\n', '\n    '), ' \n') else '' };
 
@@ -43,7 +57,39 @@ local annotations(c, name, summary, description) = {
 };
 
 {
+  // Recording rules that only the dashboard reads. (Those an alert reads are in
+  // the alert's group, in prometheusAlerts below.)
   prometheusRules+:: {
+    local c = $._config,
+    groups+: [
+      {
+        name: 'overlay-agent.copy-ups.dashboard',
+        rules: [
+          {
+            record: 'instance_mountpoint:overlayfs_copy_up:rate5m',
+            expr: 'sum by (job, instance, mountpoint) (rate(overlayfs_copy_up_total{%(s)s}[5m]))' % { s: c.agentSelector },
+          },
+          {
+            record: 'instance_cause_kind:overlayfs_copy_up:rate5m',
+            expr: 'sum by (job, instance, cause, kind) (rate(overlayfs_copy_up_total{%(s)s}[5m]))' % { s: c.agentSelector },
+          },
+          {
+            record: 'instance_cause:overlayfs_copy_up_data_bytes:rate5m',
+            expr: 'sum by (job, instance, cause) (rate(overlayfs_copy_up_data_bytes_total{%(s)s}[5m]))' % { s: c.agentSelector },
+          },
+          {
+            record: 'instance_cause:overlayfs_copy_up_duration_seconds:p50_rate5m',
+            expr: 'histogram_quantile(0.5, instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m)',
+          },
+        ],
+      },
+    ],
+  },
+
+  // The alerts, each in one group with the recording rules it reads (see the
+  // top of this file): the recording rules come first, so that the alert sees
+  // this evaluation's figure.
+  prometheusAlerts+:: {
     local c = $._config,
     local w = c.copyUpStormWindow,
     groups+: [
@@ -51,28 +97,12 @@ local annotations(c, name, summary, description) = {
         name: 'overlay-agent.copy-ups',
         rules: [
           {
-            record: 'instance_mountpoint:overlayfs_copy_up:rate5m',
-            expr: 'sum by (instance, mountpoint) (rate(overlayfs_copy_up_total[5m]))',
-          },
-          {
-            record: 'instance_cause_kind:overlayfs_copy_up:rate5m',
-            expr: 'sum by (instance, cause, kind) (rate(overlayfs_copy_up_total[5m]))',
-          },
-          {
             record: 'instance_mountpoint:overlayfs_copy_up_data_bytes:rate5m',
-            expr: 'sum by (instance, mountpoint) (rate(overlayfs_copy_up_data_bytes_total[5m]))',
-          },
-          {
-            record: 'instance_cause:overlayfs_copy_up_data_bytes:rate5m',
-            expr: 'sum by (instance, cause) (rate(overlayfs_copy_up_data_bytes_total[5m]))',
+            expr: 'sum by (job, instance, mountpoint) (rate(overlayfs_copy_up_data_bytes_total{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m',
-            expr: 'sum by (instance, cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket[5m]))',
-          },
-          {
-            record: 'instance_cause:overlayfs_copy_up_duration_seconds:p50_rate5m',
-            expr: 'histogram_quantile(0.5, instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m)',
+            expr: 'sum by (job, instance, cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause:overlayfs_copy_up_duration_seconds:p99_rate5m',
@@ -80,15 +110,15 @@ local annotations(c, name, summary, description) = {
           },
           {
             record: 'instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s' % w,
-            expr: robustIncrease('overlayfs_copy_up_seconds_total', 'instance, mountpoint, cause', w, c.agentSelector, perMount=true),
+            expr: robustIncrease('overlayfs_copy_up_seconds_total', 'job, instance, mountpoint, cause', w, c.agentSelector, perMount=true),
           },
           {
             record: 'instance_mountpoint:overlayfs_copy_up_seconds:increase%s' % w,
-            expr: 'sum by (instance, mountpoint) (instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s)' % w,
+            expr: 'sum by (job, instance, mountpoint) (instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s)' % w,
           },
           {
             record: 'instance_cause_le:overlayfs_copy_up_bytes_bucket:increase%s' % w,
-            expr: robustIncrease('overlayfs_copy_up_bytes_bucket', 'instance, cause, le', w, c.agentSelector),
+            expr: robustIncrease('overlayfs_copy_up_bytes_bucket', 'job, instance, cause, le', w, c.agentSelector),
           },
           {
             alert: 'OverlayfsCopyUpStorm',
@@ -107,7 +137,7 @@ local annotations(c, name, summary, description) = {
           {
             alert: 'OverlayfsCopyUpStormsOnNode',
             expr: |||
-              count by (instance) (
+              count by (job, instance) (
                 max_over_time(instance_mountpoint:overlayfs_copy_up_seconds:increase%s[%s]) > %g
               ) >= %d
             ||| % [w, c.nodeStormWindow, c.copyUpStormBlockedSeconds, c.nodeStormMounts],
@@ -179,7 +209,7 @@ local annotations(c, name, summary, description) = {
         rules: [
           {
             record: 'instance_mountpoint:overlayfs_upper_bytes:deriv30m',
-            expr: 'deriv(overlayfs_upper_bytes[30m])',
+            expr: 'deriv(overlayfs_upper_bytes{%(s)s}[30m])' % { s: c.agentSelector },
           },
           {
             alert: 'OverlayfsUpperDirGrowingFast',
@@ -197,10 +227,10 @@ local annotations(c, name, summary, description) = {
           {
             alert: 'OverlayfsUpperFilesystemFillingUp',
             expr: |||
-              predict_linear(overlayfs_upper_filesystem_avail_bytes[6h], 24 * 3600) < 0
+              predict_linear(overlayfs_upper_filesystem_avail_bytes{%(s)s}[6h], 24 * 3600) < 0
               and
-              overlayfs_upper_filesystem_avail_bytes / overlayfs_upper_filesystem_size_bytes < 0.2
-            |||,
+              overlayfs_upper_filesystem_avail_bytes{%(s)s} / overlayfs_upper_filesystem_size_bytes{%(s)s} < 0.2
+            ||| % { s: c.agentSelector },
             'for': '30m',
             labels: { severity: 'critical' },
             annotations: annotations(
@@ -218,7 +248,7 @@ local annotations(c, name, summary, description) = {
         rules: [
           {
             alert: 'OverlayfsEbpfDisabled',
-            expr: 'overlayfs_ebpf_enabled == 0',
+            expr: 'overlayfs_ebpf_enabled{%(s)s} == 0' % { s: c.agentSelector },
             'for': '15m',
             labels: { severity: 'info' },
             annotations: annotations(
@@ -231,7 +261,7 @@ local annotations(c, name, summary, description) = {
           },
           {
             alert: 'OverlayfsProbeDetached',
-            expr: 'overlayfs_ebpf_probe_attached == 0 and on (instance) overlayfs_ebpf_enabled == 1',
+            expr: 'overlayfs_ebpf_probe_attached{%(s)s} == 0 and on (job, instance) overlayfs_ebpf_enabled{%(s)s} == 1' % { s: c.agentSelector },
             'for': '15m',
             labels: { severity: 'warning' },
             annotations: annotations(
@@ -245,7 +275,7 @@ local annotations(c, name, summary, description) = {
           },
           {
             alert: 'OverlayfsScanErrors',
-            expr: 'sum by (instance, mountpoint, reason) (increase(overlayfs_upper_scan_errors_total[15m])) > 0',
+            expr: 'sum by (job, instance, mountpoint, reason) (increase(overlayfs_upper_scan_errors_total{%(s)s}[15m])) > 0' % { s: c.agentSelector },
             'for': '15m',
             labels: { severity: 'warning' },
             annotations: annotations(
@@ -258,7 +288,7 @@ local annotations(c, name, summary, description) = {
           },
           {
             alert: 'OverlayfsScanStale',
-            expr: 'time() - overlayfs_upper_scan_timestamp_seconds > 1800',
+            expr: 'time() - overlayfs_upper_scan_timestamp_seconds{%(s)s} > 1800' % { s: c.agentSelector },
             'for': '15m',
             labels: { severity: 'warning' },
             annotations: annotations(

@@ -51,7 +51,7 @@ fn upper_dir_contents_are_counted_exactly_and_follow_the_mount() {
     let metrics = scrape_until(&agent, "a completed scan", |x| scans(x, &mp) >= 1.0);
     let kind = |k: &str| metrics.get("overlayfs_upper_entries", &[("mountpoint", &mp), ("kind", k)]);
     assert_eq!(kind("copied_up"), Some(3.0), "big, a, b\n{}", metrics.text);
-    assert_eq!(kind("created"), Some(4.0), "new, new2, fresh (its hard link once), sym");
+    assert_eq!(kind("created"), Some(5.0), "new, new2, fresh and fresh-link (two names), sym");
     assert_eq!(kind("dir"), Some(3.0), "sub, sub/deep, keep");
     assert_eq!(kind("opaque_dir"), Some(1.0));
     assert_eq!(kind("whiteout"), Some(1.0));
@@ -98,6 +98,8 @@ fn upper_dir_contents_are_counted_exactly_and_follow_the_mount() {
             && x.get("overlayfs_upper_entries", &[("mountpoint", &mp), ("kind", "copied_up")]) == Some(4.0)
     });
     assert_eq!(metrics.get("overlayfs_upper_copied_up_bytes", &[("mountpoint", &mp)]), Some(200_061.0));
+    // Seen without eBPF: the first scan is the baseline, c is the one copy-up since.
+    assert_eq!(metrics.get("overlayfs_upper_copy_ups_seen_total", &[("mountpoint", &mp)]), Some(1.0));
 
     // Unmounted: every series of the mount leaves /metrics.
     ov.unmount();
@@ -272,4 +274,116 @@ fn rootfs_prefix_finds_upper_dirs_from_a_container_view() {
         m.get("overlayfs_upper_scan_errors_total", &[("mountpoint", &mp), ("reason", "missing")]),
         Some(1.0)
     );
+}
+
+/// Entries by kind count names: whiteouts made through a real mount share one
+/// inode (5.8+), hard-linked copied-up and metacopy files have several names.
+/// Bytes and inodes still count each inode once, as du does.
+#[test]
+fn shared_whiteouts_and_hard_links_count_every_name() {
+    common::require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let populate = |lower: &std::path::Path| {
+        for i in 0..30 {
+            write_file(&lower.join(format!("d/gone{i}")), 1);
+        }
+        write_file(&lower.join("h"), 10);
+    };
+    let plain = Overlay::new(&tmp.path().join("a"), "plain", "", populate);
+    let meta = Overlay::new(&tmp.path().join("b"), "meta", "metacopy=on,redirect_dir=on", populate);
+    for ov in [&plain, &meta] {
+        for i in 0..30 {
+            std::fs::remove_file(ov.merged.join(format!("d/gone{i}"))).expect("rm through the mount");
+        }
+    }
+    // A hard link copies h up (metadata only with metacopy=on), then links it.
+    chown(meta.merged.join("h"), Some(1), Some(1)).expect("chown (metacopy copy-up)");
+    for ov in [&plain, &meta] {
+        for i in 2..=5 {
+            std::fs::hard_link(ov.merged.join("h"), ov.merged.join(format!("h{i}"))).expect("link");
+        }
+    }
+    let nlink =
+        |p: &std::path::Path| std::fs::symlink_metadata(p).map(|m| std::os::unix::fs::MetadataExt::nlink(&m));
+    assert!(nlink(&plain.upper.join("d/gone0")).expect("whiteout") > 30, "whiteouts share one inode on 5.8+");
+    assert_eq!(nlink(&plain.upper.join("h")).expect("h"), 5);
+
+    let cfg = config_for(tmp.path(), "");
+    let out = common::run(Command::new(common::BIN).args(["--config", cfg.to_str().expect("utf8"), "once"]));
+    let m = common::Metrics::parse(&out);
+    for (ov, linked_kind) in [(&plain, "copied_up"), (&meta, "metacopy")] {
+        let mp = ov.merged.display().to_string();
+        let kind = |k: &str| m.get("overlayfs_upper_entries", &[("mountpoint", &mp), ("kind", k)]);
+        assert_eq!(kind("whiteout"), Some(30.0), "{mp}: 30 deleted names, one inode\n{out}");
+        assert_eq!(kind(linked_kind), Some(5.0), "{mp}: 5 names of h");
+        assert_eq!(kind("dir"), Some(1.0), "{mp}: d");
+        let upper = &ov.upper;
+        assert_eq!(
+            m.get("overlayfs_upper_inodes", &[("mountpoint", &mp)]),
+            Some(common::du(&["-s", "--inodes"], upper))
+        );
+        assert_eq!(
+            m.get("overlayfs_upper_inodes", &[("mountpoint", &mp)]),
+            Some(4.0),
+            "root, d, the whiteout, h"
+        );
+        assert_eq!(
+            m.get("overlayfs_upper_bytes", &[("mountpoint", &mp)]),
+            Some(common::du(&["-s", "-B1"], upper))
+        );
+        assert_eq!(
+            m.get("overlayfs_upper_apparent_bytes", &[("mountpoint", &mp)]),
+            Some(common::du(&["-s", "-b"], upper))
+        );
+    }
+    let mp = plain.merged.display().to_string();
+    assert_eq!(m.get("overlayfs_upper_copied_up_bytes", &[("mountpoint", &mp)]), Some(10.0), "h once");
+    common::promtool_check(&out);
+}
+
+/// The scan threads run at SCHED_IDLE and idle I/O priority, and a CPU budget
+/// makes them pause: their CPU time stays within budget x time (plus the burst).
+#[test]
+fn scan_threads_run_idle_and_within_their_cpu_budget() {
+    common::require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ov = Overlay::new(tmp.path(), "merged", "", |lower| write_file(&lower.join("x"), 1));
+    for d in 0..20 {
+        std::fs::create_dir(ov.merged.join(format!("d{d}"))).expect("mkdir");
+        for i in 0..1000 {
+            std::fs::File::create(ov.merged.join(format!("d{d}/f{i}"))).expect("create");
+        }
+    }
+    let budget = 0.01;
+    let cfg = config_for(tmp.path(), &format!("  max_cpu: {budget}\n  concurrency: 1\n"));
+    let start = std::time::Instant::now();
+    let agent = Agent::start(tmp.path(), &["--config", cfg.to_str().expect("utf8")]);
+    let pid = agent.child.id();
+    let m = common::wait_for("a throttled scan", Duration::from_secs(30), || {
+        let m = agent.metrics();
+        (m.get("overlayfs_scan_throttled_seconds_total", &[]).unwrap_or(0.0) > 0.0).then_some(m)
+    });
+    let cpu = m.get("overlayfs_scan_cpu_seconds_total", &[]).expect("scan CPU seconds");
+    let elapsed = start.elapsed().as_secs_f64();
+    // The bucket holds 2 s of budget; a charge lands every 4096 entries (well under 10 ms).
+    assert!(cpu <= budget * (elapsed + 2.0) + 0.01, "{cpu} CPU-s in {elapsed:.1} s at {budget} cores");
+    assert_eq!(m.get("overlayfs_scan_cpu_budget", &[]), Some(budget));
+    assert!(m.get("overlayfs_scan_behind_schedule_seconds", &[]).is_some());
+    // Every scan thread: policy SCHED_IDLE (5, field 41 of stat), I/O class idle.
+    let mut threads = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let t = t.expect("task").path();
+        if !std::fs::read_to_string(t.join("comm")).unwrap_or_default().starts_with("scan-") {
+            continue;
+        }
+        threads += 1;
+        let stat = std::fs::read_to_string(t.join("stat")).expect("stat");
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        assert_eq!(fields.get(41 - 3), Some(&"5"), "policy of {}: {stat}", t.display());
+        let tid = t.file_name().and_then(|n| n.to_str()).expect("tid").to_owned();
+        let io = common::run(Command::new("ionice").args(["-p", &tid]));
+        assert_eq!(io.trim(), "idle", "I/O class of {tid}");
+    }
+    assert_eq!(threads, 1, "scan.concurrency: 1");
+    common::promtool_check(&m.text);
 }

@@ -6,8 +6,12 @@
 //! runtime's own names for it and counts what the container copied up.
 //!
 //! The daemons run in a temporary directory with their own data root, state and
-//! socket, so they never touch (or need) a system installation; readiness is
-//! polled, and each guard stops what it started, the daemon last.
+//! socket, so they never touch (or need) a system installation: each dockerd gets
+//! a containerd of its own through `--containerd` (without it, dockerd uses
+//! /run/containerd/containerd.sock whenever that socket exists). Readiness is
+//! polled; each daemon runs in its own process group, stopped by its guard
+//! (SIGTERM, then SIGKILL to the group after 30 s), and the [`Sandbox`] kills
+//! whatever is left tied to the directory (shims, containers) and unmounts.
 
 mod common;
 
@@ -24,10 +28,93 @@ const DOCKER: &str = "/usr/bin/docker";
 const CONTAINERD: &str = "/usr/bin/containerd";
 const CTR: &str = "/usr/bin/ctr";
 
-/// A short temporary directory: daemon sockets live in it, and a unix socket
-/// path must fit in 108 bytes.
-fn short_tempdir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").expect("tempdir")
+/// A test's temporary directory, holding everything its daemons create. On drop,
+/// after the daemons' own guards: every process still tied to the directory is
+/// killed (shims and their containers, which containerd starts in process groups
+/// of their own and leaves running when it stops, BuildKit steps, clients), then
+/// every mount under it is detached, then it is removed.
+struct Sandbox(tempfile::TempDir);
+
+impl Sandbox {
+    /// Short, in /tmp: daemon sockets live in it, and a unix socket path must fit in 108 bytes.
+    fn new(prefix: &str) -> Sandbox {
+        Sandbox(tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").expect("tempdir"))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let dir = self.path();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = processes_of(dir);
+            if left.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in left {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Deepest first: the daemons bind-mount their roots and mount overlays
+        // inside. Again until none is left: a dying shim may still be mounting.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // Lossy: another test's mountpoint may not be UTF-8, and must not hide ours.
+            let mut left: Vec<String> = mountinfo("/proc/self/mountinfo")
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+                .filter(|mp| Path::new(mp).starts_with(dir))
+                .collect();
+            if left.is_empty() || Instant::now() > deadline {
+                break;
+            }
+            left.sort_by_key(|mp| std::cmp::Reverse(mp.len()));
+            for mp in left {
+                let _ = Command::new("umount").arg("-l").arg(&mp).status();
+            }
+        }
+    }
+}
+
+/// A mountinfo file, lossily decoded ("" when unreadable): mountpoints need not be UTF-8.
+fn mountinfo(path: impl AsRef<Path>) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+/// The live processes tied to `dir`: a command line naming a path under it (the
+/// daemons, shims started with `-address <dir>/...`, clients), a working directory
+/// under it (a shim runs in its bundle), or, in another mount namespace, a root
+/// filesystem whose mount options name it (a container's processes). Zombies
+/// show none of these.
+fn processes_of(dir: &Path) -> Vec<rustix::process::Pid> {
+    let prefix = format!("{}/", dir.display());
+    let own_ns = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid as u32 != std::process::id())
+        .filter(|&pid| {
+            let proc = PathBuf::from(format!("/proc/{pid}"));
+            let cmdline = std::fs::read(proc.join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&prefix) {
+                return true;
+            }
+            if std::fs::read_link(proc.join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)) {
+                return true;
+            }
+            let ns = std::fs::read_link(proc.join("ns/mnt")).ok();
+            ns.is_some() && ns != own_ns && {
+                let mi = mountinfo(proc.join("mountinfo"));
+                mi.lines().any(|l| l.split(' ').nth(4) == Some("/") && l.contains(&prefix))
+            }
+        })
+        .filter_map(rustix::process::Pid::from_raw)
+        .collect()
 }
 
 /// A busybox-static tree with `sh` and `sleep`, tarred (the image's only layer).
@@ -43,8 +130,9 @@ fn busybox_layer(dir: &Path) -> PathBuf {
     tar
 }
 
-/// A daemon started by a test: SIGTERM on drop, SIGKILL if it has not exited
-/// after 30 s, then any mount it left under its directory is detached.
+/// A daemon started by a test, in a process group of its own: SIGTERM on drop,
+/// and SIGKILL to the whole group if it has not exited after 30 s. What escapes
+/// the group (shims, containers) and mounts are the [`Sandbox`]'s to clean up.
 struct Daemon {
     child: Child,
     name: &'static str,
@@ -53,8 +141,10 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(name: &'static str, dir: &Path, cmd: &mut Command) -> Daemon {
+        use std::os::unix::process::CommandExt;
         let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("daemon log");
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -82,27 +172,72 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
+        let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) else { return };
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(30);
         while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
+        // The group's id is the daemon's pid (process_group(0)); its members may
+        // outlive the leader.
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         let _ = self.child.wait();
-        // Deepest first: the daemons bind-mount their roots and mount overlays inside.
-        let mut left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-            .filter(|mp| Path::new(mp).starts_with(&self.dir))
-            .collect();
-        left.sort_by_key(|mp| std::cmp::Reverse(mp.len()));
-        for mp in left {
-            let _ = Command::new("umount").arg("-l").arg(&mp).status();
-        }
     }
+}
+
+/// A containerd of the test's own for a dockerd, where dockerd would put its
+/// managed one (root `<data_root>/containerd/daemon`, state
+/// `<exec_root>/containerd/daemon`), passed to dockerd with `--containerd`.
+/// Without that flag dockerd uses /run/containerd/containerd.sock whenever that
+/// socket exists (a system containerd.service), and the test would write into the
+/// host's containerd. `path` finds the containerd shim.
+fn containerd_for_dockerd(
+    dir: &Path,
+    containerd: &Path,
+    ctr: &Path,
+    path: &str,
+    data_root: &Path,
+    exec_root: &Path,
+) -> (Daemon, PathBuf) {
+    let state = exec_root.join("containerd");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let config = dir.join("containerd.toml");
+    std::fs::write(&config, "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n")
+        .expect("containerd.toml");
+    let sock = state.join("containerd.sock");
+    let mut daemon = Daemon::spawn(
+        "containerd",
+        dir,
+        Command::new(containerd)
+            .env("PATH", path)
+            .arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(data_root.join("containerd/daemon"))
+            .arg("--state")
+            .arg(state.join("daemon"))
+            .arg("--address")
+            .arg(&sock),
+    );
+    daemon.wait_ready(|| {
+        Command::new(ctr)
+            .arg("--address")
+            .arg(&sock)
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    (daemon, sock)
+}
+
+/// Whether dockerd runs its containers on `sock`'s containerd (its namespace `moby` exists there).
+fn assert_uses_containerd(ctr: &Path, sock: &Path) {
+    let ns = common::run(Command::new(ctr).arg("--address").arg(sock).args(["namespaces", "ls", "-q"]));
+    assert!(
+        ns.lines().any(|l| l == "moby"),
+        "dockerd did not use the test's containerd at {}: {ns}",
+        sock.display()
+    );
 }
 
 /// `overlay-agent once` watching only mounts under `dir`.
@@ -136,8 +271,8 @@ fn entries(m: &Metrics, mp: &str, kind: &str) -> f64 {
 #[test]
 fn docker_overlay2_containers_are_identified() {
     common::require_root();
-    let tmp = short_tempdir("oa-dk");
-    let d = tmp.path();
+    let sandbox = Sandbox::new("oa-dk");
+    let d = sandbox.path();
     std::fs::write(
         d.join("daemon.json"),
         r#"{"iptables": false, "ip6tables": false, "bridge": "none", "storage-driver": "overlay2",
@@ -145,11 +280,22 @@ fn docker_overlay2_containers_are_identified() {
                      "nproc": {"Name": "nproc", "Hard": 1024, "Soft": 1024}}}"#,
     )
     .expect("daemon.json");
+    let path = std::env::var("PATH").unwrap_or_default();
+    let (_containerd, containerd_sock) = containerd_for_dockerd(
+        d,
+        Path::new(CONTAINERD),
+        Path::new(CTR),
+        &path,
+        &d.join("root"),
+        &d.join("exec"),
+    );
     let sock = format!("unix://{}/docker.sock", d.display());
     let mut dockerd = Daemon::spawn(
         "dockerd",
         d,
         Command::new(DOCKERD)
+            .arg("--containerd")
+            .arg(&containerd_sock)
             .arg("--config-file")
             .arg(d.join("daemon.json"))
             .arg("--data-root")
@@ -187,6 +333,7 @@ fn docker_overlay2_containers_are_identified() {
         ]));
         ids.push(id.trim().to_owned());
     }
+    assert_uses_containerd(Path::new(CTR), &containerd_sock);
     common::run(docker().args(["exec", names[0], "/bin/busybox", "chown", "-R", "1:1", "/bin"]));
     for name in names {
         common::run(docker().args(["exec", name, "/bin/sh", "-c", "echo hello > /new-file"]));
@@ -229,15 +376,15 @@ fn docker_containerd_image_store_and_buildkit_are_identified() {
         .expect("fetch");
     assert!(out.status.success(), "fetching Docker 28 failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let bin = cache.join("docker28");
-    // dockerd finds its containerd and shim in PATH; the CLI finds buildx in DOCKER_CONFIG.
+    // containerd finds its shim in PATH; the CLI finds buildx in DOCKER_CONFIG.
     let path = format!(
         "{}:{}:{}",
         bin.join("usr/bin").display(),
         bin.join("usr/sbin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let tmp = short_tempdir("oa-d28");
-    let d = tmp.path();
+    let sandbox = Sandbox::new("oa-d28");
+    let d = sandbox.path();
     std::fs::create_dir_all(d.join("cli/cli-plugins")).expect("mkdir");
     std::os::unix::fs::symlink(
         bin.join("usr/libexec/docker/cli-plugins/docker-buildx"),
@@ -251,12 +398,23 @@ fn docker_containerd_image_store_and_buildkit_are_identified() {
                      "nproc": {"Name": "nproc", "Hard": 1024, "Soft": 1024}}}"#,
     )
     .expect("daemon.json");
+    let ctr = bin.join("usr/bin/ctr");
+    let (_containerd, containerd_sock) = containerd_for_dockerd(
+        d,
+        &bin.join("usr/bin/containerd"),
+        &ctr,
+        &path,
+        &d.join("root"),
+        &d.join("exec"),
+    );
     let sock = format!("unix://{}/docker.sock", d.display());
     let mut dockerd = Daemon::spawn(
         "dockerd",
         d,
         Command::new(bin.join("usr/sbin/dockerd"))
             .env("PATH", &path)
+            .arg("--containerd")
+            .arg(&containerd_sock)
             .arg("--config-file")
             .arg(d.join("daemon.json"))
             .arg("--data-root")
@@ -292,6 +450,7 @@ fn docker_containerd_image_store_and_buildkit_are_identified() {
         "600",
     ]));
     let id = id.trim();
+    assert_uses_containerd(&ctr, &containerd_sock);
     common::run(docker().args(["exec", name, "/bin/busybox", "chown", "-R", "1:1", "/bin"]));
 
     // A RUN step that lasts until the test is done with it.
@@ -307,7 +466,7 @@ fn docker_containerd_image_store_and_buildkit_are_identified() {
     let _build = Killed(build);
     let executor = format!("{}/root/buildkit/executor/", d.display());
     let step = common::wait_for("the RUN step's executor mount", Duration::from_secs(60), || {
-        let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mi = mountinfo("/proc/self/mountinfo");
         mi.lines().find_map(|l| {
             let mp = l.split(' ').nth(4)?;
             mp.strip_prefix(&executor)?.strip_suffix("/rootfs").map(str::to_owned)
@@ -375,8 +534,8 @@ fn docker_archive(dir: &Path, layer: &Path, tag: &str) -> PathBuf {
 #[test]
 fn containerd_task_is_identified_with_its_namespace() {
     common::require_root();
-    let tmp = short_tempdir("oa-cd");
-    let d = tmp.path();
+    let sandbox = Sandbox::new("oa-cd");
+    let d = sandbox.path();
     std::fs::write(
         d.join("config.toml"),
         "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
@@ -409,11 +568,14 @@ fn containerd_task_is_identified_with_its_namespace() {
     common::run(ctr().args(["images", "import"]).arg(&archive));
     let id = "oa-task";
     common::run(ctr().args(["run", "-d", image, id, "/bin/sleep", "600"]));
-    // The task's shim outlives containerd: kill and remove the task first.
+    // The task's shim outlives containerd: kill and remove the task first (the
+    // sandbox kills what a failed kill leaves).
     let _task = Containers(vec![
         with_args(ctr(), &["task", "kill", "--signal", "SIGKILL", id]),
         with_args(ctr(), &["task", "rm", "--force", id]),
         with_args(ctr(), &["containers", "rm", id]),
+        // runc's state dir for the namespace, outside containerd's --state.
+        with_args(Command::new("rmdir"), &[&format!("/run/containerd/runc/{ns}")]),
     ]);
     common::run(ctr().args([
         "task",
@@ -492,4 +654,75 @@ fn podman_containers_are_identified() {
         );
         assert!(entries(&m, &mp, "created") >= 1.0);
     }
+}
+
+/// What a daemon leaves when it stops without cleaning up (a `ctr task kill`
+/// that failed, a dockerd killed after its deadline): containerd stopped with a
+/// task running leaves the task's shim (in a process group of its own) and the
+/// container's processes, and the rootfs mounted. The sandbox kills them all and
+/// detaches the mount.
+#[test]
+fn sandbox_kills_shims_and_containers_a_stopped_daemon_leaves() {
+    common::require_root();
+    let sandbox = Sandbox::new("oa-sb");
+    let d = sandbox.path().to_owned();
+    std::fs::write(
+        d.join("config.toml"),
+        "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+    )
+    .expect("config.toml");
+    let sock = d.join("containerd.sock");
+    // runc keeps its state in /run/containerd/runc/<namespace>, whatever containerd's --state.
+    let ns = format!("oa-left-{}", std::process::id());
+    let runc_state = Path::new("/run/containerd/runc").join(&ns);
+    let mut containerd = Daemon::spawn(
+        "containerd",
+        &d,
+        Command::new(CONTAINERD)
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--state")
+            .arg(d.join("state"))
+            .arg("--address")
+            .arg(&sock),
+    );
+    let ctr = || {
+        let mut c = Command::new(CTR);
+        c.arg("--address").arg(&sock).args(["--namespace", &ns]);
+        c
+    };
+    containerd.wait_ready(|| ctr().arg("version").output().is_ok_and(|o| o.status.success()));
+    let archive = docker_archive(&d, &busybox_layer(&d), "oa-busybox:test");
+    common::run(ctr().args(["images", "import"]).arg(&archive));
+    common::run(ctr().args([
+        "run",
+        "-d",
+        "docker.io/library/oa-busybox:test",
+        "oa-left",
+        "/bin/sleep",
+        "600",
+    ]));
+    let rootfs = d.join(format!("state/io.containerd.runtime.v2.task/{ns}/oa-left/rootfs"));
+    let init: i32 = std::fs::read_to_string(rootfs.with_file_name("init.pid"))
+        .expect("init.pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    drop(containerd);
+    let left: Vec<i32> = processes_of(&d).into_iter().map(|p| p.as_raw_nonzero().get()).collect();
+    assert!(left.contains(&init), "the container outlives containerd: {left:?}, init {init}");
+    assert!(left.len() >= 2, "and so does its shim: {left:?}");
+    let mounted = || mountinfo("/proc/self/mountinfo").contains(&format!(" {} ", rootfs.display()));
+    assert!(mounted(), "the task's rootfs stays mounted");
+    drop(sandbox);
+    let _ = std::fs::remove_dir_all(&runc_state);
+    let alive = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
+    };
+    assert_eq!(left.iter().filter(|p| alive(p)).collect::<Vec<_>>(), Vec::<&i32>::new(), "killed");
+    assert!(!mounted(), "rootfs detached");
+    assert!(!d.exists(), "directory removed");
 }

@@ -10,8 +10,7 @@
 use std::time::Instant;
 
 use overlay_agent::config::Config;
-use overlay_agent::discovery::SharedTable;
-use overlay_agent::identity::SharedInventory;
+use overlay_agent::identity::SharedSnapshot;
 use overlay_agent::metrics;
 use overlay_agent::scan::ScanPool;
 
@@ -40,17 +39,14 @@ fn main() {
     let mut config = Config::default();
     config.discovery.procfs = procfs;
 
-    let table = SharedTable::default();
-    let identities = SharedInventory::default();
-    let (t, i) = overlay_agent::daemon::discover(&config).expect("discover");
-    table.set(t);
-    identities.set(i);
-    let pool = ScanPool::new(2).expect("pool");
-    pool.schedule(&table.get(), config.scan.interval, config.scan.timeout, &config.discovery.rootfs);
+    let mounts = SharedSnapshot::default();
+    mounts.set(overlay_agent::daemon::discover(&config).expect("discover"));
+    let pool = ScanPool::new(&config.scan).expect("pool");
+    pool.schedule(&mounts.get().table, config.scan.interval, config.scan.timeout, &config.discovery.rootfs);
     pool.wait_idle();
     let exposition = metrics::Exposition::default();
-    exposition.register(Box::new(metrics::mounts::MountCollector::new(table.clone(), identities.clone())));
-    exposition.register(Box::new(metrics::upper::UpperCollector::new(table.clone(), pool.store())));
+    exposition.register(Box::new(metrics::mounts::MountCollector::new(mounts.clone())));
+    exposition.register(Box::new(metrics::upper::UpperCollector::new(mounts.clone(), pool.store())));
 
     let mut times = Vec::with_capacity(rounds);
     let mut size = 0;

@@ -136,6 +136,11 @@ pub struct ScanConfig {
     /// in a hung filesystem is marked stale and its worker replaced.
     #[serde(deserialize_with = "de_duration")]
     pub timeout: Duration,
+    /// Run scan threads at SCHED_IDLE and idle I/O priority.
+    pub idle_priority: bool,
+    /// CPU budget of all scan threads together, a share of one core (0.25 = a
+    /// quarter); scans pause to stay within it. `None`: unlimited.
+    pub max_cpu: Option<f64>,
 }
 
 impl Default for ScanConfig {
@@ -145,6 +150,8 @@ impl Default for ScanConfig {
             interval: Duration::from_secs(60),
             concurrency: 2,
             timeout: Duration::from_secs(600),
+            idle_priority: true,
+            max_cpu: None,
         }
     }
 }
@@ -319,6 +326,11 @@ impl Config {
                 self.scan.concurrency
             ));
         }
+        if let Some(c) = self.scan.max_cpu {
+            if !(0.001..=64.0).contains(&c) {
+                return invalid(format!("scan.max_cpu: must be between 0.001 and 64 (cores), got {c}"));
+            }
+        }
         if self.scan.timeout < Duration::from_secs(1) {
             return invalid("scan.timeout: must be at least 1s".to_owned());
         }
@@ -430,6 +442,14 @@ mod tests {
     fn semantic_limits() {
         let msg = parse("scan:\n  concurrency: 0\n").expect_err("zero").to_string();
         assert!(msg.contains("scan.concurrency"), "{msg}");
+        for bad in ["0", "-1", "65", ".nan"] {
+            let msg = parse(&format!("scan:\n  max_cpu: {bad}\n")).expect_err(bad).to_string();
+            assert!(msg.contains("scan.max_cpu"), "{msg}");
+        }
+        let c = parse("scan:\n  max_cpu: 0.25\n  idle_priority: false\n").expect("valid");
+        assert_eq!((c.scan.max_cpu, c.scan.idle_priority), (Some(0.25), false));
+        let msg = parse("scan:\n  max_cpu: lots\n").expect_err("not a number").to_string();
+        assert!(msg.contains("scan.max_cpu"), "{msg}");
     }
 
     #[test]

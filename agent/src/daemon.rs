@@ -10,9 +10,9 @@ use tokio::sync::Notify;
 
 use crate::cli::Cli;
 use crate::config::Config;
-use crate::discovery::{self, DiscoveryError, MountTable, SharedTable};
+use crate::discovery::{self, DiscoveryError};
 use crate::http::{self, HttpState};
-use crate::identity::{Inventory, Resolver, SharedInventory};
+use crate::identity::{Resolver, SharedSnapshot, Snapshot};
 use crate::metrics::{self, agent::DiscoveryStats};
 use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
 use crate::scan::ScanPool;
@@ -31,28 +31,28 @@ pub enum AgentError {
 
 /// Discovery with the config's procfs root and filters, then identity: the mount
 /// table and its mounts' identities.
-pub fn discover(config: &Config) -> Result<(MountTable, Inventory), DiscoveryError> {
+pub fn discover(config: &Config) -> Result<Snapshot, DiscoveryError> {
     let table = discovery::discover(&config.discovery.procfs, |mp| config.mountpoint_selected(mp))?;
     let identities = Resolver::new(&config.discovery.rootfs, &config.identity.rules).inventory(&table);
-    Ok((table, identities))
+    Ok(Snapshot { table, identities })
 }
 
 /// Whether an identity may have changed without a mount table change (a renamed
 /// Concourse volume, one still in init/): checked every second, off the async
 /// threads since it stats files, and only when some identity is watched.
-async fn identities_outdated(identities: &SharedInventory) -> bool {
-    let inventory = identities.get();
-    if !inventory.watched() {
+async fn identities_outdated(mounts: &SharedSnapshot) -> bool {
+    let snapshot = mounts.get();
+    if !snapshot.identities.watched() {
         return false;
     }
-    tokio::task::spawn_blocking(move || inventory.outdated()).await.unwrap_or(false)
+    tokio::task::spawn_blocking(move || snapshot.identities.outdated()).await.unwrap_or(false)
 }
 
 /// Everything the collectors read, and the exposition that holds them. Every
 /// collector is registered here, once, for the daemon and for `once` alike.
 struct Pipeline {
-    table: SharedTable,
-    identities: SharedInventory,
+    /// The mount table and its identities, published together by `rediscover`.
+    mounts: SharedSnapshot,
     stats: Arc<DiscoveryStats>,
     pool: ScanPool,
     probes: Arc<ProbeHandle>,
@@ -61,18 +61,17 @@ struct Pipeline {
 
 impl Pipeline {
     fn new(config: &Config) -> Result<Self, AgentError> {
-        let table = SharedTable::default();
-        let identities = SharedInventory::default();
+        let mounts = SharedSnapshot::default();
         let stats = Arc::new(DiscoveryStats::default());
-        let pool = ScanPool::new(config.scan.concurrency)
+        let pool = ScanPool::new(&config.scan)
             .map_err(|source| AgentError::Start { what: "scan threads", source })?;
         let probes = Arc::new(ProbeHandle::default());
         let exposition = Arc::new(metrics::Exposition::default());
         let collectors: [Box<dyn metrics::Collector>; 5] = [
-            Box::new(metrics::mounts::MountCollector::new(table.clone(), identities.clone())),
-            Box::new(metrics::upper::UpperCollector::new(table.clone(), pool.store())),
-            Box::new(metrics::agent::AgentCollector::new(table.clone(), stats.clone())),
-            Box::new(metrics::copyup::CopyUpCollector::new(table.clone(), probes.clone())),
+            Box::new(metrics::mounts::MountCollector::new(mounts.clone())),
+            Box::new(metrics::upper::UpperCollector::new(mounts.clone(), pool.store())),
+            Box::new(metrics::agent::AgentCollector::new(mounts.clone(), stats.clone())),
+            Box::new(metrics::copyup::CopyUpCollector::new(mounts.clone(), probes.clone())),
             Box::new(metrics::process::ProcessCollector::new(
                 probes.clone(),
                 config.ebpf.top_processes,
@@ -82,25 +81,23 @@ impl Pipeline {
         for c in collectors {
             exposition.register(c);
         }
-        Ok(Pipeline { table, identities, stats, pool, probes, exposition })
+        Ok(Pipeline { mounts, stats, pool, probes, exposition })
     }
 
     /// Re-reads mountinfo; on failure keeps the previous table.
     fn rediscover(&self, config: &Config) -> Result<(), DiscoveryError> {
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         match discover(config) {
-            Ok((t, identities)) => {
+            Ok(snapshot) => {
                 // Log a bad line once, not at every re-read while it stays.
-                if t.bad_lines != self.table.get().bad_lines {
+                let t = &snapshot.table;
+                if t.bad_lines != self.mounts.get().table.bad_lines {
                     for bad in &t.bad_lines {
                         tracing::warn!(file = %t.source.display(), line = bad.line, error = %bad.message, "unparsable mountinfo line");
                     }
                 }
-                // A mount's identity is published before the mount and withdrawn
-                // after it: no scrape sees a mount without its identity labels.
-                self.identities.set(self.identities.get().union(&identities));
-                self.table.set(t);
-                self.identities.set(identities);
+                // Table and identities in one value: a scrape sees both old or both new.
+                self.mounts.set(snapshot);
                 Ok(())
             }
             Err(e) => {
@@ -113,7 +110,7 @@ impl Pipeline {
     fn schedule_scans(&self, config: &Config) {
         if config.scan.enabled {
             self.pool.schedule(
-                &self.table.get(),
+                &self.mounts.get().table,
                 config.scan.interval,
                 config.scan.timeout,
                 &config.discovery.rootfs,
@@ -261,7 +258,7 @@ impl<'a> Daemon<'a> {
         self.pipeline.schedule_scans(&self.config);
         self.copy_up_probes = start_probes(&self.config, &self.pipeline.probes).await;
         self.ready.store(true, Ordering::Release);
-        tracing::info!(mounts = self.pipeline.table.get().mounts.len(), "ready");
+        tracing::info!(mounts = self.pipeline.mounts.get().table.mounts.len(), "ready");
         Ok(())
     }
 
@@ -297,7 +294,7 @@ impl<'a> Daemon<'a> {
                 Wake::MountsChanged => true,
                 Wake::Tick => {
                     last_read.elapsed() >= self.config.discovery.resync_interval
-                        || identities_outdated(&self.pipeline.identities).await
+                        || identities_outdated(&self.pipeline.mounts).await
                 }
                 Wake::Reload => {
                     reload(self.cli, &mut self.config);
@@ -316,14 +313,15 @@ impl<'a> Daemon<'a> {
     /// Re-reads the mount table off the async threads, attaches the probes once the
     /// overlay module appears, and forgets the counters of vanished devices.
     async fn follow_mounts(&mut self) {
-        let before = self.pipeline.table.get();
+        let before = self.pipeline.mounts.get();
         let (p, c) = (self.pipeline.clone(), self.config.clone());
         match tokio::task::spawn_blocking(move || p.rediscover(&c)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "discovery failed; keeping the last mount table"),
             Err(e) => tracing::error!(error = %e, "discovery task failed"),
         }
-        let table = self.pipeline.table.get();
+        let after = self.pipeline.mounts.get();
+        let (before, table) = (&before.table, &after.table);
         let probes = &self.pipeline.probes;
         if self.copy_up_probes.is_none() && waiting_for_overlay(probes) && !table.mounts.is_empty() {
             // The overlay module is loaded on the first overlay mount: try again.

@@ -98,9 +98,9 @@ fn run(cli: &Cli, config: Config, web: WebConfigFile) -> anyhow::Result<()> {
             rt.block_on(overlay_agent::trace::run(&config, *min_latency, &mut std::io::stdout().lock()))?;
         }
         Some(Command::Mounts { json }) => {
-            let (table, identities) = daemon::discover(&config)?;
+            let snapshot = daemon::discover(&config)?;
             let mut out = std::io::stdout().lock();
-            overlay_agent::list::mounts(&table, &identities, *json, &mut out)
+            overlay_agent::list::mounts(&snapshot.table, &snapshot.identities, *json, &mut out)
                 .context("writing the mount list")?;
         }
         Some(Command::CheckConfig { .. }) => unreachable!("handled before logging starts"),

@@ -47,11 +47,12 @@ local sel = 'instance=~"$instance",mountpoint=~"$mountpoint"';
 // What a counter gained over the dashboard's range, counting a series born in
 // the range (a fresh mount, whose first sample may already hold its storm) from
 // zero, as the storm recording rules do.
-local rangeIncrease(metric, s=sel) =
+local rangeIncrease(metric, agent) =
+  local s = agent + ',' + sel;
   '(max_over_time(%(m)s{%(s)s}[$__range]) unless %(m)s{%(s)s} offset $__range) or increase(%(m)s{%(s)s}[$__range])' %
   { m: metric, s: s };
 // One overlayfs_mount_info series per mount seen in the range (gone mounts too).
-local mountInfoInRange = 'topk by (instance, mountpoint) (1, max_over_time(overlayfs_mount_info{%s}[$__range]))' % sel;
+local mountInfoInRange(agent) = 'topk by (instance, mountpoint) (1, max_over_time(overlayfs_mount_info{%s,%s}[$__range]))' % [agent, sel];
 local who = 'runtime, container_name, pod_namespace, pod_name';
 
 {
@@ -77,8 +78,8 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
             label: 'Instance',
             type: 'query',
             datasource: ds,
-            query: { query: 'label_values(overlayfs_mounts, instance)', refId: 'instance' },
-            definition: 'label_values(overlayfs_mounts, instance)',
+            query: { query: 'label_values(overlayfs_mounts{%s}, instance)' % c.agentSelector, refId: 'instance' },
+            definition: 'label_values(overlayfs_mounts{%s}, instance)' % c.agentSelector,
             multi: true,
             includeAll: true,
             allValue: '.*',
@@ -92,8 +93,8 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
             label: 'Mountpoint',
             type: 'query',
             datasource: ds,
-            query: { query: 'label_values(overlayfs_mount_info{instance=~"$instance"}, mountpoint)', refId: 'mountpoint' },
-            definition: 'label_values(overlayfs_mount_info{instance=~"$instance"}, mountpoint)',
+            query: { query: 'label_values(overlayfs_mount_info{%s,instance=~"$instance"}, mountpoint)' % c.agentSelector, refId: 'mountpoint' },
+            definition: 'label_values(overlayfs_mount_info{%s,instance=~"$instance"}, mountpoint)' % c.agentSelector,
             multi: true,
             includeAll: true,
             allValue: '.*',
@@ -114,11 +115,11 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               targets=[
                 target(|||
                   (
-                    instance_mountpoint:overlayfs_copy_up_seconds:increase%(w)s{%(sel)s}
-                    * on (instance, mountpoint) group_left (%(who)s) topk by (instance, mountpoint) (1, overlayfs_mount_info{%(sel)s})
+                    instance_mountpoint:overlayfs_copy_up_seconds:increase%(w)s{%(agent)s,%(sel)s}
+                    * on (instance, mountpoint) group_left (%(who)s) topk by (instance, mountpoint) (1, overlayfs_mount_info{%(agent)s,%(sel)s})
                   )
-                  or instance_mountpoint:overlayfs_copy_up_seconds:increase%(w)s{%(sel)s}
-                ||| % { w: c.copyUpStormWindow, sel: sel, who: who }, legend='{{container_name}}{{pod_namespace}}/{{pod_name}} {{mountpoint}}'),
+                  or instance_mountpoint:overlayfs_copy_up_seconds:increase%(w)s{%(agent)s,%(sel)s}
+                ||| % { w: c.copyUpStormWindow, sel: sel, who: who, agent: c.agentSelector }, legend='{{container_name}}{{pod_namespace}}/{{pod_name}} {{mountpoint}}'),
               ]),
         panel('bargauge',
               'Top 10 containers and volumes by time blocked in copy-ups (selected range)',
@@ -131,7 +132,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
                            sum by (instance, mountpoint) (%(inc)s)
                            * on (instance, mountpoint) group_left (%(who)s) %(info)s
                          )
-                       ||| % { inc: rangeIncrease('overlayfs_copy_up_seconds_total'), who: who, info: mountInfoInRange },
+                       ||| % { inc: rangeIncrease('overlayfs_copy_up_seconds_total', c.agentSelector), who: who, info: mountInfoInRange(c.agentSelector) },
                        legend='{{container_name}}{{pod_namespace}}/{{pod_name}} {{mountpoint}}',
                        instant=true),
               ],
@@ -142,9 +143,9 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Answers "this chown took 787 ms for 1 GB": for each mount and cause, the time and the bytes of one copy-up on average over the range (time blocked / copy-ups, data bytes / copy-ups), and how many there were. With one copy-up in the range, these are that copy-up.',
               w=12,
               targets=[
-                target('sum by (instance, mountpoint, cause) (%s) / sum by (instance, mountpoint, cause) (%s)' % [rangeIncrease('overlayfs_copy_up_seconds_total'), rangeIncrease('overlayfs_copy_up_total')], format='table', instant=true),
-                target('sum by (instance, mountpoint, cause) (%s) / sum by (instance, mountpoint, cause) (%s)' % [rangeIncrease('overlayfs_copy_up_data_bytes_total'), rangeIncrease('overlayfs_copy_up_total')], format='table', instant=true),
-                target('sum by (instance, mountpoint, cause) (%s)' % rangeIncrease('overlayfs_copy_up_total'), format='table', instant=true),
+                target('sum by (instance, mountpoint, cause) (%s) / sum by (instance, mountpoint, cause) (%s)' % [rangeIncrease('overlayfs_copy_up_seconds_total', c.agentSelector), rangeIncrease('overlayfs_copy_up_total', c.agentSelector)], format='table', instant=true),
+                target('sum by (instance, mountpoint, cause) (%s) / sum by (instance, mountpoint, cause) (%s)' % [rangeIncrease('overlayfs_copy_up_data_bytes_total', c.agentSelector), rangeIncrease('overlayfs_copy_up_total', c.agentSelector)], format='table', instant=true),
+                target('sum by (instance, mountpoint, cause) (%s)' % rangeIncrease('overlayfs_copy_up_total', c.agentSelector), format='table', instant=true),
               ]) + {
           // One row per mount and cause: seconds (A), bytes (B) and copy-ups (C) side by side.
           fieldConfig+: {
@@ -164,7 +165,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Distribution of the data size of copy-ups over time (all causes), from the overlayfs_copy_up_bytes buckets: a huge copy-up (OverlayfsHugeCopyUp: above %dMiB) shows in the top buckets.' % (c.hugeCopyUpBytes / 1048576),
               w=12,
               targets=[
-                target('sum by (le) (rate(overlayfs_copy_up_bytes_bucket{instance=~"$instance"}[$__rate_interval]))', legend='{{le}}', format='heatmap'),
+                target('sum by (le) (rate(overlayfs_copy_up_bytes_bucket{%(a)s,instance=~"$instance"}[$__rate_interval]))' % { a: c.agentSelector }, legend='{{le}}', format='heatmap'),
               ],
               options={ calculate: false, yAxis: { unit: 'bytes' }, cellGap: 1 }),
         row('Copy-ups (eBPF)'),
@@ -174,7 +175,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Copy-ups that started, per second, by the operation that triggered them (open for write, chown, chmod, truncate, ...). A storm here is a workload rewriting lower-layer files.',
               w=12,
               targets=[
-                target('sum by (cause) (rate(overlayfs_copy_up_total{instance=~"$instance",mountpoint=~"$mountpoint"}[$__rate_interval]))', legend='{{cause}}'),
+                target('sum by (cause) (rate(overlayfs_copy_up_total{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}[$__rate_interval]))' % { a: c.agentSelector }, legend='{{cause}}'),
               ]),
         panel('timeseries',
               'Copy-ups per second by kind',
@@ -182,7 +183,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'data: file data copied; metadata: metadata only (metacopy, empty files, O_TRUNC); directory: parents copied up; deferred_data: data of an earlier metadata-only copy.',
               w=12,
               targets=[
-                target('sum by (kind) (rate(overlayfs_copy_up_total{instance=~"$instance",mountpoint=~"$mountpoint"}[$__rate_interval]))', legend='{{kind}}'),
+                target('sum by (kind) (rate(overlayfs_copy_up_total{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}[$__rate_interval]))' % { a: c.agentSelector }, legend='{{kind}}'),
               ]),
         panel('timeseries',
               'Bytes copied up per second by cause',
@@ -190,7 +191,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'File data the kernel copied from lower layers into upper dirs, per second. Each byte also takes disk space in the upper dir.',
               w=12,
               targets=[
-                target('sum by (cause) (rate(overlayfs_copy_up_data_bytes_total{instance=~"$instance",mountpoint=~"$mountpoint"}[$__rate_interval]))', legend='{{cause}}'),
+                target('sum by (cause) (rate(overlayfs_copy_up_data_bytes_total{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}[$__rate_interval]))' % { a: c.agentSelector }, legend='{{cause}}'),
               ]),
         panel('timeseries',
               'Copy-up latency p50 / p99 by cause',
@@ -198,8 +199,8 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'How long copy-ups block the syscall that triggered them, from the overlayfs_copy_up_duration_seconds histogram.',
               w=12,
               targets=[
-                target('histogram_quantile(0.99, sum by (cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket{instance=~"$instance"}[$__rate_interval])))', legend='p99 {{cause}}'),
-                target('histogram_quantile(0.5, sum by (cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket{instance=~"$instance"}[$__rate_interval])))', legend='p50 {{cause}}'),
+                target('histogram_quantile(0.99, sum by (cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket{%(a)s,instance=~"$instance"}[$__rate_interval])))' % { a: c.agentSelector }, legend='p99 {{cause}}'),
+                target('histogram_quantile(0.5, sum by (cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket{%(a)s,instance=~"$instance"}[$__rate_interval])))' % { a: c.agentSelector }, legend='p50 {{cause}}'),
               ]),
         panel('heatmap',
               'Copy-up latency heatmap',
@@ -207,7 +208,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Distribution of copy-up latencies over time (all causes), from the histogram buckets.',
               w=12,
               targets=[
-                target('sum by (le) (rate(overlayfs_copy_up_duration_seconds_bucket{instance=~"$instance"}[$__rate_interval]))', legend='{{le}}', format='heatmap'),
+                target('sum by (le) (rate(overlayfs_copy_up_duration_seconds_bucket{%(a)s,instance=~"$instance"}[$__rate_interval]))' % { a: c.agentSelector }, legend='{{le}}', format='heatmap'),
               ],
               options={ calculate: false, yAxis: { unit: 's' }, cellGap: 1 }),
         panel('bargauge',
@@ -216,7 +217,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               "The ten mounts whose copy-ups moved the most data over the dashboard's time range.",
               w=12,
               targets=[
-                target('topk(10, sum by (mountpoint) (increase(overlayfs_copy_up_data_bytes_total{instance=~"$instance",mountpoint=~"$mountpoint"}[$__range])))', legend='{{mountpoint}}', instant=true),
+                target('topk(10, sum by (mountpoint) (increase(overlayfs_copy_up_data_bytes_total{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}[$__range])))' % { a: c.agentSelector }, legend='{{mountpoint}}', instant=true),
               ],
               options={ orientation: 'horizontal', displayMode: 'gradient' }),
         panel('timeseries',
@@ -225,7 +226,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Copy-ups whose kernel call returned an error (out of space, I/O errors on the upper filesystem).',
               w=12,
               targets=[
-                target('sum by (mountpoint, cause) (rate(overlayfs_copy_up_errors_total{instance=~"$instance",mountpoint=~"$mountpoint"}[$__rate_interval]))', legend='{{mountpoint}} {{cause}}'),
+                target('sum by (mountpoint, cause) (rate(overlayfs_copy_up_errors_total{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}[$__rate_interval]))' % { a: c.agentSelector }, legend='{{mountpoint}} {{cause}}'),
               ]),
         panel('bargauge',
               'Top processes by bytes copied up (selected range)',
@@ -233,7 +234,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Which programs triggered the copy-ups that moved the most data over the time range, by comm (thread name): the agent keeps the top ebpf.top_processes comms, the rest add up in "other". A runtime chowning an image shows as itself, a package manager in a container as dpkg or apk.',
               w=12,
               targets=[
-                target('topk(10, sum by (comm) (increase(overlayfs_copy_up_process_data_bytes_total{instance=~"$instance"}[$__range])))', legend='{{comm}}', instant=true),
+                target('topk(10, sum by (comm) (increase(overlayfs_copy_up_process_data_bytes_total{%(a)s,instance=~"$instance"}[$__range])))' % { a: c.agentSelector }, legend='{{comm}}', instant=true),
               ],
               options={ orientation: 'horizontal', displayMode: 'gradient' }),
         row('Upper dirs'),
@@ -243,7 +244,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Disk space allocated to each upper dir (like du -s), from the periodic scan.',
               w=12,
               targets=[
-                target('overlayfs_upper_bytes{instance=~"$instance",mountpoint=~"$mountpoint"}', legend='{{mountpoint}}'),
+                target('overlayfs_upper_bytes{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}' % { a: c.agentSelector }, legend='{{mountpoint}}'),
               ]),
         panel('timeseries',
               'Upper dir growth rate',
@@ -251,7 +252,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               "How fast each upper dir grows (deriv of its size). Sustained growth fills the node's disk.",
               w=12,
               targets=[
-                target('deriv(overlayfs_upper_bytes{instance=~"$instance",mountpoint=~"$mountpoint"}[$__rate_interval])', legend='{{mountpoint}}'),
+                target('deriv(overlayfs_upper_bytes{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}[$__rate_interval])' % { a: c.agentSelector }, legend='{{mountpoint}}'),
               ]),
         panel('timeseries',
               'Upper dir entries by kind',
@@ -259,7 +260,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'What the upper dirs hold: files copied up from lower layers, files created new, whiteouts (deletions), opaque dirs, metadata-only copies.',
               w=12,
               targets=[
-                target('sum by (kind) (overlayfs_upper_entries{instance=~"$instance",mountpoint=~"$mountpoint"})', legend='{{kind}}'),
+                target('sum by (kind) (overlayfs_upper_entries{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"})' % { a: c.agentSelector }, legend='{{kind}}'),
               ]),
         panel('timeseries',
               'Free space on the upper filesystem: now and predicted in 24h',
@@ -267,8 +268,8 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Free space of the filesystem holding each upper dir, and where a linear fit over the selected range puts it in 24 hours (below zero: it fills within a day).',
               w=12,
               targets=[
-                target('overlayfs_upper_filesystem_avail_bytes{instance=~"$instance",mountpoint=~"$mountpoint"}', legend='now {{mountpoint}}'),
-                target('predict_linear(overlayfs_upper_filesystem_avail_bytes{instance=~"$instance",mountpoint=~"$mountpoint"}[$__range], 86400)', legend='in 24h {{mountpoint}}'),
+                target('overlayfs_upper_filesystem_avail_bytes{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}' % { a: c.agentSelector }, legend='now {{mountpoint}}'),
+                target('predict_linear(overlayfs_upper_filesystem_avail_bytes{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}[$__range], 86400)' % { a: c.agentSelector }, legend='in 24h {{mountpoint}}'),
               ]),
         panel('timeseries',
               'Bytes of copied-up files in upper dirs',
@@ -276,7 +277,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Apparent size of the files in each upper dir that were copied up from a lower layer: disk paid twice.',
               w=12,
               targets=[
-                target('overlayfs_upper_copied_up_bytes{instance=~"$instance",mountpoint=~"$mountpoint"}', legend='{{mountpoint}}'),
+                target('overlayfs_upper_copied_up_bytes{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}' % { a: c.agentSelector }, legend='{{mountpoint}}'),
               ]),
         panel('table',
               'Overlay mounts',
@@ -284,8 +285,8 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Every overlay superblock the agent watches, with its upper dir and options (overlayfs_mount_info) and its number of lower layers.',
               w=12,
               targets=[
-                target('overlayfs_mount_info{instance=~"$instance",mountpoint=~"$mountpoint"}', instant=true, format='table'),
-                target('overlayfs_mount_lower_layers{instance=~"$instance",mountpoint=~"$mountpoint"}', instant=true, format='table'),
+                target('overlayfs_mount_info{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}' % { a: c.agentSelector }, instant=true, format='table'),
+                target('overlayfs_mount_lower_layers{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}' % { a: c.agentSelector }, instant=true, format='table'),
               ]),
         row('Agent health'),
         panel('stat',
@@ -294,7 +295,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               '1 when the agent counts copy-ups with eBPF on that node. When 0, the reason is in the next panel.',
               w=6,
               targets=[
-                target('overlayfs_ebpf_enabled{instance=~"$instance"}', legend='{{instance}}'),
+                target('overlayfs_ebpf_enabled{%(a)s,instance=~"$instance"}' % { a: c.agentSelector }, legend='{{instance}}'),
               ]),
         panel('table',
               'Why eBPF is off',
@@ -302,7 +303,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'overlayfs_ebpf_disabled_info: kprobes_unavailable, no_privileges, no_overlay, no_btf, ... (the agent logs details).',
               w=6,
               targets=[
-                target('overlayfs_ebpf_disabled_info{instance=~"$instance"}', instant=true, format='table'),
+                target('overlayfs_ebpf_disabled_info{%(a)s,instance=~"$instance"}' % { a: c.agentSelector }, instant=true, format='table'),
               ]),
         panel('table',
               'Probes attached',
@@ -310,7 +311,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Which eBPF programs attached to which kernel functions (0: missing or inlined on that kernel).',
               w=12,
               targets=[
-                target('overlayfs_ebpf_probe_attached{instance=~"$instance"}', instant=true, format='table'),
+                target('overlayfs_ebpf_probe_attached{%(a)s,instance=~"$instance"}' % { a: c.agentSelector }, instant=true, format='table'),
               ]),
         panel('timeseries',
               'Scan age',
@@ -318,7 +319,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Seconds since the last completed scan of each upper dir. It should stay near the scan interval; a growing line is a stuck scan.',
               w=8,
               targets=[
-                target('time() - overlayfs_upper_scan_timestamp_seconds{instance=~"$instance",mountpoint=~"$mountpoint"}', legend='{{mountpoint}}'),
+                target('time() - overlayfs_upper_scan_timestamp_seconds{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}' % { a: c.agentSelector }, legend='{{mountpoint}}'),
               ]),
         panel('timeseries',
               'Scan duration',
@@ -326,7 +327,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'How long the last scan of each upper dir took.',
               w=8,
               targets=[
-                target('overlayfs_upper_scan_duration_seconds{instance=~"$instance",mountpoint=~"$mountpoint"}', legend='{{mountpoint}}'),
+                target('overlayfs_upper_scan_duration_seconds{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}' % { a: c.agentSelector }, legend='{{mountpoint}}'),
               ]),
         panel('timeseries',
               'Scan errors per second',
@@ -334,7 +335,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Entries or whole scans that could not be read, by reason (missing, permission_denied, vanished, ...).',
               w=8,
               targets=[
-                target('sum by (mountpoint, reason) (rate(overlayfs_upper_scan_errors_total{instance=~"$instance",mountpoint=~"$mountpoint"}[$__rate_interval]))', legend='{{mountpoint}} {{reason}}'),
+                target('sum by (mountpoint, reason) (rate(overlayfs_upper_scan_errors_total{%(a)s,instance=~"$instance",mountpoint=~"$mountpoint"}[$__rate_interval]))' % { a: c.agentSelector }, legend='{{mountpoint}} {{reason}}'),
               ]),
         panel('stat',
               'Overlay mounts watched',
@@ -342,7 +343,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Overlay superblocks watched per node (after the include/exclude filters).',
               w=8,
               targets=[
-                target('overlayfs_mounts{instance=~"$instance"}', legend='{{instance}}'),
+                target('overlayfs_mounts{%(a)s,instance=~"$instance"}' % { a: c.agentSelector }, legend='{{instance}}'),
               ]),
         panel('timeseries',
               'Agent memory',

@@ -6,11 +6,11 @@
     interval: '1m',
     input_series: [
       {
-        series: 'overlayfs_copy_up_data_bytes_total{instance="n1",mountpoint="/storm",cause="open"}',
+        series: 'overlayfs_copy_up_data_bytes_total{job="overlay-agent",instance="n1",mountpoint="/storm",cause="open"}',
         values: '0+6291456000x30',
       },
       {
-        series: 'overlayfs_copy_up_data_bytes_total{instance="n1",mountpoint="/calm",cause="open"}',
+        series: 'overlayfs_copy_up_data_bytes_total{job="overlay-agent",instance="n1",mountpoint="/calm",cause="open"}',
         values: '0+60000000x30',
       },
     ],
@@ -22,6 +22,7 @@
           {
             exp_labels: {
               severity: 'warning',
+              job: 'overlay-agent',
               instance: 'n1',
               mountpoint: '/storm',
             },
@@ -39,35 +40,35 @@
     interval: '1m',
     input_series: [
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{instance="n1",cause="chown",le="0.000016384"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="chown",le="0.000016384"}',
         values: '0x40',
       },
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{instance="n1",cause="chown",le="1.073741824"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="chown",le="1.073741824"}',
         values: '0x40',
       },
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{instance="n1",cause="chown",le="4.294967296"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="chown",le="4.294967296"}',
         values: '0+10x40',
       },
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{instance="n1",cause="chown",le="+Inf"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="chown",le="+Inf"}',
         values: '0+10x40',
       },
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{instance="n1",cause="open",le="0.000016384"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="open",le="0.000016384"}',
         values: '0+10x40',
       },
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{instance="n1",cause="open",le="1.073741824"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="open",le="1.073741824"}',
         values: '0+10x40',
       },
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{instance="n1",cause="open",le="4.294967296"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="open",le="4.294967296"}',
         values: '0+10x40',
       },
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{instance="n1",cause="open",le="+Inf"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="open",le="+Inf"}',
         values: '0+10x40',
       },
     ],
@@ -79,6 +80,7 @@
           {
             exp_labels: {
               severity: 'warning',
+              job: 'overlay-agent',
               instance: 'n1',
               cause: 'chown',
             },
@@ -96,11 +98,11 @@
     interval: '1m',
     input_series: [
       {
-        series: 'overlayfs_upper_bytes{instance="n1",mountpoint="/grow"}',
+        series: 'overlayfs_upper_bytes{job="overlay-agent",instance="n1",mountpoint="/grow"}',
         values: '0+30000000x90',
       },
       {
-        series: 'overlayfs_upper_bytes{instance="n1",mountpoint="/flat"}',
+        series: 'overlayfs_upper_bytes{job="overlay-agent",instance="n1",mountpoint="/flat"}',
         values: '1000000+1000x90',
       },
     ],
@@ -112,6 +114,7 @@
           {
             exp_labels: {
               severity: 'warning',
+              job: 'overlay-agent',
               instance: 'n1',
               mountpoint: '/grow',
             },
@@ -129,19 +132,19 @@
     interval: '1m',
     input_series: [
       {
-        series: 'overlayfs_upper_filesystem_avail_bytes{instance="n1",mountpoint="/fill"}',
+        series: 'overlayfs_upper_filesystem_avail_bytes{job="overlay-agent",instance="n1",mountpoint="/fill"}',
         values: '15000000000-20000000x90',
       },
       {
-        series: 'overlayfs_upper_filesystem_size_bytes{instance="n1",mountpoint="/fill"}',
+        series: 'overlayfs_upper_filesystem_size_bytes{job="overlay-agent",instance="n1",mountpoint="/fill"}',
         values: '100000000000x90',
       },
       {
-        series: 'overlayfs_upper_filesystem_avail_bytes{instance="n1",mountpoint="/ok"}',
+        series: 'overlayfs_upper_filesystem_avail_bytes{job="overlay-agent",instance="n1",mountpoint="/ok"}',
         values: '50000000000x90',
       },
       {
-        series: 'overlayfs_upper_filesystem_size_bytes{instance="n1",mountpoint="/ok"}',
+        series: 'overlayfs_upper_filesystem_size_bytes{job="overlay-agent",instance="n1",mountpoint="/ok"}',
         values: '100000000000x90',
       },
     ],
@@ -153,6 +156,7 @@
           {
             exp_labels: {
               severity: 'critical',
+              job: 'overlay-agent',
               instance: 'n1',
               mountpoint: '/fill',
             },
@@ -170,23 +174,23 @@
     interval: '1m',
     input_series: [
       {
-        series: 'overlayfs_ebpf_enabled{instance="n1"}',
+        series: 'overlayfs_ebpf_enabled{job="overlay-agent",instance="n1"}',
         values: '0x30',
       },
       {
-        series: 'overlayfs_ebpf_enabled{instance="n2"}',
+        series: 'overlayfs_ebpf_enabled{job="overlay-agent",instance="n2"}',
         values: '1x30',
       },
       {
-        series: 'overlayfs_ebpf_probe_attached{instance="n1",probe="link_entry",function="ovl_link",mechanism="kprobe"}',
+        series: 'overlayfs_ebpf_probe_attached{job="overlay-agent",instance="n1",probe="link_entry",function="ovl_link",mechanism="kprobe"}',
         values: '0x30',
       },
       {
-        series: 'overlayfs_ebpf_probe_attached{instance="n2",probe="link_entry",function="ovl_link",mechanism="kprobe"}',
+        series: 'overlayfs_ebpf_probe_attached{job="overlay-agent",instance="n2",probe="link_entry",function="ovl_link",mechanism="kprobe"}',
         values: '0x30',
       },
       {
-        series: 'overlayfs_ebpf_probe_attached{instance="n2",probe="one_entry",function="ovl_copy_up_one",mechanism="kprobe"}',
+        series: 'overlayfs_ebpf_probe_attached{job="overlay-agent",instance="n2",probe="one_entry",function="ovl_copy_up_one",mechanism="kprobe"}',
         values: '1x30',
       },
     ],
@@ -198,6 +202,7 @@
           {
             exp_labels: {
               severity: 'info',
+              job: 'overlay-agent',
               instance: 'n1',
             },
             exp_annotations: {
@@ -214,6 +219,7 @@
           {
             exp_labels: {
               severity: 'warning',
+              job: 'overlay-agent',
               instance: 'n2',
               probe: 'link_entry',
               'function': 'ovl_link',
@@ -233,19 +239,19 @@
     interval: '1m',
     input_series: [
       {
-        series: 'overlayfs_upper_scan_errors_total{instance="n1",mountpoint="/bad",reason="permission_denied"}',
+        series: 'overlayfs_upper_scan_errors_total{job="overlay-agent",instance="n1",mountpoint="/bad",reason="permission_denied"}',
         values: '0+1x60',
       },
       {
-        series: 'overlayfs_upper_scan_errors_total{instance="n1",mountpoint="/old",reason="io"}',
+        series: 'overlayfs_upper_scan_errors_total{job="overlay-agent",instance="n1",mountpoint="/old",reason="io"}',
         values: '5x60',
       },
       {
-        series: 'overlayfs_upper_scan_timestamp_seconds{instance="n1",mountpoint="/stuck"}',
+        series: 'overlayfs_upper_scan_timestamp_seconds{job="overlay-agent",instance="n1",mountpoint="/stuck"}',
         values: '0x60',
       },
       {
-        series: 'overlayfs_upper_scan_timestamp_seconds{instance="n1",mountpoint="/fresh"}',
+        series: 'overlayfs_upper_scan_timestamp_seconds{job="overlay-agent",instance="n1",mountpoint="/fresh"}',
         values: '0+60x60',
       },
     ],
@@ -257,6 +263,7 @@
           {
             exp_labels: {
               severity: 'warning',
+              job: 'overlay-agent',
               instance: 'n1',
               mountpoint: '/bad',
               reason: 'permission_denied',
@@ -275,6 +282,7 @@
           {
             exp_labels: {
               severity: 'warning',
+              job: 'overlay-agent',
               instance: 'n1',
               mountpoint: '/stuck',
             },

@@ -116,6 +116,7 @@ pub fn check(capture: &Path, every: u32) -> Result<String, String> {
             vec![
                 ("alertname", STORM_ALERT),
                 ("instance", "guest"),
+                ("job", "overlay-agent"),
                 ("mountpoint", STORM_MOUNT),
                 ("severity", "warning"),
             ],
@@ -126,6 +127,7 @@ pub fn check(capture: &Path, every: u32) -> Result<String, String> {
                 ("alertname", HUGE_ALERT),
                 ("cause", "chown"),
                 ("instance", "guest"),
+                ("job", "overlay-agent"),
                 ("severity", "warning"),
             ],
         ),

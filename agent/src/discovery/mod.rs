@@ -14,8 +14,6 @@ use std::str::FromStr;
 
 pub use options::{LayerPath, OverlayOptions};
 
-use crate::sync::RwLockExt;
-
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     #[error("cannot read {path}: {source}")]
@@ -171,21 +169,6 @@ pub fn path_label(p: &Path) -> String {
             }
             out
         }
-    }
-}
-
-/// The current mount table, shared between the discovery loop (writer) and the
-/// collectors and scan scheduler (readers). Readers get a cheap snapshot.
-#[derive(Debug, Clone, Default)]
-pub struct SharedTable(std::sync::Arc<std::sync::RwLock<std::sync::Arc<MountTable>>>);
-
-impl SharedTable {
-    pub fn get(&self) -> std::sync::Arc<MountTable> {
-        self.0.read_now().clone()
-    }
-
-    pub fn set(&self, table: MountTable) {
-        *self.0.write_now() = std::sync::Arc::new(table);
     }
 }
 

@@ -12,8 +12,9 @@
 //! then the others, since a rename may land between reading mountinfo and
 //! reading the file. mountinfo does not announce renames: the daemon checks
 //! every second that the handle's directory is still where mountinfo said, and
-//! re-reads it every second while a volume is in init/ (settling: its
-//! privileged.json may not be written yet).
+//! re-reads it every second while a volume is in init/ without a readable
+//! privileged.json (settling: the flag may not be written yet). Once the flag is
+//! read the volume settles; the rename check alone catches the move to live/.
 
 use super::{builtin, Identity, Layout, Subject};
 
@@ -43,7 +44,10 @@ impl Layout for Concourse {
             .chain(STATES.into_iter().filter(|st| *st != state))
             .find_map(|st| s.read_json::<bool>(&format!("{volumes}/{st}/{handle}/privileged.json")));
         i.privileged = privileged.map(|p| p.to_string()).unwrap_or_default();
-        i.settling = state == "init";
+        // Settling only until the flag is read: then nothing more can appear, and
+        // the rename check below covers the move to live/. A volume stuck in init/
+        // does not cost a mountinfo read and a re-identification every second.
+        i.settling = state == "init" && privileged.is_none();
         // Watched only when visible now: a directory the agent cannot see (a wrong
         // --path.rootfs) would otherwise look renamed at every check.
         let dir = s.host(&format!("{volumes}/{state}/{handle}"));

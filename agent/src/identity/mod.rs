@@ -1,7 +1,8 @@
 //! Who a mount belongs to: the container runtime and container, recognised from
 //! where runtimes put their overlays and read from the runtime's own state on disk.
 //! Runs after discovery (when the mount table changes) and produces an
-//! [`Inventory`] keyed by device, beside the [`MountTable`]; exposed only as
+//! [`Inventory`] keyed by device, published with its [`MountTable`] as one
+//! [`Snapshot`]; exposed only as
 //! labels of `overlayfs_mount_info`, so other series keep just `mountpoint` and
 //! cardinality stays one series per mount.
 //!
@@ -95,26 +96,28 @@ impl Inventory {
     pub fn watched(&self) -> bool {
         self.by_device.values().any(|i| i.settling || i.renamed_unless_exists.is_some())
     }
-
-    /// Both inventories' entries, `newer`'s where both have one.
-    pub fn union(&self, newer: &Inventory) -> Inventory {
-        let mut by_device = self.by_device.clone();
-        by_device.extend(newer.by_device.iter().map(|(d, i)| (*d, i.clone())));
-        Inventory { by_device }
-    }
 }
 
-/// The current inventory, shared like [`crate::discovery::SharedTable`].
+/// One mount table and the identities of its mounts: what discovery and
+/// identity produce together, and what every collector reads.
 #[derive(Debug, Clone, Default)]
-pub struct SharedInventory(Arc<RwLock<Arc<Inventory>>>);
+pub struct Snapshot {
+    pub table: MountTable,
+    pub identities: Inventory,
+}
 
-impl SharedInventory {
-    pub fn get(&self) -> Arc<Inventory> {
+/// The current [`Snapshot`], published whole: a scrape sees a table with the
+/// identities read for that table, never an older table with a newer inventory.
+#[derive(Debug, Clone, Default)]
+pub struct SharedSnapshot(Arc<RwLock<Arc<Snapshot>>>);
+
+impl SharedSnapshot {
+    pub fn get(&self) -> Arc<Snapshot> {
         self.0.read_now().clone()
     }
 
-    pub fn set(&self, inventory: Inventory) {
-        *self.0.write_now() = Arc::new(inventory);
+    pub fn set(&self, snapshot: Snapshot) {
+        *self.0.write_now() = Arc::new(snapshot);
     }
 }
 

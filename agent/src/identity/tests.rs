@@ -132,7 +132,7 @@ fn concourse_volume_in_every_state() {
     assert_eq!(i.renamed_unless_exists, None, "a directory the agent cannot see is not watched");
     write(&format!("/worker/volumes/init/{h}/privileged.json"), "false\n");
     let i = id("init");
-    assert_eq!((i.privileged.as_str(), i.settling), ("false", true));
+    assert_eq!((i.privileged.as_str(), i.settling), ("false", false), "settled once the flag is read");
     // Renamed to live/ while mountinfo still says init/: the flag is found in live/.
     std::fs::rename(root.path().join("worker/volumes/init"), root.path().join("worker/volumes/live"))
         .expect("rename");
@@ -157,6 +157,46 @@ fn concourse_volume_in_every_state() {
         .identify(&mount(&line("/worker/volumes/live/bad/volume", "/worker/overlays/bad")))
         .expect("concourse");
     assert_eq!(i.privileged, "", "not a JSON boolean: unknown, not false");
+}
+
+/// What the daemon's one-second check asks of an inventory holding a volume
+/// stuck in init/: outdated (a mountinfo read and re-identification every
+/// second) only until privileged.json is read; after that only the rename to
+/// live/ makes it outdated.
+#[test]
+fn concourse_init_volume_settles_once_privileged_json_is_read() {
+    let (root, write) = state_root();
+    let h = "9d1e-stuck";
+    write(&format!("/worker/volumes/init/{h}/properties.json"), "{}\n");
+    let table = || MountTable {
+        mounts: group_by_superblock(
+            mountinfo::parse(
+                line(&format!("/worker/volumes/init/{h}/volume"), "/worker/overlays/x").as_bytes(),
+            )
+            .0,
+            |_| true,
+        ),
+        ..Default::default()
+    };
+    let resolver = Resolver::new(root.path(), &[]);
+    let ids = resolver.inventory(&table());
+    assert!(ids.watched() && ids.outdated(), "no privileged.json yet: re-read every second");
+    write(&format!("/worker/volumes/init/{h}/privileged.json"), "true\n");
+    let ids = resolver.inventory(&table());
+    assert_eq!(
+        ids.iter().map(|(_, i)| (i.privileged.as_str(), i.settling)).collect::<Vec<_>>(),
+        [("true", false)]
+    );
+    for _ in 0..3 {
+        assert!(ids.watched() && !ids.outdated(), "stuck in init/ with its flag read: nothing to re-read");
+    }
+    std::fs::create_dir_all(root.path().join("worker/volumes/live")).expect("mkdir");
+    std::fs::rename(
+        root.path().join(format!("worker/volumes/init/{h}")),
+        root.path().join(format!("worker/volumes/live/{h}")),
+    )
+    .expect("rename");
+    assert!(ids.outdated(), "the rename to live/ is still caught");
 }
 
 /// Kubelet cgroup layouts: systemd driver on cgroup v2 (containerd), cgroupfs

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
-use crate::discovery::SharedTable;
+use crate::identity::SharedSnapshot;
 
 static BUILD: Def = Def {
     name: "overlayfs_agent_build_info",
@@ -41,13 +41,13 @@ pub struct DiscoveryStats {
 }
 
 pub struct AgentCollector {
-    table: SharedTable,
+    mounts: SharedSnapshot,
     stats: Arc<DiscoveryStats>,
 }
 
 impl AgentCollector {
-    pub fn new(table: SharedTable, stats: Arc<DiscoveryStats>) -> Self {
-        AgentCollector { table, stats }
+    pub fn new(mounts: SharedSnapshot, stats: Arc<DiscoveryStats>) -> Self {
+        AgentCollector { mounts, stats }
     }
 }
 
@@ -60,7 +60,7 @@ impl Collector for AgentCollector {
         let mut errors = Family::new(&ERRORS);
         errors.add(&[], self.stats.errors.load(Ordering::Relaxed) as f64);
         let mut bad = Family::new(&BAD_LINES);
-        bad.add(&[], self.table.get().bad_lines.len() as f64);
+        bad.add(&[], self.mounts.get().table.bad_lines.len() as f64);
         vec![build, reads, errors, bad]
     }
 }

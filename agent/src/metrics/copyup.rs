@@ -11,7 +11,8 @@ use overlay_agent_common::{
 use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
-use crate::discovery::{Device, SharedTable, UNKNOWN_MOUNTPOINT};
+use crate::discovery::{Device, MountTable, UNKNOWN_MOUNTPOINT};
+use crate::identity::SharedSnapshot;
 use crate::probes::maps::Snapshot;
 use crate::probes::{ProbeHandle, ProbeStatus};
 use crate::sync::{LockExt, RwLockExt};
@@ -136,13 +137,13 @@ impl Default for RawHist {
 }
 
 pub struct CopyUpCollector {
-    table: SharedTable,
+    mounts: SharedSnapshot,
     probes: Arc<ProbeHandle>,
 }
 
 impl CopyUpCollector {
-    pub fn new(table: SharedTable, probes: Arc<ProbeHandle>) -> Self {
-        CopyUpCollector { table, probes }
+    pub fn new(mounts: SharedSnapshot, probes: Arc<ProbeHandle>) -> Self {
+        CopyUpCollector { mounts, probes }
     }
 }
 
@@ -157,7 +158,7 @@ impl Collector for CopyUpCollector {
                 None => return out,
             }
         };
-        let labels = MountLabels::new(&self.table, &snapshot);
+        let labels = MountLabels::new(&self.mounts.get().table, &snapshot);
         out.extend(counter_families(&snapshot, &labels));
         out.extend(histogram_families(&snapshot, &labels, status.per_mount_histograms));
         out.extend(self_stat_families(&snapshot, &misses));
@@ -189,8 +190,7 @@ fn status_families(status: &ProbeStatus) -> Vec<Family> {
 struct MountLabels(HashMap<u32, String>);
 
 impl MountLabels {
-    fn new(table: &SharedTable, snapshot: &Snapshot) -> Self {
-        let table = table.get();
+    fn new(table: &MountTable, snapshot: &Snapshot) -> Self {
         let mut labels = HashMap::new();
         for dev in snapshot.counts.keys().map(|k| k.dev).chain(snapshot.hist.keys().map(|k| k.dev)) {
             labels.entry(dev).or_insert_with(|| table.label_of(Device::from_kernel_dev(dev)));

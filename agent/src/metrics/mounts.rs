@@ -3,8 +3,8 @@
 use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
-use crate::discovery::{LayerPath, OverlayOptions, SharedTable};
-use crate::identity::SharedInventory;
+use crate::discovery::{LayerPath, OverlayOptions};
+use crate::identity::SharedSnapshot;
 
 static MOUNTS: Def = Def {
     name: "overlayfs_mounts",
@@ -64,15 +64,15 @@ static MOUNTPOINTS: Def = Def {
     labels: &["mountpoint"],
 };
 
-/// Joins discovery's mount table with identity's inventory, by device.
+/// Joins discovery's mount table with identity's inventory, by device, both
+/// from one snapshot.
 pub struct MountCollector {
-    table: SharedTable,
-    identities: SharedInventory,
+    mounts: SharedSnapshot,
 }
 
 impl MountCollector {
-    pub fn new(table: SharedTable, identities: SharedInventory) -> Self {
-        MountCollector { table, identities }
+    pub fn new(mounts: SharedSnapshot) -> Self {
+        MountCollector { mounts }
     }
 }
 
@@ -105,8 +105,8 @@ fn bool_str(v: bool) -> &'static str {
 
 impl Collector for MountCollector {
     fn collect(&self) -> Vec<Family> {
-        let table = self.table.get();
-        let identities = self.identities.get();
+        let snapshot = self.mounts.get();
+        let (table, identities) = (&snapshot.table, &snapshot.identities);
         let mut count = Family::new(&MOUNTS);
         let mut info = Family::new(&INFO);
         let mut lower = Family::new(&LOWER);
@@ -152,5 +152,60 @@ impl Collector for MountCollector {
             mountpoints.add(&[&mp], (1 + m.other_mountpoints.len()) as f64);
         }
         vec![count, info, lower, data, relative, mountpoints]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::{group_by_superblock, mountinfo, MountTable};
+    use crate::identity::{Resolver, Snapshot};
+
+    /// A table holding containerd tasks `ids` (one device each) and their identities.
+    fn snapshot(ids: &[u32]) -> Snapshot {
+        let lines: String = ids
+            .iter()
+            .map(|i| format!("{i} 2 0:{i} / /run/containerd/io.containerd.runtime.v2.task/ns/c{i}/rootfs rw - overlay overlay rw,lowerdir=/l,upperdir=/u{i},workdir=/w{i}\n"))
+            .collect();
+        let table = MountTable {
+            mounts: group_by_superblock(mountinfo::parse(lines.as_bytes()).0, |_| true),
+            ..Default::default()
+        };
+        let identities = Resolver::new(std::path::Path::new("/"), &[]).inventory(&table);
+        Snapshot { table, identities }
+    }
+
+    /// Scrapes while the mount table flips between two sets of mounts (one
+    /// appearing, one vanishing each time): every mount_info series a scrape
+    /// shows carries its container's labels; none is paired with the other
+    /// table's identities.
+    #[test]
+    fn every_scrape_pairs_a_table_with_its_own_identities() {
+        let shared = SharedSnapshot::default();
+        let (a, b) = (snapshot(&[50, 51]), snapshot(&[51, 52]));
+        shared.set(a.clone());
+        let exposition = crate::metrics::Exposition::default();
+        exposition.register(Box::new(MountCollector::new(shared.clone())));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut flip = false;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    shared.set(if flip { a.clone() } else { b.clone() });
+                    flip = !flip;
+                }
+            })
+        };
+        for _ in 0..1000 {
+            let text = String::from_utf8(exposition.render()).expect("utf-8");
+            for line in text.lines().filter(|l| l.starts_with("overlayfs_mount_info{")) {
+                let mp = line.split("mountpoint=\"").nth(1).and_then(|s| s.split('"').next()).expect("mp");
+                let id = mp.split('/').nth_back(1).expect("id");
+                assert!(line.contains(&format!("container_id=\"{id}\"")), "{line}");
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().expect("writer");
     }
 }

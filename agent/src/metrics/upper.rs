@@ -3,7 +3,7 @@
 use prometheus::proto::MetricType;
 
 use super::{unix_seconds, Collector, Def, Family};
-use crate::discovery::SharedTable;
+use crate::identity::SharedSnapshot;
 use crate::scan::{EntryKind, ScanStore};
 
 static BYTES: Def = Def {
@@ -26,13 +26,13 @@ static INODES: Def = Def {
 };
 static ENTRIES: Def = Def {
     name: "overlayfs_upper_entries",
-    help: "Upper-dir entries by kind: dir, opaque_dir, created, copied_up, metacopy, whiteout (hard links once).",
+    help: "Upper-dir entries (names) by kind: dir, opaque_dir, created, copied_up, metacopy, whiteout; every name of a hard-linked inode counts.",
     kind: MetricType::GAUGE,
     labels: &["mountpoint", "kind"],
 };
 static COPIED_UP_BYTES: Def = Def {
     name: "overlayfs_upper_copied_up_bytes",
-    help: "Apparent size of the files in the upper dir that were copied up from a lower layer.",
+    help: "Apparent size of the files in the upper dir that were copied up from a lower layer (each inode once).",
     kind: MetricType::GAUGE,
     labels: &["mountpoint"],
 };
@@ -80,20 +80,58 @@ static STALE: Def = Def {
     labels: &["mountpoint"],
 };
 
+static COPY_UPS_SEEN: Def = Def {
+    name: "overlayfs_upper_copy_ups_seen_total",
+    help: "Files found copied-up (origin or metacopy xattr) by a scan that were not at the previous complete scan: copy-ups seen without eBPF, at the scan interval's resolution.",
+    kind: MetricType::COUNTER,
+    labels: &["mountpoint"],
+};
+static SCAN_CPU: Def = Def {
+    name: "overlayfs_scan_cpu_seconds_total",
+    help: "CPU time (user and system) spent by the upper-dir scan threads.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+static SCAN_THROTTLED: Def = Def {
+    name: "overlayfs_scan_throttled_seconds_total",
+    help: "Time scan threads paused to stay within scan.max_cpu.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+static SCAN_BEHIND: Def = Def {
+    name: "overlayfs_scan_behind_schedule_seconds",
+    help: "How long the most overdue upper dir has waited past its scan interval for its scan to start (0: on schedule).",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+static SCAN_BUDGET: Def = Def {
+    name: "overlayfs_scan_cpu_budget",
+    help: "CPU budget of the scan threads in cores (scan.max_cpu); absent when unlimited.",
+    kind: MetricType::GAUGE,
+    labels: &[],
+};
+static SCAN_DIRS: Def = Def {
+    name: "overlayfs_scan_dirs_total",
+    help: "Directories walked by scans: read (new or changed since the last scan) or cached (unchanged: names from the last scan, entries stat'ed again).",
+    kind: MetricType::COUNTER,
+    labels: &["how"],
+};
+
 pub struct UpperCollector {
-    table: SharedTable,
+    mounts: SharedSnapshot,
     store: ScanStore,
 }
 
 impl UpperCollector {
-    pub fn new(table: SharedTable, store: ScanStore) -> Self {
-        UpperCollector { table, store }
+    pub fn new(mounts: SharedSnapshot, store: ScanStore) -> Self {
+        UpperCollector { mounts, store }
     }
 }
 
 impl Collector for UpperCollector {
     fn collect(&self) -> Vec<Family> {
-        let table = self.table.get();
+        let mounts = self.mounts.get();
+        let table = &mounts.table;
         let store = self.store.lock();
         let mut bytes = Family::new(&BYTES);
         let mut apparent = Family::new(&APPARENT);
@@ -107,6 +145,9 @@ impl Collector for UpperCollector {
         let mut scans = Family::new(&SCANS);
         let mut errors = Family::new(&ERRORS);
         let mut stale = Family::new(&STALE);
+        let mut seen = Family::new(&COPY_UPS_SEEN);
+        let now = std::time::Instant::now();
+        let behind = store.values().map(|r| r.behind(now)).max().unwrap_or_default();
         for m in table.mounts.values() {
             let Some(rec) = m.upper_dir().and_then(|u| store.get(u)) else { continue };
             let mp = m.mountpoint_label();
@@ -127,10 +168,26 @@ impl Collector for UpperCollector {
             duration.add(&[&mp], rec.last_duration.as_secs_f64());
             timestamp.add(&[&mp], unix_seconds(end));
             scans.add(&[&mp], rec.scans_total as f64);
+            seen.add(&[&mp], rec.copy_ups_seen_total as f64);
         }
+        let budget = self.store.budget();
+        let mut cpu = Family::new(&SCAN_CPU);
+        cpu.add(&[], budget.cpu().as_secs_f64());
+        let mut throttled = Family::new(&SCAN_THROTTLED);
+        throttled.add(&[], budget.throttled().as_secs_f64());
+        let mut late = Family::new(&SCAN_BEHIND);
+        late.add(&[], behind.as_secs_f64());
+        let mut cores = Family::new(&SCAN_BUDGET);
+        if let Some(c) = budget.max_cpu() {
+            cores.add(&[], c);
+        }
+        let (read, cached) = self.store.dirs();
+        let mut dirs = Family::new(&SCAN_DIRS);
+        dirs.add(&["read"], read as f64);
+        dirs.add(&["cached"], cached as f64);
         vec![
             bytes, apparent, inodes, entries, copied, fs_avail, fs_size, duration, timestamp, scans, errors,
-            stale,
+            stale, seen, cpu, throttled, late, cores, dirs,
         ]
     }
 }

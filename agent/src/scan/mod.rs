@@ -3,14 +3,16 @@
 //! [`walk`] measures one directory tree; [`pool`] runs walks off the request path on
 //! dedicated threads, on an interval, and keeps the last result of each upper dir.
 
+pub mod budget;
 pub mod pool;
 pub mod walk;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use budget::Budget;
 pub use pool::{ScanPool, ScanRecord, ScanStore};
-pub use walk::{scan, XattrNamespace};
+pub use walk::{scan, OwnCwd, ScanCache, ScanOptions, XattrNamespace};
 
 /// The kind of an upper-dir entry; every entry but the upper dir itself gets one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -119,9 +121,10 @@ pub struct ScanResult {
     pub apparent_bytes: u64,
     /// Distinct inodes, the upper dir included (`du -s --inodes`).
     pub inodes: u64,
-    /// Entries by [`EntryKind`]; they add up to `inodes - 1`.
+    /// Entries (names) by [`EntryKind`]: a hard-linked inode counts once per name,
+    /// so they add up to `inodes - 1` only without hard links.
     pub entries: [u64; 6],
-    /// st_size summed over `copied_up` files.
+    /// st_size summed over distinct `copied_up` inodes.
     pub copied_up_bytes: u64,
     /// Entries that could not be read, by reason.
     pub errors: BTreeMap<ErrorReason, u64>,
@@ -130,6 +133,15 @@ pub struct ScanResult {
     pub fs_size_bytes: u64,
     /// The walk stopped at its deadline: the figures cover part of the tree.
     pub timed_out: bool,
+    /// Directories read (`getdents`): new or changed since the last scan.
+    pub dirs_read: u64,
+    /// Directories unchanged since the last scan: names from the cache.
+    pub dirs_cached: u64,
+    /// `llistxattr` calls made.
+    pub xattr_reads: u64,
+    /// Non-directory inodes copied-up (origin or metacopy) now that were not at the
+    /// last complete scan; `None` for a first or an incomplete scan.
+    pub copy_ups_seen: Option<u64>,
 }
 
 impl ScanResult {
