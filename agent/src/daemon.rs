@@ -188,6 +188,9 @@ struct Daemon<'a> {
     mounts_changed: Arc<Notify>,
     _watcher: Option<discovery::watch::MountWatcher>,
     ready: Arc<AtomicBool>,
+    /// Devices with counters in the maps but not in the mount table at the last
+    /// change of the device set.
+    unknown_devices: std::collections::HashSet<u32>,
 }
 
 /// The HTTP server task and the way to stop it.
@@ -241,6 +244,7 @@ impl<'a> Daemon<'a> {
             mounts_changed,
             _watcher: watcher,
             ready,
+            unknown_devices: Default::default(),
         })
     }
 
@@ -328,10 +332,25 @@ impl<'a> Daemon<'a> {
             self.copy_up_probes = start_probes(&self.config, probes).await;
         }
         // Counters of vanished devices go with their mount. Walking the maps costs
-        // a syscall per key, so only when the set of devices changed.
+        // a syscall per key, so only when the set of devices changed. A device in
+        // neither table may be a mount newer than this read, already copying up (a
+        // volume remounted at once): it is kept until the next change, and dropped
+        // then if still unknown (a mount the filters leave out).
         if !table.mounts.keys().eq(before.mounts.keys()) {
             if let Some(maps) = probes.maps.locked().as_mut() {
-                maps.forget(|dev| table.mounts.contains_key(&discovery::Device::from_kernel_dev(dev)));
+                let unknown_before = std::mem::take(&mut self.unknown_devices);
+                let unknown = &mut self.unknown_devices;
+                maps.forget(|dev| {
+                    let d = discovery::Device::from_kernel_dev(dev);
+                    if table.mounts.contains_key(&d) {
+                        return true;
+                    }
+                    if before.mounts.contains_key(&d) || unknown_before.contains(&dev) {
+                        return false;
+                    }
+                    unknown.insert(dev);
+                    true
+                });
             }
         }
     }

@@ -86,7 +86,7 @@ impl CopyUpMaps {
 
     /// Drops the counters of devices no longer mounted, so that a reused device
     /// number starts from zero and vanished mounts leave /metrics.
-    pub fn forget(&mut self, keep: impl Fn(u32) -> bool) {
+    pub fn forget(&mut self, mut keep: impl FnMut(u32) -> bool) {
         let stale: Vec<CountKey> = self.counts.keys().flatten().filter(|k| !keep(k.dev)).collect();
         for k in stale {
             let _ = self.counts.remove(&k);
