@@ -81,10 +81,11 @@ fn initramfs(dir: &Path, kernel: &Path, mode: &str) -> PathBuf {
 }
 
 /// Boots the kernel under TCG and returns the serial console output.
-fn boot(kernel: &Path, initrd: &Path, log: &Path) -> String {
+fn boot(kernel: &Path, initrd: &Path, log: &Path, memory_mib: u32) -> String {
     let out = std::fs::File::create(log).expect("create console log");
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-nographic", "-no-reboot"])
+        .args(["-m", &memory_mib.to_string()])
         .arg("-kernel")
         .arg(kernel.join("vmlinuz"))
         .arg("-initrd")
@@ -120,7 +121,9 @@ fn run_guest(version: &str, mode: &str, log_name: &str) -> (String, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let initrd = initramfs(dir.path(), &kernel, mode);
     let log = repo_root().join(format!("target/{log_name}-{version}.log"));
-    let console = boot(&kernel, &initrd, &log).replace("\r\n", "\n");
+    // The recorded storm copies up to 48,000 files of 12 KiB into a tmpfs.
+    let memory_mib = if mode == "storm" { 2048 } else { 1024 };
+    let console = boot(&kernel, &initrd, &log, memory_mib).replace("\r\n", "\n");
     // The guest kernel itself can die while booting under TCG, before /init runs
     // (seen on 7.2: an int3 Oops in the scheduler while the kernel patches its own
     // text on the second vCPU). That is the emulator, not the agent: boot once
@@ -132,7 +135,7 @@ fn run_guest(version: &str, mode: &str, log_name: &str) -> (String, PathBuf) {
             "kernel {version}: the guest kernel panicked before /init ({}); booting again",
             first.display()
         );
-        let console = boot(&kernel, &initrd, &log).replace("\r\n", "\n");
+        let console = boot(&kernel, &initrd, &log, memory_mib).replace("\r\n", "\n");
         return (console, log);
     }
     (console, log)

@@ -369,6 +369,20 @@ fn tree(dir: &Path, n: usize, size: usize) {
     }
 }
 
+/// `links DIR N SIZE`: one file of SIZE bytes (`DIR/.data`) and N hard links to it
+/// laid out as `tree` lays out its files. With index=off, overlayfs copies up each
+/// name on its own: N copy-ups of SIZE bytes, for the lower layer's memory of one.
+fn links(dir: &Path, n: usize, size: usize) {
+    file(dir, ".data", size);
+    let data = dir.join(".data");
+    for i in 0..n {
+        let d = dir.join(format!("d{}", i / 100));
+        std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        let f = d.join(format!("f{i}"));
+        std::fs::hard_link(&data, &f).unwrap_or_else(|e| panic!("link {}: {e}", f.display()));
+    }
+}
+
 /// `steady SECS RATE MERGED...`: RATE chowns per second on each mount for SECS
 /// seconds (background copy-up traffic), on the files `tree` made.
 fn steady(secs: u64, rate: u64, mounts: &[&Path]) {
@@ -475,6 +489,21 @@ fn scrape(addr: &str, n: usize) {
     println!("scrape {n} p50 {:.2} ms p99 {:.2} ms bytes {size}", p(0.5), p(0.99));
 }
 
+/// `metric HOST:PORT SERIES`: prints the value of one series (its name and labels
+/// exactly as the exposition writes them, e.g.
+/// `overlayfs_copy_up_seconds_total{mountpoint="/t/s/merged",cause="chown"}`), 0
+/// when the agent does not export it.
+fn metric(addr: &str, series: &str) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    let value =
+        body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' '))).unwrap_or("0");
+    println!("{value}");
+}
+
 /// `caps-exec CAP,CAP,... -- CMD ARGS`: runs CMD (as root) with only the named
 /// capabilities, like `setpriv --bounding-set`: every other one is dropped from the
 /// bounding set, so the exec'd root process gets just these.
@@ -518,6 +547,7 @@ fn main() {
         Some("causes-prepare") => return causes_prepare(Path::new(&args[2])),
         Some("causes-run") => return causes_run(Path::new(&args[2])),
         Some("scrape") => return scrape(&args[2], args[3].parse().expect("count")),
+        Some("metric") => return metric(&args[2], &args[3]),
         Some("storm") => {
             let passes = args.get(4).map(|p| p.parse().expect("passes")).unwrap_or(1);
             return storm(Path::new(&args[2]), args[3].parse().expect("uid"), passes);
@@ -525,6 +555,13 @@ fn main() {
         Some("tree") => {
             let size = args.get(4).map(|s| s.parse().expect("size")).unwrap_or(100);
             return tree(Path::new(&args[2]), args[3].parse().expect("count"), size);
+        }
+        Some("links") => {
+            return links(
+                Path::new(&args[2]),
+                args[3].parse().expect("count"),
+                args[4].parse().expect("size"),
+            );
         }
         Some("steady") => {
             let mounts: Vec<&Path> = args[4..].iter().map(Path::new).collect();
