@@ -60,7 +60,9 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(config: &Config) -> Result<Self, AgentError> {
+    /// `http`: the server's figures, when there is a server (the daemon; `once`
+    /// serves nothing, so it exports no HTTP families).
+    fn new(config: &Config, http: Option<Arc<http::Stats>>) -> Result<Self, AgentError> {
         let mounts = SharedSnapshot::default();
         let stats = Arc::new(DiscoveryStats::default());
         let pool = ScanPool::new(&config.scan)
@@ -80,6 +82,9 @@ impl Pipeline {
         ];
         for c in collectors {
             exposition.register(c);
+        }
+        if let Some(stats) = http {
+            exposition.register(Box::new(metrics::http::HttpCollector::new(stats)));
         }
         Ok(Pipeline { mounts, stats, pool, probes, exposition })
     }
@@ -123,7 +128,7 @@ impl Pipeline {
 /// eBPF state the daemon would have), scan every upper dir, print the exposition.
 pub fn once(config: &Config, out: &mut impl Write) -> Result<(), AgentError> {
     crate::caps::warn_if_missing();
-    let p = Pipeline::new(config)?;
+    let p = Pipeline::new(config, None)?;
     p.rediscover(config)?;
     let probes = start_probes_blocking(config, &p.probes);
     p.schedule_scans(config);
@@ -204,7 +209,8 @@ impl<'a> Daemon<'a> {
     /// server answer (503 until `start`) and that must exist before the first read.
     async fn build(cli: &'a Cli, config: Config, web: WebConfigFile) -> Result<Daemon<'a>, AgentError> {
         crate::caps::warn_if_missing();
-        let pipeline = Arc::new(Pipeline::new(&config)?);
+        let http_stats = Arc::new(http::Stats::default());
+        let pipeline = Arc::new(Pipeline::new(&config, Some(http_stats.clone()))?);
 
         let addr = config.web.listen_address;
         let listener = tokio::net::TcpListener::bind(addr.0)
@@ -230,9 +236,8 @@ impl<'a> Daemon<'a> {
             ready.clone(),
             web,
             config.web.max_connections,
+            http_stats,
         ));
-        // Registered here, not in Pipeline::new: only the daemon serves HTTP (`once` has no server).
-        pipeline.exposition.register(Box::new(metrics::http::HttpCollector::new(http.stats())));
         Ok(Daemon {
             cli,
             config,

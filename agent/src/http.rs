@@ -302,21 +302,17 @@ impl HttpState {
         ready: Arc<AtomicBool>,
         web: WebConfigFile,
         max_connections: usize,
+        stats: Arc<Stats>,
     ) -> Self {
         HttpState {
             exposition,
             ready,
             web: RwLock::new(Arc::new(web)),
             max_connections,
-            stats: Arc::default(),
+            stats,
             renders: Renders::default(),
             bcrypt: Arc::new(tokio::sync::Semaphore::new(BCRYPT_AT_ONCE)),
         }
-    }
-
-    /// The server's figures (for metrics::http).
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
     }
 
     /// SIGHUP: new connections use `web`.
@@ -913,6 +909,7 @@ mod tests {
             Arc::new(AtomicBool::new(ready)),
             WebConfigFile::from_file(None).expect("no web config"),
             8,
+            Arc::default(),
         )
     }
 
