@@ -28,9 +28,11 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from node import cpu_seconds, free_port, pct, rss_mib  # noqa: E402  (shared with node.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = os.path.join(ROOT, "target/release/overlay-agent")
-TICK = os.sysconf("SC_CLK_TCK")
 libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
 
@@ -45,32 +47,6 @@ def sys_umount(target):
     if libc.umount2(target.encode(), MNT_DETACH) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"umount {target}: {os.strerror(e)}")
-
-
-def pct(values, p):
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
-
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def cpu_seconds(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
-
-
-def rss_mib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def get(url, timeout=30):

@@ -389,13 +389,7 @@ fn unix_now() -> f64 {
 }
 
 fn query_at(prom: &Prometheus, promql: &str, at: Option<f64>) -> Vec<Value> {
-    let q: String = promql
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
+    let q = common::url_encode(promql);
     let time = at.map(|t| format!("&time={t:.3}")).unwrap_or_default();
     let r =
         common::http_get(&prom.addr, &format!("/api/v1/query?query={q}{time}")).expect("query Prometheus");

@@ -268,34 +268,26 @@ fn entries(m: &Metrics, mp: &str, kind: &str) -> f64 {
 
 /// Docker 20.10, overlay2: two containers, each labelled with its id and name;
 /// the one that ran `chown -R` on /bin shows its three entries copied up.
-#[test]
-fn docker_overlay2_containers_are_identified() {
-    common::require_root();
-    let sandbox = Sandbox::new("oa-dk");
-    let d = sandbox.path();
-    std::fs::write(
-        d.join("daemon.json"),
-        r#"{"iptables": false, "ip6tables": false, "bridge": "none", "storage-driver": "overlay2",
- "default-ulimits": {"nofile": {"Name": "nofile", "Hard": 20000, "Soft": 20000},
-                     "nproc": {"Name": "nproc", "Hard": 1024, "Soft": 1024}}}"#,
-    )
-    .expect("daemon.json");
-    let path = std::env::var("PATH").unwrap_or_default();
-    let (_containerd, containerd_sock) = containerd_for_dockerd(
-        d,
-        Path::new(CONTAINERD),
-        Path::new(CTR),
-        &path,
-        &d.join("root"),
-        &d.join("exec"),
+/// Writes `d/daemon.json`: no networking, the nofile/nproc limits this machine
+/// allows, and `storage` (the storage driver or the containerd image store).
+fn write_daemon_json(d: &Path, storage: &str) {
+    let json = format!(
+        r#"{{"iptables": false, "ip6tables": false, "bridge": "none", {storage},
+ "default-ulimits": {{"nofile": {{"Name": "nofile", "Hard": 20000, "Soft": 20000}},
+                     "nproc": {{"Name": "nproc", "Hard": 1024, "Soft": 1024}}}}}}"#
     );
+    std::fs::write(d.join("daemon.json"), json).expect("daemon.json");
+}
+
+/// Starts `dockerd` (the binary and environment in `cmd`) with everything under
+/// `d` and the given containerd; returns it and its `-H` address.
+fn start_dockerd(d: &Path, mut cmd: Command, containerd_sock: &Path) -> (Daemon, String) {
     let sock = format!("unix://{}/docker.sock", d.display());
-    let mut dockerd = Daemon::spawn(
+    let dockerd = Daemon::spawn(
         "dockerd",
         d,
-        Command::new(DOCKERD)
-            .arg("--containerd")
-            .arg(&containerd_sock)
+        cmd.arg("--containerd")
+            .arg(containerd_sock)
             .arg("--config-file")
             .arg(d.join("daemon.json"))
             .arg("--data-root")
@@ -306,6 +298,41 @@ fn docker_overlay2_containers_are_identified() {
             .arg(d.join("docker.pid"))
             .args(["-H", &sock]),
     );
+    (dockerd, sock)
+}
+
+/// `docker run -d` of a container that sleeps until the test removes it; its id.
+fn run_sleeping(mut docker: Command, name: &str, image: &str) -> String {
+    let id = common::run(docker.args([
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        name,
+        image,
+        "/bin/sleep",
+        "600",
+    ]));
+    id.trim().to_owned()
+}
+
+#[test]
+fn docker_overlay2_containers_are_identified() {
+    common::require_root();
+    let sandbox = Sandbox::new("oa-dk");
+    let d = sandbox.path();
+    write_daemon_json(d, r#""storage-driver": "overlay2""#);
+    let path = std::env::var("PATH").unwrap_or_default();
+    let (_containerd, containerd_sock) = containerd_for_dockerd(
+        d,
+        Path::new(CONTAINERD),
+        Path::new(CTR),
+        &path,
+        &d.join("root"),
+        &d.join("exec"),
+    );
+    let (mut dockerd, sock) = start_dockerd(d, Command::new(DOCKERD), &containerd_sock);
     let docker = || {
         let mut c = Command::new(DOCKER);
         c.args(["-H", &sock]);
@@ -320,18 +347,7 @@ fn docker_overlay2_containers_are_identified() {
     let _containers = Containers(names.iter().map(|n| with_args(docker(), &["rm", "-f", n])).collect());
     let mut ids = Vec::new();
     for name in names {
-        let id = common::run(docker().args([
-            "run",
-            "-d",
-            "--network",
-            "none",
-            "--name",
-            name,
-            image,
-            "/bin/sleep",
-            "600",
-        ]));
-        ids.push(id.trim().to_owned());
+        ids.push(run_sleeping(docker(), name, image));
     }
     assert_uses_containerd(Path::new(CTR), &containerd_sock);
     common::run(docker().args(["exec", names[0], "/bin/busybox", "chown", "-R", "1:1", "/bin"]));
@@ -391,13 +407,7 @@ fn docker_containerd_image_store_and_buildkit_are_identified() {
         d.join("cli/cli-plugins/docker-buildx"),
     )
     .expect("buildx plugin");
-    std::fs::write(
-        d.join("daemon.json"),
-        r#"{"iptables": false, "ip6tables": false, "bridge": "none", "features": {"containerd-snapshotter": true},
- "default-ulimits": {"nofile": {"Name": "nofile", "Hard": 20000, "Soft": 20000},
-                     "nproc": {"Name": "nproc", "Hard": 1024, "Soft": 1024}}}"#,
-    )
-    .expect("daemon.json");
+    write_daemon_json(d, r#""features": {"containerd-snapshotter": true}"#);
     let ctr = bin.join("usr/bin/ctr");
     let (_containerd, containerd_sock) = containerd_for_dockerd(
         d,
@@ -407,24 +417,9 @@ fn docker_containerd_image_store_and_buildkit_are_identified() {
         &d.join("root"),
         &d.join("exec"),
     );
-    let sock = format!("unix://{}/docker.sock", d.display());
-    let mut dockerd = Daemon::spawn(
-        "dockerd",
-        d,
-        Command::new(bin.join("usr/sbin/dockerd"))
-            .env("PATH", &path)
-            .arg("--containerd")
-            .arg(&containerd_sock)
-            .arg("--config-file")
-            .arg(d.join("daemon.json"))
-            .arg("--data-root")
-            .arg(d.join("root"))
-            .arg("--exec-root")
-            .arg(d.join("exec"))
-            .arg("--pidfile")
-            .arg(d.join("docker.pid"))
-            .args(["-H", &sock]),
-    );
+    let mut dockerd_cmd = Command::new(bin.join("usr/sbin/dockerd"));
+    dockerd_cmd.env("PATH", &path);
+    let (mut dockerd, sock) = start_dockerd(d, dockerd_cmd, &containerd_sock);
     let docker = || {
         let mut c = Command::new(bin.join("usr/bin/docker"));
         c.env("PATH", &path).env("DOCKER_CONFIG", d.join("cli")).args(["-H", &sock]);
@@ -438,18 +433,8 @@ fn docker_containerd_image_store_and_buildkit_are_identified() {
     common::run(docker().arg("import").arg(busybox_layer(d)).arg(image));
     let name = "oa-api";
     let _containers = Containers(vec![with_args(docker(), &["rm", "-f", name])]);
-    let id = common::run(docker().args([
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--name",
-        name,
-        image,
-        "/bin/sleep",
-        "600",
-    ]));
-    let id = id.trim();
+    let id = run_sleeping(docker(), name, image);
+    let id = id.as_str();
     assert_uses_containerd(&ctr, &containerd_sock);
     common::run(docker().args(["exec", name, "/bin/busybox", "chown", "-R", "1:1", "/bin"]));
 

@@ -348,6 +348,16 @@ pub struct Prometheus {
     dir: PathBuf,
 }
 
+/// Percent-encodes a query parameter (PromQL in the HTTP API's URLs).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 impl Prometheus {
     /// Starts `binary` with `config` (prometheus.yml text).
     pub fn start(binary: &Path, config: &str, dir: &Path) -> Prometheus {
@@ -369,13 +379,7 @@ impl Prometheus {
 
     /// An instant query; None until Prometheus answers with success.
     pub fn query(&self, promql: &str) -> Option<Vec<serde_json::Value>> {
-        let q: String = promql
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
+        let q = url_encode(promql);
         let r = http_get(&self.addr, &format!("/api/v1/query?query={q}")).ok()?;
         let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
         (v["status"] == "success").then(|| v["data"]["result"].as_array().cloned().unwrap_or_default())
@@ -390,13 +394,7 @@ impl Prometheus {
         end: f64,
         step: f64,
     ) -> Option<Vec<serde_json::Value>> {
-        let q: String = promql
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
+        let q = url_encode(promql);
         let path = format!("/api/v1/query_range?query={q}&start={start:.3}&end={end:.3}&step={step}");
         let r = http_get(&self.addr, &path).ok()?;
         let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
