@@ -6,6 +6,10 @@
 set -euo pipefail
 cache=$(realpath -m "${1:?usage: fetch-docker28.sh CACHE_DIR}")
 out="$cache/docker28"
+# One fetch at a time (parallel tests); the others find it done.
+mkdir -p "$cache"
+exec 9>"$cache/.fetch-docker28.lock"
+flock 9
 [ -x "$out/usr/sbin/dockerd" ] && [ -x "$out/usr/bin/docker" ] && [ -x "$out/usr/bin/containerd" ] && [ -x "$out/usr/libexec/docker/cli-plugins/docker-buildx" ] && exit 0
 . "$(dirname "$0")/lib/private-apt.sh"
 private_apt "$cache/apt/forky" forky

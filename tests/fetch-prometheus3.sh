@@ -5,6 +5,10 @@
 set -euo pipefail
 cache=${1:?usage: fetch-prometheus3.sh CACHE_DIR}
 out="$cache/prometheus3"
+# One fetch at a time (parallel tests); the others find it done.
+mkdir -p "$cache"
+exec 9>"$cache/.fetch-prometheus3.lock"
+flock 9
 [ -x "$out/prometheus" ] && exit 0
 . "$(dirname "$0")/lib/private-apt.sh"
 private_apt "$cache/apt/forky" forky

@@ -14,6 +14,10 @@ private_apt() {
     [ -n "$mirror" ] || { echo "no Debian mirror in this machine's apt configuration" >&2; return 1; }
     [ -n "$security" ] || security="${mirror%/debian/}/debian-security/"
     mkdir -p "$dir/lists/partial" "$dir/cache/archives/partial"
+    # Two fetch scripts can share one configuration (forky: Prometheus 3 and
+    # Docker 28): one apt at a time in it, until the calling script exits.
+    exec 8>"$dir/.lock"
+    flock 8
     : > "$dir/sources.list"
     for s in "$@"; do
       case "$s" in

@@ -10,6 +10,11 @@ set -euo pipefail
 version=${1:?usage: fetch-kernel.sh VERSION CACHE_DIR}
 cache=${2:?usage: fetch-kernel.sh VERSION CACHE_DIR}
 out="$cache/$version"
+# Tests run in parallel and may fetch the same kernel at once: one fetch at a
+# time per version, and the others find it done (the lock goes with the process).
+mkdir -p "$cache"
+exec 9>"$cache/.fetch-$version.lock"
+flock 9
 [ -f "$out/ok" ] && exit 0
 
 case "$version" in
