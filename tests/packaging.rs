@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, repo_root, write_file, Overlay};
+use common::{free_port, podman, repo_root, write_file, Overlay};
 
 fn unit_capabilities() -> Vec<String> {
     let unit =
@@ -93,24 +93,6 @@ impl Drop for Container {
             .env("CONTAINERS_CONF", &self.1)
             .args(["rm", "-f", "-t", "0", &self.0])
             .output();
-    }
-}
-
-/// podman with the settings this kind of machine needs (runc, no network
-/// namespace, modest ulimits), through a containers.conf in `dir`.
-fn podman(dir: &std::path::Path) -> impl Fn() -> Command + '_ {
-    let conf = dir.join("containers.conf");
-    if !conf.exists() {
-        std::fs::write(
-            &conf,
-            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=1024:1024\"]\nnetns = \"none\"\n[engine]\nruntime = \"runc\"\n",
-        )
-        .expect("containers.conf");
-    }
-    move || {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", dir.join("containers.conf"));
-        c
     }
 }
 

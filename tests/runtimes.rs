@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Metrics;
+use common::{podman, Metrics};
 
 /// Debian's docker.io and containerd binaries (a docker client elsewhere in
 /// PATH, e.g. /usr/local/bin, may be another version).
@@ -191,6 +191,24 @@ impl Drop for Daemon {
 /// Without that flag dockerd uses /run/containerd/containerd.sock whenever that
 /// socket exists (a system containerd.service), and the test would write into the
 /// host's containerd. `path` finds the containerd shim.
+/// Debian's containerd with its config, root and state under `d`, serving `sock`
+/// (the ctr tests' own daemon; `containerd_for_dockerd` places one for dockerd).
+fn spawn_containerd(d: &Path, sock: &Path) -> Daemon {
+    Daemon::spawn(
+        "containerd",
+        d,
+        Command::new(CONTAINERD)
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .arg("--root")
+            .arg(d.join("root"))
+            .arg("--state")
+            .arg(d.join("state"))
+            .arg("--address")
+            .arg(sock),
+    )
+}
+
 fn containerd_for_dockerd(
     dir: &Path,
     containerd: &Path,
@@ -527,19 +545,7 @@ fn containerd_task_is_identified_with_its_namespace() {
     )
     .expect("config.toml");
     let sock = d.join("containerd.sock");
-    let mut containerd = Daemon::spawn(
-        "containerd",
-        d,
-        Command::new(CONTAINERD)
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--state")
-            .arg(d.join("state"))
-            .arg("--address")
-            .arg(&sock),
-    );
+    let mut containerd = spawn_containerd(d, &sock);
     let ns = format!("oa-test-{}", std::process::id());
     let ctr = || {
         let mut c = Command::new(CTR);
@@ -581,22 +587,6 @@ fn containerd_task_is_identified_with_its_namespace() {
     assert!(info.contains(&format!("containerd_namespace=\"{ns}\"")), "{info}");
     assert_eq!(mp, format!("{}/state/io.containerd.runtime.v2.task/{ns}/{id}/rootfs", d.display()));
     assert_eq!(entries(&m, &mp, "copied_up"), 3.0, "busybox, sh, sleep chowned");
-}
-
-/// podman with the settings this kind of machine needs (runc, no network
-/// namespace, modest ulimits), through a containers.conf in `dir`.
-fn podman(dir: &Path) -> impl Fn() -> Command + '_ {
-    let conf = dir.join("containers.conf");
-    std::fs::write(
-        &conf,
-        "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=1024:1024\"]\nnetns = \"none\"\n[engine]\nruntime = \"runc\"\n",
-    )
-    .expect("containers.conf");
-    move || {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_CONF", dir.join("containers.conf"));
-        c
-    }
 }
 
 /// Two real podman containers: each mount is labelled runtime="podman" with its
@@ -660,19 +650,7 @@ fn sandbox_kills_shims_and_containers_a_stopped_daemon_leaves() {
     // runc keeps its state in /run/containerd/runc/<namespace>, whatever containerd's --state.
     let ns = format!("oa-left-{}", std::process::id());
     let runc_state = Path::new("/run/containerd/runc").join(&ns);
-    let mut containerd = Daemon::spawn(
-        "containerd",
-        &d,
-        Command::new(CONTAINERD)
-            .arg("--config")
-            .arg(d.join("config.toml"))
-            .arg("--root")
-            .arg(d.join("root"))
-            .arg("--state")
-            .arg(d.join("state"))
-            .arg("--address")
-            .arg(&sock),
-    );
+    let mut containerd = spawn_containerd(&d, &sock);
     let ctr = || {
         let mut c = Command::new(CTR);
         c.arg("--address").arg(&sock).args(["--namespace", &ns]);

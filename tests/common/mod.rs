@@ -417,3 +417,21 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// podman with the settings this kind of machine needs (runc, no network
+/// namespace, modest ulimits), through a containers.conf in `dir`.
+pub fn podman(dir: &Path) -> impl Fn() -> Command + '_ {
+    let conf = dir.join("containers.conf");
+    if !conf.exists() {
+        std::fs::write(
+            &conf,
+            "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=1024:1024\"]\nnetns = \"none\"\n[engine]\nruntime = \"runc\"\n",
+        )
+        .expect("containers.conf");
+    }
+    move || {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", dir.join("containers.conf"));
+        c
+    }
+}
