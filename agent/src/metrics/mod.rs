@@ -52,6 +52,49 @@ fn escape_into(out: &mut String, v: &str, quote: bool) {
     }
 }
 
+/// A histogram as the kernel aggregates it: exponential (Prometheus native)
+/// buckets at `schema` plus a zero bucket. Classic buckets are sums of these, so
+/// their bounds must be bucket boundaries too.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// Native schema: 2^schema buckets per power of two.
+    pub schema: i32,
+    /// Observations of exactly 0 (the native zero bucket, threshold 0).
+    pub zero_count: u64,
+    /// (index, observations), ascending by index, not cumulative: index `i`
+    /// holds values in (2^((i-1)/2^schema), 2^(i/2^schema)] of the base unit.
+    pub buckets: Vec<(i32, u64)>,
+    /// Observations in all: zero_count plus the buckets' counts.
+    pub count: u64,
+    /// Sum of the observations, in the base unit.
+    pub sum: f64,
+}
+
+impl Histogram {
+    /// The index of the bucket whose upper boundary is `bound`, if it is one.
+    pub fn boundary_index(schema: i32, bound: f64) -> Option<i32> {
+        let i = bound.log2() * f64::from(1u32 << schema.clamp(0, 8));
+        let r = i.round();
+        ((i - r).abs() < 1e-9 && r.is_finite()).then_some(r as i32)
+    }
+
+    /// Cumulative counts at `bounds` (ascending; each must be a bucket boundary:
+    /// see `boundary_index`; one that is not counts up to the boundary below it).
+    pub fn classic(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
+        let scale = f64::from(1u32 << self.schema.clamp(0, 8));
+        let mut out = Vec::with_capacity(bounds.len());
+        let (mut acc, mut next) = (self.zero_count, self.buckets.iter().peekable());
+        for &le in bounds {
+            let top = Self::boundary_index(self.schema, le).unwrap_or((le.log2() * scale).floor() as i32);
+            while let Some((_, n)) = next.next_if(|(i, _)| *i <= top) {
+                acc += n;
+            }
+            out.push((le, acc));
+        }
+        out
+    }
+}
+
 /// One metric family, built at collect time as text in one buffer.
 pub struct Family {
     def: &'static Def,
@@ -121,6 +164,14 @@ impl Family {
         self.line("_sum", values, None, sum);
         self.line("_count", values, None, count as f64);
         self.rows.push((start, key_end, self.buf.len()));
+    }
+
+    /// Adds a kernel histogram. In the text format it is the classic histogram
+    /// at `classic` bounds; without bounds it has no text form and is left out.
+    pub fn add_kernel_histogram(&mut self, values: &[&str], h: &Histogram, classic: Option<&[f64]>) {
+        if let Some(bounds) = classic {
+            self.add_histogram(values, &h.classic(bounds), h.count, h.sum);
+        }
     }
 
     /// Adds a sample; `values` are the label values in the order of `def.labels`.
@@ -343,6 +394,31 @@ mod tests {
             }
             out
         }
+    }
+
+    #[test]
+    fn classic_buckets_are_sums_of_native_ones() {
+        // schema 3: 8 buckets per power of two; index 8 ends at 2, index 16 at 4.
+        let h = Histogram {
+            schema: 3,
+            zero_count: 2,
+            buckets: vec![(-1, 1), (0, 1), (1, 4), (8, 3), (9, 5), (16, 1), (40, 7)],
+            count: 24,
+            sum: 100.0,
+        };
+        assert_eq!(Histogram::boundary_index(3, 2.0), Some(8));
+        assert_eq!(Histogram::boundary_index(3, 2f64.powf(-20.0)), Some(-160));
+        assert_eq!(Histogram::boundary_index(3, 1.024e-6), None, "2^10 ns is not a boundary in seconds");
+        let c = h.classic(&[0.5, 1.0, 2.0, 4.0, 16.0]);
+        assert_eq!(c, vec![(0.5, 2), (1.0, 4), (2.0, 11), (4.0, 17), (16.0, 17)]);
+        let mut f = Family::new(&H);
+        f.add_kernel_histogram(&["x"], &h, Some(&[1.0, 4.0]));
+        f.add_kernel_histogram(&["native-only"], &h, None);
+        let mut out = String::new();
+        f.write(&mut out);
+        assert!(out.contains("t_seconds_bucket{c=\"x\",le=\"4\"} 17\n"), "{out}");
+        assert!(out.contains("t_seconds_bucket{c=\"x\",le=\"+Inf\"} 24\n"), "{out}");
+        assert!(!out.contains("native-only"), "no text form without classic bounds: {out}");
     }
 
     /// Byte for byte what the prometheus crate's gather() + TextEncoder print for
