@@ -4,8 +4,9 @@
 //!
 //!     cargo run --release --example render-bench -- 1000 200
 //!
-//! Prints p50/p99 render time and the response size; bench/node.py measures the
-//! same through HTTP against node_exporter.
+//! Prints p50/p99 render time and the response size, in the text and the
+//! protobuf format; bench/node.py measures the same through HTTP against
+//! node_exporter.
 
 use std::time::Instant;
 
@@ -48,21 +49,24 @@ fn main() {
     exposition.register(Box::new(metrics::mounts::MountCollector::new(mounts.clone())));
     exposition.register(Box::new(metrics::upper::UpperCollector::new(mounts.clone(), pool.store())));
 
-    let mut times = Vec::with_capacity(rounds);
-    let mut size = 0;
-    for _ in 0..rounds {
-        let t = Instant::now();
-        let body = exposition.render();
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-        size = body.len();
+    let series =
+        String::from_utf8_lossy(&exposition.render()).lines().filter(|l| !l.starts_with('#')).count();
+    for format in [metrics::Format::Text, metrics::Format::Protobuf] {
+        let mut times = Vec::with_capacity(rounds);
+        let mut size = 0;
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let body = exposition.render_as(format);
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            size = body.len();
+        }
+        times.sort_by(f64::total_cmp);
+        let pct = |p: f64| times[((times.len() - 1) as f64 * p) as usize];
+        println!(
+            "{n} mounts, {format:?}: render p50 {:.2} ms, p99 {:.2} ms, {} KiB, {series} series",
+            pct(0.5),
+            pct(0.99),
+            size / 1024,
+        );
     }
-    times.sort_by(f64::total_cmp);
-    let pct = |p: f64| times[((times.len() - 1) as f64 * p) as usize];
-    println!(
-        "{n} mounts: render p50 {:.2} ms, p99 {:.2} ms, {} KiB, {} series",
-        pct(0.5),
-        pct(0.99),
-        size / 1024,
-        String::from_utf8_lossy(&exposition.render()).lines().filter(|l| !l.starts_with('#')).count()
-    );
 }

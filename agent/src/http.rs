@@ -33,7 +33,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CONTENT_TYPE, VARY, WWW_AUTHENTICATE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -243,8 +243,13 @@ struct Renders {
 }
 
 impl Renders {
-    /// The exposition text; None if the render failed (a bug: it panicked).
-    async fn get(&self, exposition: &Arc<metrics::Exposition>, stats: &Stats) -> Option<Bytes> {
+    /// The exposition in `format`; None if the render failed (a bug: it panicked).
+    async fn get(
+        &self,
+        exposition: &Arc<metrics::Exposition>,
+        format: metrics::Format,
+        stats: &Stats,
+    ) -> Option<Bytes> {
         // Counted as waiting before reading `started`: a render that starts after
         // this point keeps its text for this request.
         self.waiting.fetch_add(1, Ordering::AcqRel);
@@ -264,7 +269,7 @@ impl Renders {
         let e = exposition.clone();
         // Off the async threads: at 10,000 mounts a render takes tens of milliseconds.
         let render = move || {
-            let text = Bytes::from(e.render());
+            let text = Bytes::from(e.render_as(format));
             crate::memory::release_free_memory();
             text
         };
@@ -291,7 +296,8 @@ pub struct HttpState {
     web: RwLock<Arc<WebConfigFile>>,
     max_connections: usize,
     stats: Arc<Stats>,
-    renders: Renders,
+    /// Text renders, and protobuf ones: a scrape shares only a render of its format.
+    renders: (Renders, Renders),
     bcrypt: Arc<tokio::sync::Semaphore>,
 }
 
@@ -310,7 +316,7 @@ impl HttpState {
             web: RwLock::new(Arc::new(web)),
             max_connections,
             stats,
-            renders: Renders::default(),
+            renders: Default::default(),
             bcrypt: Arc::new(tokio::sync::Semaphore::new(BCRYPT_AT_ONCE)),
         }
     }
@@ -359,8 +365,18 @@ pub async fn handle(state: &HttpState, req: &Request<impl Sized>) -> Response<Fu
         }
         "/metrics" => {
             state.stats.scrapes.fetch_add(1, Ordering::Relaxed);
-            match state.renders.get(&state.exposition, &state.stats).await {
-                Some(text) => response(StatusCode::OK, metrics::CONTENT_TYPE, text),
+            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+            let format = metrics::Format::negotiate(accept);
+            let renders = match format {
+                metrics::Format::Text => &state.renders.0,
+                metrics::Format::Protobuf => &state.renders.1,
+            };
+            match renders.get(&state.exposition, format, &state.stats).await {
+                Some(body) => {
+                    let mut r = response(StatusCode::OK, format.content_type(), body);
+                    r.headers_mut().insert(VARY, HeaderValue::from_static("Accept"));
+                    r
+                }
                 None => response(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "rendering failed\n"),
             }
         }
@@ -954,7 +970,85 @@ mod tests {
         }
         let renders = s.stats.renders.load(Ordering::Relaxed) - 3;
         assert!((1..=2).contains(&renders), "20 concurrent scrapes share at most 2 renders: {renders}");
-        assert!(s.renders.last.lock().await.1.is_none(), "the text is not kept once every waiter has it");
+        assert!(s.renders.0.last.lock().await.1.is_none(), "the text is not kept once every waiter has it");
+    }
+
+    /// The `Accept` header chooses the format; each format shares renders only
+    /// with scrapes of its own; HEAD and 503 behave the same in both.
+    #[tokio::test]
+    async fn protobuf_when_the_scraper_prefers_it() {
+        use http_body_util::BodyExt as _;
+        struct Slow;
+        impl metrics::Collector for Slow {
+            fn collect(&self) -> Vec<metrics::Family> {
+                static D: metrics::Def = metrics::Def {
+                    name: "t_total",
+                    help: "t",
+                    kind: prometheus::proto::MetricType::COUNTER,
+                    labels: &[],
+                };
+                std::thread::sleep(Duration::from_millis(50));
+                let mut f = metrics::Family::new(&D);
+                f.add(&[], 3.0);
+                vec![f]
+            }
+        }
+        // What Prometheus 3.5 sends with native histograms enabled.
+        let proto_accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+        let with = |method: Method, accept: &str| {
+            Request::builder()
+                .method(method)
+                .uri("/metrics")
+                .header("accept", accept)
+                .body(())
+                .expect("request")
+        };
+        let s = state(false);
+        s.exposition.register(Box::new(Slow));
+        let r = handle(&s, &with(Method::GET, proto_accept)).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "not ready in protobuf either");
+        s.ready.store(true, Ordering::Release);
+        let ct = |r: &Response<Full<Bytes>>| {
+            r.headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .expect("content-type")
+        };
+        let head = handle(&s, &with(Method::HEAD, proto_accept)).await;
+        assert_eq!((head.status(), ct(&head).as_str()), (StatusCode::OK, metrics::proto::CONTENT_TYPE));
+        assert_eq!(head.headers().get(VARY).map(|v| v.as_bytes()), Some(&b"Accept"[..]));
+
+        let (text_req, proto_req) = (get("/metrics"), with(Method::GET, proto_accept));
+        let before = s.stats.renders.load(Ordering::Relaxed);
+        let many: Vec<_> =
+            (0..20).map(|i| handle(&s, if i % 2 == 0 { &text_req } else { &proto_req })).collect();
+        for (i, r) in futures_join(many).await.into_iter().enumerate() {
+            assert_eq!(r.status(), StatusCode::OK);
+            let content_type = ct(&r);
+            let body = r.into_body().collect().await.expect("body").to_bytes();
+            if i % 2 == 0 {
+                assert_eq!(content_type, metrics::CONTENT_TYPE);
+                assert!(
+                    body.starts_with(b"# HELP t_total t\n# TYPE t_total counter\nt_total 3\n"),
+                    "text {i}"
+                );
+            } else {
+                assert_eq!(content_type, metrics::proto::CONTENT_TYPE);
+                let mut buf = &body[..];
+                let f: metrics::proto::MetricFamily =
+                    prost::Message::decode_length_delimited(&mut buf).expect("delimited protobuf");
+                assert_eq!(
+                    (f.name.as_str(), f.metric[0].counter.as_ref().map(|c| c.value)),
+                    ("t_total", Some(3.0))
+                );
+            }
+        }
+        let renders = s.stats.renders.load(Ordering::Relaxed) - before;
+        assert!(
+            (2..=4).contains(&renders),
+            "10 + 10 concurrent scrapes: at most 2 renders per format: {renders}"
+        );
     }
 
     async fn futures_join<F: Future>(fs: Vec<F>) -> Vec<F::Output> {

@@ -14,6 +14,7 @@ pub mod copyup;
 pub mod http;
 pub mod mounts;
 pub mod process;
+pub mod proto;
 pub mod upper;
 
 use std::fmt::Write as _;
@@ -95,39 +96,223 @@ impl Histogram {
     }
 }
 
-/// One metric family, built at collect time as text in one buffer.
+/// The exposition formats `/metrics` serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The text format 0.0.4: classic histograms only.
+    Text,
+    /// Delimited `io.prometheus.client.MetricFamily` protobuf: native histograms,
+    /// with their classic buckets where the source gives classic bounds.
+    Protobuf,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => CONTENT_TYPE,
+            Format::Protobuf => proto::CONTENT_TYPE,
+        }
+    }
+
+    /// The format an `Accept` header prefers among the two served: protobuf
+    /// when its q value is positive and at least that of every range the text
+    /// format matches (`text/plain`, `text/*`, `*/*`); text otherwise, and
+    /// without a header. OpenMetrics is not served, so its ranges do not count.
+    /// Prometheus sends protobuf first (q=1 in 2.42, q=0.6 in 3.5) only when
+    /// native histograms are enabled (tests: the headers logged from both).
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let (mut proto_q, mut text_q) = (0.0f64, 0.0f64);
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("").to_ascii_lowercase();
+            let (mut q, mut proto, mut delimited) = (1.0f64, false, false);
+            for p in parts {
+                let Some((k, v)) = p.split_once('=') else { continue };
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = v.parse::<f64>().ok().filter(|q| (0.0..=1.0).contains(q)).unwrap_or(0.0),
+                    "proto" => proto = v == "io.prometheus.client.MetricFamily",
+                    "encoding" => delimited = v == "delimited",
+                    _ => {}
+                }
+            }
+            match media.as_str() {
+                "application/vnd.google.protobuf" if proto && delimited => proto_q = proto_q.max(q),
+                "text/plain" | "text/*" | "*/*" => text_q = text_q.max(q),
+                _ => {}
+            }
+        }
+        if proto_q > 0.0 && proto_q >= text_q {
+            Format::Protobuf
+        } else {
+            Format::Text
+        }
+    }
+}
+
+/// A histogram sample as its source gave it.
+enum HistSample {
+    /// Cumulative counts per upper bound (no +Inf), count, sum.
+    Classic(Vec<(f64, u64)>, u64, f64),
+    /// A kernel histogram and the classic bounds of its text form (None: native only).
+    Kernel(Histogram, Option<Vec<f64>>),
+}
+
+/// One sample: its label values (in `Family::keys`) and its value.
+struct Row {
+    /// `keys[start..end]`: the label values joined by NUL, the sort key.
+    start: u32,
+    end: u32,
+    /// Index in `Family::cuts` of the end of each label value.
+    cuts: u32,
+    /// A plain value, or an index in `Family::hists`.
+    value: Value,
+}
+
+enum Value {
+    Plain(f64),
+    Hist(u32),
+}
+
+/// One metric family, recorded at collect time in a form both formats write
+/// from (label values in one buffer, values beside them), and sorted at render
+/// time. Recording costs what formatting the text lines did before, and the
+/// text is then written straight into the output.
 pub struct Family {
     def: &'static Def,
-    /// Each sample's sort key (label values joined by NUL) followed by its lines.
-    buf: String,
-    /// (key start, key end = lines start, lines end) in `buf`; sorted at render time.
-    rows: Vec<(usize, usize, usize)>,
+    keys: String,
+    /// End offset in `keys` of each label value of each row.
+    cuts: Vec<u32>,
+    rows: Vec<Row>,
+    hists: Vec<HistSample>,
+}
+
+/// Offsets into a family's buffers. A family holds far less than 4 GiB: a
+/// larger one is a bug, and its offsets saturate rather than wrap.
+fn offset(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl Family {
     pub fn new(def: &'static Def) -> Self {
-        Family { def, buf: String::new(), rows: Vec::new() }
+        Family { def, keys: String::new(), cuts: Vec::new(), rows: Vec::new(), hists: Vec::new() }
     }
 
     pub fn name(&self) -> &'static str {
         self.def.name
     }
 
-    fn push_key(&mut self, values: &[&str]) -> usize {
+    fn push(&mut self, values: &[&str], value: Value) {
         debug_assert_eq!(values.len(), self.def.labels.len(), "{}", self.def.name);
-        let start = self.buf.len();
+        let start = offset(self.keys.len());
+        let cuts = offset(self.cuts.len());
         for (i, v) in values.iter().enumerate() {
             if i > 0 {
-                self.buf.push('\0');
+                self.keys.push('\0');
             }
-            self.buf.push_str(v);
+            self.keys.push_str(v);
+            self.cuts.push(offset(self.keys.len()));
         }
-        start
+        self.rows.push(Row { start, end: offset(self.keys.len()), cuts, value });
+    }
+
+    /// Adds a histogram sample: cumulative counts per upper bound (the +Inf
+    /// bucket is added from `count`).
+    pub fn add_histogram(&mut self, values: &[&str], buckets: &[(f64, u64)], count: u64, sum: f64) {
+        let i = offset(self.hists.len());
+        self.hists.push(HistSample::Classic(buckets.to_vec(), count, sum));
+        self.push(values, Value::Hist(i));
+    }
+
+    /// Adds a kernel histogram. In the text format it is the classic histogram
+    /// at `classic` bounds; without bounds it has no text form and is left out.
+    /// In protobuf it is a native histogram, with those classic buckets too.
+    pub fn add_kernel_histogram(&mut self, values: &[&str], h: &Histogram, classic: Option<&[f64]>) {
+        let i = offset(self.hists.len());
+        self.hists.push(HistSample::Kernel(h.clone(), classic.map(<[f64]>::to_vec)));
+        self.push(values, Value::Hist(i));
+    }
+
+    /// Adds a sample; `values` are the label values in the order of `def.labels`.
+    pub fn add(&mut self, values: &[&str], value: f64) {
+        self.push(values, Value::Plain(value));
+    }
+
+    /// The label values of a row, in the order of `def.labels`.
+    fn values<'a>(&'a self, row: &Row) -> impl Iterator<Item = &'a str> + 'a {
+        let n = self.def.labels.len();
+        let cuts = self.cuts.get(row.cuts as usize..row.cuts as usize + n).unwrap_or(&[]);
+        let mut from = row.start as usize;
+        cuts.iter().map(move |&end| {
+            let v = self.keys.get(from..end as usize).unwrap_or("");
+            from = end as usize + 1;
+            v
+        })
+    }
+
+    fn sort(&mut self) {
+        let keys = &self.keys;
+        self.rows.sort_unstable_by(|a, b| {
+            keys[a.start as usize..a.end as usize].cmp(&keys[b.start as usize..b.end as usize])
+        });
+    }
+
+    /// Appends HELP, TYPE and the samples in the text format (nothing when the
+    /// family is empty; nothing for a native-only histogram).
+    fn write_text(mut self, out: &mut String) {
+        let text = |r: &Row| match r.value {
+            Value::Plain(_) => true,
+            Value::Hist(i) => !matches!(self.hists.get(i as usize), Some(HistSample::Kernel(_, None)) | None),
+        };
+        if !self.rows.iter().any(text) {
+            return;
+        }
+        self.sort();
+        out.push_str("# HELP ");
+        out.push_str(self.def.name);
+        out.push(' ');
+        escape_into(out, self.def.help, false);
+        out.push_str("\n# TYPE ");
+        out.push_str(self.def.name);
+        out.push(' ');
+        out.push_str(match self.def.kind {
+            MetricType::COUNTER => "counter",
+            MetricType::HISTOGRAM => "histogram",
+            MetricType::SUMMARY => "summary",
+            MetricType::UNTYPED => "untyped",
+            _ => "gauge",
+        });
+        out.push('\n');
+        let mut line_values: Vec<&str> = Vec::with_capacity(self.def.labels.len());
+        for row in &self.rows {
+            line_values.clear();
+            line_values.extend(self.values(row));
+            match &row.value {
+                Value::Plain(v) => self.line(out, "", &line_values, None, *v),
+                Value::Hist(i) => match self.hists.get(*i as usize) {
+                    Some(HistSample::Classic(buckets, count, sum)) => {
+                        self.classic_lines(out, &line_values, buckets, *count, *sum)
+                    }
+                    Some(HistSample::Kernel(h, Some(bounds))) => {
+                        self.classic_lines(out, &line_values, &h.classic(bounds), h.count, h.sum)
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    fn classic_lines(&self, out: &mut String, values: &[&str], buckets: &[(f64, u64)], count: u64, sum: f64) {
+        for (le, n) in buckets {
+            self.line(out, "_bucket", values, Some(("le", &le.to_string())), *n as f64);
+        }
+        self.line(out, "_bucket", values, Some(("le", "+Inf")), count as f64);
+        self.line(out, "_sum", values, None, sum);
+        self.line(out, "_count", values, None, count as f64);
     }
 
     /// `name<suffix>{labels[,extra]} value\n`
-    fn line(&mut self, suffix: &str, values: &[&str], extra: Option<(&str, &str)>, value: f64) {
-        let out = &mut self.buf;
+    fn line(&self, out: &mut String, suffix: &str, values: &[&str], extra: Option<(&str, &str)>, value: f64) {
         out.push_str(self.def.name);
         out.push_str(suffix);
         let mut sep = '{';
@@ -152,62 +337,117 @@ impl Family {
         out.push('\n');
     }
 
-    /// Adds a histogram sample: cumulative counts per upper bound (the +Inf
-    /// bucket is added from `count`).
-    pub fn add_histogram(&mut self, values: &[&str], buckets: &[(f64, u64)], count: u64, sum: f64) {
-        let start = self.push_key(values);
-        let key_end = self.buf.len();
-        for (le, n) in buckets {
-            self.line("_bucket", values, Some(("le", &le.to_string())), *n as f64);
-        }
-        self.line("_bucket", values, Some(("le", "+Inf")), count as f64);
-        self.line("_sum", values, None, sum);
-        self.line("_count", values, None, count as f64);
-        self.rows.push((start, key_end, self.buf.len()));
-    }
-
-    /// Adds a kernel histogram. In the text format it is the classic histogram
-    /// at `classic` bounds; without bounds it has no text form and is left out.
-    pub fn add_kernel_histogram(&mut self, values: &[&str], h: &Histogram, classic: Option<&[f64]>) {
-        if let Some(bounds) = classic {
-            self.add_histogram(values, &h.classic(bounds), h.count, h.sum);
-        }
-    }
-
-    /// Adds a sample; `values` are the label values in the order of `def.labels`.
-    pub fn add(&mut self, values: &[&str], value: f64) {
-        let start = self.push_key(values);
-        let key_end = self.buf.len();
-        self.line("", values, None, value);
-        self.rows.push((start, key_end, self.buf.len()));
-    }
-
-    /// Appends HELP, TYPE and the samples (none when the family is empty).
-    fn write(mut self, out: &mut String) {
+    /// The family as a protobuf message (None when empty).
+    fn into_proto(mut self) -> Option<proto::MetricFamily> {
         if self.rows.is_empty() {
-            return;
+            return None;
         }
-        let buf = &self.buf;
-        self.rows.sort_unstable_by(|a, b| buf[a.0..a.1].cmp(&buf[b.0..b.1]));
-        out.push_str("# HELP ");
-        out.push_str(self.def.name);
-        out.push(' ');
-        escape_into(out, self.def.help, false);
-        out.push_str("\n# TYPE ");
-        out.push_str(self.def.name);
-        out.push(' ');
-        out.push_str(match self.def.kind {
-            MetricType::COUNTER => "counter",
-            MetricType::HISTOGRAM => "histogram",
-            MetricType::SUMMARY => "summary",
-            MetricType::UNTYPED => "untyped",
-            _ => "gauge",
-        });
-        out.push('\n');
-        for (_, key_end, end) in &self.rows {
-            out.push_str(&buf[*key_end..*end]);
+        self.sort();
+        let kind = match self.def.kind {
+            MetricType::COUNTER => proto::MetricType::Counter,
+            MetricType::HISTOGRAM => proto::MetricType::Histogram,
+            MetricType::SUMMARY => proto::MetricType::Summary,
+            MetricType::UNTYPED => proto::MetricType::Untyped,
+            _ => proto::MetricType::Gauge,
+        };
+        let mut metric = Vec::with_capacity(self.rows.len());
+        for row in &self.rows {
+            let label = self
+                .def
+                .labels
+                .iter()
+                .zip(self.values(row))
+                .map(|(n, v)| proto::LabelPair { name: (*n).to_owned(), value: v.to_owned() })
+                .collect();
+            let mut m = proto::Metric { label, ..Default::default() };
+            match (&row.value, kind) {
+                (Value::Plain(v), proto::MetricType::Counter) => {
+                    m.counter = Some(proto::Counter { value: *v })
+                }
+                (Value::Plain(v), proto::MetricType::Untyped) => {
+                    m.untyped = Some(proto::Untyped { value: *v })
+                }
+                (Value::Plain(v), _) => m.gauge = Some(proto::Gauge { value: *v }),
+                (Value::Hist(i), _) => match self.hists.get(*i as usize) {
+                    Some(h) => m.histogram = Some(histogram_proto(h)),
+                    None => continue,
+                },
+            }
+            metric.push(m);
+        }
+        Some(proto::MetricFamily {
+            name: self.def.name.to_owned(),
+            help: self.def.help.to_owned(),
+            r#type: kind as i32,
+            metric,
+        })
+    }
+}
+
+fn histogram_proto(h: &HistSample) -> proto::Histogram {
+    let classic = |buckets: &[(f64, u64)]| {
+        buckets.iter().map(|(le, n)| proto::Bucket { cumulative_count: *n, upper_bound: *le }).collect()
+    };
+    match h {
+        HistSample::Classic(buckets, count, sum) => proto::Histogram {
+            sample_count: *count,
+            sample_sum: *sum,
+            bucket: classic(buckets),
+            ..Default::default()
+        },
+        HistSample::Kernel(h, bounds) => {
+            let (positive_span, positive_delta) = proto::native_buckets(&h.buckets);
+            proto::Histogram {
+                sample_count: h.count,
+                sample_sum: h.sum,
+                bucket: bounds.as_deref().map(|b| classic(&h.classic(b))).unwrap_or_default(),
+                schema: h.schema,
+                zero_threshold: 0.0,
+                zero_count: h.zero_count,
+                positive_span,
+                positive_delta,
+            }
         }
     }
+}
+
+/// Process metrics of the prometheus crate, as protobuf messages.
+fn process_proto(families: &[prometheus::proto::MetricFamily]) -> Vec<proto::MetricFamily> {
+    families
+        .iter()
+        .map(|f| {
+            let kind = f.get_field_type();
+            let metric = f
+                .get_metric()
+                .iter()
+                .map(|m| {
+                    let label = m
+                        .get_label()
+                        .iter()
+                        .map(|l| proto::LabelPair { name: l.name().to_owned(), value: l.value().to_owned() })
+                        .collect();
+                    let mut out = proto::Metric { label, ..Default::default() };
+                    match kind {
+                        MetricType::COUNTER => {
+                            out.counter = Some(proto::Counter { value: m.get_counter().get_value() })
+                        }
+                        _ => out.gauge = Some(proto::Gauge { value: m.get_gauge().get_value() }),
+                    }
+                    out
+                })
+                .collect();
+            proto::MetricFamily {
+                name: f.name().to_owned(),
+                help: f.help().to_owned(),
+                r#type: if kind == MetricType::COUNTER {
+                    proto::MetricType::Counter
+                } else {
+                    proto::MetricType::Gauge
+                } as i32,
+                metric,
+            }
+        })
+        .collect()
 }
 
 /// Where the families come from: one collector per concern (one per file, as in
@@ -241,23 +481,47 @@ impl Exposition {
 
     /// Renders everything in the text format.
     pub fn render(&self) -> Vec<u8> {
+        self.render_as(Format::Text)
+    }
+
+    /// Renders everything in `format`.
+    pub fn render_as(&self, format: Format) -> Vec<u8> {
         let mut families: Vec<Family> = {
             let collectors = self.collectors.read_now();
             collectors.iter().flat_map(|c| c.collect()).collect()
         };
         families.sort_by_key(|f| f.name());
         let hint = self.last_len.load(std::sync::atomic::Ordering::Relaxed);
-        let mut out = String::with_capacity(hint + hint / 8);
-        for f in families {
-            f.write(&mut out);
+        let buf = match format {
+            Format::Text => {
+                let mut out = String::with_capacity(hint + hint / 8);
+                for f in families {
+                    f.write_text(&mut out);
+                }
+                let mut buf = out.into_bytes();
+                // process_* sort after overlayfs_*; TextEncoder only fails on an empty
+                // family, which the process collector does not produce.
+                if let Err(e) = TextEncoder::new().encode(&self.process.collect(), &mut buf) {
+                    tracing::error!(error = %e, "encoding the process metrics failed");
+                }
+                buf
+            }
+            Format::Protobuf => {
+                let mut buf = Vec::with_capacity(hint / 2);
+                let process = process_proto(&self.process.collect());
+                for f in families.into_iter().filter_map(Family::into_proto).chain(process) {
+                    // Writing into a Vec only fails when it cannot grow.
+                    if let Err(e) = prost::Message::encode_length_delimited(&f, &mut buf) {
+                        tracing::error!(error = %e, family = f.name, "encoding a family failed");
+                    }
+                }
+                buf
+            }
+        };
+        // The text size: a protobuf rendering is not a hint for the next text one.
+        if format == Format::Text {
+            self.last_len.store(buf.len(), std::sync::atomic::Ordering::Relaxed);
         }
-        let mut buf = out.into_bytes();
-        // process_* sort after overlayfs_*; TextEncoder only fails on an empty
-        // family, which the process collector does not produce.
-        if let Err(e) = TextEncoder::new().encode(&self.process.collect(), &mut buf) {
-            tracing::error!(error = %e, "encoding the process metrics failed");
-        }
-        self.last_len.store(buf.len(), std::sync::atomic::Ordering::Relaxed);
         buf
     }
 }
@@ -415,10 +679,161 @@ mod tests {
         f.add_kernel_histogram(&["x"], &h, Some(&[1.0, 4.0]));
         f.add_kernel_histogram(&["native-only"], &h, None);
         let mut out = String::new();
-        f.write(&mut out);
+        f.write_text(&mut out);
         assert!(out.contains("t_seconds_bucket{c=\"x\",le=\"4\"} 17\n"), "{out}");
         assert!(out.contains("t_seconds_bucket{c=\"x\",le=\"+Inf\"} 24\n"), "{out}");
         assert!(!out.contains("native-only"), "no text form without classic bounds: {out}");
+    }
+
+    static K: Def =
+        Def { name: "t_kernel_seconds", help: "k", kind: MetricType::HISTOGRAM, labels: &["cause"] };
+
+    fn kernel_hist() -> Histogram {
+        Histogram {
+            schema: 3,
+            zero_count: 2,
+            buckets: vec![(-1, 1), (0, 1), (1, 4), (8, 3), (9, 5), (16, 1), (40, 7)],
+            count: 24,
+            sum: 100.0,
+        }
+    }
+
+    struct WithKernel;
+    impl Collector for WithKernel {
+        fn collect(&self) -> Vec<Family> {
+            let mut f = Family::new(&K);
+            f.add_kernel_histogram(&["write"], &kernel_hist(), Some(&[1.0, 4.0]));
+            f.add_kernel_histogram(&["open"], &kernel_hist(), None);
+            f.add_kernel_histogram(&["empty"], &Histogram { schema: 3, ..Default::default() }, None);
+            // Native only, all of them: no text form at all.
+            let mut n = Family::new(&E);
+            n.add_kernel_histogram(&[], &kernel_hist(), None);
+            let mut o = Ours.collect();
+            o.extend([f, n]);
+            o
+        }
+    }
+
+    fn decode_all(mut buf: &[u8]) -> Vec<proto::MetricFamily> {
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            out.push(prost::Message::decode_length_delimited(&mut buf).expect("a delimited MetricFamily"));
+        }
+        out
+    }
+
+    /// The protobuf exposition decodes (with prost, from the official field
+    /// numbers) into what was recorded: names, types, labels, values, classic
+    /// buckets, native schema, zero bucket, spans and deltas, process metrics.
+    #[test]
+    fn protobuf_round_trip() {
+        let e = Exposition::default();
+        e.register(Box::new(WithKernel));
+        let fams = decode_all(&e.render_as(Format::Protobuf));
+        let names: Vec<&str> = fams.iter().map(|f| f.name.as_str()).collect();
+        let ours: Vec<&str> = names.iter().copied().filter(|n| n.starts_with("t_")).collect();
+        assert_eq!(
+            ours,
+            ["t_empty", "t_gauge", "t_kernel_seconds", "t_seconds", "t_total"],
+            "sorted, empty left out"
+        );
+        assert!(names.contains(&"process_resident_memory_bytes"), "{names:?}");
+        assert!(names.contains(&"process_cpu_seconds_total"), "{names:?}");
+        let fam = |n: &str| fams.iter().find(|f| f.name == n).expect(n);
+        let cpu = fam("process_cpu_seconds_total");
+        assert_eq!(cpu.r#type, proto::MetricType::Counter as i32);
+        assert!(cpu.metric[0].counter.is_some());
+
+        let total = fam("t_total");
+        assert_eq!((total.r#type, total.help.as_str()), (proto::MetricType::Counter as i32, "n"));
+        assert_eq!(total.metric[0].counter.as_ref().map(|c| c.value), Some(7.0));
+
+        let g = fam("t_gauge");
+        assert_eq!(g.r#type, proto::MetricType::Gauge as i32);
+        assert_eq!(g.help, G.help, "help unescaped in protobuf");
+        let labels = |m: &proto::Metric| -> Vec<(String, String)> {
+            m.label.iter().map(|l| (l.name.clone(), l.value.clone())).collect()
+        };
+        assert_eq!(labels(&g.metric[0]), [("a".into(), "a".into()), ("b".into(), "".into())]);
+        assert_eq!(g.metric[0].gauge.as_ref().map(|v| v.value), Some(1e21));
+        let quoted = g.metric.iter().find(|m| m.label[0].value.starts_with('b')).expect("b");
+        assert_eq!(quoted.label[0].value, "b\"q\\\nx", "label values raw, not escaped");
+        let negzero = g.metric.iter().find(|m| m.label[1].value == "negzero").expect("negzero");
+        assert!(negzero.gauge.as_ref().is_some_and(|v| v.value == 0.0));
+
+        let classic = fam("t_seconds");
+        let x = classic.metric.iter().find(|m| m.label[0].value == "x").and_then(|m| m.histogram.as_ref());
+        let x = x.expect("histogram x");
+        assert_eq!((x.sample_count, x.sample_sum), (4, 2.25));
+        let b: Vec<(f64, u64)> = x.bucket.iter().map(|b| (b.upper_bound, b.cumulative_count)).collect();
+        assert_eq!(b, [(0.001, 1), (1.0, 3), (1024.0, 3)]);
+        assert!(x.positive_span.is_empty(), "a classic-only histogram has no native part");
+
+        let k = fam("t_kernel_seconds");
+        assert_eq!(k.r#type, proto::MetricType::Histogram as i32);
+        let by = |c: &str| {
+            k.metric.iter().find(|m| m.label[0].value == c).and_then(|m| m.histogram.clone()).expect(c)
+        };
+        let w = by("write");
+        assert_eq!(
+            (w.sample_count, w.sample_sum, w.schema, w.zero_count, w.zero_threshold),
+            (24, 100.0, 3, 2, 0.0)
+        );
+        let b: Vec<(f64, u64)> = w.bucket.iter().map(|b| (b.upper_bound, b.cumulative_count)).collect();
+        assert_eq!(b, [(1.0, 4), (4.0, 17)], "classic buckets beside the native ones");
+        let spans: Vec<(i32, u32)> = w.positive_span.iter().map(|s| (s.offset, s.length)).collect();
+        assert_eq!(spans, [(-1, 3), (6, 2), (6, 1), (23, 1)]);
+        assert_eq!(w.positive_delta, [1, 0, 3, -1, 2, -4, 6]);
+        // The native buckets sum to the count with the zero bucket.
+        let mut n = 0i64;
+        let total: i64 = w
+            .positive_delta
+            .iter()
+            .map(|d| {
+                n += d;
+                n
+            })
+            .sum();
+        assert_eq!(total as u64 + w.zero_count, w.sample_count);
+        let o = by("open");
+        assert!(o.bucket.is_empty(), "native only without classic bounds");
+        assert_eq!(o.positive_delta, w.positive_delta);
+        let empty = by("empty");
+        assert_eq!(empty.positive_span, [proto::BucketSpan { offset: 0, length: 0 }], "no-op span");
+        assert!(fam("t_empty").metric[0].histogram.is_some(), "native-only family kept in protobuf");
+
+        let text = String::from_utf8(e.render()).expect("utf8");
+        assert!(text.contains("t_kernel_seconds_bucket{cause=\"write\",le=\"4\"} 17\n"), "{text}");
+        assert!(!text.contains("cause=\"open\""), "{text}");
+        assert!(!text.contains("t_empty"), "a family with no text form has no HELP either: {text}");
+    }
+
+    /// Real `Accept` headers, logged from Prometheus 2.42.0 and 3.5.3 scraping
+    /// a test server, with and without `--enable-feature=native-histograms`.
+    #[test]
+    fn negotiation_follows_prometheus() {
+        let p2 = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let p2n = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let p3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        let p3n = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+        for (accept, want) in [
+            (Some(p2), Format::Text),
+            (Some(p2n), Format::Protobuf),
+            (Some(p3), Format::Text),
+            (Some(p3n), Format::Protobuf),
+            (None, Format::Text),
+            (Some(""), Format::Text),
+            (Some("*/*"), Format::Text),
+            (Some(proto::CONTENT_TYPE), Format::Protobuf),
+            (Some("text/plain;q=0.9, application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited; q=0.5"), Format::Text),
+            (Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0"), Format::Text),
+            (Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text"), Format::Text),
+            (Some("application/vnd.google.protobuf;proto=other.Message;encoding=delimited"), Format::Text),
+            (Some("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=bogus"), Format::Text),
+            (Some("APPLICATION/VND.GOOGLE.PROTOBUF; PROTO=io.prometheus.client.MetricFamily; ENCODING=delimited, */*;q=0.1"), Format::Protobuf),
+        ] {
+            assert_eq!(Format::negotiate(accept), want, "{accept:?}");
+        }
     }
 
     /// Byte for byte what the prometheus crate's gather() + TextEncoder print for
