@@ -2,32 +2,93 @@
 //! figures must arrive intact through Prometheus' parser. Both generations:
 //! 2.x (Debian 12's package) and 3.x (Debian forky's, fetched into .cache; 3.x
 //! refuses scrapes whose Content-Type it does not know).
+//!
+//! Native histograms: Prometheus 3 with `--enable-feature=native-histograms`
+//! asks for the protobuf format; it scrapes the agent that way, and ingests the
+//! native histograms of a replayed exposition (tests/fixtures/native, see
+//! tests/native.rs) whose counts, sums and quantiles must agree with the
+//! classic series and the counters. Without the feature, and with 2.x, the
+//! same server is asked for text and serves it.
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use overlay_agent::metrics::{proto, Format};
 
 use common::{config_for, write_file, Agent, Overlay, Prometheus};
 
 #[test]
 fn prometheus_2_scrapes_the_agent() {
-    scrape_with(Path::new("prometheus"));
+    scrape_with(Path::new("prometheus"), &[]);
 }
 
 #[test]
 fn prometheus_3_scrapes_the_agent() {
+    scrape_with(&prometheus3(), &[]);
+}
+
+/// With native histograms on, Prometheus 3 asks for protobuf: the agent serves
+/// it, and the figures arrive intact through Prometheus' protobuf parser.
+#[test]
+fn prometheus_3_native_scrapes_the_agent_in_protobuf() {
+    scrape_with(&prometheus3(), &[NATIVE]);
+}
+
+const NATIVE: &str = "--enable-feature=native-histograms";
+
+/// What Prometheus 3.5 sends with native histograms on (logged from 3.5.3).
+const ACCEPT_3_NATIVE: &str = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1";
+
+fn prometheus3() -> std::path::PathBuf {
     let cache = common::repo_root().join(".cache");
     let out = Command::new(common::repo_root().join("tests/fetch-prometheus3.sh"))
         .arg(&cache)
         .output()
         .expect("fetch");
     assert!(out.status.success(), "fetching Prometheus 3 failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    scrape_with(&cache.join("prometheus3/prometheus"));
+    cache.join("prometheus3/prometheus")
 }
 
-fn scrape_with(prometheus: &Path) {
+/// GET `path` with an Accept header; the raw body.
+fn get_accepting(addr: &str, path: &str, accept: &str) -> (String, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\n\r\n").expect("write");
+    let mut r = BufReader::new(s);
+    let mut content_type = String::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("head");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("content-type: ").or(line.strip_prefix("Content-Type: ")) {
+            content_type = v.to_owned();
+        }
+    }
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut r, &mut body).expect("body");
+    (content_type, body)
+}
+
+fn decode(mut buf: &[u8]) -> Vec<proto::MetricFamily> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        out.push(prost::Message::decode_length_delimited(&mut buf).expect("a delimited MetricFamily"));
+    }
+    out
+}
+
+fn scrape_with(prometheus: &Path, flags: &[&str]) {
     common::require_root();
     let tmp = tempfile::tempdir().expect("tempdir");
     let ov = Overlay::new(tmp.path(), "merged", "", |l| {
@@ -38,8 +99,9 @@ fn scrape_with(prometheus: &Path) {
     std::fs::remove_file(ov.merged.join("b")).expect("rm");
     let cfg = config_for(tmp.path(), "");
     let agent = Agent::start(tmp.path(), &["--config", cfg.to_str().expect("utf8")]);
-    let prom = Prometheus::start(
+    let prom = Prometheus::start_with(
         prometheus,
+        flags,
         &format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: overlay-agent\n    static_configs:\n      - targets: ['{}']\n",
             agent.addr
@@ -63,4 +125,222 @@ fn scrape_with(prometheus: &Path) {
         .and_then(|s| s.parse().ok())
         .expect("scrape_samples_scraped");
     assert!(scraped > 20.0, "only {scraped} samples scraped");
+    if flags.contains(&NATIVE) {
+        // What Prometheus was served: the agent's protobuf, with the same figure.
+        let (content_type, body) = get_accepting(&agent.addr, "/metrics", ACCEPT_3_NATIVE);
+        assert_eq!(content_type, proto::CONTENT_TYPE);
+        let fams = decode(&body);
+        let entries =
+            fams.iter().find(|f| f.name == "overlayfs_upper_entries").expect("upper entries family");
+        let copied = entries.metric.iter().find(|m| {
+            m.label.iter().any(|l| l.name == "kind" && l.value == "copied_up")
+                && m.label.iter().any(|l| l.name == "mountpoint" && l.value == mp)
+        });
+        assert_eq!(copied.and_then(|m| m.gauge.as_ref()).map(|g| g.value), Some(1.0));
+        let families = fams.len() as f64;
+        let in_prometheus: f64 = prom
+            .value("count(count by (__name__) ({job=\"overlay-agent\",__name__!~\"up|scrape_.*\"}))")
+            .and_then(|s| s.parse().ok())
+            .expect("family count");
+        assert_eq!(in_prometheus, families, "every family served arrived");
+    }
+}
+
+/// Serves tests/fixtures/native in the format each request's Accept prefers
+/// (the agent's negotiation), and records which.
+struct Replay {
+    addr: String,
+    served: Arc<Mutex<Vec<Format>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Replay {
+    fn start() -> Replay {
+        let dir = common::repo_root().join("tests/fixtures/native");
+        let pb = std::fs::read(dir.join("exposition.pb")).expect("exposition.pb");
+        let text = std::fs::read(dir.join("exposition.prom")).expect("exposition.prom");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let (served, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let (served2, stop2) = (served.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut r = BufReader::new(conn.try_clone().expect("clone"));
+                let mut accept = None;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line.trim_end().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        if k.eq_ignore_ascii_case("accept") {
+                            accept = Some(v.trim().to_owned());
+                        }
+                    }
+                }
+                let format = Format::negotiate(accept.as_deref());
+                served2.lock().expect("lock").push(format);
+                let body = if format == Format::Protobuf { &pb } else { &text };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    format.content_type(),
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).and_then(|()| conn.write_all(body));
+            }
+        });
+        Replay { addr, served, stop, thread: Some(thread) }
+    }
+
+    fn served(&self) -> Vec<Format> {
+        self.served.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = std::net::TcpStream::connect(&self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn replay_config(addr: &str, extra: &str) -> String {
+    format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: replay\n{extra}    static_configs:\n      - targets: ['{addr}']\n"
+    )
+}
+
+/// `promql`'s result as label `by` -> value.
+fn by_label(prom: &Prometheus, promql: &str, by: &str) -> BTreeMap<String, f64> {
+    prom.query(promql)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| {
+            let v = r["value"][1].as_str()?.parse().ok()?;
+            Some((r["metric"][by].as_str()?.to_owned(), v))
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-12)
+}
+
+/// Prometheus 3 with native histograms ingests the replayed protobuf: one
+/// native series per histogram, whose count equals the classic `_count` and
+/// the copy-up counter, whose sum equals the classic `_sum` and the time and
+/// byte counters, and whose quantiles fall in the classic bucket the classic
+/// quantile falls in (within 1/8 of a power of two of its top: schema 3).
+#[test]
+fn prometheus_3_ingests_native_histograms() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let replay = Replay::start();
+    let prom = Prometheus::start_with(
+        &prometheus3(),
+        &[NATIVE],
+        &replay_config(&replay.addr, "    always_scrape_classic_histograms: true\n"),
+        tmp.path(),
+    );
+    let native = common::wait_for("native histograms in Prometheus", Duration::from_secs(60), || {
+        let m = by_label(&prom, "histogram_count(overlayfs_copy_up_duration_seconds)", "cause");
+        (m.len() >= 10).then_some(m)
+    });
+    assert!(replay.served().iter().all(|f| *f == Format::Protobuf), "{:?}", replay.served());
+    let classic_count = by_label(&prom, "overlayfs_copy_up_duration_seconds_count", "cause");
+    let copy_ups = by_label(&prom, "sum by (cause) (overlayfs_copy_up_total)", "cause");
+    assert_eq!(native, classic_count, "native vs classic count\n{}", prom.log());
+    assert_eq!(native, copy_ups, "native count vs overlayfs_copy_up_total");
+    for (hist, counter) in [
+        ("overlayfs_copy_up_duration_seconds", "overlayfs_copy_up_seconds_total"),
+        ("overlayfs_copy_up_bytes", "overlayfs_copy_up_data_bytes_total"),
+    ] {
+        let native_sum = by_label(&prom, &format!("histogram_sum({hist})"), "cause");
+        let classic_sum = by_label(&prom, &format!("{hist}_sum"), "cause");
+        let counter_sum = by_label(&prom, &format!("sum by (cause) ({counter})"), "cause");
+        assert!(!native_sum.is_empty(), "{hist}");
+        assert_eq!(native_sum.keys().collect::<Vec<_>>(), classic_sum.keys().collect::<Vec<_>>(), "{hist}");
+        for (cause, s) in &native_sum {
+            assert!(
+                close(*s, classic_sum[cause]),
+                "{hist} {cause}: native sum {s} vs classic {}",
+                classic_sum[cause]
+            );
+            let c = counter_sum.get(cause).copied().unwrap_or(0.0);
+            assert!(close(*s, c), "{hist} {cause}: native sum {s} vs {counter} {c}");
+        }
+        let native_n = by_label(&prom, &format!("histogram_count({hist})"), "cause");
+        assert_eq!(native_n, by_label(&prom, &format!("{hist}_count"), "cause"), "{hist} count");
+        // Quantiles: both in the same classic bucket, the native one in its top 1/8 power of two.
+        let buckets = prom.query(&format!("{hist}_bucket")).expect("classic buckets");
+        for q in [0.5, 0.9, 0.99] {
+            let nq = by_label(&prom, &format!("histogram_quantile({q}, {hist})"), "cause");
+            let cq = by_label(&prom, &format!("histogram_quantile({q}, {hist}_bucket)"), "cause");
+            for (cause, n) in native_n.iter().filter(|(_, n)| **n > 0.0) {
+                let mut b: Vec<(f64, f64)> = buckets
+                    .iter()
+                    .filter(|r| r["metric"]["cause"] == cause.as_str())
+                    .filter_map(|r| {
+                        let le = r["metric"]["le"].as_str()?.parse().ok()?;
+                        Some((le, r["value"][1].as_str()?.parse().ok()?))
+                    })
+                    .collect();
+                b.sort_by(|x, y| x.0.total_cmp(&y.0));
+                let rank = q * n;
+                let i = b.iter().position(|(_, c)| *c >= rank).expect("a bucket holds the rank");
+                // A rank exactly at a bucket's cumulative count may resolve to
+                // the top of that bucket or the bottom of the next one that has
+                // observations: both are the quantile.
+                let last = match b.iter().skip(i + 1).position(|(_, c)| *c > b[i].1) {
+                    Some(j) if (b[i].1 - rank).abs() < 1e-9 => i + 1 + j,
+                    _ => i,
+                };
+                let lo = if i == 0 { 0.0 } else { b[i - 1].0 };
+                let (nv, cv) = (nq[cause], cq[cause]);
+                let ctx = format!("{hist} {cause} q{q}: native {nv}, classic {cv}, buckets {b:?}");
+                assert!(lo < cv && cv <= b[last].0, "classic outside the bucket: {ctx}");
+                let k = b.iter().position(|(le, _)| nv <= *le * (1.0 + 1e-9)).expect("native in a bucket");
+                assert!(
+                    (i..=last).contains(&k) && (k == 0 || nv > b[k - 1].0),
+                    "native outside the bucket: {ctx}"
+                );
+                if b[k].0.is_finite() {
+                    let top = b[k].0 * 2f64.powf(-1.0 / 8.0) * (1.0 - 1e-9);
+                    assert!(nv >= top, "native not within the bucket's top eighth power of two: {ctx}");
+                }
+            }
+        }
+    }
+}
+
+/// Prometheus 2.42 and 3.5 without the feature ask for text and get the
+/// agent's text: classic histograms only, no native series.
+#[test]
+fn prometheus_without_native_histograms_scrapes_text() {
+    for binary in [Path::new("prometheus").to_owned(), prometheus3()] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let replay = Replay::start();
+        let prom = Prometheus::start(&binary, &replay_config(&replay.addr, ""), tmp.path());
+        let count = common::wait_for("classic histograms in Prometheus", Duration::from_secs(60), || {
+            let m = by_label(&prom, "overlayfs_copy_up_duration_seconds_count", "cause");
+            (m.len() >= 10).then_some(m)
+        });
+        let served = replay.served();
+        assert!(
+            !served.is_empty() && served.iter().all(|f| *f == Format::Text),
+            "{}: {served:?}",
+            binary.display()
+        );
+        assert_eq!(count, by_label(&prom, "sum by (cause) (overlayfs_copy_up_total)", "cause"));
+        let native = prom.query("histogram_count(overlayfs_copy_up_duration_seconds)").expect("query");
+        assert!(native.is_empty(), "{}: no native series from text: {native:?}", binary.display());
+    }
 }

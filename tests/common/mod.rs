@@ -361,6 +361,11 @@ pub fn url_encode(s: &str) -> String {
 impl Prometheus {
     /// Starts `binary` with `config` (prometheus.yml text).
     pub fn start(binary: &Path, config: &str, dir: &Path) -> Prometheus {
+        Self::start_with(binary, &[], config, dir)
+    }
+
+    /// Starts `binary` with extra flags (`--enable-feature=...`) and `config`.
+    pub fn start_with(binary: &Path, flags: &[&str], config: &str, dir: &Path) -> Prometheus {
         let addr = format!("127.0.0.1:{}", free_port());
         let cfg = dir.join("prometheus.yml");
         std::fs::write(&cfg, config).expect("write prometheus.yml");
@@ -368,6 +373,7 @@ impl Prometheus {
             .arg(format!("--config.file={}", cfg.display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
             .arg(format!("--web.listen-address={addr}"))
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("prometheus log"))
             .spawn()

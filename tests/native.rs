@@ -1,0 +1,277 @@
+//! The native-histogram replay fixture (tests/fixtures/native/): one agent
+//! exposition in both formats, `exposition.pb` (delimited protobuf, native
+//! histograms with their classic buckets) and `exposition.prom` (text), which
+//! tests/prometheus.rs serves to a real Prometheus.
+//!
+//! Until the kernel side of issue 17 lands, the agent has no native histograms
+//! to export, so the fixture is built from a real QEMU guest's text capture
+//! (tests/fixtures/qemu-6.1-metrics.prom, kernel 6.1): counters and gauges as
+//! captured, and each classic histogram turned into a schema-3 native one whose
+//! observations sit at its classic bounds rounded to a power of two of the
+//! base unit (a native boundary; the guest's 2^10 ns is not one in seconds).
+//! Counts and sums are the guest's. Regenerate with
+//!
+//!     UPDATE_NATIVE_FIXTURE=1 cargo test --test native
+//!
+//! Once the agent exports native histograms, capture a guest's /metrics in both
+//! formats instead (Accept: metrics::proto::CONTENT_TYPE for exposition.pb).
+//! Without the variable, the test checks the committed files agree with each
+//! other: every family, label set and value, classic buckets, and native
+//! buckets that sum to the count and fold into the classic buckets.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use overlay_agent::metrics::{proto, Collector, Def, Exposition, Family, Format, Histogram};
+use prometheus::proto::MetricType;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+}
+
+/// Undoes the text format's escaping (`\\`, `\n`, `\"`).
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(o) => out.push(o),
+                None => out.push('\\'),
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
+/// `name{a="x",b="y"} value` -> (name, [(a, x), (b, y)], value).
+fn sample(line: &str) -> (String, Vec<(String, String)>, f64) {
+    let (head, value) = line.rsplit_once(' ').expect("sample value");
+    let value: f64 = match value {
+        "+Inf" => f64::INFINITY,
+        v => v.parse().unwrap_or_else(|_| panic!("value in {line:?}")),
+    };
+    let Some((name, rest)) = head.split_once('{') else { return (head.to_owned(), Vec::new(), value) };
+    let mut labels = Vec::new();
+    let mut rest = rest.strip_suffix('}').expect("closing brace");
+    while !rest.is_empty() {
+        let (k, v) = rest.split_once("=\"").expect("label");
+        let mut end = 0;
+        let bytes = v.as_bytes();
+        while bytes[end] != b'"' {
+            end += if bytes[end] == b'\\' { 2 } else { 1 };
+        }
+        labels.push((k.to_owned(), unescape(&v[..end])));
+        rest = v[end + 1..].trim_start_matches(',');
+    }
+    (name.to_owned(), labels, value)
+}
+
+/// A classic histogram sample: buckets (le, cumulative), sum, count.
+type Classic = (Vec<(f64, u64)>, f64, u64);
+
+struct Parsed {
+    def: &'static Def,
+    /// Plain samples: label values, value.
+    plain: Vec<(Vec<String>, f64)>,
+    /// Histograms by label values: classic buckets (le, cumulative), sum, count.
+    hists: BTreeMap<Vec<String>, Classic>,
+}
+
+/// The families of a text exposition (process_* left out: the exposition
+/// rendering the fixture adds its own).
+fn parse(text: &str) -> Vec<Parsed> {
+    let mut out: Vec<Parsed> = Vec::new();
+    let mut help = String::new();
+    for line in text.lines() {
+        if let Some(h) = line.strip_prefix("# HELP ") {
+            help = unescape(h.split_once(' ').map(|x| x.1).unwrap_or(""));
+            continue;
+        }
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = t.split_once(' ').expect("TYPE");
+            let kind = match kind {
+                "counter" => MetricType::COUNTER,
+                "histogram" => MetricType::HISTOGRAM,
+                _ => MetricType::GAUGE,
+            };
+            let def = Def {
+                name: name.to_owned().leak(),
+                help: std::mem::take(&mut help).leak(),
+                kind,
+                labels: &[],
+            };
+            out.push(Parsed { def: Box::leak(Box::new(def)), plain: Vec::new(), hists: BTreeMap::new() });
+            continue;
+        }
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, labels, value) = sample(line);
+        let fam = out.last_mut().expect("a TYPE before samples");
+        let names: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).filter(|k| *k != "le").collect();
+        if fam.def.labels.is_empty() && !names.is_empty() {
+            let leaked: Vec<&'static str> = names.iter().map(|n| &*n.to_string().leak()).collect();
+            let def = Def { labels: leaked.leak(), ..*fam.def };
+            fam.def = Box::leak(Box::new(def));
+        }
+        let values: Vec<String> = labels.iter().filter(|(k, _)| k != "le").map(|(_, v)| v.clone()).collect();
+        if fam.def.kind != MetricType::HISTOGRAM {
+            fam.plain.push((values, value));
+            continue;
+        }
+        let h = fam.hists.entry(values).or_default();
+        let le = labels.iter().find(|(k, _)| k == "le").map(|(_, v)| v.as_str());
+        match (name.strip_prefix(fam.def.name), le) {
+            (Some("_bucket"), Some("+Inf")) => {}
+            (Some("_bucket"), Some(le)) => h.0.push((le.parse().expect("le"), value as u64)),
+            (Some("_sum"), _) => h.1 = value,
+            (Some("_count"), _) => h.2 = value as u64,
+            _ => panic!("unexpected sample {line:?} in {}", fam.def.name),
+        }
+    }
+    out.retain(|f| !f.def.name.starts_with("process_"));
+    out
+}
+
+/// A classic histogram as a schema-3 native one: each bucket's observations at
+/// its bound rounded to a power of two; those beyond the last bound one power
+/// of four above it. Returns it with the rounded bounds.
+fn native_of(buckets: &[(f64, u64)], sum: f64, count: u64) -> (Histogram, Vec<f64>) {
+    let mut native = Vec::new();
+    let mut bounds = Vec::new();
+    let (mut prev, mut last) = (0u64, 0i32);
+    for &(le, cum) in buckets {
+        let k = le.log2().round() as i32;
+        bounds.push(2f64.powi(k));
+        if cum > prev {
+            native.push((k * 8, cum - prev));
+        }
+        (prev, last) = (cum, k);
+    }
+    if count > prev {
+        native.push(((last + 2) * 8, count - prev));
+    }
+    (Histogram { schema: 3, zero_count: 0, buckets: native, count, sum }, bounds)
+}
+
+struct Replay(Vec<Parsed>);
+
+impl Collector for Replay {
+    fn collect(&self) -> Vec<Family> {
+        self.0
+            .iter()
+            .map(|p| {
+                let mut f = Family::new(p.def);
+                for (values, v) in &p.plain {
+                    f.add(&values.iter().map(String::as_str).collect::<Vec<_>>(), *v);
+                }
+                for (values, (buckets, sum, count)) in &p.hists {
+                    let (h, bounds) = native_of(buckets, *sum, *count);
+                    f.add_kernel_histogram(
+                        &values.iter().map(String::as_str).collect::<Vec<_>>(),
+                        &h,
+                        Some(&bounds),
+                    );
+                }
+                f
+            })
+            .collect()
+    }
+}
+
+fn decode(mut buf: &[u8]) -> Vec<proto::MetricFamily> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        out.push(prost::Message::decode_length_delimited(&mut buf).expect("a delimited MetricFamily"));
+    }
+    out
+}
+
+#[test]
+fn native_fixture_agrees_with_itself() {
+    let (pb_path, text_path) = (fixture("native/exposition.pb"), fixture("native/exposition.prom"));
+    if std::env::var_os("UPDATE_NATIVE_FIXTURE").is_some() {
+        let source = std::fs::read_to_string(fixture("qemu-6.1-metrics.prom")).expect("guest capture");
+        let e = Exposition::default();
+        e.register(Box::new(Replay(parse(&source))));
+        std::fs::create_dir_all(pb_path.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&pb_path, e.render_as(Format::Protobuf)).expect("write pb");
+        std::fs::write(&text_path, e.render_as(Format::Text)).expect("write text");
+    }
+    let pb = decode(&std::fs::read(&pb_path).expect("exposition.pb (UPDATE_NATIVE_FIXTURE=1 writes it)"));
+    let text = parse(&std::fs::read_to_string(&text_path).expect("exposition.prom"));
+    let ours: Vec<&proto::MetricFamily> = pb.iter().filter(|f| !f.name.starts_with("process_")).collect();
+    assert_eq!(
+        ours.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        text.iter().map(|p| p.def.name).collect::<Vec<_>>(),
+        "the same families in both formats, in the same order"
+    );
+    let mut natives = 0;
+    for (f, t) in ours.iter().zip(&text) {
+        assert_eq!(f.help, t.def.help, "{}", f.name);
+        let labels = |m: &proto::Metric| -> Vec<String> {
+            assert_eq!(
+                m.label.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+                t.def.labels,
+                "{}",
+                f.name
+            );
+            m.label.iter().map(|l| l.value.clone()).collect()
+        };
+        if t.def.kind != MetricType::HISTOGRAM {
+            let want = if t.def.kind == MetricType::COUNTER {
+                proto::MetricType::Counter
+            } else {
+                proto::MetricType::Gauge
+            };
+            assert_eq!(f.r#type, want as i32, "{}", f.name);
+            let got: Vec<(Vec<String>, f64)> = f
+                .metric
+                .iter()
+                .map(|m| {
+                    (
+                        labels(m),
+                        m.counter
+                            .as_ref()
+                            .map(|c| c.value)
+                            .or(m.gauge.as_ref().map(|g| g.value))
+                            .expect("value"),
+                    )
+                })
+                .collect();
+            assert_eq!(got, t.plain, "{}", f.name);
+            continue;
+        }
+        assert_eq!(f.r#type, proto::MetricType::Histogram as i32, "{}", f.name);
+        assert_eq!(f.metric.len(), t.hists.len(), "{}", f.name);
+        for m in &f.metric {
+            let h = m.histogram.as_ref().expect("histogram");
+            let (buckets, sum, count) = t.hists.get(&labels(m)).expect("same label sets");
+            let classic: Vec<(f64, u64)> =
+                h.bucket.iter().map(|b| (b.upper_bound, b.cumulative_count)).collect();
+            assert_eq!((&classic, h.sample_sum, h.sample_count), (buckets, *sum, *count), "{}", f.name);
+            assert_eq!(h.schema, 3);
+            // Native buckets: absolute counts from the deltas, indices from the spans.
+            let (mut n, mut index, mut native) = (0i64, 0i32, Vec::new());
+            let mut deltas = h.positive_delta.iter();
+            for (i, s) in h.positive_span.iter().enumerate() {
+                index += s.offset + if i == 0 { 0 } else { 1 };
+                for j in 0..s.length {
+                    n += deltas.next().expect("a delta per bucket");
+                    native.push((index + j as i32, n as u64));
+                }
+                index += s.length as i32 - 1;
+            }
+            assert_eq!(native.iter().map(|x| x.1).sum::<u64>() + h.zero_count, h.sample_count, "{}", f.name);
+            let folded =
+                Histogram { schema: 3, zero_count: h.zero_count, buckets: native, count: *count, sum: *sum }
+                    .classic(&classic.iter().map(|b| b.0).collect::<Vec<_>>());
+            assert_eq!(folded, classic, "{}: native buckets fold into the classic ones", f.name);
+            natives += 1;
+        }
+    }
+    assert!(natives >= 10, "native histograms in the fixture: {natives}");
+}
