@@ -6,7 +6,7 @@
 1. scan:   upper dirs of 10k, 100k and 1M entries: the agent's classified scan vs
            `du -s` and vs `du -s` + `find | wc -l`, warm and cold cache.
 2. scrape: 10, 100 and 1000 real overlay mounts: /metrics latency p50/p99, bytes,
-           CPU per scrape and RSS, beside node_exporter's filesystem collector told to
+           CPU per scrape and RSS, in text and in protobuf, beside node_exporter's filesystem collector told to
            include overlay mounts.
 3. churn:  50 mounts created and 50 destroyed per second for 60 s while scraping
            every 100 ms: lag until a mount's series appears and leaves, leaks, RSS.
@@ -72,8 +72,14 @@ def rss_mib(pid):
     return 0.0
 
 
-def get(url, timeout=10):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
+# What Prometheus 3.5 sends with native histograms on: the agent answers in protobuf.
+PROTOBUF_ACCEPT = ("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.6,"
+                   "text/plain;version=0.0.4;q=0.2,*/*;q=0.1")
+
+
+def get(url, timeout=10, accept=None):
+    req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
         return r.read()
 
 
@@ -170,12 +176,12 @@ def make_mounts(base, n):
     return mounts
 
 
-def scrape_stats(url, pid, requests=200):
+def scrape_stats(url, pid, requests=200, accept=None):
     lat, size = [], 0
     cpu0 = cpu_seconds(pid)
     for _ in range(requests):
         t0 = time.perf_counter()
-        body = get(url)
+        body = get(url, accept=accept)
         lat.append(time.perf_counter() - t0)
         size = len(body)
     cpu = (cpu_seconds(pid) - cpu0) / requests
@@ -199,6 +205,8 @@ def bench_scrape(counts):
                       lambda b: len(re.findall(rb"^overlayfs_upper_scans_total\{", b, re.M)) >= n)
             p50, p99, size, cpu, rss = scrape_stats(url, agent.pid)
             print(f"| {n} | overlay-agent | {p50:.2f} ms | {p99:.2f} ms | {size / 1024:.0f} KiB | {cpu:.2f} ms | {rss:.1f} MiB |", flush=True)
+            p50, p99, size, cpu, rss = scrape_stats(url, agent.pid, accept=PROTOBUF_ACCEPT)
+            print(f"| {n} | overlay-agent, protobuf | {p50:.2f} ms | {p99:.2f} ms | {size / 1024:.0f} KiB | {cpu:.2f} ms | {rss:.1f} MiB |", flush=True)
             if ne:
                 nport = free_port()
                 node = subprocess.Popen([ne, f"--web.listen-address=127.0.0.1:{nport}", "--collector.disable-defaults",

@@ -81,6 +81,30 @@ local annotations(c, name, summary, description) = {
             record: 'instance_cause:overlayfs_copy_up_duration_seconds:p50_rate5m',
             expr: 'histogram_quantile(0.5, instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m)',
           },
+          // Native histograms (Prometheus 3 scraping protobuf, docs/metrics.md):
+          // the rate of the native series is itself a native histogram. Without
+          // native scraping these series do not exist and the rules record nothing;
+          // the classic rules above keep working beside them.
+          {
+            record: 'instance_cause:overlayfs_copy_up_duration_seconds:rate5m',
+            expr: 'sum by (job, instance, cause) (rate(overlayfs_copy_up_duration_seconds{%(s)s}[5m]))' % { s: c.agentSelector },
+          },
+          {
+            record: 'instance_cause:overlayfs_copy_up_bytes:rate5m',
+            expr: 'sum by (job, instance, cause) (rate(overlayfs_copy_up_bytes{%(s)s}[5m]))' % { s: c.agentSelector },
+          },
+          {
+            record: 'instance_mountpoint_cause:overlayfs_mount_copy_up_duration_seconds:rate5m',
+            expr: 'sum by (job, instance, mountpoint, cause) (rate(overlayfs_mount_copy_up_duration_seconds{%(s)s}[5m]))' % { s: c.agentSelector },
+          },
+          {
+            record: 'instance_mountpoint_cause:overlayfs_mount_copy_up_bytes:rate5m',
+            expr: 'sum by (job, instance, mountpoint, cause) (rate(overlayfs_mount_copy_up_bytes{%(s)s}[5m]))' % { s: c.agentSelector },
+          },
+          {
+            record: 'instance_cause:overlayfs_copy_up_duration_seconds:p99_native_rate5m',
+            expr: 'histogram_quantile(0.99, instance_cause:overlayfs_copy_up_duration_seconds:rate5m)',
+          },
         ],
       },
     ],

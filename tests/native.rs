@@ -9,7 +9,9 @@
 //! captured, and each classic histogram turned into a schema-3 native one whose
 //! observations sit at its classic bounds rounded to a power of two of the
 //! base unit (a native boundary; the guest's 2^10 ns is not one in seconds).
-//! Counts and sums are the guest's. Regenerate with
+//! Counts and sums are the guest's. The guest ran without per-mount
+//! histograms: the fixture's per-mount ones are the by-cause histograms of the
+//! causes that only one mount had (8 of 10), under that mount. Regenerate with
 //!
 //!     UPDATE_NATIVE_FIXTURE=1 cargo test --test native
 //!
@@ -157,6 +159,49 @@ fn native_of(buckets: &[(f64, u64)], sum: f64, count: u64) -> (Histogram, Vec<f6
     (Histogram { schema: 3, zero_count: 0, buckets: native, count, sum }, bounds)
 }
 
+/// Per-mount histograms for the causes only one mount had: the by-cause one.
+fn per_mount(families: &[Parsed]) -> Vec<Parsed> {
+    let mut mounts: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let copy_ups =
+        families.iter().find(|f| f.def.name == "overlayfs_copy_up_total").expect("copy-up counter");
+    let (mi, ci) = (
+        copy_ups.def.labels.iter().position(|l| *l == "mountpoint").expect("mountpoint"),
+        copy_ups.def.labels.iter().position(|l| *l == "cause").expect("cause"),
+    );
+    for (values, _) in &copy_ups.plain {
+        let m = mounts.entry(values[ci].as_str()).or_default();
+        if !m.contains(&values[mi].as_str()) {
+            m.push(values[mi].as_str());
+        }
+    }
+    let mut out = Vec::new();
+    for (by_cause, name, help) in [
+        (
+            "overlayfs_copy_up_duration_seconds",
+            "overlayfs_mount_copy_up_duration_seconds",
+            "Time from the start of a copy-up to its end, by mount and cause (ebpf.per_mount_histograms).",
+        ),
+        (
+            "overlayfs_copy_up_bytes",
+            "overlayfs_mount_copy_up_bytes",
+            "Size of the file data of each data copy-up, by mount and cause (ebpf.per_mount_histograms).",
+        ),
+    ] {
+        let src = families.iter().find(|f| f.def.name == by_cause).expect(by_cause);
+        let def = Def { name, help, kind: MetricType::HISTOGRAM, labels: &["mountpoint", "cause"] };
+        let hists = src
+            .hists
+            .iter()
+            .filter_map(|(values, h)| match mounts.get(values[0].as_str())?.as_slice() {
+                [one] => Some((vec![one.to_string(), values[0].clone()], h.clone())),
+                _ => None,
+            })
+            .collect();
+        out.push(Parsed { def: Box::leak(Box::new(def)), plain: Vec::new(), hists });
+    }
+    out
+}
+
 struct Replay(Vec<Parsed>);
 
 impl Collector for Replay {
@@ -196,7 +241,10 @@ fn native_fixture_agrees_with_itself() {
     if std::env::var_os("UPDATE_NATIVE_FIXTURE").is_some() {
         let source = std::fs::read_to_string(fixture("qemu-6.1-metrics.prom")).expect("guest capture");
         let e = Exposition::default();
-        e.register(Box::new(Replay(parse(&source))));
+        let mut families = parse(&source);
+        let mounts = per_mount(&families);
+        families.extend(mounts);
+        e.register(Box::new(Replay(families)));
         std::fs::create_dir_all(pb_path.parent().expect("dir")).expect("mkdir");
         std::fs::write(&pb_path, e.render_as(Format::Protobuf)).expect("write pb");
         std::fs::write(&text_path, e.render_as(Format::Text)).expect("write text");

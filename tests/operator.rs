@@ -33,7 +33,7 @@ const RULE_TESTS: &[&str] = &["overlay-agent.rules.test.yml", "overlay-agent.rul
 #[test]
 fn rules_pass_promtool_check_and_unit_tests() {
     let check = promtool(&["check", "rules", "overlay-agent.rules.yml"]);
-    assert!(check.contains("SUCCESS: 23 rules found"), "{check}");
+    assert!(check.contains("SUCCESS: 28 rules found"), "{check}");
     let mut args = vec!["test", "rules"];
     args.extend(RULE_TESTS);
     let test = promtool(&args);
@@ -182,6 +182,7 @@ fn substitute(expr: &str) -> String {
         .replace("$__range", "5m")
         .replace("$instance", ".*")
         .replace("$mountpoint", ".*")
+        .replace("$cause", ".*")
 }
 
 #[test]
@@ -228,6 +229,12 @@ fn dashboard_structure_and_promql() {
 
 /// Serves one captured exposition forever (a replay of a QEMU guest's scrape).
 fn replay_server(body: String) -> String {
+    replay_server_as("text/plain; version=0.0.4; charset=utf-8", body.into_bytes())
+}
+
+/// Serves `body` forever with `content_type` (text, or the delimited protobuf
+/// of tests/fixtures/native).
+fn replay_server_as(content_type: &'static str, body: Vec<u8>) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     std::thread::spawn(move || {
@@ -235,12 +242,11 @@ fn replay_server(body: String) -> String {
             let Ok(mut s) = stream else { continue };
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                body.len(),
-                body
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
             );
+            let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body));
         }
     });
     addr
@@ -286,7 +292,13 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     });
     let d = dashboard();
     let mut empty = Vec::new();
-    for (title, expr) in queries(&d) {
+    // The native-histogram panels read series that only a Prometheus scraping
+    // protobuf has: checked below against Prometheus 3 with native histograms.
+    let (native, classic): (Vec<_>, Vec<_>) =
+        queries(&d).into_iter().partition(|(t, _)| t.ends_with("(native)"));
+    assert!(native.len() >= 5, "native panels: {native:?}");
+    let native_empty = std::thread::spawn(move || native_queries_return_data(&native));
+    for (title, expr) in classic {
         let e = substitute(&expr);
         match prom.query(&e) {
             Some(r) if !r.is_empty() => {}
@@ -303,6 +315,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    empty.extend(native_empty.join().expect("the native check"));
     assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
     // "This chown took 787 ms for 1 GB": the per-copy-up panel gives, for the
     // guest's chown on /t/a/merged (one copy-up of 10,000 bytes), that copy-up's
@@ -329,6 +342,55 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         (secs - want_secs).abs() < 1e-9 && bytes == 10_000.0,
         "per copy-up: {secs} s and {bytes} bytes, want {want_secs} s and 10000 bytes"
     );
+}
+
+/// The native panels' queries, and the native recording rules, against
+/// Prometheus 3 with `--enable-feature=native-histograms` scraping the protobuf
+/// replay fixture (tests/fixtures/native, from a real guest's capture); the
+/// queries that returned nothing.
+fn native_queries_return_data(queries: &[(String, String)]) -> Vec<String> {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = repo_root().join(".cache");
+    let out =
+        Command::new(repo_root().join("tests/fetch-prometheus3.sh")).arg(&cache).output().expect("fetch");
+    assert!(out.status.success(), "fetching Prometheus 3 failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let pb = std::fs::read(repo_root().join("tests/fixtures/native/exposition.pb")).expect("native fixture");
+    let replay = replay_server_as(overlay_agent::metrics::proto::CONTENT_TYPE, pb);
+    let prom = Prometheus::start_with(
+        &cache.join("prometheus3/prometheus"),
+        &["--enable-feature=native-histograms"],
+        &format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files: ['{}']\nscrape_configs:\n  - job_name: overlay-agent\n    static_configs:\n      - targets: ['{}']\n",
+            repo_root().join("config/prometheus/overlay-agent.rules.yml").display(),
+            replay
+        ),
+        tmp.path(),
+    );
+    common::wait_for("native histograms with history", Duration::from_secs(90), || {
+        let r = prom.query("count_over_time(overlayfs_copy_up_duration_seconds[1m]) >= 5")?;
+        (!r.is_empty()).then_some(())
+    });
+    let mut empty = Vec::new();
+    for (title, expr) in queries {
+        let e = substitute(expr);
+        match prom.query(&e) {
+            Some(r) if !r.is_empty() => {}
+            Some(_) => empty.push(format!("{title}: no data for {e}")),
+            None => empty.push(format!("{title}: query failed: {e}")),
+        }
+    }
+    for rule in [
+        "instance_cause:overlayfs_copy_up_duration_seconds:rate5m",
+        "instance_cause:overlayfs_copy_up_bytes:rate5m",
+        "instance_mountpoint_cause:overlayfs_mount_copy_up_duration_seconds:rate5m",
+        "instance_mountpoint_cause:overlayfs_mount_copy_up_bytes:rate5m",
+        "instance_cause:overlayfs_copy_up_duration_seconds:p99_native_rate5m",
+    ] {
+        let got =
+            common::wait_for(rule, Duration::from_secs(60), || prom.query(rule).filter(|r| !r.is_empty()));
+        assert!(!got.is_empty(), "{rule}");
+    }
+    empty
 }
 
 /// The golden exposition, which tests/cli.rs compares `once` with byte for byte

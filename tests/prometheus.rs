@@ -259,6 +259,16 @@ fn prometheus_3_ingests_native_histograms() {
     let copy_ups = by_label(&prom, "sum by (cause) (overlayfs_copy_up_total)", "cause");
     assert_eq!(native, classic_count, "native vs classic count\n{}", prom.log());
     assert_eq!(native, copy_ups, "native count vs overlayfs_copy_up_total");
+    // Per mount: each native series counts what the counter counts on that mount.
+    let per_mount =
+        prom.query("histogram_count(overlayfs_mount_copy_up_duration_seconds)").expect("per mount");
+    assert!(per_mount.len() >= 8, "per-mount native series: {per_mount:?}");
+    for r in &per_mount {
+        let (mp, cause) =
+            (r["metric"]["mountpoint"].as_str().expect("mp"), r["metric"]["cause"].as_str().expect("cause"));
+        let q = format!("sum(overlayfs_copy_up_total{{mountpoint=\"{mp}\",cause=\"{cause}\"}})");
+        assert_eq!(r["value"][1].as_str(), prom.value(&q).as_deref(), "{mp} {cause}");
+    }
     for (hist, counter) in [
         ("overlayfs_copy_up_duration_seconds", "overlayfs_copy_up_seconds_total"),
         ("overlayfs_copy_up_bytes", "overlayfs_copy_up_data_bytes_total"),
