@@ -337,10 +337,14 @@ impl Family {
         out.push('\n');
     }
 
-    /// The family as a protobuf message (None when empty).
-    fn into_proto(mut self) -> Option<proto::MetricFamily> {
+    /// Appends the family as one delimited protobuf `MetricFamily` (nothing
+    /// when empty). Each metric is encoded as it is built, into `scratch`, with
+    /// one `Metric` whose label strings are reused: no allocation per sample
+    /// but for histograms (owned label strings per sample made the prometheus
+    /// crate's model cost 3x the text, docs/performance.md).
+    fn write_proto(mut self, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
         if self.rows.is_empty() {
-            return None;
+            return;
         }
         self.sort();
         let kind = match self.def.kind {
@@ -350,16 +354,30 @@ impl Family {
             MetricType::UNTYPED => proto::MetricType::Untyped,
             _ => proto::MetricType::Gauge,
         };
-        let mut metric = Vec::with_capacity(self.rows.len());
-        for row in &self.rows {
-            let label = self
+        scratch.clear();
+        let header = proto::MetricFamily {
+            name: self.def.name.to_owned(),
+            help: self.def.help.to_owned(),
+            r#type: kind as i32,
+            metric: Vec::new(),
+        };
+        // Encoding into a Vec cannot run out of room; the fields of a message
+        // are its encoding, so the metrics (field 4) can follow the header.
+        let _ = prost::Message::encode(&header, scratch);
+        let mut m = proto::Metric {
+            label: self
                 .def
                 .labels
                 .iter()
-                .zip(self.values(row))
-                .map(|(n, v)| proto::LabelPair { name: (*n).to_owned(), value: v.to_owned() })
-                .collect();
-            let mut m = proto::Metric { label, ..Default::default() };
+                .map(|n| proto::LabelPair { name: (*n).to_owned(), value: String::new() })
+                .collect(),
+            ..Default::default()
+        };
+        for row in &self.rows {
+            for (l, v) in m.label.iter_mut().zip(self.values(row)) {
+                l.value.clear();
+                l.value.push_str(v);
+            }
             match (&row.value, kind) {
                 (Value::Plain(v), proto::MetricType::Counter) => {
                     m.counter = Some(proto::Counter { value: *v })
@@ -373,14 +391,10 @@ impl Family {
                     None => continue,
                 },
             }
-            metric.push(m);
+            prost::encoding::message::encode(4, &m, scratch);
         }
-        Some(proto::MetricFamily {
-            name: self.def.name.to_owned(),
-            help: self.def.help.to_owned(),
-            r#type: kind as i32,
-            metric,
-        })
+        prost::encoding::encode_varint(scratch.len() as u64, out);
+        out.extend_from_slice(scratch);
     }
 }
 
@@ -508,8 +522,11 @@ impl Exposition {
             }
             Format::Protobuf => {
                 let mut buf = Vec::with_capacity(hint / 2);
-                let process = process_proto(&self.process.collect());
-                for f in families.into_iter().filter_map(Family::into_proto).chain(process) {
+                let mut scratch = Vec::new();
+                for f in families {
+                    f.write_proto(&mut buf, &mut scratch);
+                }
+                for f in process_proto(&self.process.collect()) {
                     // Writing into a Vec only fails when it cannot grow.
                     if let Err(e) = prost::Message::encode_length_delimited(&f, &mut buf) {
                         tracing::error!(error = %e, family = f.name, "encoding a family failed");
