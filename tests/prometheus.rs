@@ -242,23 +242,53 @@ fn close(a: f64, b: f64) -> bool {
 /// quantile falls in (within 1/8 of a power of two of its top: schema 3).
 #[test]
 fn prometheus_3_ingests_native_histograms() {
+    // 3.x keeps the classic buckets beside the native ones with this key.
+    ingest_native_histograms(&prometheus3(), "    always_scrape_classic_histograms: true\n", true);
+}
+
+/// The same with Prometheus 2.42 and its feature flag. 2.42 has no setting to
+/// keep the classic buckets (it rejects scrape_classic_histograms): it keeps
+/// the native series only, checked against the counters and the fixture's
+/// classic buckets.
+#[test]
+fn prometheus_2_ingests_native_histograms() {
+    ingest_native_histograms(Path::new("prometheus"), "", false);
+}
+
+/// The fixture's classic buckets of `hist` by cause: (le, cumulative count), ascending.
+fn fixture_buckets(hist: &str) -> BTreeMap<String, Vec<(f64, f64)>> {
+    let text = std::fs::read_to_string(common::repo_root().join("tests/fixtures/native/exposition.prom"))
+        .expect("exposition.prom");
+    let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let prefix = format!("{hist}_bucket{{cause=\"");
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else { continue };
+        let (cause, rest) = rest.split_once('"').expect("cause");
+        let (le, value) = rest.trim_start_matches(",le=\"").split_once("\"} ").expect("le");
+        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().expect("le") };
+        out.entry(cause.to_owned()).or_default().push((le, value.parse().expect("count")));
+    }
+    out
+}
+
+fn ingest_native_histograms(binary: &Path, keep_classic: &str, classic: bool) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let replay = Replay::start();
-    let prom = Prometheus::start_with(
-        &prometheus3(),
-        &[NATIVE],
-        &replay_config(&replay.addr, "    always_scrape_classic_histograms: true\n"),
-        tmp.path(),
-    );
+    let prom =
+        Prometheus::start_with(binary, &[NATIVE], &replay_config(&replay.addr, keep_classic), tmp.path());
     let native = common::wait_for("native histograms in Prometheus", Duration::from_secs(60), || {
         let m = by_label(&prom, "histogram_count(overlayfs_copy_up_duration_seconds)", "cause");
         (m.len() >= 10).then_some(m)
     });
     assert!(replay.served().iter().all(|f| *f == Format::Protobuf), "{:?}", replay.served());
-    let classic_count = by_label(&prom, "overlayfs_copy_up_duration_seconds_count", "cause");
     let copy_ups = by_label(&prom, "sum by (cause) (overlayfs_copy_up_total)", "cause");
-    assert_eq!(native, classic_count, "native vs classic count\n{}", prom.log());
     assert_eq!(native, copy_ups, "native count vs overlayfs_copy_up_total");
+    let classic_count = by_label(&prom, "overlayfs_copy_up_duration_seconds_count", "cause");
+    if classic {
+        assert_eq!(native, classic_count, "native vs classic count\n{}", prom.log());
+    } else {
+        assert!(classic_count.is_empty(), "classic series beside native ones: {classic_count:?}");
+    }
     // Per mount: each native series counts what the counter counts on that mount.
     let per_mount =
         prom.query("histogram_count(overlayfs_mount_copy_up_duration_seconds)").expect("per mount");
@@ -274,36 +304,42 @@ fn prometheus_3_ingests_native_histograms() {
         ("overlayfs_copy_up_bytes", "overlayfs_copy_up_data_bytes_total"),
     ] {
         let native_sum = by_label(&prom, &format!("histogram_sum({hist})"), "cause");
-        let classic_sum = by_label(&prom, &format!("{hist}_sum"), "cause");
         let counter_sum = by_label(&prom, &format!("sum by (cause) ({counter})"), "cause");
+        let buckets = fixture_buckets(hist);
         assert!(!native_sum.is_empty(), "{hist}");
-        assert_eq!(native_sum.keys().collect::<Vec<_>>(), classic_sum.keys().collect::<Vec<_>>(), "{hist}");
-        for (cause, s) in &native_sum {
-            assert!(
-                close(*s, classic_sum[cause]),
-                "{hist} {cause}: native sum {s} vs classic {}",
-                classic_sum[cause]
+        assert_eq!(native_sum.keys().collect::<Vec<_>>(), buckets.keys().collect::<Vec<_>>(), "{hist}");
+        if classic {
+            let classic_sum = by_label(&prom, &format!("{hist}_sum"), "cause");
+            assert_eq!(
+                native_sum.keys().collect::<Vec<_>>(),
+                classic_sum.keys().collect::<Vec<_>>(),
+                "{hist}"
             );
+            for (cause, s) in &native_sum {
+                assert!(
+                    close(*s, classic_sum[cause]),
+                    "{hist} {cause}: native sum {s} vs classic {}",
+                    classic_sum[cause]
+                );
+            }
+        }
+        for (cause, s) in &native_sum {
             let c = counter_sum.get(cause).copied().unwrap_or(0.0);
             assert!(close(*s, c), "{hist} {cause}: native sum {s} vs {counter} {c}");
         }
         let native_n = by_label(&prom, &format!("histogram_count({hist})"), "cause");
-        assert_eq!(native_n, by_label(&prom, &format!("{hist}_count"), "cause"), "{hist} count");
-        // Quantiles: both in the same classic bucket, the native one in its top 1/8 power of two.
-        let buckets = prom.query(&format!("{hist}_bucket")).expect("classic buckets");
+        for (cause, n) in &native_n {
+            let total = buckets[cause].last().map(|b| b.1);
+            assert_eq!(Some(*n), total, "{hist} {cause}: native count vs the fixture's +Inf bucket");
+        }
+        // Quantiles: in the classic bucket that holds the rank (as the classic
+        // quantile, when Prometheus has the classic series), and within that
+        // bucket's top 1/8 power of two.
         for q in [0.5, 0.9, 0.99] {
             let nq = by_label(&prom, &format!("histogram_quantile({q}, {hist})"), "cause");
             let cq = by_label(&prom, &format!("histogram_quantile({q}, {hist}_bucket)"), "cause");
             for (cause, n) in native_n.iter().filter(|(_, n)| **n > 0.0) {
-                let mut b: Vec<(f64, f64)> = buckets
-                    .iter()
-                    .filter(|r| r["metric"]["cause"] == cause.as_str())
-                    .filter_map(|r| {
-                        let le = r["metric"]["le"].as_str()?.parse().ok()?;
-                        Some((le, r["value"][1].as_str()?.parse().ok()?))
-                    })
-                    .collect();
-                b.sort_by(|x, y| x.0.total_cmp(&y.0));
+                let b = &buckets[cause];
                 let rank = q * n;
                 let i = b.iter().position(|(_, c)| *c >= rank).expect("a bucket holds the rank");
                 // A rank exactly at a bucket's cumulative count may resolve to
@@ -314,9 +350,13 @@ fn prometheus_3_ingests_native_histograms() {
                     _ => i,
                 };
                 let lo = if i == 0 { 0.0 } else { b[i - 1].0 };
-                let (nv, cv) = (nq[cause], cq[cause]);
-                let ctx = format!("{hist} {cause} q{q}: native {nv}, classic {cv}, buckets {b:?}");
-                assert!(lo < cv && cv <= b[last].0, "classic outside the bucket: {ctx}");
+                let nv = nq[cause];
+                let ctx =
+                    format!("{hist} {cause} q{q}: native {nv}, classic {:?}, buckets {b:?}", cq.get(cause));
+                if classic {
+                    let cv = cq[cause];
+                    assert!(lo < cv && cv <= b[last].0, "classic outside the bucket: {ctx}");
+                }
                 let k = b.iter().position(|(le, _)| nv <= *le * (1.0 + 1e-9)).expect("native in a bucket");
                 assert!(
                     (i..=last).contains(&k) && (k == 0 || nv > b[k - 1].0),
