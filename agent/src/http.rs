@@ -10,9 +10,11 @@
 //!   real scrape in the listen backlog, and a scraper sends its head at once, so it
 //!   is never the oldest. Only when every open connection has a request in
 //!   progress does a new one wait (for the first to finish).
-//! - One render of `/metrics` at a time: scrapes that arrive during a render wait
-//!   for the next one and share it, so 100 clients scraping back to back cost one
-//!   render at a time, not 100, and every answer is at least as fresh as its request.
+//! - One render of `/metrics` at a time per format (text, or protobuf when the
+//!   `Accept` header prefers it: `metrics::Format::negotiate`): scrapes that arrive
+//!   during a render wait for the next one of their format and share it, so 100
+//!   clients scraping back to back cost one render at a time, not 100, and every
+//!   answer is at least as fresh as its request.
 //! - A connection costs its socket, a small task and the bytes it sent until it
 //!   has sent a whole request head or first TLS record: only then do hyper (about
 //!   16 KiB of buffers) and rustls get it (`read_opening`).
