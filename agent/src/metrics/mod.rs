@@ -1,13 +1,16 @@
 //! Exposition: one source per concern, all reading snapshots that discovery and
 //! the scan pool publish; nothing here does I/O on the request path.
 //!
-//! The sources write the text format directly (`Family`), without building the
-//! prometheus crate's protobuf structures: at 1000 mounts (21,000 series) that
-//! took the render from 12 ms to about 2 ms (examples/render-bench.rs,
-//! docs/performance.md). The output is what the crate's `gather()` and
-//! `TextEncoder` printed: families sorted by name, samples by label values, the
-//! same escaping and number formatting (the golden test holds it). The crate
-//! still provides the process metrics and the type names.
+//! The sources record their samples in `Family` (label values in one buffer,
+//! values beside them), without building the prometheus crate's protobuf
+//! structures: at 1000 mounts (21,000 series) that took the render from 12 ms to
+//! about 2 ms (examples/render-bench.rs, docs/performance.md). A family is then
+//! written in the format the scrape negotiated (`Format`): the text format, what
+//! the crate's `gather()` and `TextEncoder` printed (families sorted by name,
+//! samples by label values, the same escaping and number formatting; the golden
+//! test holds it), or delimited `io.prometheus.client` protobuf (`proto`), where a
+//! kernel `Histogram` is a native histogram. The crate still provides the process
+//! metrics and the type names.
 
 pub mod agent;
 pub mod copyup;
