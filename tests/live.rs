@@ -387,3 +387,69 @@ fn scan_threads_run_idle_and_within_their_cpu_budget() {
     assert_eq!(threads, 1, "scan.concurrency: 1");
     common::promtool_check(&m.text);
 }
+
+/// Under a tight `scan.max_cpu`, every upper dir waits in the scan queue and they
+/// go round, most overdue first. A new file written through one mount (the one
+/// scanned last, so the last in that round) changes its upper dir's mtime (no eBPF
+/// on this host: the eBPF-less signal) and its scan moves ahead of the idle ones:
+/// its figures refresh while at most a scan or two of the others complete, not the
+/// whole round.
+#[test]
+fn under_a_budget_a_written_upper_dir_is_rescanned_before_idle_ones() {
+    common::require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    const MOUNTS: usize = 7;
+    let overlays: Vec<Overlay> = (0..MOUNTS)
+        .map(|i| {
+            let ov = Overlay::new(&tmp.path().join(format!("m{i}")), "merged", "", |lower| {
+                write_file(&lower.join("x"), 1)
+            });
+            std::fs::create_dir(ov.merged.join("d")).expect("mkdir");
+            for f in 0..3000 {
+                std::fs::File::create(ov.merged.join(format!("d/f{f}"))).expect("create");
+            }
+            ov
+        })
+        .collect();
+    let mps: Vec<String> = overlays.iter().map(|o| o.merged.display().to_string()).collect();
+    let cfg = config_for(tmp.path(), "  max_cpu: 0.002\n  concurrency: 1\n");
+    let agent = Agent::start(tmp.path(), &["--config", cfg.to_str().expect("utf8")]);
+    let m0 = common::wait_for("every upper dir scanned", Duration::from_secs(90), || {
+        let m = agent.metrics();
+        mps.iter().all(|mp| scans(&m, mp) >= 1.0).then_some(m)
+    });
+    let t0 = std::time::Instant::now();
+    let stamp = |m: &common::Metrics, mp: &str| {
+        m.get("overlayfs_upper_scan_timestamp_seconds", &[("mountpoint", mp)]).expect("scan timestamp")
+    };
+    let created = |m: &common::Metrics, mp: &str| {
+        m.get("overlayfs_upper_entries", &[("mountpoint", mp), ("kind", "created")]).expect("created entries")
+    };
+    // The one scanned last: without activity it would wait for all the others.
+    let k = (0..MOUNTS).max_by(|a, b| stamp(&m0, &mps[*a]).total_cmp(&stamp(&m0, &mps[*b]))).expect("mounts");
+    let before = created(&m0, &mps[k]);
+    std::fs::write(overlays[k].merged.join("new-file"), b"x").expect("write");
+    let m1 = common::wait_for("the written upper dir's figures", Duration::from_secs(90), || {
+        let m = agent.metrics();
+        (created(&m, &mps[k]) > before).then_some(m)
+    });
+    assert_eq!(created(&m1, &mps[k]), before + 1.0);
+    let others: Vec<&String> = (0..MOUNTS)
+        .filter(|i| *i != k && scans(&m1, &mps[*i]) > scans(&m0, &mps[*i]))
+        .map(|i| &mps[i])
+        .collect();
+    // Without activity first it would wait for all 6 others. With it: the scan in
+    // flight at the write (about 2.5 s at this budget), and at most one more popped
+    // before the written upper dir is due again and queued (its 1 s interval after
+    // its last scan, seen at the daemon's next 1 s tick) and marked (the activity
+    // thread's next 1 s pass).
+    let cpu = m1.get("overlayfs_scan_cpu_seconds_total", &[]).expect("scan CPU");
+    let all: f64 = mps.iter().map(|mp| scans(&m1, mp)).sum();
+    eprintln!("refreshed in {:?}; {} others rescanned; {all} scans, {cpu} CPU-s", t0.elapsed(), others.len());
+    assert!(others.len() <= 2, "{} idle upper dirs rescanned first: {others:?}", others.len());
+    assert!(m1.get("overlayfs_scan_prioritized_total", &[("signal", "upper_changed")]).unwrap_or(0.0) >= 1.0);
+    assert_eq!(m1.get("overlayfs_scan_prioritized_total", &[("signal", "copy_ups")]), Some(0.0), "no eBPF");
+    common::promtool_check(&m1.text);
+    drop(agent);
+    drop(overlays);
+}

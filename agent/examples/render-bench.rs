@@ -50,7 +50,7 @@ fn main() {
 
     let mounts = SharedSnapshot::default();
     mounts.set(overlay_agent::daemon::discover(&config).expect("discover"));
-    let pool = ScanPool::new(&config.scan).expect("pool");
+    let pool = ScanPool::new(&config.scan, Default::default()).expect("pool");
     pool.schedule(&mounts.get().table, config.scan.interval, config.scan.timeout, &config.discovery.rootfs);
     pool.wait_idle();
     let exposition = metrics::Exposition::default();

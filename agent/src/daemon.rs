@@ -65,9 +65,9 @@ impl Pipeline {
     fn new(config: &Config, http: Option<Arc<http::Stats>>) -> Result<Self, AgentError> {
         let mounts = SharedSnapshot::default();
         let stats = Arc::new(DiscoveryStats::default());
-        let pool = ScanPool::new(&config.scan)
-            .map_err(|source| AgentError::Start { what: "scan threads", source })?;
         let probes = Arc::new(ProbeHandle::default());
+        let pool = ScanPool::new(&config.scan, probes.activity.clone())
+            .map_err(|source| AgentError::Start { what: "scan threads", source })?;
         let exposition = Arc::new(metrics::Exposition::default());
         let collectors: [Box<dyn metrics::Collector>; 5] = [
             Box::new(metrics::mounts::MountCollector::new(mounts.clone())),

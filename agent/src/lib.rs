@@ -4,8 +4,10 @@
 //! (mounts -> `Inventory`, by device) -> [`scan`] (upper dirs -> `ScanResult`) ->
 //! [`metrics`] (collectors joined by device) -> [`http`]. [`pattern`] holds value
 //! types the config shares with the stages.
+//! [`activity`] carries copy-up counts from the probes to the scan pool's order.
 //! [`daemon`] wires them together for the daemon and the one-shot commands.
 
+pub mod activity;
 pub mod caps;
 pub mod cli;
 pub mod config;

@@ -158,6 +158,8 @@ impl Collector for CopyUpCollector {
                 None => return out,
             }
         };
+        let counts = snapshot.counts.iter().map(|(k, v)| (Device::from_kernel_dev(k.dev), v.copy_ups));
+        self.probes.activity.publish(counts, std::time::Instant::now());
         let labels = MountLabels::new(&self.mounts.get().table, &snapshot);
         out.extend(counter_families(&snapshot, &labels));
         out.extend(histogram_families(&snapshot, &labels, status.per_mount_histograms));

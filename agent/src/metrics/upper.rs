@@ -4,7 +4,7 @@ use prometheus::proto::MetricType;
 
 use super::{unix_seconds, Collector, Def, Family};
 use crate::identity::SharedSnapshot;
-use crate::scan::{EntryKind, ScanStore};
+use crate::scan::{ActivitySignal, EntryKind, ScanStore};
 
 static BYTES: Def = Def {
     name: "overlayfs_upper_bytes",
@@ -117,6 +117,13 @@ static SCAN_DIRS: Def = Def {
     labels: &["how"],
 };
 
+static SCAN_PRIORITIZED: Def = Def {
+    name: "overlayfs_scan_prioritized_total",
+    help: "Scans of upper dirs moved ahead of idle ones because their mount changed since its last scan, by signal: copy_ups (the copy-up probes counted copy-ups on it), upper_changed (the upper dir's own mtime, ctime or inode changed).",
+    kind: MetricType::COUNTER,
+    labels: &["signal"],
+};
+
 pub struct UpperCollector {
     mounts: SharedSnapshot,
     store: ScanStore,
@@ -185,9 +192,15 @@ impl Collector for UpperCollector {
         let mut dirs = Family::new(&SCAN_DIRS);
         dirs.add(&["read"], read as f64);
         dirs.add(&["cached"], cached as f64);
-        vec![
+        let mut prioritized = Family::new(&SCAN_PRIORITIZED);
+        for signal in ActivitySignal::ALL {
+            prioritized.add(&[signal.as_str()], self.store.prioritized(signal) as f64);
+        }
+        let mut out = vec![
             bytes, apparent, inodes, entries, copied, fs_avail, fs_size, duration, timestamp, scans, errors,
             stale, seen, cpu, throttled, late, cores, dirs,
-        ]
+        ];
+        out.push(prioritized);
+        out
     }
 }

@@ -157,6 +157,8 @@ impl Probes {
 pub struct ProbeHandle {
     pub status: RwLock<ProbeStatus>,
     pub maps: Mutex<Option<CopyUpMaps>>,
+    /// Copy-up counts by device, published at each read of the maps for the scan pool.
+    pub activity: std::sync::Arc<crate::activity::Activity>,
 }
 
 fn disabled(why: Disabled) -> ProbeStatus {

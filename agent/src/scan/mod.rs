@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use budget::Budget;
-pub use pool::{ScanPool, ScanRecord, ScanStore};
+pub use pool::{ActivitySignal, ScanPool, ScanRecord, ScanStore};
 pub use walk::{scan, OwnCwd, ScanCache, ScanOptions, XattrNamespace};
 
 /// The kind of an upper-dir entry; every entry but the upper dir itself gets one.

@@ -7,7 +7,16 @@
 //! one CPU [`Budget`] (`scan.max_cpu`). Each upper dir's [`ScanCache`] goes with its
 //! job to the worker and comes back with the result, so rescans skip what cannot
 //! have changed. Of the upper dirs due at once, those never scanned go first, then
-//! those whose last scan found a change most recently, then the longest overdue.
+//! those with recent activity (below), then those whose last scan found a change,
+//! then the longest overdue.
+//!
+//! Recent activity: once a second, a thread looks at the upper dirs waiting in the
+//! queue and moves ahead those whose mount changed since their last scan started:
+//! the copy-up probes counted copy-ups on one of its devices ([`Activity`], as
+//! published at the last scrape), or, with or without eBPF, the upper dir's own
+//! mtime, ctime or inode changed (one `stat`). Under `scan.max_cpu`, where the
+//! queue never empties, this is what refreshes written mounts first and leaves idle
+//! ones stretched. The thread's CPU time is charged to the budget.
 //!
 //! Hung filesystems: a walk stops itself at `scan.timeout`, but a call into a
 //! filesystem whose server is gone (FUSE, NFS) may never return. A scan still
@@ -21,13 +30,15 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::budget::{set_idle_priority, Budget};
+use super::budget::{set_idle_priority, Budget, CpuMeter};
 use super::{ErrorReason, OwnCwd, ScanCache, ScanOptions, ScanResult, XattrNamespace};
+use crate::activity::Activity;
 use crate::config::ScanConfig;
-use crate::discovery::MountTable;
+use crate::discovery::{Device, MountTable};
 use crate::sync::LockExt;
 
 /// The state of one upper dir across scans.
@@ -45,8 +56,8 @@ pub struct ScanRecord {
     pub copy_ups_seen_total: u64,
     /// The last scan timed out, or the current one is stuck past its deadline.
     pub stale: bool,
-    /// When a scan last found the upper dir changed (or scanned it first).
-    last_change: Option<Instant>,
+    /// The last complete scan found the upper dir changed since the one before.
+    changed: bool,
     /// What the last scan keeps for the next one; away while a scan runs.
     cache: Option<ScanCache>,
     in_flight: bool,
@@ -56,6 +67,73 @@ pub struct ScanRecord {
     /// needs it even when the record is gone).
     hung: Arc<std::sync::atomic::AtomicBool>,
     next_due: Instant,
+    /// The devices of the mounts on this upper dir.
+    devices: Vec<Device>,
+    /// Their copy-up count ([`Activity`]) when the last scan started.
+    copy_ups_at_scan: u64,
+    /// The upper dir's own inode when the last scan started.
+    root_stamp: Option<RootStamp>,
+    /// Where the upper dir is opened (under `rootfs`).
+    open_at: PathBuf,
+    /// Activity seen since the last scan started, and by which signal.
+    activity: Option<ActivitySignal>,
+}
+
+/// What a `stat` of an upper dir says about its own entries: a name added, removed
+/// or renamed in it changes its mtime and ctime; a new dir in its place, its inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RootStamp {
+    ino: u64,
+    mtime: (i64, u64),
+    ctime: (i64, u64),
+}
+
+impl RootStamp {
+    fn of(path: &Path) -> Option<RootStamp> {
+        let st = rustix::fs::stat(path).ok()?;
+        Some(RootStamp {
+            ino: st.st_ino,
+            mtime: (st.st_mtime, st.st_mtime_nsec as u64),
+            ctime: (st.st_ctime, st.st_ctime_nsec as u64),
+        })
+    }
+}
+
+/// What moved an upper dir ahead in the queue; a bounded label set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivitySignal {
+    /// The copy-up probes counted copy-ups on one of its mounts.
+    CopyUps = 0,
+    /// The upper dir's own mtime, ctime or inode changed.
+    UpperChanged,
+}
+
+impl ActivitySignal {
+    pub const ALL: [ActivitySignal; 2] = [ActivitySignal::CopyUps, ActivitySignal::UpperChanged];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivitySignal::CopyUps => "copy_ups",
+            ActivitySignal::UpperChanged => "upper_changed",
+        }
+    }
+}
+
+/// Whether an upper dir changed since its last scan started: its copy-up count
+/// then and now (a different count, not only a larger one: a device number
+/// reused by a new mount starts again from zero), then its stamp then and now
+/// (`now_stamp` is only called when the counts say nothing).
+fn activity_since_scan(
+    copy_ups_then: u64,
+    copy_ups_now: u64,
+    stamp_then: Option<RootStamp>,
+    now_stamp: impl FnOnce() -> Option<RootStamp>,
+) -> Option<ActivitySignal> {
+    if copy_ups_now != copy_ups_then {
+        return Some(ActivitySignal::CopyUps);
+    }
+    let then = stamp_then?;
+    now_stamp().filter(|now| *now != then).map(|_| ActivitySignal::UpperChanged)
 }
 
 impl ScanRecord {
@@ -68,12 +146,17 @@ impl ScanRecord {
             scans_total: 0,
             copy_ups_seen_total: 0,
             stale: false,
-            last_change: None,
+            changed: false,
             cache: Some(ScanCache::default()),
             in_flight: false,
             started: None,
             hung: Arc::default(),
             next_due: now,
+            devices: Vec::new(),
+            copy_ups_at_scan: 0,
+            root_stamp: None,
+            open_at: PathBuf::new(),
+            activity: None,
         }
     }
 
@@ -94,11 +177,26 @@ pub struct ScanStore {
     budget: Arc<Budget>,
     /// Directories read and cached, over all scans.
     dirs: Arc<(AtomicU64, AtomicU64)>,
+    /// Copy-up counts by device, from the probe side.
+    activity: Arc<Activity>,
+    /// Scans moved ahead for recent activity, by [`ActivitySignal`].
+    prioritized: Arc<[AtomicU64; 2]>,
 }
 
 impl ScanStore {
-    pub fn new(budget: Budget) -> Self {
-        ScanStore { records: Arc::default(), budget: Arc::new(budget), dirs: Arc::default() }
+    pub fn new(budget: Budget, activity: Arc<Activity>) -> Self {
+        ScanStore {
+            records: Arc::default(),
+            budget: Arc::new(budget),
+            dirs: Arc::default(),
+            activity,
+            prioritized: Arc::default(),
+        }
+    }
+
+    /// Scans moved ahead of idle upper dirs because of `signal`, so far.
+    pub fn prioritized(&self, signal: ActivitySignal) -> u64 {
+        self.prioritized[signal as usize].load(Ordering::Relaxed)
     }
 
     /// Directories read, and directories taken from the cache, over all scans.
@@ -118,7 +216,7 @@ impl ScanStore {
 
 impl Default for ScanStore {
     fn default() -> Self {
-        ScanStore::new(Budget::new(None))
+        ScanStore::new(Budget::new(None), Arc::default())
     }
 }
 
@@ -131,8 +229,22 @@ struct Job {
     interval: Duration,
     timeout: Duration,
     cache: ScanCache,
-    /// Never scanned, last change, due time: the larger goes first.
-    priority: (bool, Option<Instant>, Reverse<Instant>),
+    priority: Priority,
+}
+
+/// The order of the jobs in the queue: the larger goes first (fields compare in
+/// order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Priority {
+    never_scanned: bool,
+    /// Activity seen since its last scan started.
+    active: bool,
+    /// Its last scan found a change since the one before (not a first scan: a
+    /// first scan's time as a lasting priority starved the upper dirs scanned
+    /// first, under a budget).
+    changed: bool,
+    /// The most overdue first.
+    due: Reverse<Instant>,
 }
 
 /// Jobs waiting for a worker; the one with the highest priority goes first.
@@ -170,7 +282,23 @@ impl Queue {
         self.state.locked().1 = true;
         self.ready.notify_all();
     }
+
+    /// Marks the jobs of these upper dirs active, if waiting; returns how many.
+    fn mark_active(&self, found: &[(PathBuf, ActivitySignal)]) -> usize {
+        let mut st = self.state.locked();
+        let mut marked = 0;
+        for (upper, _) in found {
+            if let Some(j) = st.0.iter_mut().find(|j| &j.upper == upper && !j.priority.active) {
+                j.priority.active = true;
+                marked += 1;
+            }
+        }
+        marked
+    }
 }
+
+/// How often the waiting jobs are checked for recent activity.
+const ACTIVITY_PERIOD: Duration = Duration::from_secs(1);
 
 /// How long past its deadline a scan may run before it is declared hung: its
 /// timeout again, at most this.
@@ -212,6 +340,8 @@ pub struct ScanPool {
     busy: Arc<Busy>,
     workers: Arc<Workers>,
     idle_priority: bool,
+    /// Dropped with the pool: ends the activity thread.
+    _stop_activity: Sender<()>,
 }
 
 impl Drop for ScanPool {
@@ -221,18 +351,25 @@ impl Drop for ScanPool {
 }
 
 impl ScanPool {
-    /// Starts `scan.concurrency` scan threads. They end when the pool is dropped.
-    pub fn new(config: &ScanConfig) -> std::io::Result<Self> {
+    /// Starts `scan.concurrency` scan threads and the activity thread, which reads
+    /// `activity`. They end when the pool is dropped.
+    pub fn new(config: &ScanConfig, activity: Arc<Activity>) -> std::io::Result<Self> {
+        let (stop, stopped) = channel();
         let pool = ScanPool {
             queue: Arc::default(),
-            store: ScanStore::new(Budget::new(config.max_cpu)),
+            store: ScanStore::new(Budget::new(config.max_cpu), activity),
             busy: Arc::new(Busy::default()),
             workers: Arc::new(Workers { target: config.concurrency.max(1), ..Default::default() }),
             idle_priority: config.idle_priority,
+            _stop_activity: stop,
         };
         for _ in 0..pool.workers.target {
             pool.spawn_worker()?;
         }
+        let (queue, store, idle) = (pool.queue.clone(), pool.store.clone(), pool.idle_priority);
+        std::thread::Builder::new()
+            .name("scan-activity".into())
+            .spawn(move || watch_activity(queue, store, stopped, idle))?;
         Ok(pool)
     }
 
@@ -293,24 +430,44 @@ impl ScanPool {
     pub fn schedule(&self, table: &MountTable, interval: Duration, timeout: Duration, rootfs: &Path) {
         let now = Instant::now();
         self.check_hung(now);
-        let mut wanted: HashMap<PathBuf, XattrNamespace> = HashMap::new();
-        for m in table.mounts.values() {
+        let mut wanted: HashMap<PathBuf, (XattrNamespace, Vec<Device>)> = HashMap::new();
+        for (dev, m) in &table.mounts {
             if let Some(upper) = m.upper_dir() {
                 let ns = if m.options.userxattr { XattrNamespace::User } else { XattrNamespace::Trusted };
-                wanted.insert(upper.to_owned(), ns);
+                let w = wanted.entry(upper.to_owned()).or_insert((ns, Vec::new()));
+                w.0 = ns;
+                w.1.push(*dev);
             }
         }
+        let activity = self.store.activity.snapshot();
         let mut store = self.store.lock();
         store.retain(|upper, _| wanted.contains_key(upper));
-        for (upper, ns) in wanted {
+        for (upper, (ns, devices)) in wanted {
             let rec = store.entry(upper.clone()).or_insert_with(|| ScanRecord::new(now));
+            if rec.devices != devices {
+                rec.devices = devices;
+            }
             if rec.in_flight || rec.next_due > now {
                 continue;
             }
             rec.in_flight = true;
             self.busy.add();
             let open_at = rootfs.join(upper.strip_prefix("/").unwrap_or(&upper));
-            let priority = (rec.scans_total == 0, rec.last_change, Reverse(rec.next_due));
+            if rec.open_at != open_at {
+                rec.open_at = open_at.clone();
+            }
+            let never_scanned = rec.scans_total == 0;
+            // The counts are at hand: no need to wait for the activity thread.
+            if !never_scanned
+                && rec.activity.is_none()
+                && activity.copy_ups(&rec.devices) != rec.copy_ups_at_scan
+            {
+                rec.activity = Some(ActivitySignal::CopyUps);
+                self.store.prioritized[ActivitySignal::CopyUps as usize].fetch_add(1, Ordering::Relaxed);
+            }
+            let active = rec.activity.is_some();
+            let priority =
+                Priority { never_scanned, active, changed: rec.changed, due: Reverse(rec.next_due) };
             let cache = rec.cache.take().unwrap_or_default();
             self.queue.push(Job { upper, open_at, ns, interval, timeout, cache, priority });
         }
@@ -327,6 +484,61 @@ impl ScanPool {
             drop(self.busy.idle.wait_timeout(c, Duration::from_millis(500)));
         }
     }
+}
+
+/// The activity thread: every [`ACTIVITY_PERIOD`] until the pool is dropped,
+/// moves waiting upper dirs that changed since their last scan ahead of the idle
+/// ones (see the module doc). Its CPU time is charged to the scan budget.
+fn watch_activity(queue: Arc<Queue>, store: ScanStore, stop: Receiver<()>, idle: bool) {
+    if idle {
+        if let Err(e) = set_idle_priority() {
+            tracing::debug!(error = %e, "scan activity thread keeps its normal priority");
+        }
+    }
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(ACTIVITY_PERIOD) {
+        let _meter = CpuMeter::new(store.budget());
+        check_activity(&queue, &store);
+    }
+}
+
+/// One pass of the activity thread over the upper dirs not being scanned: marks
+/// those that changed since their last scan started, and moves those waiting in
+/// the queue ahead. The `stat`s run without any lock held; an upper dir whose last
+/// scan timed out or hung is not `stat`ed (its filesystem may hang this thread too).
+fn check_activity(queue: &Queue, store: &ScanStore) {
+    let activity = store.activity.snapshot();
+    let candidates: Vec<_> = {
+        let records = store.lock();
+        records
+            .iter()
+            .filter(|(_, r)| r.scans_total > 0 && r.started.is_none() && r.activity.is_none())
+            .map(|(upper, r)| {
+                let stamp = r.root_stamp.filter(|_| !r.stale);
+                (upper.clone(), r.open_at.clone(), r.copy_ups_at_scan, activity.copy_ups(&r.devices), stamp)
+            })
+            .collect()
+    };
+    let found: Vec<_> = candidates
+        .into_iter()
+        .filter_map(|(upper, open_at, then, now, stamp)| {
+            activity_since_scan(then, now, stamp, || RootStamp::of(&open_at)).map(|s| (upper, s))
+        })
+        .collect();
+    if found.is_empty() {
+        return;
+    }
+    {
+        let mut records = store.lock();
+        for (upper, signal) in &found {
+            // Unless its scan started meanwhile (that scan sees the change).
+            if let Some(rec) = records.get_mut(upper).filter(|r| r.started.is_none() && r.activity.is_none())
+            {
+                rec.activity = Some(*signal);
+                store.prioritized[*signal as usize].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    queue.mark_active(&found);
 }
 
 fn worker(queue: Arc<Queue>, store: ScanStore, busy: Arc<Busy>, workers: Arc<Workers>, idle: bool) {
@@ -349,7 +561,11 @@ fn worker(queue: Arc<Queue>, store: ScanStore, busy: Arc<Busy>, workers: Arc<Wor
         if let Some(rec) = store.lock().get_mut(&job.upper) {
             rec.started = Some((start, deadline));
             rec.hung = hung.clone();
+            rec.copy_ups_at_scan = store.activity.snapshot().copy_ups(&rec.devices);
+            rec.activity = None;
         }
+        // Before the walk: a change during the walk shows at the next check.
+        let stamp = RootStamp::of(&job.open_at);
         let opts = ScanOptions {
             ns: job.ns,
             cwd: own_cwd.as_ref(),
@@ -367,6 +583,7 @@ fn worker(queue: Arc<Queue>, store: ScanStore, busy: Arc<Busy>, workers: Arc<Wor
                 rec.hung = Arc::default();
                 rec.next_due = Instant::now() + job.interval;
                 rec.cache = Some(job.cache);
+                rec.root_stamp = stamp;
                 match outcome {
                     Ok(result) => {
                         store.dirs.0.fetch_add(result.dirs_read, Ordering::Relaxed);
@@ -379,14 +596,11 @@ fn worker(queue: Arc<Queue>, store: ScanStore, busy: Arc<Busy>, workers: Arc<Wor
                         }
                         rec.stale = result.timed_out || was_hung;
                         rec.copy_ups_seen_total += result.copy_ups_seen.unwrap_or(0);
-                        let changed = rec.last.as_ref().is_none_or(|last| {
+                        rec.changed = rec.last.as_ref().is_some_and(|last| {
                             result.dirs_read > 0
                                 || (last.allocated_bytes, last.apparent_bytes, last.inodes)
                                     != (result.allocated_bytes, result.apparent_bytes, result.inodes)
                         });
-                        if changed {
-                            rec.last_change = Some(Instant::now());
-                        }
                         rec.last = Some(result);
                         rec.last_end = Some(SystemTime::now());
                         rec.last_duration = duration;
@@ -416,10 +630,14 @@ fn worker(queue: Arc<Queue>, store: ScanStore, busy: Arc<Busy>, workers: Arc<Wor
 mod tests {
     use super::*;
 
-    fn job(name: &str, priority: (bool, Option<Instant>, Reverse<Instant>)) -> Job {
+    fn job(name: &str, (never_scanned, changed, due): (bool, bool, Reverse<Instant>)) -> Job {
+        job_at(name, Path::new(name), Priority { never_scanned, active: false, changed, due })
+    }
+
+    fn job_at(name: &str, open_at: &Path, priority: Priority) -> Job {
         Job {
             upper: PathBuf::from(name),
-            open_at: PathBuf::from(name),
+            open_at: open_at.to_owned(),
             ns: XattrNamespace::Trusted,
             interval: Duration::from_secs(60),
             timeout: Duration::from_secs(60),
@@ -428,19 +646,21 @@ mod tests {
         }
     }
 
+    fn order(q: &Queue, n: usize) -> Vec<String> {
+        (0..n).filter_map(|_| q.pop()).map(|j| j.upper.display().to_string()).collect()
+    }
+
     #[test]
-    fn never_scanned_then_recently_changed_then_most_overdue() {
+    fn never_scanned_then_changed_at_the_last_scan_then_most_overdue() {
         let t0 = Instant::now();
         let t = |s| t0 + Duration::from_secs(s);
         let q = Queue::default();
-        q.push(job("idle-old-due", (false, Some(t(1)), Reverse(t(5)))));
-        q.push(job("idle-older-due", (false, Some(t(1)), Reverse(t(2)))));
-        q.push(job("changed-recently", (false, Some(t(9)), Reverse(t(8)))));
-        q.push(job("never-changed", (false, None, Reverse(t(0)))));
-        q.push(job("new", (true, None, Reverse(t(9)))));
-        let order: Vec<String> =
-            (0..5).filter_map(|_| q.pop()).map(|j| j.upper.display().to_string()).collect();
-        assert_eq!(order, ["new", "changed-recently", "idle-older-due", "idle-old-due", "never-changed"]);
+        q.push(job("idle-old-due", (false, false, Reverse(t(5)))));
+        q.push(job("idle-older-due", (false, false, Reverse(t(2)))));
+        q.push(job("changed", (false, true, Reverse(t(8)))));
+        q.push(job("idle-oldest-due", (false, false, Reverse(t(0)))));
+        q.push(job("new", (true, false, Reverse(t(9)))));
+        assert_eq!(order(&q, 5), ["new", "changed", "idle-oldest-due", "idle-older-due", "idle-old-due"]);
         q.close();
         assert!(q.pop().is_none(), "a closed queue ends the workers");
     }
@@ -454,5 +674,143 @@ mod tests {
         assert_eq!(rec.behind(later), Duration::from_secs(3));
         rec.started = Some((later, later + Duration::from_secs(60)));
         assert_eq!(rec.behind(later + Duration::from_secs(5)), Duration::ZERO);
+    }
+
+    #[test]
+    fn active_upper_dirs_go_after_never_scanned_and_before_every_idle_one() {
+        let t0 = Instant::now();
+        let t = |s| t0 + Duration::from_secs(s);
+        let p = |never_scanned, active, changed, due| Priority {
+            never_scanned,
+            active,
+            changed,
+            due: Reverse(t(due)),
+        };
+        let q = Queue::default();
+        q.push(job_at("idle-changed", Path::new("-"), p(false, false, true, 1)));
+        q.push(job_at("idle-most-overdue", Path::new("-"), p(false, false, false, 0)));
+        q.push(job_at("active-unchanged", Path::new("-"), p(false, true, false, 9)));
+        q.push(job_at("active-changed", Path::new("-"), p(false, true, true, 9)));
+        q.push(job_at("new", Path::new("-"), p(true, false, false, 9)));
+        assert_eq!(
+            order(&q, 5),
+            ["new", "active-changed", "active-unchanged", "idle-changed", "idle-most-overdue"]
+        );
+    }
+
+    /// A budget-stretched cycle, step by step: every upper dir is due and waits
+    /// in the queue, one scan completes per step. Without activity they go round in
+    /// due order; an upper dir marked active while waiting goes next, however
+    /// recently it was scanned, and the idle ones wait one scan longer each.
+    #[test]
+    fn under_a_budget_an_upper_dir_with_activity_is_refreshed_next() {
+        let t0 = Instant::now();
+        let q = Queue::default();
+        for i in 0..10u64 {
+            let name = format!("m{i}");
+            q.push(job(&name, (false, false, Reverse(t0 + Duration::from_secs(i)))));
+        }
+        let mut scanned = Vec::new();
+        let step = |q: &Queue, scanned: &mut Vec<String>| {
+            let j = q.pop().expect("a waiting job");
+            let name = j.upper.display().to_string();
+            // Scanned now: due again one interval later, back in the queue at once
+            // (the budget keeps it overdue).
+            let next = t0 + Duration::from_secs(100 + scanned.len() as u64);
+            q.push(job(&name, (false, false, Reverse(next))));
+            scanned.push(name);
+        };
+        for _ in 0..10 {
+            step(&q, &mut scanned);
+        }
+        let round: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+        assert_eq!(scanned, round, "idle upper dirs go round, most overdue first");
+        // m9 was scanned last, so it is the last due; a write to it marks it active.
+        assert_eq!(q.mark_active(&[(PathBuf::from("m9"), ActivitySignal::UpperChanged)]), 1);
+        assert_eq!(q.mark_active(&[(PathBuf::from("m9"), ActivitySignal::CopyUps)]), 0, "marked once");
+        assert_eq!(q.mark_active(&[(PathBuf::from("gone"), ActivitySignal::CopyUps)]), 0);
+        step(&q, &mut scanned);
+        assert_eq!(scanned[10], "m9", "the active upper dir is refreshed next");
+        for _ in 0..10 {
+            step(&q, &mut scanned);
+        }
+        assert_eq!(&scanned[11..], ["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "m9"]);
+    }
+
+    #[test]
+    fn activity_is_a_different_copy_up_count_else_a_changed_upper_dir() {
+        let stamp = |ino, m| RootStamp { ino, mtime: (m, 0), ctime: (m, 0) };
+        let never = || -> Option<RootStamp> { panic!("no stat needed when the counts changed") };
+        assert_eq!(activity_since_scan(3, 5, Some(stamp(1, 10)), never), Some(ActivitySignal::CopyUps));
+        // A device number reused by a new mount: its count starts again.
+        assert_eq!(activity_since_scan(3, 0, None, never), Some(ActivitySignal::CopyUps));
+        assert_eq!(activity_since_scan(3, 3, Some(stamp(1, 10)), || Some(stamp(1, 10))), None);
+        assert_eq!(
+            activity_since_scan(3, 3, Some(stamp(1, 10)), || Some(stamp(1, 11))),
+            Some(ActivitySignal::UpperChanged)
+        );
+        assert_eq!(
+            activity_since_scan(0, 0, Some(stamp(1, 10)), || Some(stamp(2, 10))),
+            Some(ActivitySignal::UpperChanged),
+            "a new dir in its place"
+        );
+        // Gone, or never stamped (first scan, or a stale one): no signal.
+        assert_eq!(activity_since_scan(0, 0, Some(stamp(1, 10)), || None), None);
+        assert_eq!(activity_since_scan(0, 0, None, || Some(stamp(1, 10))), None);
+    }
+
+    /// The activity thread's pass on real directories: one written to, one whose
+    /// device the probes counted copy-ups on, one idle; only the first two move.
+    #[test]
+    fn the_activity_pass_moves_written_and_copied_up_upper_dirs_ahead() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = ScanStore::default();
+        let q = Queue::default();
+        let t0 = Instant::now();
+        let dev = |minor| Device { major: 0, minor };
+        for (i, name) in ["written", "copied", "idle", "not-due"].into_iter().enumerate() {
+            let dir = tmp.path().join(name);
+            std::fs::create_dir(&dir).expect("mkdir");
+            // An old mtime, so that a write now differs whatever the clock's grain.
+            let old = rustix::fs::Timestamps {
+                last_access: rustix::fs::Timespec { tv_sec: 1000, tv_nsec: 0 },
+                last_modification: rustix::fs::Timespec { tv_sec: 1000, tv_nsec: 0 },
+            };
+            rustix::fs::utimensat(rustix::fs::CWD, &dir, &old, rustix::fs::AtFlags::empty())
+                .expect("utimensat");
+            let mut rec = ScanRecord::new(t0);
+            rec.scans_total = 1;
+            rec.devices = vec![dev(i as u32)];
+            rec.copy_ups_at_scan = 4;
+            rec.root_stamp = RootStamp::of(&dir);
+            rec.open_at = dir.clone();
+            assert!(rec.root_stamp.is_some());
+            store.lock().insert(PathBuf::from(name), rec);
+            if name == "not-due" {
+                continue;
+            }
+            let due = Reverse(t0 + Duration::from_secs(2 - i as u64));
+            q.push(job_at(name, &dir, Priority { never_scanned: false, active: false, changed: false, due }));
+        }
+        store.activity.publish([(dev(0), 4), (dev(1), 4), (dev(2), 4), (dev(3), 4)], t0);
+        check_activity(&q, &store);
+        assert!(store.lock().values().all(|r| r.activity.is_none()), "nothing changed yet");
+        std::fs::write(tmp.path().join("written/new-file"), b"x").expect("write");
+        std::fs::write(tmp.path().join("not-due/new-file"), b"x").expect("write");
+        store
+            .activity
+            .publish([(dev(0), 4), (dev(1), 6), (dev(2), 4), (dev(3), 4)], t0 + Duration::from_secs(15));
+        check_activity(&q, &store);
+        check_activity(&q, &store);
+        // Counted once each until their next scan; the one not due yet is marked
+        // for when it is queued.
+        assert_eq!(
+            store.lock().get(Path::new("not-due")).and_then(|r| r.activity),
+            Some(ActivitySignal::UpperChanged)
+        );
+        assert_eq!(store.prioritized(ActivitySignal::UpperChanged), 2);
+        assert_eq!(store.prioritized(ActivitySignal::CopyUps), 1);
+        // Idle was the most overdue; now it goes last.
+        assert_eq!(order(&q, 3), ["copied", "written", "idle"]);
     }
 }
