@@ -3,6 +3,7 @@
 
   sudo python3 bench/budget.py [--mounts 1000] [--entries 10000] [--budget 0.1] [--seconds 120]
   sudo python3 bench/budget.py --disk --cold --mounts 1000 --entries 1000   # on ext4, caches dropped
+  sudo python3 bench/budget.py --refresh --mounts 1000 --entries 1000 --budget 0.01 --interval 10s [--before BIN]
 
 Builds MOUNTS real overlay mounts whose upper dirs hold ENTRIES names each (dirs of
 1,000 hard links to one file, on a tmpfs the benchmark mounts: ten million real files
@@ -16,6 +17,13 @@ It prints agent CPU-seconds per minute (all threads, /proc/PID/stat), the scan t
 own CPU-seconds per minute (overlayfs_scan_cpu_seconds_total) against the budget, bytes
 read from disk (/proc/PID/io read_bytes: tmpfs, so 0 unless something spills), how far
 behind schedule the scans ran, and scans completed.
+
+--refresh: how long a written mount's figures take to refresh under the budget. Once every
+mount has been scanned, a new file is written through WRITES mounts at once: half of them the
+mounts scanned most recently (the last of a round ordered by due time), half chosen at random;
+it prints, per agent binary (the one built here, and --before, e.g. a build of an older
+commit), the time from the write until each mount's overlayfs_upper_entries{kind="created"}
+counts the file, and the CPU time of the scan-activity thread.
 """
 import argparse
 import os
@@ -150,6 +158,117 @@ def run(base, mounts, budget, seconds, steady, cold=False):
         p.wait()
 
 
+def series(text, name):
+    """{frozenset of (label, value)}: value, for every sample of NAME."""
+    out = {}
+    for m in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M):
+        labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1)))
+        out[labels] = float(m.group(2))
+    return out
+
+
+def per_mount(text, name, **extra):
+    want = set(extra.items())
+    return {dict(k)["mountpoint"]: v for k, v in series(text, name).items() if want <= set(k)}
+
+
+def thread_cpu(pid, comm):
+    total = 0.0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if open(f"/proc/{pid}/task/{t}/comm").read().strip() != comm:
+                continue
+            fields = open(f"/proc/{pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK
+        except OSError:
+            pass
+    return total
+
+
+def refresh(base, mounts, budget, interval, agent, writes, round_no):
+    import random
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    cfg = os.path.join(base, "agent.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"web:\n  listen_address: '{addr}'\n"
+                f"discovery:\n  include_mountpoints: ['{re.escape(base)}/.*']\n"
+                f"scan:\n  interval: {interval}\n  concurrency: 2\n  max_cpu: {budget}\n")
+    log = open(os.path.join(base, "agent.log"), "w")
+    p = subprocess.Popen([agent, "--config", cfg, "serve"], stdout=log, stderr=log)
+    chosen = {}
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                text = metrics(addr)
+                break
+            except OSError:
+                assert time.time() < deadline, "agent did not come up"
+                time.sleep(0.2)
+        t_start = time.time()
+        while scanned_mounts(text) < mounts:
+            time.sleep(1)
+            text = metrics(addr)
+        first_pass = time.time() - t_start
+        stamps = per_mount(text, "overlayfs_upper_scan_timestamp_seconds")
+        newest = sorted(stamps, key=stamps.get, reverse=True)[: writes // 2]
+        rest = [mp for mp in stamps if mp not in newest]
+        chosen = {mp: "last scanned" for mp in newest}
+        chosen.update({mp: "random" for mp in random.Random(round_no).sample(rest, writes - len(newest))})
+        created0 = per_mount(text, "overlayfs_upper_entries", kind="created")
+        cpu0 = thread_cpu(p.pid, "scan-activity")
+        t0 = time.time()
+        for mp in chosen:
+            with open(os.path.join(mp, "written-by-bench"), "w") as f:
+                f.write("x")
+        took = {}
+        while len(took) < len(chosen) and time.time() < t0 + 600:
+            time.sleep(0.5)
+            created = per_mount(metrics(addr), "overlayfs_upper_entries", kind="created")
+            for mp in chosen:
+                if mp not in took and created.get(mp, 0) > created0.get(mp, 0):
+                    took[mp] = time.time() - t0
+        wall = time.time() - t0
+        activity_cpu = thread_cpu(p.pid, "scan-activity") - cpu0
+        text = metrics(addr)
+        out = {"first_pass": first_pass, "activity_cpu_per_min": activity_cpu / wall * 60,
+               "prioritized": value(text, re.escape('overlayfs_scan_prioritized_total{signal="upper_changed"}'), None)}
+        for kind in ("last scanned", "random"):
+            t = sorted(took.get(mp, float("inf")) for mp, k in chosen.items() if k == kind)
+            out[kind] = t
+        return out
+    finally:
+        p.terminate()
+        p.wait()
+        for mp in chosen:
+            try:
+                os.unlink(os.path.join(mp, "written-by-bench"))
+            except OSError:
+                pass
+
+
+def refresh_table(args, base):
+    agents = [("this build", AGENT)]
+    if args.before:
+        agents.insert(0, ("--before", args.before))
+    results = [(name, refresh(base, args.mounts, args.budget, args.interval, path, args.writes, i))
+               for i, (name, path) in enumerate(agents)]
+    fmt = lambda t: "never (600 s)" if t == float("inf") else f"{t:.1f} s"
+    print()
+    print(f"| {args.mounts} mounts x {args.entries:,} entries, max_cpu {args.budget}, interval {args.interval}, {args.writes} mounts written at once | "
+          + " | ".join(n for n, _ in results) + " |")
+    print("|---|" + "---|" * len(results))
+    print("| first pass over every mount | " + " | ".join(f"{r['first_pass']:.0f} s" for _, r in results) + " |")
+    for kind in ("last scanned", "random"):
+        print(f"| written -> refreshed, {kind} mounts: median / max | "
+              + " | ".join(f"{fmt(r[kind][len(r[kind]) // 2])} / {fmt(r[kind][-1])}" for _, r in results) + " |")
+    print("| scan-activity thread CPU-seconds per minute | "
+          + " | ".join("-" if r["prioritized"] is None else f"{r['activity_cpu_per_min']:.3f}" for _, r in results) + " |")
+    print("| overlayfs_scan_prioritized_total{signal=\"upper_changed\"} | "
+          + " | ".join("-" if r["prioritized"] is None else f"{r['prioritized']:.0f}" for _, r in results) + " |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mounts", type=int, default=1000)
@@ -158,6 +277,10 @@ def main():
     ap.add_argument("--seconds", type=int, default=120)
     ap.add_argument("--disk", action="store_true", help="build on /var/tmp, not on a tmpfs")
     ap.add_argument("--cold", action="store_true", help="drop the page cache before each run")
+    ap.add_argument("--refresh", action="store_true", help="measure how fast written mounts refresh")
+    ap.add_argument("--writes", type=int, default=10, help="--refresh: mounts written at once")
+    ap.add_argument("--interval", default="60s", help="--refresh: scan.interval")
+    ap.add_argument("--before", help="--refresh: another agent binary to compare with")
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
     if os.geteuid() != 0:
@@ -171,6 +294,9 @@ def main():
         built = build(base, args.mounts, args.entries)
         print(f"{args.mounts} mounts x {args.entries} entries on {where} built in {built:.0f} s"
               f"{', page cache dropped before each run' if args.cold else ''}")
+        if args.refresh:
+            refresh_table(args, base)
+            return
         full = run(base, args.mounts, None, args.seconds, steady=True, cold=args.cold)
         capped = run(base, args.mounts, args.budget, args.seconds, steady=False, cold=args.cold)
         per_min = args.budget * 60

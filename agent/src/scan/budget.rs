@@ -91,7 +91,8 @@ pub struct CpuMeter<'a> {
     last: Duration,
 }
 
-fn thread_cpu() -> Duration {
+/// CPU time used by the calling thread so far.
+pub(super) fn thread_cpu() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.clamp(0, 999_999_999) as u32)
 }

@@ -10,8 +10,9 @@
 //! those with recent activity (below), then those whose last scan found a change,
 //! then the longest overdue.
 //!
-//! Recent activity: once a second, a thread looks at the upper dirs waiting in the
-//! queue and moves ahead those whose mount changed since their last scan started:
+//! Recent activity: once a second (less often if that would take more than 5% of
+//! the budget), a thread looks at the upper dirs due for a scan and moves ahead
+//! those whose mount changed since their last scan started:
 //! the copy-up probes counted copy-ups on one of its devices ([`Activity`], as
 //! published at the last scrape), or, with or without eBPF, the upper dir's own
 //! mtime, ctime or inode changed (one `stat`). Under `scan.max_cpu`, where the
@@ -34,7 +35,7 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::budget::{set_idle_priority, Budget, CpuMeter};
+use super::budget::{set_idle_priority, thread_cpu, Budget};
 use super::{ErrorReason, OwnCwd, ScanCache, ScanOptions, ScanResult, XattrNamespace};
 use crate::activity::Activity;
 use crate::config::ScanConfig;
@@ -297,8 +298,21 @@ impl Queue {
     }
 }
 
-/// How often the waiting jobs are checked for recent activity.
+/// How often upper dirs are checked for recent activity, at most.
 const ACTIVITY_PERIOD: Duration = Duration::from_secs(1);
+/// The share of `scan.max_cpu` the activity checks may take, at most: under a tight
+/// budget they run less often than every [`ACTIVITY_PERIOD`].
+const ACTIVITY_SHARE: f64 = 0.05;
+
+/// The pause before the next activity check, after one that took `pass` of CPU.
+fn activity_period(pass: Duration, max_cpu: Option<f64>) -> Duration {
+    match max_cpu {
+        Some(rate) => {
+            ACTIVITY_PERIOD.max(Duration::from_secs_f64(pass.as_secs_f64() / (ACTIVITY_SHARE * rate)))
+        }
+        None => ACTIVITY_PERIOD,
+    }
+}
 
 /// How long past its deadline a scan may run before it is declared hung: its
 /// timeout again, at most this.
@@ -486,18 +500,23 @@ impl ScanPool {
     }
 }
 
-/// The activity thread: every [`ACTIVITY_PERIOD`] until the pool is dropped,
-/// moves waiting upper dirs that changed since their last scan ahead of the idle
-/// ones (see the module doc). Its CPU time is charged to the scan budget.
+/// The activity thread: every [`ACTIVITY_PERIOD`] (or less often, see
+/// [`ACTIVITY_SHARE`]) until the pool is dropped, moves upper dirs that changed
+/// since their last scan ahead of the idle ones (see the module doc). Its CPU time
+/// is charged to the scan budget.
 fn watch_activity(queue: Arc<Queue>, store: ScanStore, stop: Receiver<()>, idle: bool) {
     if idle {
         if let Err(e) = set_idle_priority() {
             tracing::debug!(error = %e, "scan activity thread keeps its normal priority");
         }
     }
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(ACTIVITY_PERIOD) {
-        let _meter = CpuMeter::new(store.budget());
-        check_activity(&queue, &store);
+    let mut period = ACTIVITY_PERIOD;
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(period) {
+        let start = thread_cpu();
+        check_activity(&queue, &store, Instant::now() + period);
+        let pass = thread_cpu().saturating_sub(start);
+        store.budget().charge(pass);
+        period = activity_period(pass, store.budget().max_cpu());
     }
 }
 
@@ -505,13 +524,17 @@ fn watch_activity(queue: Arc<Queue>, store: ScanStore, stop: Receiver<()>, idle:
 /// those that changed since their last scan started, and moves those waiting in
 /// the queue ahead. The `stat`s run without any lock held; an upper dir whose last
 /// scan timed out or hung is not `stat`ed (its filesystem may hang this thread too).
-fn check_activity(queue: &Queue, store: &ScanStore) {
+fn check_activity(queue: &Queue, store: &ScanStore, due_by: Instant) {
     let activity = store.activity.snapshot();
     let candidates: Vec<_> = {
         let records = store.lock();
         records
             .iter()
-            .filter(|(_, r)| r.scans_total > 0 && r.started.is_none() && r.activity.is_none())
+            .filter(|(_, r)| {
+                // Due soon (waiting, or queued at the next scheduling pass): a mark
+                // on one not due would only move it ahead once due.
+                r.scans_total > 0 && r.started.is_none() && r.activity.is_none() && r.next_due <= due_by
+            })
             .map(|(upper, r)| {
                 let stamp = r.root_stamp.filter(|_| !r.stale);
                 (upper.clone(), r.open_at.clone(), r.copy_ups_at_scan, activity.copy_ups(&r.devices), stamp)
@@ -793,15 +816,15 @@ mod tests {
             q.push(job_at(name, &dir, Priority { never_scanned: false, active: false, changed: false, due }));
         }
         store.activity.publish([(dev(0), 4), (dev(1), 4), (dev(2), 4), (dev(3), 4)], t0);
-        check_activity(&q, &store);
+        check_activity(&q, &store, t0 + Duration::from_secs(3600));
         assert!(store.lock().values().all(|r| r.activity.is_none()), "nothing changed yet");
         std::fs::write(tmp.path().join("written/new-file"), b"x").expect("write");
         std::fs::write(tmp.path().join("not-due/new-file"), b"x").expect("write");
         store
             .activity
             .publish([(dev(0), 4), (dev(1), 6), (dev(2), 4), (dev(3), 4)], t0 + Duration::from_secs(15));
-        check_activity(&q, &store);
-        check_activity(&q, &store);
+        check_activity(&q, &store, t0 + Duration::from_secs(3600));
+        check_activity(&q, &store, t0 + Duration::from_secs(3600));
         // Counted once each until their next scan; the one not due yet is marked
         // for when it is queued.
         assert_eq!(
@@ -812,5 +835,15 @@ mod tests {
         assert_eq!(store.prioritized(ActivitySignal::CopyUps), 1);
         // Idle was the most overdue; now it goes last.
         assert_eq!(order(&q, 3), ["copied", "written", "idle"]);
+    }
+
+    #[test]
+    fn activity_checks_take_a_small_share_of_a_tight_budget() {
+        let ms = Duration::from_millis;
+        assert_eq!(activity_period(ms(2), None), ACTIVITY_PERIOD, "no budget: every second");
+        assert_eq!(activity_period(ms(2), Some(1.0)), ACTIVITY_PERIOD, "0.2% of the budget");
+        // 2 ms a pass at 0.01 cores: 5% of it is one pass every 4 s.
+        let p = activity_period(ms(2), Some(0.01));
+        assert!((p.as_secs_f64() - 4.0).abs() < 1e-9, "{p:?}");
     }
 }
