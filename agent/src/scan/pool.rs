@@ -10,7 +10,7 @@
 //! those with recent activity (below), then those whose last scan found a change,
 //! then the longest overdue.
 //!
-//! Recent activity: once a second (less often if that would take more than 5% of
+//! Recent activity: once a second (less often if that would take more than 10% of
 //! the budget), a thread looks at the upper dirs due for a scan and moves ahead
 //! those whose mount changed since their last scan started:
 //! the copy-up probes counted copy-ups on one of its devices ([`Activity`], as
@@ -302,7 +302,7 @@ impl Queue {
 const ACTIVITY_PERIOD: Duration = Duration::from_secs(1);
 /// The share of `scan.max_cpu` the activity checks may take, at most: under a tight
 /// budget they run less often than every [`ACTIVITY_PERIOD`].
-const ACTIVITY_SHARE: f64 = 0.05;
+const ACTIVITY_SHARE: f64 = 0.1;
 
 /// The pause before the next activity check, after one that took `pass` of CPU.
 fn activity_period(pass: Duration, max_cpu: Option<f64>) -> Duration {
@@ -842,8 +842,8 @@ mod tests {
         let ms = Duration::from_millis;
         assert_eq!(activity_period(ms(2), None), ACTIVITY_PERIOD, "no budget: every second");
         assert_eq!(activity_period(ms(2), Some(1.0)), ACTIVITY_PERIOD, "0.2% of the budget");
-        // 2 ms a pass at 0.01 cores: 5% of it is one pass every 4 s.
+        // 2 ms a pass at 0.01 cores: 10% of it is one pass every 2 s.
         let p = activity_period(ms(2), Some(0.01));
-        assert!((p.as_secs_f64() - 4.0).abs() < 1e-9, "{p:?}");
+        assert!((p.as_secs_f64() - 2.0).abs() < 1e-9, "{p:?}");
     }
 }
