@@ -219,7 +219,6 @@ const CHECKS: &[Check] = &[
     ("io_uring", check_io_uring),
     ("no_runs_without_copy_up", check_churn),
     ("no_lost_returns", check_parallel),
-    ("scan_activity_from_copy_ups", check_scan_activity),
 ];
 
 fn check_counts(g: &Guest) -> Vec<String> {
@@ -538,22 +537,6 @@ fn check_parallel(g: &Guest) -> Vec<String> {
         ));
     }
     problems
-}
-
-/// The copy-up counts the scrapes read reach the scan pool: the workload's copy-ups,
-/// published by the main scrape, made upper dirs scanned before it "active" by the
-/// `copy_ups` signal (counted in a later scrape).
-fn check_scan_activity(g: &Guest) -> Vec<String> {
-    let Some(t) = section_of(&g.console, "PARALLEL") else {
-        return vec!["no PARALLEL metrics".into()];
-    };
-    let m = Metrics::parse(t);
-    match m.get("overlayfs_scan_prioritized_total", &[("signal", "copy_ups")]) {
-        Some(n) if n >= 1.0 => Vec::new(),
-        other => {
-            vec![format!("overlayfs_scan_prioritized_total{{signal=\"copy_ups\"}} = {other:?}, want >= 1")]
-        }
-    }
 }
 
 fn check_kernel(version: &str) -> Result<String, String> {
