@@ -369,14 +369,20 @@ fn scan_threads_run_idle_and_within_their_cpu_budget() {
     assert!(cpu <= budget * (elapsed + 2.0) + 0.01, "{cpu} CPU-s in {elapsed:.1} s at {budget} cores");
     assert_eq!(m.get("overlayfs_scan_cpu_budget", &[]), Some(budget));
     assert!(m.get("overlayfs_scan_behind_schedule_seconds", &[]).is_some());
-    // Every scan thread: policy SCHED_IDLE (5, field 41 of stat), I/O class idle.
-    let mut threads = 0;
+    // Every scan thread (the workers and scan-activity): policy SCHED_IDLE (5,
+    // field 41 of stat), I/O class idle.
+    let (mut threads, mut activity) = (0, 0);
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
         let t = t.expect("task").path();
-        if !std::fs::read_to_string(t.join("comm")).unwrap_or_default().starts_with("scan-") {
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        if !comm.starts_with("scan-") {
             continue;
         }
-        threads += 1;
+        if comm.trim() == "scan-activity" {
+            activity += 1;
+        } else {
+            threads += 1;
+        }
         let stat = std::fs::read_to_string(t.join("stat")).expect("stat");
         let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
         assert_eq!(fields.get(41 - 3), Some(&"5"), "policy of {}: {stat}", t.display());
@@ -384,7 +390,7 @@ fn scan_threads_run_idle_and_within_their_cpu_budget() {
         let io = common::run(Command::new("ionice").args(["-p", &tid]));
         assert_eq!(io.trim(), "idle", "I/O class of {tid}");
     }
-    assert_eq!(threads, 1, "scan.concurrency: 1");
+    assert_eq!((threads, activity), (1, 1), "scan.concurrency: 1, and the activity thread");
     common::promtool_check(&m.text);
 }
 
