@@ -537,31 +537,34 @@ fn check_activity(queue: &Queue, store: &ScanStore, due_by: Instant) {
             })
             .map(|(upper, r)| {
                 let stamp = r.root_stamp.filter(|_| !r.stale);
-                (upper.clone(), r.open_at.clone(), r.copy_ups_at_scan, activity.copy_ups(&r.devices), stamp)
+                let then = (r.scans_total, r.copy_ups_at_scan);
+                (upper.clone(), r.open_at.clone(), then, activity.copy_ups(&r.devices), stamp)
             })
             .collect()
     };
     let found: Vec<_> = candidates
         .into_iter()
-        .filter_map(|(upper, open_at, then, now, stamp)| {
-            activity_since_scan(then, now, stamp, || RootStamp::of(&open_at)).map(|s| (upper, s))
+        .filter_map(|(upper, open_at, (scans, then), now, stamp)| {
+            activity_since_scan(then, now, stamp, || RootStamp::of(&open_at)).map(|s| (upper, scans, s))
         })
         .collect();
     if found.is_empty() {
         return;
     }
+    let mut marked = Vec::new();
     {
         let mut records = store.lock();
-        for (upper, signal) in &found {
-            // Unless its scan started meanwhile (that scan sees the change).
-            if let Some(rec) = records.get_mut(upper).filter(|r| r.started.is_none() && r.activity.is_none())
-            {
-                rec.activity = Some(*signal);
-                store.prioritized[*signal as usize].fetch_add(1, Ordering::Relaxed);
+        for (upper, scans, signal) in found {
+            // Unless a scan started meanwhile (it sees the change).
+            let unscanned = |r: &&mut ScanRecord| r.started.is_none() && r.scans_total == scans;
+            if let Some(rec) = records.get_mut(&upper).filter(|r| unscanned(r) && r.activity.is_none()) {
+                rec.activity = Some(signal);
+                store.prioritized[signal as usize].fetch_add(1, Ordering::Relaxed);
+                marked.push((upper, signal));
             }
         }
     }
-    queue.mark_active(&found);
+    queue.mark_active(&marked);
 }
 
 fn worker(queue: Arc<Queue>, store: ScanStore, busy: Arc<Busy>, workers: Arc<Workers>, idle: bool) {
