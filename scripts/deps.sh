@@ -60,6 +60,8 @@ ensure_musl_target() {
 ensure_qemu_tools() {
     # The copy-up probe tests boot Debian kernels under QEMU with a busybox initramfs.
     apt_install qemu-system-x86 busybox-static cpio xz-utils zstd
+    # The quota guests get an ext4 image with project quotas (mkfs.ext4).
+    apt_install e2fsprogs
 }
 
 ensure_test_tools() {
@@ -69,6 +71,8 @@ ensure_test_tools() {
     # jsonnet and python3-yaml render the monitoring mixin (mixin/), python3 runs
     # scripts/scrapes-to-promtool for the recorded-storm rule tests.
     apt_install util-linux mount coreutils prometheus systemd podman runc uidmap curl bindfs jsonnet python3 python3-yaml
+    # tests/quota.rs: an XFS loop image with project ids (mkfs.xfs, chattr -p).
+    apt_install xfsprogs e2fsprogs
     ensure_container_daemons
 }
 

@@ -69,6 +69,9 @@ fn initramfs(dir: &Path, kernel: &Path, mode: &str) -> PathBuf {
     copy(&musl("examples/qemu-btf-check"), "qemu-btf-check");
     copy(&repo_root().join("tests/qemu/agent-bench.yaml"), "agent-bench.yaml");
     copy(&kernel.join("overlay.ko"), "overlay.ko");
+    if mode == "quota" {
+        quota_files(&root, kernel);
+    }
     std::fs::write(root.join("mode"), mode).expect("write mode");
     let cpio = dir.join("initramfs.cpio");
     let status = Command::new("sh")
@@ -605,6 +608,158 @@ fn section_of<'a>(console: &'a str, name: &str) -> Option<&'a str> {
 
 fn grep(text: &str, prefix: &str) -> String {
     text.lines().filter(|l| l.starts_with(prefix)).collect::<Vec<_>>().join("\n")
+}
+
+/// What mode `quota` adds to the initramfs: its script, configs and helper, the
+/// loop and quota modules, and an ext4 image with project quotas made here
+/// (e2fsprogs; this host's kernel cannot mount it read-write: no CONFIG_QUOTA).
+fn quota_files(root: &Path, kernel: &Path) {
+    let version = kernel.file_name().and_then(|v| v.to_str()).expect("kernel version dir");
+    let out = Command::new(repo_root().join("tests/qemu/fetch-quota-modules.sh"))
+        .arg(version)
+        .arg(kernel.parent().expect("kernel cache"))
+        .output()
+        .expect("run fetch-quota-modules.sh");
+    assert!(out.status.success(), "fetching quota modules failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let copy = |from: &Path, to: &str| {
+        std::fs::copy(from, root.join(to)).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    };
+    for f in ["quota.sh", "agent-quota.yaml", "agent-walk.yaml"] {
+        copy(&repo_root().join("tests/qemu").join(f), f);
+    }
+    copy(&musl("examples/qemu-quota"), "qemu-quota");
+    std::fs::create_dir_all(root.join("quota")).expect("mkdir");
+    for m in std::fs::read_dir(kernel.join("quota")).expect("quota modules").flatten() {
+        if m.path().extension().is_some_and(|e| e == "ko") {
+            copy(&m.path(), &format!("quota/{}", m.file_name().to_string_lossy()));
+        }
+    }
+    let img = root.join("quota.img");
+    std::fs::File::create(&img).and_then(|f| f.set_len(64 << 20)).expect("image file");
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "quota,project", "-E", "quotatype=prjquota", "-N", "16384"])
+        .arg(&img)
+        .output()
+        .expect("mkfs.ext4 not found: scripts/deps.sh installs e2fsprogs");
+    assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Mode `quota` (tests/qemu/quota.sh): where an upper dir has a project id on a
+/// filesystem that accounts project quotas, bytes and inodes come from the quota
+/// (no walk after the first) and equal a walk's at the same moment; the agent
+/// assigns ids only where none is set; it says why it walks elsewhere.
+fn check_quota(version: &str) -> Result<String, String> {
+    let (console, log) = run_guest(version, "quota", "qemu-quota");
+    let fail = |what: String| Err(format!("kernel {version}: {what} (console: {})", log.display()));
+    let agent_log = section(&console, "=== AGENT LOG BEGIN", "=== AGENT LOG END").unwrap_or("").to_owned();
+    if let Some(l) =
+        console.lines().find(|l| l.contains("FAILED") || l.contains("NOT READY") || l.contains("NO FRESH"))
+    {
+        return fail(format!("{l}\nagent log:\n{agent_log}"));
+    }
+    let (Some(q), Some(w)) = (section_of(&console, "QUOTA"), section_of(&console, "WALK")) else {
+        return fail("no QUOTA/WALK metrics".into());
+    };
+    common::promtool_check(q);
+    let (q, w) = (Metrics::parse(q), Metrics::parse(w));
+    let mut errors = Vec::new();
+    let mut figures = Vec::new();
+    let src = |mp: &str, source: &str, reason: &str| {
+        q.get(
+            "overlayfs_upper_usage_source_info",
+            &[("mountpoint", mp), ("source", source), ("reason", reason)],
+        )
+    };
+    for m in ["a", "b", "c", "d"] {
+        let mp = format!("/q/{m}/merged");
+        if src(&mp, "quota", "none") != Some(1.0) {
+            errors.push(format!("{mp}: not in quota mode"));
+        }
+        for metric in ["overlayfs_upper_bytes", "overlayfs_upper_inodes"] {
+            let (qv, wv) = (q.get(metric, &[("mountpoint", &mp)]), w.get(metric, &[("mountpoint", &mp)]));
+            if qv != wv || qv.is_none() {
+                errors.push(format!("{mp}: {metric} quota {qv:?} != walk {wv:?}"));
+            }
+        }
+        let scans = q.get("overlayfs_upper_scans_total", &[("mountpoint", &mp)]);
+        if scans != Some(1.0) {
+            errors.push(format!(
+                "{mp}: {scans:?} walks, want 1 (classify_interval 1h: the rest from the quota)"
+            ));
+        }
+        figures.push(format!(
+            "{m} {}B/{}i",
+            q.get("overlayfs_upper_bytes", &[("mountpoint", &mp)]).unwrap_or(-1.0),
+            q.get("overlayfs_upper_inodes", &[("mountpoint", &mp)]).unwrap_or(-1.0)
+        ));
+    }
+    if src("/q/e/merged", "walk", "mismatch") != Some(1.0) {
+        errors.push("/q/e/merged: a file with another id: want reason mismatch".into());
+    }
+    if src("/q/f/l/merged", "walk", "shared_project_id") != Some(1.0) {
+        errors.push("/q/f/l/merged: want reason shared_project_id".into());
+    }
+    let project = |p: &str| -> Option<u32> {
+        console
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("=== PROJECT {p} ")).and_then(|v| v.trim().parse().ok()))
+    };
+    let want = [
+        ("a", Some(100)),
+        ("a/diff", Some(100)),
+        ("b/upper", Some(200)),
+        ("d/upper", Some(300)),
+        ("d/work", Some(300)),
+        ("e/upper/foreign", Some(400)),
+        ("f/l/upper", Some(500)),
+    ];
+    for (p, id) in want {
+        if project(p) != id {
+            errors.push(format!("project id of {p}: {:?}, want {id:?}", project(p)));
+        }
+    }
+    let assigned = project("c/upper");
+    if !assigned.is_some_and(|id| (1000..=1099).contains(&id)) || project("c/work") != assigned {
+        errors.push(format!(
+            "C: assigned ids {assigned:?} / {:?}, want one id of 1000..1099 on both",
+            project("c/work")
+        ));
+    }
+    if !project("e/upper").is_some_and(|id| (1000..=1099).contains(&id) && Some(id) != assigned) {
+        errors.push(format!("E: assigned id {:?}", project("e/upper")));
+    }
+    if q.get("overlayfs_upper_quota_project_id", &[("mountpoint", "/q/c/merged")]).map(|v| v as u32)
+        != assigned
+    {
+        errors.push("C: overlayfs_upper_quota_project_id is not the assigned id".into());
+    }
+    if !errors.is_empty() {
+        return fail(format!("{}\nagent log:\n{agent_log}", errors.join("\n")));
+    }
+    let bench = console.lines().find_map(|l| l.strip_prefix("=== BENCH ")).unwrap_or("?").trim().to_owned();
+    if bench.split_whitespace().count() != 7 {
+        return fail(format!("no bench figures: {bench:?}"));
+    }
+    Ok(format!(
+        "kernel {version}: quota = walk on 4 mounts ({}); bench inodes, cold quota/walk/du us, warm quota/walk/du us: {bench}",
+        figures.join(", ")
+    ))
+}
+
+#[test]
+fn project_quotas_give_the_walks_figures_on_real_kernels() {
+    common::require_root();
+    let mut failures = Vec::new();
+    let mut summary = String::new();
+    for v in kernels() {
+        match check_quota(&v) {
+            Ok(line) => summary.push_str(&format!("{line}\n")),
+            Err(e) => failures.push(e),
+        }
+    }
+    std::fs::write(repo_root().join("target/qemu-quota-summary.txt"), &summary).expect("write summary");
+    eprint!("{summary}");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]

@@ -141,6 +141,27 @@ pub struct ScanConfig {
     /// CPU budget of all scan threads together, a share of one core (0.25 = a
     /// quarter); scans pause to stay within it. `None`: unlimited.
     pub max_cpu: Option<f64>,
+    /// Read bytes and inodes from the upper dir's project quota where it has one
+    /// (read-only: FS_IOC_FSGETXATTR and quotactl).
+    pub quota: bool,
+    /// In quota mode: time between quota readings of an upper dir.
+    #[serde(deserialize_with = "de_duration")]
+    pub quota_interval: Duration,
+    /// In quota mode: time between full walks (entry classification), instead of
+    /// `interval`.
+    #[serde(deserialize_with = "de_duration")]
+    pub classify_interval: Duration,
+    /// Opt-in, WRITES TO THE FILESYSTEM: give upper dirs (and their work dirs) that
+    /// have no project id one from this range, so that they get quota mode.
+    pub assign_project_ids: Option<ProjectIdRange>,
+}
+
+/// Project ids the agent may assign, `first..=last`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectIdRange {
+    pub first: u32,
+    pub last: u32,
 }
 
 impl Default for ScanConfig {
@@ -152,6 +173,10 @@ impl Default for ScanConfig {
             timeout: Duration::from_secs(600),
             idle_priority: true,
             max_cpu: None,
+            quota: true,
+            quota_interval: Duration::from_secs(5),
+            classify_interval: Duration::from_secs(600),
+            assign_project_ids: None,
         }
     }
 }
@@ -334,6 +359,20 @@ impl Config {
         if self.scan.timeout < Duration::from_secs(1) {
             return invalid("scan.timeout: must be at least 1s".to_owned());
         }
+        if self.scan.quota_interval < Duration::from_secs(1) {
+            return invalid("scan.quota_interval: must be at least 1s".to_owned());
+        }
+        if self.scan.classify_interval < self.scan.interval {
+            return invalid("scan.classify_interval: must be at least scan.interval".to_owned());
+        }
+        if let Some(r) = self.scan.assign_project_ids {
+            if r.first == 0 || r.first > r.last || r.last == u32::MAX {
+                return invalid(format!(
+                    "scan.assign_project_ids: want 1 <= first <= last < 4294967295, got first {} last {}",
+                    r.first, r.last
+                ));
+            }
+        }
         if self.scan.interval < Duration::from_secs(1) {
             return invalid("scan.interval: must be at least 1s".to_owned());
         }
@@ -450,6 +489,16 @@ mod tests {
         assert_eq!((c.scan.max_cpu, c.scan.idle_priority), (Some(0.25), false));
         let msg = parse("scan:\n  max_cpu: lots\n").expect_err("not a number").to_string();
         assert!(msg.contains("scan.max_cpu"), "{msg}");
+        let c = parse("scan:\n  classify_interval: 1h\n  assign_project_ids: {first: 100, last: 199}\n")
+            .expect("valid");
+        assert_eq!(c.scan.assign_project_ids, Some(ProjectIdRange { first: 100, last: 199 }));
+        assert_eq!((c.scan.quota, c.scan.quota_interval), (true, Duration::from_secs(5)));
+        for bad in ["{first: 0, last: 9}", "{first: 9, last: 8}", "{first: 1, last: 4294967295}"] {
+            let msg = parse(&format!("scan:\n  assign_project_ids: {bad}\n")).expect_err(bad).to_string();
+            assert!(msg.contains("scan.assign_project_ids"), "{msg}");
+        }
+        let msg = parse("scan:\n  interval: 2m\n  classify_interval: 1m\n").expect_err("short").to_string();
+        assert!(msg.contains("scan.classify_interval"), "{msg}");
     }
 
     #[test]

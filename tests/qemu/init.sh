@@ -15,6 +15,8 @@ echo "=== KERNEL $(uname -r)"
 echo "=== CLOCKSOURCE $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
 insmod /overlay.ko || echo "=== INSMOD FAILED"
 mode=$(cat /mode)
+# Quota mode: its own script (project quotas on a loop-mounted ext4 image).
+[ "$mode" = quota ] && . /quota.sh
 
 mount -t tmpfs tmpfs /t
 for m in a b c d e; do mkdir -p /t/$m/lower /t/$m/upper /t/$m/work /t/$m/merged; done

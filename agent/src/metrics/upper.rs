@@ -1,5 +1,7 @@
 //! Collector for upper-dir scans, joined to the mount table by upper dir.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use prometheus::proto::MetricType;
 
 use super::{unix_seconds, Collector, Def, Family};
@@ -8,7 +10,7 @@ use crate::scan::{ActivitySignal, EntryKind, ScanStore};
 
 static BYTES: Def = Def {
     name: "overlayfs_upper_bytes",
-    help: "Disk space allocated to the upper dir (sum of st_blocks x 512 over distinct inodes, like du -s).",
+    help: "Disk space allocated to the upper dir (sum of st_blocks x 512 over distinct inodes, like du -s); from the project quota in quota mode (overlayfs_upper_usage_source_info).",
     kind: MetricType::GAUGE,
     labels: &["mountpoint"],
 };
@@ -20,7 +22,7 @@ static APPARENT: Def = Def {
 };
 static INODES: Def = Def {
     name: "overlayfs_upper_inodes",
-    help: "Distinct inodes in the upper dir, the upper dir itself included.",
+    help: "Distinct inodes in the upper dir, the upper dir itself included; from the project quota in quota mode.",
     kind: MetricType::GAUGE,
     labels: &["mountpoint"],
 };
@@ -29,6 +31,31 @@ static ENTRIES: Def = Def {
     help: "Upper-dir entries (names) by kind: dir, opaque_dir, created, copied_up, metacopy, whiteout; every name of a hard-linked inode counts.",
     kind: MetricType::GAUGE,
     labels: &["mountpoint", "kind"],
+};
+static USAGE_SOURCE: Def = Def {
+    name: "overlayfs_upper_usage_source_info",
+    help: "Where overlayfs_upper_bytes and overlayfs_upper_inodes come from: source=quota (project quota, read every scan.quota_interval) or walk (the full walk, every scan.interval); reason: why not quota (none in quota mode).",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint", "source", "reason"],
+};
+static USAGE_TIMESTAMP: Def = Def {
+    name: "overlayfs_upper_usage_timestamp_seconds",
+    help: "Unix time at which overlayfs_upper_bytes and overlayfs_upper_inodes were read (quota reading, or end of the walk).",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+static QUOTA_PROJECT: Def = Def {
+    name: "overlayfs_upper_quota_project_id",
+    help: "Project id whose quota gives the upper dir's bytes and inodes (quota mode only).",
+    kind: MetricType::GAUGE,
+    labels: &["mountpoint"],
+};
+static QUOTA_READS: Def = Def {
+    name: "overlayfs_scan_quota_reads_total",
+    help:
+        "Project quota readings of upper dirs (quotactl plus the few entries the id also covers), by result.",
+    kind: MetricType::COUNTER,
+    labels: &["result"],
 };
 static COPIED_UP_BYTES: Def = Def {
     name: "overlayfs_upper_copied_up_bytes",
@@ -153,6 +180,9 @@ impl Collector for UpperCollector {
         let mut errors = Family::new(&ERRORS);
         let mut stale = Family::new(&STALE);
         let mut seen = Family::new(&COPY_UPS_SEEN);
+        let mut source = Family::new(&USAGE_SOURCE);
+        let mut usage_ts = Family::new(&USAGE_TIMESTAMP);
+        let mut project = Family::new(&QUOTA_PROJECT);
         let now = std::time::Instant::now();
         let behind = store.values().map(|r| r.behind(now)).max().unwrap_or_default();
         for m in table.mounts.values() {
@@ -163,9 +193,24 @@ impl Collector for UpperCollector {
                 errors.add(&[&mp, reason.as_str()], *n as f64);
             }
             let (Some(r), Some(end)) = (&rec.last, rec.last_end) else { continue };
-            bytes.add(&[&mp], r.allocated_bytes as f64);
+            match (&rec.quota, rec.usage) {
+                (Ok(t), Some((u, at))) => {
+                    bytes.add(&[&mp], u.allocated_bytes as f64);
+                    inodes.add(&[&mp], u.inodes as f64);
+                    source.add(&[&mp, "quota", "none"], 1.0);
+                    usage_ts.add(&[&mp], unix_seconds(at));
+                    project.add(&[&mp], f64::from(t.project_id));
+                }
+                (q, _) => {
+                    bytes.add(&[&mp], r.allocated_bytes as f64);
+                    inodes.add(&[&mp], r.inodes as f64);
+                    let reason =
+                        q.as_ref().err().copied().unwrap_or(crate::scan::quota::Unavailable::Unknown);
+                    source.add(&[&mp, "walk", reason.as_str()], 1.0);
+                    usage_ts.add(&[&mp], unix_seconds(end));
+                }
+            }
             apparent.add(&[&mp], r.apparent_bytes as f64);
-            inodes.add(&[&mp], r.inodes as f64);
             for kind in EntryKind::ALL {
                 entries.add(&[&mp, kind.as_str()], r.entries(kind) as f64);
             }
@@ -196,11 +241,35 @@ impl Collector for UpperCollector {
         for signal in ActivitySignal::ALL {
             prioritized.add(&[signal.as_str()], self.store.prioritized(signal) as f64);
         }
-        let mut out = vec![
-            bytes, apparent, inodes, entries, copied, fs_avail, fs_size, duration, timestamp, scans, errors,
-            stale, seen, cpu, throttled, late, cores, dirs,
-        ];
-        out.push(prioritized);
-        out
+        let q = self.store.quota();
+        let (reads, read_errors) = (q.reads.load(Relaxed), q.read_errors.load(Relaxed));
+        let mut quota_reads = Family::new(&QUOTA_READS);
+        quota_reads.add(&["ok"], reads.saturating_sub(read_errors) as f64);
+        quota_reads.add(&["error"], read_errors as f64);
+        vec![
+            bytes,
+            source,
+            usage_ts,
+            project,
+            quota_reads,
+            apparent,
+            inodes,
+            entries,
+            copied,
+            fs_avail,
+            fs_size,
+            duration,
+            timestamp,
+            scans,
+            errors,
+            stale,
+            seen,
+            cpu,
+            throttled,
+            late,
+            cores,
+            dirs,
+            prioritized,
+        ]
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod budget;
 pub mod pool;
+pub mod quota;
 pub mod walk;
 
 use std::collections::BTreeMap;

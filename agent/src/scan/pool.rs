@@ -36,6 +36,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::budget::{set_idle_priority, thread_cpu, Budget};
+use super::quota::{self, QuotaTarget, Unavailable, Usage};
 use super::{ErrorReason, OwnCwd, ScanCache, ScanOptions, ScanResult, XattrNamespace};
 use crate::activity::Activity;
 use crate::config::ScanConfig;
@@ -59,6 +60,10 @@ pub struct ScanRecord {
     pub stale: bool,
     /// The last complete scan found the upper dir changed since the one before.
     changed: bool,
+    /// Quota mode (bytes and inodes from the project quota), or why not.
+    pub quota: Result<QuotaTarget, Unavailable>,
+    /// The last quota reading and when it was taken (quota mode only).
+    pub usage: Option<(Usage, SystemTime)>,
     /// What the last scan keeps for the next one; away while a scan runs.
     cache: Option<ScanCache>,
     in_flight: bool,
@@ -148,6 +153,8 @@ impl ScanRecord {
             copy_ups_seen_total: 0,
             stale: false,
             changed: false,
+            quota: Err(Unavailable::Unknown),
+            usage: None,
             cache: Some(ScanCache::default()),
             in_flight: false,
             started: None,
@@ -171,11 +178,82 @@ impl ScanRecord {
     }
 }
 
+/// Quota mode settings (`scan.quota*`, `scan.classify_interval`, `scan.assign_project_ids`).
+#[derive(Debug)]
+pub struct QuotaSettings {
+    pub enabled: bool,
+    pub interval: Duration,
+    pub classify_interval: Duration,
+    pub assign: Option<(u32, u32)>,
+    /// Where the next assigned id search starts.
+    next_id: Mutex<u32>,
+    /// The agent's own mountinfo (block devices for quotactl before 5.14).
+    pub mountinfo: PathBuf,
+    /// Quota readings made, and those that failed.
+    pub reads: AtomicU64,
+    pub read_errors: AtomicU64,
+}
+
+impl QuotaSettings {
+    pub fn new(config: &ScanConfig) -> Self {
+        let assign = config.assign_project_ids.map(|r| (r.first, r.last));
+        QuotaSettings {
+            enabled: config.quota,
+            interval: config.quota_interval,
+            classify_interval: config.classify_interval,
+            assign,
+            next_id: Mutex::new(assign.map_or(0, |a| a.0)),
+            mountinfo: PathBuf::from("/proc/self/mountinfo"),
+            reads: AtomicU64::new(0),
+            read_errors: AtomicU64::new(0),
+        }
+    }
+
+    fn read_raw(&self, target: &QuotaTarget) -> Result<quota::Reading, Unavailable> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        target.read_raw().inspect_err(|_| {
+            self.read_errors.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+
+    fn read(&self, target: &QuotaTarget) -> Result<Usage, Unavailable> {
+        self.read_raw(target).and_then(|r| target.usage(r))
+    }
+
+    /// Quota mode for one upper dir, assigning it an id first when configured.
+    fn probe(&self, upper: &Path, work: Option<&Path>) -> Result<QuotaTarget, Unavailable> {
+        if !self.enabled {
+            return Err(Unavailable::Disabled);
+        }
+        match quota::probe(upper, work, &self.mountinfo) {
+            Err(Unavailable::NoProjectId) if self.assign.is_some() => {
+                let range = self.assign.unwrap_or_default();
+                let assigned = quota::assign(upper, work, &self.mountinfo, range, &mut self.next_id.locked());
+                match assigned {
+                    Ok(a) => {
+                        tracing::info!(upper = %upper.display(), project_id = a.project_id, tagged = a.tagged, foreign = a.foreign, untaggable = a.untaggable, "assigned a project id (scan.assign_project_ids)")
+                    }
+                    // Every walk tries again: no warning per walk where quotas cannot work.
+                    Err(e @ quota::AssignError::Unavailable(_)) => {
+                        tracing::debug!(upper = %upper.display(), error = %e, "no project id assigned")
+                    }
+                    Err(e) => {
+                        tracing::warn!(upper = %upper.display(), error = %e, "cannot assign a project id")
+                    }
+                }
+                quota::probe(upper, work, &self.mountinfo)
+            }
+            other => other,
+        }
+    }
+}
+
 /// Last scan results by upper dir, and the scan threads' budget.
 #[derive(Debug, Clone)]
 pub struct ScanStore {
     records: Arc<Mutex<HashMap<PathBuf, ScanRecord>>>,
     budget: Arc<Budget>,
+    quota: Arc<QuotaSettings>,
     /// Directories read and cached, over all scans.
     dirs: Arc<(AtomicU64, AtomicU64)>,
     /// Copy-up counts by device, from the probe side.
@@ -186,13 +264,26 @@ pub struct ScanStore {
 
 impl ScanStore {
     pub fn new(budget: Budget, activity: Arc<Activity>) -> Self {
+        ScanStore::with_quota(
+            budget,
+            activity,
+            QuotaSettings::new(&ScanConfig { quota: false, ..ScanConfig::default() }),
+        )
+    }
+
+    pub fn with_quota(budget: Budget, activity: Arc<Activity>, quota: QuotaSettings) -> Self {
         ScanStore {
             records: Arc::default(),
             budget: Arc::new(budget),
+            quota: Arc::new(quota),
             dirs: Arc::default(),
             activity,
             prioritized: Arc::default(),
         }
+    }
+
+    pub fn quota(&self) -> &QuotaSettings {
+        &self.quota
     }
 
     /// Scans moved ahead of idle upper dirs because of `signal`, so far.
@@ -226,6 +317,8 @@ struct Job {
     upper: PathBuf,
     /// Where to open it: `upper` under the host root filesystem.
     open_at: PathBuf,
+    /// Its work dir, likewise (quota mode).
+    work_at: Option<PathBuf>,
     ns: XattrNamespace,
     interval: Duration,
     timeout: Duration,
@@ -356,11 +449,15 @@ pub struct ScanPool {
     idle_priority: bool,
     /// Dropped with the pool: ends the activity thread.
     _stop_activity: Sender<()>,
+    /// Tells the quota thread to end.
+    stop: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl Drop for ScanPool {
     fn drop(&mut self) {
         self.queue.close();
+        *self.stop.0.locked() = true;
+        self.stop.1.notify_all();
     }
 }
 
@@ -371,11 +468,12 @@ impl ScanPool {
         let (stop, stopped) = channel();
         let pool = ScanPool {
             queue: Arc::default(),
-            store: ScanStore::new(Budget::new(config.max_cpu), activity),
+            store: ScanStore::with_quota(Budget::new(config.max_cpu), activity, QuotaSettings::new(config)),
             busy: Arc::new(Busy::default()),
             workers: Arc::new(Workers { target: config.concurrency.max(1), ..Default::default() }),
             idle_priority: config.idle_priority,
             _stop_activity: stop,
+            stop: Arc::default(),
         };
         for _ in 0..pool.workers.target {
             pool.spawn_worker()?;
@@ -384,6 +482,12 @@ impl ScanPool {
         std::thread::Builder::new()
             .name("scan-activity".into())
             .spawn(move || watch_activity(queue, store, stopped, idle))?;
+        if config.quota {
+            let (store, stop, idle) = (pool.store.clone(), pool.stop.clone(), pool.idle_priority);
+            std::thread::Builder::new()
+                .name("quota".to_owned())
+                .spawn(move || quota_reader(store, stop, idle))?;
+        }
         Ok(pool)
     }
 
@@ -444,19 +548,24 @@ impl ScanPool {
     pub fn schedule(&self, table: &MountTable, interval: Duration, timeout: Duration, rootfs: &Path) {
         let now = Instant::now();
         self.check_hung(now);
-        let mut wanted: HashMap<PathBuf, (XattrNamespace, Vec<Device>)> = HashMap::new();
+        let mut wanted: HashMap<PathBuf, (XattrNamespace, Vec<Device>, Option<PathBuf>)> = HashMap::new();
+        let under_root = |p: &Path| rootfs.join(p.strip_prefix("/").unwrap_or(p));
         for (dev, m) in &table.mounts {
             if let Some(upper) = m.upper_dir() {
                 let ns = if m.options.userxattr { XattrNamespace::User } else { XattrNamespace::Trusted };
-                let w = wanted.entry(upper.to_owned()).or_insert((ns, Vec::new()));
+                let work = m.options.work.as_ref().and_then(|w| w.absolute()).map(under_root);
+                let w = wanted.entry(upper.to_owned()).or_insert((ns, Vec::new(), None));
                 w.0 = ns;
                 w.1.push(*dev);
+                if w.2.is_none() {
+                    w.2 = work;
+                }
             }
         }
         let activity = self.store.activity.snapshot();
         let mut store = self.store.lock();
         store.retain(|upper, _| wanted.contains_key(upper));
-        for (upper, (ns, devices)) in wanted {
+        for (upper, (ns, devices, work_at)) in wanted {
             let rec = store.entry(upper.clone()).or_insert_with(|| ScanRecord::new(now));
             if rec.devices != devices {
                 rec.devices = devices;
@@ -483,7 +592,7 @@ impl ScanPool {
             let priority =
                 Priority { never_scanned, active, changed: rec.changed, due: Reverse(rec.next_due) };
             let cache = rec.cache.take().unwrap_or_default();
-            self.queue.push(Job { upper, open_at, ns, interval, timeout, cache, priority });
+            self.queue.push(Job { upper, open_at, work_at, ns, interval, timeout, cache, priority });
         }
     }
 
@@ -598,8 +707,29 @@ fn worker(queue: Arc<Queue>, store: ScanStore, busy: Arc<Busy>, workers: Arc<Wor
             deadline: Some(deadline),
             budget: Some(store.budget()),
         };
+        // Quota mode: readings just before and after the walk check its figures.
+        let quota = store.quota();
+        let target = quota.probe(&job.open_at, job.work_at.as_deref());
+        let before = target.as_ref().map_err(|u| *u).and_then(|t| quota.read_raw(t));
         let outcome = super::scan(&job.open_at, &opts, &mut job.cache);
         let duration = start.elapsed();
+        let quota_state = match (target, &outcome) {
+            (Ok(mut t), Ok(r)) if !r.timed_out => {
+                let walk = Usage { allocated_bytes: r.allocated_bytes, inodes: r.inodes };
+                let after = quota.read_raw(&t);
+                match quota::verify(&mut t, before, after, walk) {
+                    Ok(u) => Ok((t, u)),
+                    Err(Unavailable::Mismatch) => {
+                        let b = before.unwrap_or_default().usage;
+                        tracing::warn!(upper = %job.upper.display(), project_id = t.project_id, quota_bytes = b.allocated_bytes, quota_inodes = b.inodes, walk_bytes = walk.allocated_bytes, walk_inodes = walk.inodes, "project quota disagrees with the walk of an unchanged tree: bytes and inodes from the walk");
+                        Err(Unavailable::Mismatch)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (Ok(t), _) => before.and_then(|b| t.usage(b)).map(|u| (t, u)),
+            (Err(e), _) => Err(e),
+        };
         let was_hung = hung.load(Ordering::SeqCst);
         {
             let mut records = store.lock();
@@ -607,7 +737,21 @@ fn worker(queue: Arc<Queue>, store: ScanStore, busy: Arc<Busy>, workers: Arc<Wor
                 rec.in_flight = false;
                 rec.started = None;
                 rec.hung = Arc::default();
-                rec.next_due = Instant::now() + job.interval;
+                let interval = match &quota_state {
+                    Ok(_) => quota.classify_interval.max(job.interval),
+                    Err(_) => job.interval,
+                };
+                rec.next_due = Instant::now() + interval;
+                match quota_state {
+                    Ok((t, u)) => {
+                        rec.quota = Ok(t);
+                        rec.usage = Some((u, SystemTime::now()));
+                    }
+                    Err(e) => {
+                        rec.quota = Err(e);
+                        rec.usage = None;
+                    }
+                }
                 rec.cache = Some(job.cache);
                 rec.root_stamp = stamp;
                 match outcome {
@@ -652,6 +796,55 @@ fn worker(queue: Arc<Queue>, store: ScanStore, busy: Arc<Busy>, workers: Arc<Wor
     workers.live.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// The quota thread: every `scan.quota_interval`, reads the quota of every upper
+/// dir in quota mode (one `quotactl` and a few `fstatat` each). A failed reading
+/// takes the upper dir out of quota mode and makes its walk due now.
+fn quota_reader(store: ScanStore, stop: Arc<(Mutex<bool>, Condvar)>, idle: bool) {
+    if idle {
+        if let Err(e) = set_idle_priority() {
+            tracing::warn!(error = %e, "quota thread keeps its normal priority");
+        }
+    }
+    let interval = store.quota().interval;
+    loop {
+        {
+            let stopped = stop.0.locked();
+            let (stopped, _) = match stop.1.wait_timeout_while(stopped, interval, |s| !*s) {
+                Ok(r) => r,
+                Err(p) => p.into_inner(),
+            };
+            if *stopped {
+                return;
+            }
+        }
+        let meter = super::budget::CpuMeter::new(store.budget());
+        let targets: Vec<(PathBuf, QuotaTarget)> = store
+            .lock()
+            .iter()
+            .filter(|(_, r)| !r.in_flight)
+            .filter_map(|(u, r)| r.quota.as_ref().ok().map(|t| (u.clone(), t.clone())))
+            .collect();
+        for (upper, target) in targets {
+            let reading = store.quota().read(&target);
+            let mut records = store.lock();
+            let Some(rec) = records.get_mut(&upper) else { continue };
+            if rec.in_flight || rec.quota.as_ref() != Ok(&target) {
+                continue; // a walk took over meanwhile
+            }
+            match reading {
+                Ok(u) => rec.usage = Some((u, SystemTime::now())),
+                Err(e) => {
+                    tracing::debug!(upper = %upper.display(), reason = e.as_str(), "quota reading failed: walking");
+                    rec.quota = Err(e);
+                    rec.usage = None;
+                    rec.next_due = Instant::now();
+                }
+            }
+        }
+        drop(meter);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -664,6 +857,7 @@ mod tests {
         Job {
             upper: PathBuf::from(name),
             open_at: open_at.to_owned(),
+            work_at: None,
             ns: XattrNamespace::Trusted,
             interval: Duration::from_secs(60),
             timeout: Duration::from_secs(60),
