@@ -125,7 +125,13 @@ fn run_guest(version: &str, mode: &str, log_name: &str) -> (String, PathBuf) {
     let initrd = initramfs(dir.path(), &kernel, mode);
     let log = repo_root().join(format!("target/{log_name}-{version}.log"));
     // The recorded storm copies up to 48,000 files of 12 KiB into a tmpfs.
-    let memory_mib = if mode == "storm" { 2048 } else { 1024 };
+    let memory_mib = if mode == "storm" {
+        2048
+    } else if mode == "quota" && quota_bench().is_some() {
+        3072 // the benchmark's image is in the initramfs
+    } else {
+        1024
+    };
     let console = boot(&kernel, &initrd, &log, memory_mib).replace("\r\n", "\n");
     // The guest kernel itself can die while booting under TCG, before /init runs
     // (seen on 7.2: an int3 Oops in the scheduler while the kernel patches its own
@@ -624,7 +630,7 @@ fn quota_files(root: &Path, kernel: &Path) {
     let copy = |from: &Path, to: &str| {
         std::fs::copy(from, root.join(to)).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
     };
-    for f in ["quota.sh", "agent-quota.yaml", "agent-walk.yaml"] {
+    for f in ["quota.sh", "quota-bench.sh", "agent-quota.yaml", "agent-walk.yaml"] {
         copy(&repo_root().join("tests/qemu").join(f), f);
     }
     copy(&musl("examples/qemu-quota"), "qemu-quota");
@@ -634,14 +640,44 @@ fn quota_files(root: &Path, kernel: &Path) {
             copy(&m.path(), &format!("quota/{}", m.file_name().to_string_lossy()));
         }
     }
+    // The benchmark (quota_mode_cost) needs room for its trees.
+    let (size, inodes) = match quota_bench() {
+        Some((mounts, files, big)) => {
+            std::fs::write(root.join("quota-bench"), format!("{mounts} {files} {big}\n")).expect("write");
+            let inodes = (big + mounts * (files + 8) + 4096) * 5 / 4;
+            ((inodes as u64) * 3072 + (64 << 20), inodes)
+        }
+        None => (64 << 20, 16384),
+    };
     let img = root.join("quota.img");
-    std::fs::File::create(&img).and_then(|f| f.set_len(64 << 20)).expect("image file");
+    std::fs::File::create(&img).and_then(|f| f.set_len(size)).expect("image file");
     let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-O", "quota,project", "-E", "quotatype=prjquota", "-N", "16384"])
+        .args([
+            "-q",
+            "-F",
+            "-b",
+            "1024",
+            "-O",
+            "quota,project",
+            "-E",
+            "quotatype=prjquota",
+            "-N",
+            &inodes.to_string(),
+        ])
         .arg(&img)
         .output()
         .expect("mkfs.ext4 not found: scripts/deps.sh installs e2fsprogs");
     assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// OVERLAY_AGENT_QUOTA_BENCH="MOUNTS FILES BIG" turns mode `quota` into its benchmark.
+fn quota_bench() -> Option<(usize, usize, usize)> {
+    let v = std::env::var("OVERLAY_AGENT_QUOTA_BENCH").ok()?;
+    let n: Vec<usize> = v.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    match n[..] {
+        [m, f, b] => Some((m, f, b)),
+        _ => panic!("OVERLAY_AGENT_QUOTA_BENCH: want \"MOUNTS FILES BIG\", got {v:?}"),
+    }
 }
 
 /// Mode `quota` (tests/qemu/quota.sh): where an upper dir has a project id on a
@@ -760,6 +796,25 @@ fn project_quotas_give_the_walks_figures_on_real_kernels() {
     std::fs::write(repo_root().join("target/qemu-quota-summary.txt"), &summary).expect("write summary");
     eprint!("{summary}");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Quota mode's cost, a benchmark that prints figures (bench/quota.py runs it):
+/// OVERLAY_AGENT_QUOTA_BENCH="1000 10 100000" OVERLAY_AGENT_QEMU_KERNELS=6.1 \
+///   cargo test --release --features qemu --test qemu -- --ignored --nocapture quota_mode_cost
+#[test]
+#[ignore = "benchmark: run on demand, prints figures"]
+fn quota_mode_cost() {
+    common::require_root();
+    assert!(quota_bench().is_some(), "set OVERLAY_AGENT_QUOTA_BENCH=\"MOUNTS FILES BIG\"");
+    for version in kernels() {
+        let (console, log) = run_guest(&version, "quota", "qemu-quota-bench");
+        println!("kernel {version} (console: {})", log.display());
+        for l in
+            console.lines().filter(|l| l.starts_with("=== ") && !l.contains("KERNEL") && !l.contains("CLOCK"))
+        {
+            println!("{l}");
+        }
+    }
 }
 
 #[test]

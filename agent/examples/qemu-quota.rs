@@ -5,6 +5,7 @@
 //! `qemu-quota setproj PATH ID`    project id (+ inherit flag on a dir), like `chattr -p ID +P`
 //! `qemu-quota getproj PATH`       prints the project id
 //! `qemu-quota fill DIR FILES`     FILES files of 1-4 KiB, 100 per directory
+//! `qemu-quota spread ROOT MOUNTS FILES`  FILES files in each ROOT/N/merged
 //! `qemu-quota work MERGED ROUND`  copy-ups, new files, whiteouts, hard links through a mount
 //! `qemu-quota bench UPPER WORK N` times a quota readout, a walk and `du -s`, cold and warm
 
@@ -52,6 +53,19 @@ fn work(m: &Path, round: u32) {
         .open(m.join(format!("d{}/f{grow}", grow / 100)))
         .and_then(|mut f| f.write_all(&[b'a'; 70_000]))
         .expect("append: copy-up");
+}
+
+/// FILES new files of 1-4 KiB in each of ROOT/0/merged .. ROOT/(MOUNTS-1)/merged.
+fn spread(root: &Path, mounts: usize, files: usize) {
+    for m in 0..mounts {
+        let d = root.join(format!("{m}/merged/new"));
+        fs::create_dir_all(&d).expect("mkdir");
+        for i in 0..files {
+            File::create(d.join(format!("f{i}")))
+                .and_then(|mut f| f.write_all(&vec![b's'; 1024 * (1 + i % 4)]))
+                .expect("write");
+        }
+    }
 }
 
 fn micros(t: Instant) -> u128 {
@@ -115,6 +129,9 @@ fn main() {
         }
         "getproj" => println!("{}", quota::project_of(Path::new(arg(2))).expect("get project id")),
         "fill" => fill(Path::new(arg(2)), arg(3).parse().expect("files")),
+        "spread" => {
+            spread(Path::new(arg(2)), arg(3).parse().expect("mounts"), arg(4).parse().expect("files"))
+        }
         "work" => work(Path::new(arg(2)), arg(3).parse().expect("round")),
         "bench" => bench(Path::new(arg(2)), Path::new(arg(3)), arg(4).parse().expect("repeat")),
         other => {

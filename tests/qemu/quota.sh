@@ -16,6 +16,7 @@ losetup /dev/loop0 /quota.img || echo "=== LOSETUP FAILED"
 mount -t ext4 -o prjquota /dev/loop0 /q || mount -t ext4 /dev/loop0 /q || echo "=== QUOTA MOUNT FAILED"
 grep ' /q ' /proc/mounts | sed 's/^/=== QUOTA FS /'
 q=/qemu-quota
+[ -f /quota-bench ] && . /quota-bench.sh
 mkdir -p /q/lower
 $q fill /q/lower 200
 ov() { mount -t overlay overlay -o lowerdir=/q/lower,upperdir=$1,workdir=$2 $3 || echo "=== OVERLAY FAILED $3"; }
