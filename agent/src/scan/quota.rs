@@ -776,6 +776,46 @@ mod tests {
         );
     }
 
+    /// What the id covers besides the upper dir, in Docker's layout: the layer dir,
+    /// work/ and its contents, small files; not the upper dir, and not an inode that
+    /// also has a name in the upper dir (the walk counts it).
+    #[test]
+    fn others_in_the_layer_dir() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let layer = tmp.path().join("layer");
+        for d in ["diff/sub", "work/work"] {
+            std::fs::create_dir_all(layer.join(d)).expect("mkdir");
+        }
+        std::fs::write(layer.join("link"), b"L5DJ3T").expect("write");
+        std::fs::write(layer.join("diff/sub/big"), vec![1u8; 100_000]).expect("write");
+        // Linked from work/ into the upper dir (overlayfs' shared whiteout inode), and
+        // linked within work/ only (both names outside the upper dir).
+        std::fs::write(layer.join("work/#1"), b"").expect("write");
+        std::fs::hard_link(layer.join("work/#1"), layer.join("diff/wh")).expect("link");
+        std::fs::write(layer.join("work/work/#2"), vec![2u8; 5000]).expect("write");
+        std::fs::hard_link(layer.join("work/work/#2"), layer.join("work/#3")).expect("link");
+        let st = |p: &str| rustix::fs::stat(layer.join(p)).expect("stat");
+        let dev = st("").st_dev;
+        let t = QuotaTarget {
+            upper: layer.join("diff"),
+            project_id: 1,
+            dev,
+            via: Via::Fd,
+            layer: Some(layer.clone()),
+            others: vec![layer.join("work")],
+            covered: None,
+        };
+        let (u, covered) = t.others().expect("others");
+        let want: Vec<Stat> =
+            ["", "link", "work", "work/work", "work/work/#2"].iter().map(|p| st(p)).collect();
+        let bytes: u64 = want.iter().map(|s| s.st_blocks as u64 * 512).sum();
+        assert_eq!((u.inodes, u.allocated_bytes, covered), (5, bytes, 0), "{u:?}");
+        // A work dir with the id outside the layer dir is measured by itself.
+        let t = QuotaTarget { layer: None, ..t };
+        let (u, _) = t.others().expect("others");
+        assert_eq!(u.inodes, 3, "work, work/work, #2/#3: {u:?}");
+    }
+
     #[test]
     fn a_directory_without_project_ids() {
         // tmpfs or a filesystem where the ioctl works but nobody set an id: either
