@@ -452,6 +452,14 @@ fn reload(cli: &Cli, config: &mut Config) {
             if new.scan.concurrency != config.scan.concurrency {
                 tracing::warn!("scan.concurrency changed: takes effect at restart");
             }
+            let quota_keys = |s: &crate::config::ScanConfig| {
+                (s.quota, s.quota_interval, s.classify_interval, s.assign_project_ids)
+            };
+            if quota_keys(&new.scan) != quota_keys(&config.scan) {
+                tracing::warn!(
+                    "scan.quota, scan.quota_interval, scan.classify_interval or scan.assign_project_ids changed: take effect at restart"
+                );
+            }
             if new.log != config.log {
                 tracing::warn!("log settings changed: take effect at restart");
             }
