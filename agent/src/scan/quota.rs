@@ -42,11 +42,14 @@ use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use linux_raw_sys::general::{fsxattr, FS_XFLAG_PROJINHERIT};
 use rustix::fs::{openat2, statat, AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 use rustix::ioctl::{opcode, Getter, Opcode, Setter};
+
+use crate::sync::LockExt;
 
 /// `FS_IOC_FSGETXATTR` / `FS_IOC_FSSETXATTR`: `_IOR('X', 31, struct fsxattr)`,
 /// `_IOW('X', 32, struct fsxattr)` (include/uapi/linux/fs.h).
@@ -167,7 +170,7 @@ enum Via {
 }
 
 /// An upper dir in quota mode: its project id, and what else the id covers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct QuotaTarget {
     /// Where to open the upper dir.
     pub upper: PathBuf,
@@ -181,7 +184,19 @@ pub struct QuotaTarget {
     others: Vec<PathBuf>,
     /// Covered entries and their usage, as the last walk measured them (see [`Reading`]).
     covered: Option<(u64, Usage)>,
+    /// Directory listings of the other trees, from the last reading.
+    listings: Listings,
 }
+
+/// Equal: the same settings (the listings are a cache).
+impl PartialEq for QuotaTarget {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.upper, self.project_id, self.dev, &self.via, &self.layer, &self.others, self.covered)
+            == (&o.upper, o.project_id, o.dev, &o.via, &o.layer, &o.others, o.covered)
+    }
+}
+
+impl Eq for QuotaTarget {}
 
 fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
     rustix::fs::open(
@@ -359,35 +374,30 @@ impl QuotaTarget {
     /// entries, and other trees with the id (see the module doc).
     /// Also returns how many of their entries are covered by a mount.
     pub fn others(&self) -> Result<(Usage, u64), Errno> {
+        let mut listings = self.listings.locked();
         let mut m = Measure {
             dev: self.dev,
             links: HashMap::new(),
             usage: Usage::default(),
             budget: OTHERS_MAX,
             covered: 0,
+            listings: &mut listings,
+        };
+        let root = |p: &Path| {
+            rustix::fs::open(
+                p,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
         };
         if let Some(layer) = &self.layer {
-            let fd = open_dir(layer)?;
-            let st = rustix::fs::fstat(&fd)?;
-            m.count(&st);
-            let upper_name = self.upper.file_name().unwrap_or_default();
-            let dir = rustix::fs::Dir::read_from(&fd)?;
-            for entry in dir {
-                let entry = entry?;
-                let name = entry.file_name();
-                if matches!(name.to_bytes(), b"." | b"..") || OsStr::from_bytes(name.to_bytes()) == upper_name
-                {
-                    continue;
-                }
-                m.tree(&fd, name, 0)?;
-            }
+            m.tree(&root(layer)?, Path::new(""), self.upper.file_name(), 0)?;
         }
         for other in &self.others {
             if self.layer.as_deref().is_some_and(|l| other.starts_with(l)) {
                 continue;
             }
-            let fd = open_dir(other)?;
-            m.tree(&fd, c".", 0)?;
+            m.tree(&root(other)?, Path::new(""), None, 0)?;
         }
         // Inodes linked from outside these trees have their other names in the upper
         // dir (links cannot cross projects): the walk counts them.
@@ -397,7 +407,9 @@ impl QuotaTarget {
                 m.usage.inodes += 1;
             }
         }
-        Ok((m.usage, m.covered))
+        let (usage, covered) = (m.usage, m.covered);
+        listings.retain(|_, l| std::mem::take(&mut l.seen));
+        Ok((usage, covered))
     }
 }
 
@@ -405,7 +417,21 @@ impl QuotaTarget {
 /// layouts that set project ids; anything larger is not what the id was set for.
 const OTHERS_MAX: u64 = 100_000;
 
-struct Measure {
+/// The names of a directory of the other trees as last read, kept while its inode,
+/// mtime and ctime stay the same (every create, unlink, rename and link in it sets
+/// both: the walker's rule, walk.rs). Its entries are stat'ed at every reading.
+#[derive(Debug)]
+struct Listing {
+    mtime: (i64, u64),
+    ctime: (i64, u64),
+    names: Vec<CString>,
+    /// Looked at by the current reading (the others are dropped after it).
+    seen: bool,
+}
+
+type Listings = Arc<Mutex<HashMap<u64, Listing>>>;
+
+struct Measure<'a> {
     dev: u64,
     /// Non-directories with more than one link: (st_nlink, names seen, bytes).
     links: HashMap<u64, (u64, u64, u64)>,
@@ -413,20 +439,31 @@ struct Measure {
     budget: u64,
     /// Entries with another filesystem mounted on them.
     covered: u64,
+    listings: &'a mut HashMap<u64, Listing>,
 }
 
-impl Measure {
+impl Measure<'_> {
     fn count(&mut self, st: &Stat) {
         self.usage.allocated_bytes += (st.st_blocks as u64).saturating_mul(512);
         self.usage.inodes += 1;
     }
 
-    fn tree(&mut self, dir: &OwnedFd, name: &CStr, depth: u32) -> Result<(), Errno> {
+    /// Measures `rel` under `root` (an `O_PATH` fd of the layer dir or of another
+    /// tree; `rel` empty: the root itself, without its entry named `skip`). These
+    /// trees are outside every container's view (the upper dir is skipped), so
+    /// stat'ing by relative path is safe; directories are opened with openat2's
+    /// RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS anyway.
+    fn tree(&mut self, root: &OwnedFd, rel: &Path, skip: Option<&OsStr>, depth: u32) -> Result<(), Errno> {
         self.budget = self.budget.checked_sub(1).ok_or(Errno::NOSPC)?;
         if depth > 64 {
             return Err(Errno::NAMETOOLONG);
         }
-        let st = match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        let st = if rel.as_os_str().is_empty() {
+            rustix::fs::fstat(root)
+        } else {
+            statat(root, rel, AtFlags::SYMLINK_NOFOLLOW)
+        };
+        let st = match st {
             Ok(st) => st,
             Err(Errno::NOENT) => return Ok(()), // a temp file that went away
             Err(e) => return Err(e),
@@ -444,25 +481,46 @@ impl Measure {
             return Ok(());
         }
         self.count(&st);
-        if ftype == FileType::Directory {
-            let sub = match openat2(
-                dir,
-                name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV,
-            ) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            for entry in rustix::fs::Dir::read_from(&sub)? {
-                let entry = entry?;
-                let n = entry.file_name();
-                if !matches!(n.to_bytes(), b"." | b"..") {
-                    self.tree(&sub, n, depth + 1)?;
-                }
+        if ftype != FileType::Directory {
+            return Ok(());
+        }
+        let (mtime, ctime) = ((st.st_mtime, st.st_mtime_nsec), (st.st_ctime, st.st_ctime_nsec));
+        let names = match self.listings.get_mut(&st.st_ino) {
+            Some(l) if l.mtime == mtime && l.ctime == ctime => {
+                l.seen = true;
+                l.names.clone()
             }
+            _ => {
+                let here = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+                let fd = match openat2(
+                    root,
+                    here,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV,
+                ) {
+                    Ok(fd) => fd,
+                    Err(Errno::NOENT) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                let mut names = Vec::new();
+                for entry in rustix::fs::Dir::read_from(&fd)? {
+                    let entry = entry?;
+                    let n = entry.file_name();
+                    if !matches!(n.to_bytes(), b"." | b"..") {
+                        names.push(n.to_owned());
+                    }
+                }
+                self.listings.insert(st.st_ino, Listing { mtime, ctime, names: names.clone(), seen: true });
+                names
+            }
+        };
+        for n in names {
+            let n = OsStr::from_bytes(n.to_bytes());
+            if depth == 0 && skip == Some(n) {
+                continue;
+            }
+            self.tree(root, &rel.join(n), None, depth + 1)?;
         }
         Ok(())
     }
@@ -500,6 +558,7 @@ pub fn probe(upper: &Path, work: Option<&Path>, mountinfo: &Path) -> Result<Quot
         layer,
         others,
         covered: None,
+        listings: Listings::default(),
     };
     target.reach(mountinfo)?;
     Ok(target)
@@ -575,6 +634,7 @@ pub fn assign(
         layer: None,
         others: Vec::new(),
         covered: None,
+        listings: Listings::default(),
     };
     probe_target.reach(mountinfo).map_err(AssignError::Unavailable)?;
     let free = |id: u32| probe_target.getquota(id).map(|u| u == Usage::default());
@@ -741,6 +801,7 @@ mod tests {
             layer: None,
             others: Vec::new(),
             covered: None,
+            listings: Listings::default(),
         };
         assert_eq!(verify(&mut t, r(8192, 3, 0), r(8192, 3, 0), u(8192, 3)), Ok(u(8192, 3)));
         assert_eq!(verify(&mut t, r(8192, 3, 0), r(8192, 3, 0), u(8192, 4)), Err(Unavailable::Mismatch));
@@ -804,16 +865,28 @@ mod tests {
             layer: Some(layer.clone()),
             others: vec![layer.join("work")],
             covered: None,
+            listings: Listings::default(),
         };
         let (u, covered) = t.others().expect("others");
         let want: Vec<Stat> =
             ["", "link", "work", "work/work", "work/work/#2"].iter().map(|p| st(p)).collect();
         let bytes: u64 = want.iter().map(|s| s.st_blocks as u64 * 512).sum();
         assert_eq!((u.inodes, u.allocated_bytes, covered), (5, bytes, 0), "{u:?}");
+        // Again from the cached listings (unchanged directories), then with a change.
+        assert_eq!(t.others().expect("others"), (u, 0));
+        assert_eq!(t.listings.locked().len(), 3, "layer, work, work/work");
+        std::fs::write(layer.join("work/work/#4"), vec![3u8; 9000]).expect("write");
+        let (u2, _) = t.others().expect("others");
+        assert_eq!(u2.inodes, 6, "the new name in work/work is seen: {u2:?}");
+        std::fs::remove_dir_all(layer.join("work/work")).expect("rm");
+        let (u3, _) = t.others().expect("others");
+        assert_eq!(u3.inodes, 4, "layer, link, work, #3 (#2 gone: one link left): {u3:?}");
+        assert_eq!(t.listings.locked().len(), 2, "work/work's listing dropped");
         // A work dir with the id outside the layer dir is measured by itself.
+        std::fs::create_dir(layer.join("work/work")).expect("mkdir");
         let t = QuotaTarget { layer: None, ..t };
         let (u, _) = t.others().expect("others");
-        assert_eq!(u.inodes, 3, "work, work/work, #2/#3: {u:?}");
+        assert_eq!(u.inodes, 3, "work, work/work, #3: {u:?}");
     }
 
     #[test]
