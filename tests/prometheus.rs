@@ -378,10 +378,9 @@ fn ingest_native_histograms(binary: &Path, keep_classic: &str, classic: bool) {
         }
         assert_eq!(r["value"][1].as_str(), prom.value(&q).as_deref(), "{mp} {cause}");
     }
-    // The histograms without observations are native series too (a zero
-    // threshold above 0: Prometheus before 2.46 took an empty native histogram
-    // with threshold 0 for a classic one), with no classic series beside them
-    // unless classic ones are kept.
+    // The histograms without observations are native series too (no-op span,
+    // zero threshold 2^-128), with no classic series beside them unless
+    // classic ones are kept.
     for hist in ["overlayfs_mount_copy_up_duration_seconds", "overlayfs_mount_copy_up_bytes"] {
         let sel = format!("{{mountpoint=\"{}\",cause=\"{}\"}}", EMPTY[0], EMPTY[1]);
         assert_eq!(
