@@ -50,6 +50,19 @@ local robustIncrease(metric, by, window, agentSelector, perMount=false) =
     )
   ||| % { m: metric, by: by, w: window, sel: agentSelector, moved: if perMount then std.rstripChars(std.strReplace(moved, '\n', '\n    '), ' \n') else '' };
 
+// The spellings of a whole-number `le` bound, as a regex for a PromQL string:
+// the agent's (Rust's Display: 268435456) and Prometheus' normalised one (Go's
+// %g: 2.68435456e+08, from 10^6 up), which Prometheus 3 stores whatever the
+// format and 2.42 stores from protobuf.
+local leMatch(n) =
+  local d = std.toString(n);
+  local exp = std.length(d) - 1;
+  local mant = std.rstripChars(d, '0');
+  local sci = mant[0] + (if std.length(mant) > 1 then '.' + mant[1:] else '') + 'e+' + (if exp < 10 then '0' else '') + exp;
+  local esc(x) = std.strReplace(std.strReplace(x, '.', '\\\\.'), '+', '\\\\+');
+  assert std.isNumber(n) && n == std.floor(n) && n > 0 && exp < 21 : 'a whole le bound below 1e21: %s' % n;
+  if exp < 6 then d else '%s|%s' % [d, esc(sci)];
+
 local annotations(c, name, summary, description) = {
   summary: summary,
   description: description,
@@ -129,8 +142,15 @@ local annotations(c, name, summary, description) = {
             expr: 'sum by (job, instance, cause, le) (rate(overlayfs_copy_up_duration_seconds_bucket{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
+            // Classic buckets where Prometheus keeps them, else the native
+            // series (Prometheus 3 scraping protobuf keeps no classic buckets by
+            // default, and 2.42 cannot keep them): the alert works on either.
             record: 'instance_cause:overlayfs_copy_up_duration_seconds:p99_rate5m',
-            expr: 'histogram_quantile(0.99, instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m)',
+            expr: |||
+              histogram_quantile(0.99, instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m)
+              or
+              histogram_quantile(0.99, sum by (job, instance, cause) (rate(overlayfs_copy_up_duration_seconds{%(s)s}[5m])))
+            ||| % { s: c.agentSelector },
           },
           {
             record: 'instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s' % w,
@@ -179,12 +199,21 @@ local annotations(c, name, summary, description) = {
           },
           {
             alert: 'OverlayfsHugeCopyUp',
+            // The bound as the agent writes it and as Prometheus 3 (any format)
+            // and 2.42 (protobuf) store it (2.68435456e+08); the native series
+            // where there are no classic ones (the bound is a native boundary,
+            // so the fraction is exact).
             expr: |||
-              instance_cause_le:overlayfs_copy_up_bytes_bucket:increase%(w)s{le="+Inf"}
-              - ignoring (le)
-              instance_cause_le:overlayfs_copy_up_bytes_bucket:increase%(w)s{le="%(le)d"}
+              (
+                instance_cause_le:overlayfs_copy_up_bytes_bucket:increase%(w)s{le="+Inf"}
+                - ignoring (le)
+                instance_cause_le:overlayfs_copy_up_bytes_bucket:increase%(w)s{le=~"%(le)s"}
+                or
+                histogram_count(sum by (job, instance, cause) (increase(overlayfs_copy_up_bytes{%(s)s}[%(w)s])))
+                * (1 - histogram_fraction(0, %(b)d, sum by (job, instance, cause) (increase(overlayfs_copy_up_bytes{%(s)s}[%(w)s]))))
+              )
               > 0.5
-            ||| % { w: w, le: c.hugeCopyUpBytes },
+            ||| % { w: w, le: leMatch(c.hugeCopyUpBytes), b: c.hugeCopyUpBytes, s: c.agentSelector },
             labels: { severity: 'warning' },
             annotations: annotations(
               c,

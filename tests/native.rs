@@ -17,9 +17,12 @@
 //!
 //! Once the agent exports native histograms, capture a guest's /metrics in both
 //! formats instead (Accept: metrics::proto::CONTENT_TYPE for exposition.pb).
-//! Without the variable, the test checks the committed files agree with each
+//! Without the variable, the test renders the fixture again and compares the
+//! bytes with the committed files (process metrics left out), so a change to
+//! either encoder fails; and it checks the committed files agree with each
 //! other: every family, label set and value, classic buckets, and native
-//! buckets that sum to the count and fold into the classic buckets.
+//! buckets that sum to the count and fold into the classic buckets. One
+//! per-mount histogram per family has no observations (`/t/b/merged`, `xattr`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -197,10 +200,24 @@ fn per_mount(families: &[Parsed]) -> Vec<Parsed> {
                 _ => None,
             })
             .collect();
-        out.push(Parsed { def: Box::leak(Box::new(def)), plain: Vec::new(), hists });
+        let mut p = Parsed { def: Box::leak(Box::new(def)), plain: Vec::new(), hists };
+        // One histogram without observations (a mount and cause that had
+        // none), with the classic bounds of the others: Prometheus must ingest
+        // it as a native one too (tests/prometheus.rs).
+        if let Some((_, (buckets, _, _))) = p.hists.iter().next() {
+            let empty = buckets.iter().map(|b| (b.0, 0)).collect();
+            let key = vec![EMPTY[0].to_owned(), EMPTY[1].to_owned()];
+            assert!(!p.hists.contains_key(&key), "{key:?} has observations");
+            p.hists.insert(key, (empty, 0.0, 0));
+        }
+        out.push(p);
     }
     out
 }
+
+/// Mount and cause of the fixture's empty per-mount histograms (that mount
+/// had no copy-up of that cause).
+const EMPTY: [&str; 2] = ["/t/b/merged", "xattr"];
 
 struct Replay(Vec<Parsed>);
 
@@ -235,20 +252,55 @@ fn decode(mut buf: &[u8]) -> Vec<proto::MetricFamily> {
     out
 }
 
+/// The delimited messages before the first process_* family.
+fn without_process_pb(mut buf: &[u8]) -> &[u8] {
+    let all = buf;
+    while !buf.is_empty() {
+        let at = all.len() - buf.len();
+        let f: proto::MetricFamily =
+            prost::Message::decode_length_delimited(&mut buf).expect("a delimited MetricFamily");
+        if f.name.starts_with("process_") {
+            return &all[..at];
+        }
+    }
+    all
+}
+
+/// The text before the process metrics.
+fn without_process_text(buf: &[u8]) -> &[u8] {
+    let at = buf.windows(15).position(|w| w == b"# HELP process_").unwrap_or(buf.len());
+    &buf[..at]
+}
+
 #[test]
 fn native_fixture_agrees_with_itself() {
     let (pb_path, text_path) = (fixture("native/exposition.pb"), fixture("native/exposition.prom"));
+    let source = std::fs::read_to_string(fixture("qemu-6.1-metrics.prom")).expect("guest capture");
+    let e = Exposition::default();
+    let mut families = parse(&source);
+    let mounts = per_mount(&families);
+    families.extend(mounts);
+    e.register(Box::new(Replay(families)));
+    let (pb, text) = (e.render_as(Format::Protobuf), e.render_as(Format::Text));
     if std::env::var_os("UPDATE_NATIVE_FIXTURE").is_some() {
-        let source = std::fs::read_to_string(fixture("qemu-6.1-metrics.prom")).expect("guest capture");
-        let e = Exposition::default();
-        let mut families = parse(&source);
-        let mounts = per_mount(&families);
-        families.extend(mounts);
-        e.register(Box::new(Replay(families)));
         std::fs::create_dir_all(pb_path.parent().expect("dir")).expect("mkdir");
-        std::fs::write(&pb_path, e.render_as(Format::Protobuf)).expect("write pb");
-        std::fs::write(&text_path, e.render_as(Format::Text)).expect("write text");
+        std::fs::write(&pb_path, &pb).expect("write pb");
+        std::fs::write(&text_path, &text).expect("write text");
     }
+    // The encoders still write the committed bytes (the process metrics, which
+    // change from run to run, left out): a change to either format fails here
+    // until the fixture is regenerated and its diff reviewed.
+    let committed_pb = std::fs::read(&pb_path).expect("exposition.pb (UPDATE_NATIVE_FIXTURE=1 writes it)");
+    let committed_text = std::fs::read(&text_path).expect("exposition.prom");
+    assert!(
+        without_process_pb(&pb) == without_process_pb(&committed_pb),
+        "protobuf rendering differs from tests/fixtures/native/exposition.pb (UPDATE_NATIVE_FIXTURE=1 regenerates it)"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(without_process_text(&text)),
+        String::from_utf8_lossy(without_process_text(&committed_text)),
+        "text rendering differs from tests/fixtures/native/exposition.prom (UPDATE_NATIVE_FIXTURE=1 regenerates it)"
+    );
     let pb = decode(&std::fs::read(&pb_path).expect("exposition.pb (UPDATE_NATIVE_FIXTURE=1 writes it)"));
     let text = parse(&std::fs::read_to_string(&text_path).expect("exposition.prom"));
     let ours: Vec<&proto::MetricFamily> = pb.iter().filter(|f| !f.name.starts_with("process_")).collect();

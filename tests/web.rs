@@ -495,8 +495,13 @@ fn scrapes_answer_while_100_clients_hammer_metrics() {
     for h in hammers {
         h.join().expect("hammering client");
     }
-    let delta = |name: &str| after.get(name, &[]).expect(name) - before.get(name, &[]).expect(name);
-    let (scrapes, renders) = (delta("overlayfs_http_scrapes_total"), delta("overlayfs_http_renders_total"));
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        after.get(name, labels).expect(name) - before.get(name, labels).expect(name)
+    };
+    let (scrapes, renders) = (
+        delta("overlayfs_http_scrapes_total", &[("format", "text")]),
+        delta("overlayfs_http_renders_total", &[]),
+    );
     println!("100 hammering clients: {scrapes} scrapes served by {renders} renders meanwhile");
     assert!(renders < scrapes / 2.0, "scrapes did not share renders: {scrapes} scrapes, {renders} renders");
     assert_within_deadline("scrape among 100 hammering clients", &times);

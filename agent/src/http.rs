@@ -86,8 +86,10 @@ pub struct Stats {
     pub refused_plain_http: AtomicU64,
     /// Requests being answered now.
     pub in_flight: AtomicU64,
-    /// `/metrics` requests answered.
-    pub scrapes: AtomicU64,
+    /// `/metrics` requests answered in the text format.
+    pub scrapes_text: AtomicU64,
+    /// `/metrics` requests answered in protobuf.
+    pub scrapes_protobuf: AtomicU64,
     /// Renders of the exposition for them (fewer when concurrent scrapes shared one).
     pub renders: AtomicU64,
 }
@@ -366,9 +368,13 @@ pub async fn handle(state: &HttpState, req: &Request<impl Sized>) -> Response<Fu
             response(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready: no mount table yet\n")
         }
         "/metrics" => {
-            state.stats.scrapes.fetch_add(1, Ordering::Relaxed);
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let format = metrics::Format::negotiate(accept);
+            match format {
+                metrics::Format::Text => &state.stats.scrapes_text,
+                metrics::Format::Protobuf => &state.stats.scrapes_protobuf,
+            }
+            .fetch_add(1, Ordering::Relaxed);
             let renders = match format {
                 metrics::Format::Text => &state.renders.0,
                 metrics::Format::Protobuf => &state.renders.1,
@@ -1046,6 +1052,9 @@ mod tests {
                 );
             }
         }
+        let scrapes =
+            (s.stats.scrapes_text.load(Ordering::Relaxed), s.stats.scrapes_protobuf.load(Ordering::Relaxed));
+        assert_eq!(scrapes, (10, 11), "scrapes counted per format (the HEAD in protobuf)");
         let renders = s.stats.renders.load(Ordering::Relaxed) - before;
         assert!(
             (2..=4).contains(&renders),

@@ -40,9 +40,9 @@ static IN_FLIGHT: Def = Def {
 };
 static SCRAPES: Def = Def {
     name: "overlayfs_http_scrapes_total",
-    help: "Requests to /metrics answered with an exposition.",
+    help: "Requests to /metrics answered with an exposition, by format: text (0.0.4) or protobuf (delimited io.prometheus.client, native histograms; what Prometheus asks for with native histograms on).",
     kind: MetricType::COUNTER,
-    labels: &[],
+    labels: &["format"],
 };
 static RENDERS: Def = Def {
     name: "overlayfs_http_renders_total",
@@ -77,13 +77,16 @@ impl Collector for HttpCollector {
         ] {
             refused.add(&[reason], v.load(Ordering::Relaxed) as f64);
         }
+        let mut scrapes = Family::new(&SCRAPES);
+        scrapes.add(&["protobuf"], s.scrapes_protobuf.load(Ordering::Relaxed) as f64);
+        scrapes.add(&["text"], s.scrapes_text.load(Ordering::Relaxed) as f64);
         vec![
             one(&OPEN, &s.open),
             one(&LIMIT, &s.limit),
             one(&SHED, &s.shed),
             refused,
             one(&IN_FLIGHT, &s.in_flight),
-            one(&SCRAPES, &s.scrapes),
+            scrapes,
             one(&RENDERS, &s.renders),
         ]
     }

@@ -74,22 +74,64 @@ pub struct Histogram {
     pub sum: f64,
 }
 
+/// The native schemas Prometheus accepts (2^-4 .. 2^8 buckets per power of two):
+/// it rejects a whole scrape with a histogram outside them.
+pub const SCHEMAS: std::ops::RangeInclusive<i32> = -4..=8;
+
 impl Histogram {
+    /// Buckets per power of two (a fraction for negative schemas).
+    fn scale(schema: i32) -> f64 {
+        2f64.powi(schema)
+    }
+
     /// The index of the bucket whose upper boundary is `bound`, if it is one.
     pub fn boundary_index(schema: i32, bound: f64) -> Option<i32> {
-        let i = bound.log2() * f64::from(1u32 << schema.clamp(0, 8));
+        let i = bound.log2() * Self::scale(schema);
         let r = i.round();
         ((i - r).abs() < 1e-9 && r.is_finite()).then_some(r as i32)
     }
 
-    /// Cumulative counts at `bounds` (ascending; each must be a bucket boundary:
-    /// see `boundary_index`; one that is not counts up to the boundary below it).
+    /// Sorts the buckets by index, merges duplicate indices and derives the
+    /// count from the zero bucket and the buckets. The kernel's per-CPU values
+    /// are read while copy-ups update them, so the count read beside them can
+    /// be off by the copy-ups in flight; Prometheus rejects a whole scrape whose
+    /// native histogram's count differs from its buckets' ("3 observations found
+    /// in buckets, but the Count field is 5"). The classic `+Inf` bucket and
+    /// `_count` of the text form are this count too, so both formats agree.
+    /// The sum is kept as read: nothing checks it against the buckets, and it
+    /// stays within the in-flight copy-ups of the sum counter.
+    pub fn normalise(&mut self) {
+        self.buckets.sort_unstable_by_key(|b| b.0);
+        self.buckets.dedup_by(|next, kept| {
+            let same = next.0 == kept.0;
+            if same {
+                kept.1 = kept.1.saturating_add(next.1);
+            }
+            same
+        });
+        self.buckets.retain(|b| b.1 > 0);
+        self.count = self.buckets.iter().fold(self.zero_count, |n, b| n.saturating_add(b.1));
+    }
+
+    /// Cumulative counts at `bounds`.
+    ///
+    /// Contract: `bounds` ascend and each is a native bucket boundary at this
+    /// schema (`boundary_index` is `Some`), and the buckets are sorted
+    /// (`normalise`). A bound that is not a boundary would split a bucket: it
+    /// counts only up to the boundary below it, which debug builds (the tests)
+    /// refuse with a panic.
     pub fn classic(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
-        let scale = f64::from(1u32 << self.schema.clamp(0, 8));
+        let scale = Self::scale(self.schema);
         let mut out = Vec::with_capacity(bounds.len());
         let (mut acc, mut next) = (self.zero_count, self.buckets.iter().peekable());
         for &le in bounds {
-            let top = Self::boundary_index(self.schema, le).unwrap_or((le.log2() * scale).floor() as i32);
+            let exact = Self::boundary_index(self.schema, le);
+            debug_assert!(
+                exact.is_some(),
+                "classic bound {le} is not a native boundary at schema {}",
+                self.schema
+            );
+            let top = exact.unwrap_or((le.log2() * scale).floor() as i32);
             while let Some((_, n)) = next.next_if(|(i, _)| *i <= top) {
                 acc += n;
             }
@@ -230,9 +272,28 @@ impl Family {
     /// Adds a kernel histogram. In the text format it is the classic histogram
     /// at `classic` bounds; without bounds it has no text form and is left out.
     /// In protobuf it is a native histogram, with those classic buckets too.
+    /// The histogram is normalised first (`Histogram::normalise`). One whose
+    /// schema Prometheus does not accept (`SCHEMAS`) would make it reject the
+    /// whole scrape: it is served as its classic form only (nothing without
+    /// bounds), and logged.
     pub fn add_kernel_histogram(&mut self, values: &[&str], h: &Histogram, classic: Option<&[f64]>) {
+        let mut h = h.clone();
+        h.normalise();
+        let sample = if SCHEMAS.contains(&h.schema) {
+            HistSample::Kernel(h, classic.map(<[f64]>::to_vec))
+        } else {
+            tracing::error!(
+                family = self.def.name,
+                schema = h.schema,
+                "native schema out of range: classic buckets only"
+            );
+            match classic {
+                Some(bounds) => HistSample::Classic(h.classic(bounds), h.count, h.sum),
+                None => return,
+            }
+        };
         let i = offset(self.hists.len());
-        self.hists.push(HistSample::Kernel(h.clone(), classic.map(<[f64]>::to_vec)));
+        self.hists.push(sample);
         self.push(values, Value::Hist(i));
     }
 
@@ -419,7 +480,7 @@ fn histogram_proto(h: &HistSample) -> proto::Histogram {
                 sample_sum: h.sum,
                 bucket: bounds.as_deref().map(|b| classic(&h.classic(b))).unwrap_or_default(),
                 schema: h.schema,
-                zero_threshold: 0.0,
+                zero_threshold: proto::ZERO_THRESHOLD,
                 zero_count: h.zero_count,
                 positive_span,
                 positive_delta,
@@ -705,6 +766,79 @@ mod tests {
         assert!(!out.contains("native-only"), "no text form without classic bounds: {out}");
     }
 
+    /// Per-CPU reads racing copy-ups: a count that disagrees with the buckets,
+    /// unsorted and duplicate indices. Both formats serve the count of the
+    /// buckets (Prometheus rejects the whole scrape otherwise) and sorted,
+    /// merged buckets (no negative span offsets).
+    #[test]
+    fn inconsistent_kernel_histograms_are_normalised() {
+        let racy = Histogram {
+            schema: 3,
+            zero_count: 1,
+            buckets: vec![(9, 2), (-1, 1), (9, 3), (0, 0), (8, 1)],
+            count: 5,
+            sum: 9.5,
+        };
+        let mut f = Family::new(&H);
+        f.add_kernel_histogram(&["x"], &racy, Some(&[1.0, 2.0]));
+        let mut pb = Vec::new();
+        f.write_proto(&mut pb, &mut Vec::new());
+        let fam = decode_all(&pb);
+        let h = fam[0].metric[0].histogram.clone().expect("histogram");
+        assert_eq!((h.sample_count, h.sample_sum, h.zero_count), (8, 9.5, 1), "count from the buckets");
+        let spans: Vec<(i32, u32)> = h.positive_span.iter().map(|s| (s.offset, s.length)).collect();
+        assert_eq!(spans, [(-1, 1), (8, 2)], "sorted, merged, no negative offset after the first");
+        assert_eq!(h.positive_delta, [1, 0, 4]);
+        let b: Vec<(f64, u64)> = h.bucket.iter().map(|b| (b.upper_bound, b.cumulative_count)).collect();
+        assert_eq!(b, [(1.0, 2), (2.0, 3)]);
+        let mut f = Family::new(&H);
+        f.add_kernel_histogram(&["x"], &racy, Some(&[1.0, 2.0]));
+        let mut text = String::new();
+        f.write_text(&mut text);
+        assert!(text.contains("t_seconds_bucket{c=\"x\",le=\"2\"} 3\n"), "{text}");
+        assert!(text.contains("t_seconds_bucket{c=\"x\",le=\"+Inf\"} 8\n"), "{text}");
+        assert!(text.contains("t_seconds_count{c=\"x\"} 8\n"), "text agrees with protobuf: {text}");
+        assert!(text.contains("t_seconds_sum{c=\"x\"} 9.5\n"), "{text}");
+    }
+
+    /// Valid schemas are -4..=8; a negative one has buckets wider than a power
+    /// of two; one outside the range is served classic only.
+    #[test]
+    fn schemas_outside_prometheus_range_are_not_encoded() {
+        // schema -1: index i ends at 4^i.
+        assert_eq!(Histogram::boundary_index(-1, 16.0), Some(2));
+        assert_eq!(Histogram::boundary_index(-1, 2.0), None);
+        assert_eq!(Histogram::boundary_index(-4, 65536.0), Some(1));
+        let h = Histogram { schema: -1, zero_count: 0, buckets: vec![(1, 2), (2, 1)], count: 3, sum: 20.0 };
+        assert_eq!(h.classic(&[4.0, 16.0]), [(4.0, 2), (16.0, 3)]);
+        let mut f = Family::new(&H);
+        f.add_kernel_histogram(&["neg"], &h, None);
+        f.add_kernel_histogram(&["nine"], &Histogram { schema: 9, ..h.clone() }, Some(&[4.0, 16.0]));
+        f.add_kernel_histogram(&["nine-native-only"], &Histogram { schema: 9, ..h.clone() }, None);
+        let mut pb = Vec::new();
+        f.write_proto(&mut pb, &mut Vec::new());
+        let fam = decode_all(&pb);
+        let by =
+            |c: &str| fam[0].metric.iter().find(|m| m.label[0].value == c).and_then(|m| m.histogram.clone());
+        assert_eq!(by("neg").map(|h| h.schema), Some(-1));
+        let nine = by("nine").expect("classic form kept");
+        assert!(nine.positive_span.is_empty() && nine.schema == 0 && nine.zero_threshold == 0.0, "{nine:?}");
+        assert_eq!(nine.bucket.len(), 2);
+        assert!(by("nine-native-only").is_none(), "nothing to serve without classic bounds");
+    }
+
+    #[test]
+    #[should_panic(expected = "not a native boundary")]
+    fn classic_bounds_must_be_boundaries() {
+        let h = Histogram { schema: 3, zero_count: 0, buckets: vec![(0, 1)], count: 1, sum: 1.0 };
+        let _ = h.classic(&[1.024e-6]);
+    }
+
+    #[test]
+    fn zero_threshold_is_two_to_the_minus_128() {
+        assert_eq!(proto::ZERO_THRESHOLD, 2f64.powi(-128));
+    }
+
     static K: Def =
         Def { name: "t_kernel_seconds", help: "k", kind: MetricType::HISTOGRAM, labels: &["cause"] };
 
@@ -797,7 +931,7 @@ mod tests {
         let w = by("write");
         assert_eq!(
             (w.sample_count, w.sample_sum, w.schema, w.zero_count, w.zero_threshold),
-            (24, 100.0, 3, 2, 0.0)
+            (24, 100.0, 3, 2, 2f64.powi(-128))
         );
         let b: Vec<(f64, u64)> = w.bucket.iter().map(|b| (b.upper_bound, b.cumulative_count)).collect();
         assert_eq!(b, [(1.0, 4), (4.0, 17)], "classic buckets beside the native ones");

@@ -123,10 +123,21 @@ pub struct MetricFamily {
     pub metric: Vec<Metric>,
 }
 
+/// The zero bucket's threshold: 2^-128, client_golang's default. Every real
+/// observation is at least 1 ns or 1 byte, so the zero bucket still holds the
+/// exact zeros only. Not 0: Prometheus tells a native histogram from a classic
+/// one by a positive threshold, a zero count or a span, and an empty one has
+/// only the no-op span to show, which not every reader counts (prometheus#12584,
+/// 2.46). Measured: Prometheus 2.42 stores the fixture's empty histograms as
+/// native with either threshold (tests/prometheus.rs), so the threshold is a
+/// second marker, the one client_golang writes.
+pub const ZERO_THRESHOLD: f64 = 2.938_735_877_055_719e-39;
+
 /// The native part of a histogram: spans and deltas of `buckets` ((index,
-/// count), ascending, non-cumulative; empty buckets are skipped). A histogram
-/// without observations gets a no-op span (offset 0, length 0): without one,
-/// and with a zero threshold of 0, Prometheus would take it for a classic one.
+/// count), ascending by index without duplicates, non-cumulative: see
+/// `Histogram::normalise`; empty buckets are skipped). A histogram without
+/// observations gets a no-op span (offset 0, length 0) and, with
+/// `ZERO_THRESHOLD`, is still told from a classic histogram.
 pub fn native_buckets(buckets: &[(i32, u64)]) -> (Vec<BucketSpan>, Vec<i64>) {
     let mut spans: Vec<BucketSpan> = Vec::new();
     let mut deltas = Vec::with_capacity(buckets.len());
