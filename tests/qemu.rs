@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -218,6 +219,7 @@ const CHECKS: &[Check] = &[
     ("data_bytes", check_bytes),
     ("no_errors", check_no_errors),
     ("histograms", check_histograms),
+    ("forgotten_mount", check_forgotten_mount),
     ("processes", check_processes),
     ("lifecycle", check_lifecycle),
     ("trace", check_trace),
@@ -272,9 +274,119 @@ fn check_no_errors(g: &Guest) -> Vec<String> {
     }
 }
 
-/// One sample per data copy-up, the bytes adding up.
-fn check_histograms(g: &Guest) -> Vec<String> {
+/// Every sample of `name` as (labels, value).
+fn series(m: &Metrics, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    m.samples
+        .iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix(name)?.strip_prefix('{')?.strip_suffix('}')?;
+            let labels = rest
+                .split("\",")
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once("=\"")?;
+                    Some((k.to_owned(), v.trim_end_matches('"').to_owned()))
+                })
+                .collect();
+            Some((labels, *v))
+        })
+        .collect()
+}
+
+/// Relative float equality for sums of seconds added in different orders.
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-9)
+}
+
+/// The histograms against the counters, over the same keys: per mount and
+/// cause, the latency histogram counts every copy-up and sums
+/// overlayfs_copy_up_seconds_total; the bytes histogram counts the copy-ups
+/// that copied data (kinds data and deferred_data) and sums
+/// overlayfs_copy_up_data_bytes_total; the node-wide ones are the mounts'
+/// sums; classic buckets are cumulative up to +Inf = count.
+fn histogram_problems(m: &Metrics) -> Vec<String> {
     let mut problems = Vec::new();
+    // (mountpoint, cause) -> (copy-ups, data copy-ups, seconds, bytes)
+    let mut want: BTreeMap<(String, String), (f64, f64, f64, f64)> = BTreeMap::new();
+    for (l, v) in series(m, "overlayfs_copy_up_total") {
+        let e = want.entry((l["mountpoint"].clone(), l["cause"].clone())).or_default();
+        e.0 += v;
+        if l["kind"] == "data" || l["kind"] == "deferred_data" {
+            e.1 += v;
+        }
+    }
+    for (l, v) in series(m, "overlayfs_copy_up_seconds_total") {
+        want.entry((l["mountpoint"].clone(), l["cause"].clone())).or_default().2 = v;
+    }
+    for (l, v) in series(m, "overlayfs_copy_up_data_bytes_total") {
+        want.entry((l["mountpoint"].clone(), l["cause"].clone())).or_default().3 = v;
+    }
+    let mut node: BTreeMap<String, (f64, f64, f64, f64)> = BTreeMap::new();
+    for ((mp, cause), (n, data, secs, bytes)) in &want {
+        let e = node.entry(cause.clone()).or_default();
+        (e.0, e.1, e.2, e.3) = (e.0 + n, e.1 + data, e.2 + secs, e.3 + bytes);
+        let labels = [("mountpoint", mp.as_str()), ("cause", cause.as_str())];
+        for (fam, count, sum) in [
+            ("overlayfs_mount_copy_up_duration_seconds", *n, *secs),
+            ("overlayfs_mount_copy_up_bytes", *data, *bytes),
+        ] {
+            let got = (m.get(&format!("{fam}_count"), &labels), m.get(&format!("{fam}_sum"), &labels));
+            let want = if count > 0.0 { (Some(count), Some(sum)) } else { (None, None) };
+            if got != want {
+                problems.push(format!("{fam}{{{mp},{cause}}} (count, sum) = {got:?}, want {want:?}"));
+            }
+        }
+    }
+    for (cause, (n, data, secs, bytes)) in &node {
+        let labels = [("cause", cause.as_str())];
+        for (fam, count, sum) in
+            [("overlayfs_copy_up_duration_seconds", *n, *secs), ("overlayfs_copy_up_bytes", *data, *bytes)]
+        {
+            let got_n = m.get(&format!("{fam}_count"), &labels);
+            let got_sum = m.get(&format!("{fam}_sum"), &labels);
+            let ok = if count > 0.0 {
+                got_n == Some(count) && got_sum.is_some_and(|s| close(s, sum))
+            } else {
+                got_n.is_none()
+            };
+            if !ok {
+                problems.push(format!(
+                    "{fam}{{cause={cause}}} (count, sum) = ({got_n:?}, {got_sum:?}), want ({count}, {sum}) over the mounts"
+                ));
+            }
+        }
+    }
+    // Classic bounds, +Inf included: bytes 2^10 .. 2^34, seconds 2^-20 .. 2^6, every factor of 4.
+    for (fam, bounds) in [
+        ("overlayfs_copy_up_duration_seconds", 15),
+        ("overlayfs_copy_up_bytes", 14),
+        ("overlayfs_mount_copy_up_duration_seconds", 15),
+        ("overlayfs_mount_copy_up_bytes", 14),
+    ] {
+        // labels without le -> (le, cumulative count)
+        type Buckets = Vec<(f64, f64)>;
+        let mut by_series: BTreeMap<Vec<(String, String)>, Buckets> = BTreeMap::new();
+        for (mut l, v) in series(m, &format!("{fam}_bucket")) {
+            let le = l.remove("le").unwrap_or_default();
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
+            by_series.entry(l.into_iter().collect()).or_default().push((le, v));
+        }
+        for (l, mut b) in by_series {
+            b.sort_by(|x, y| x.0.total_cmp(&y.0));
+            let labels: Vec<(&str, &str)> = l.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let count = m.get(&format!("{fam}_count"), &labels);
+            if !b.windows(2).all(|w| w[0].1 <= w[1].1) || b.last().map(|x| x.1) != count || b.len() != bounds
+            {
+                problems.push(format!("{fam}{l:?}: buckets {b:?}, count {count:?}"));
+            }
+        }
+    }
+    problems
+}
+
+/// One sample per data copy-up, the bytes adding up; every histogram against
+/// the counters; the bucket boundaries the native ones.
+fn check_histograms(g: &Guest) -> Vec<String> {
+    let mut problems = histogram_problems(&g.m);
     let chown_bytes = g.m.get("overlayfs_copy_up_bytes_count", &[("cause", "chown")]);
     if chown_bytes != Some(2.0) {
         problems.push(format!("overlayfs_copy_up_bytes_count{{cause=chown}} = {chown_bytes:?}, want 2 (A and B; C is metadata-only)"));
@@ -286,6 +398,55 @@ fn check_histograms(g: &Guest) -> Vec<String> {
     let lat = g.m.get("overlayfs_copy_up_duration_seconds_count", &[("cause", "create")]);
     if lat != Some(2.0) {
         problems.push(format!("overlayfs_copy_up_duration_seconds_count{{cause=create}} = {lat:?}, want 2"));
+    }
+    // 10,000 and 12,000 bytes: both in (2^13, 2^14] = (8192, 16384].
+    for (le, want) in [("4096", 0.0), ("16384", 2.0)] {
+        let got = g.m.get("overlayfs_copy_up_bytes_bucket", &[("cause", "chown"), ("le", le)]);
+        if got != Some(want) {
+            problems.push(format!(
+                "overlayfs_copy_up_bytes_bucket{{cause=chown,le={le}}} = {got:?}, want {want}"
+            ));
+        }
+    }
+    let first_le = g.m.get(
+        "overlayfs_copy_up_duration_seconds_bucket",
+        &[("cause", "create"), ("le", "0.00000095367431640625")],
+    );
+    if first_le.is_none() {
+        problems.push("no latency bucket at le=2^-20 s (0.00000095367431640625)".into());
+    }
+    problems
+}
+
+/// After mount E is unmounted and forgotten: no series names it, and the
+/// node-wide histograms still hold its 64 open copy-ups (counts and sums the
+/// same as before the unmount).
+fn check_forgotten_mount(g: &Guest) -> Vec<String> {
+    let mut problems = Vec::new();
+    let (Some(before), Some(after)) =
+        (section_of(&g.console, "PARALLEL"), section_of(&g.console, "FORGOTTEN"))
+    else {
+        return vec!["no PARALLEL or FORGOTTEN metrics".into()];
+    };
+    let (before, after) = (Metrics::parse(before), Metrics::parse(after));
+    if after.text.contains("/t/e/merged") {
+        problems.push(format!("series still name /t/e/merged:\n{}", grep(&after.text, "overlayfs_")));
+    }
+    let e_open = before.get(
+        "overlayfs_mount_copy_up_duration_seconds_count",
+        &[("mountpoint", "/t/e/merged"), ("cause", "open")],
+    );
+    if e_open != Some(64.0) {
+        problems.push(format!("mount E's open copy-ups before the unmount: {e_open:?}, want 64"));
+    }
+    for fam in ["overlayfs_copy_up_duration_seconds", "overlayfs_copy_up_bytes"] {
+        for suffix in ["_count", "_sum", "_bucket"] {
+            let name = format!("{fam}{suffix}");
+            let (b, a) = (series(&before, &name), series(&after, &name));
+            if b != a || b.is_empty() {
+                problems.push(format!("{name} changed when mount E was forgotten: {b:?} -> {a:?}"));
+            }
+        }
     }
     problems
 }
@@ -564,6 +725,7 @@ fn check_kernel(version: &str) -> Result<String, String> {
         "CAPS NOT READY",
         "CAPS_BOOTED NOT READY",
         "PARALLEL FAILED",
+        "FORGET TIMEOUT",
     ] {
         if console.contains(&format!("=== {marker}")) {
             let agent_log = section(&console, "=== AGENT LOG BEGIN", "=== AGENT LOG END").unwrap_or("");

@@ -19,8 +19,8 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::{kprobe, kretprobe};
 use aya_ebpf::programs::{ProbeContext, RetProbeContext};
 use overlay_agent_common::{
-    kind, stat, syscall, Config, CountKey, CountValue, Inflight, ProcessValue, TraceEvent, HIST_BYTES,
-    HIST_LATENCY_NS,
+    kind, ns_to_latency_units, stat, syscall, Config, CountKey, CountValue, Inflight, ProcessValue,
+    TraceEvent, HIST_BYTES, HIST_LATENCY,
 };
 
 use crate::maps::{COUNTS, INFLIGHT, PROCESSES, SYSCALL_CAUSE, TRACE};
@@ -181,7 +181,7 @@ pub fn end_entry(_ctx: ProbeContext) -> u32 {
     if v.copied_data != 0 {
         observe(hist_dev, v.cause, HIST_BYTES, v.data_bytes);
     }
-    observe(hist_dev, v.cause, HIST_LATENCY_NS, latency);
+    observe(hist_dev, v.cause, HIST_LATENCY, ns_to_latency_units(latency));
     add_process(v.data_bytes);
     if latency >= cfg.trace_min_latency_ns {
         trace(cfg, &v, k, now, latency);

@@ -9,6 +9,9 @@
 //! - bare.rs: the benchmark floor (a counting pair), never attached by the agent
 #![no_std]
 #![no_main]
+// core::intrinsics::atomic_xadd (util::observe): the bpf target has no AtomicU64 adds.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod bare;
 mod copyup;

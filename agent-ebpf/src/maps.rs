@@ -2,7 +2,7 @@
 //! reads COUNTS and HIST when scraped; nothing is sent per event.
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
 use overlay_agent_common::{Config, CountKey, CountValue, HistKey, Inflight, ProcessKey, ProcessValue};
 
 /// Written once by the agent (offsets and argument positions from BTF).
@@ -18,9 +18,14 @@ pub static SYSCALL_CAUSE: Array<u8> = Array::with_max_entries(overlay_agent_comm
 #[map]
 pub static COUNTS: PerCpuHashMap<CountKey, CountValue> = PerCpuHashMap::with_max_entries(16384, 0);
 
-/// Log2 histograms of bytes and latency by (device or 0, cause, bucket).
+/// Native histograms (schema 3) of bytes and latency by (device or 0, cause,
+/// bucket): one entry per occupied bucket, shared by all CPUs (atomic adds).
+/// Preallocated (kprobe programs need it on 5.10): 2^18 entries, about 11
+/// occupied buckets per histogram at 1,000 mounts x 12 causes x 2 histograms
+/// (docs/performance.md has the memory); past that, stat::MAP_FULL counts.
 #[map]
-pub static HIST: PerCpuHashMap<HistKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+pub static HIST: HashMap<HistKey, u64> = HashMap::with_max_entries(HIST_ENTRIES, 0);
+pub const HIST_ENTRIES: u32 = 1 << 18;
 
 /// Copy-ups and data bytes by the comm of the thread that triggered them. LRU:
 /// past 4096 distinct names the least recently active is dropped (the agent keeps

@@ -87,9 +87,38 @@ macro_rules! upsert {
 }
 pub(crate) use upsert;
 
-/// Counts `v` in its histogram bucket (the sums are kept in COUNTS).
+/// Counts `v` in its native histogram bucket (the sums are kept in COUNTS).
+/// HIST is one map shared by all CPUs (its memory does not grow with them), so
+/// the count is an atomic add (BPF_XADD: the result is unused, which 5.10's
+/// verifier needs). A new key is inserted with BPF_NOEXIST: of two CPUs that
+/// insert the same key at once, one inserts and the other adds to its entry,
+/// so no observation is lost.
 #[inline(always)]
 pub fn observe(dev: u32, cause: u8, hist: u8, v: u64) {
-    let key = HistKey { dev, cause, hist, bucket: overlay_agent_common::bucket(v), _pad: 0 };
-    upsert!(HIST, &key, 1u64, |p| *p += 1);
+    let key = HistKey { dev, cause, hist, bucket: overlay_agent_common::bucket(v) };
+    if add_one(&key) {
+        return;
+    }
+    const BPF_NOEXIST: u64 = 1;
+    if HIST.insert(&key, &1u64, BPF_NOEXIST).is_ok() || add_one(&key) {
+        return;
+    }
+    bump(stat::MAP_FULL);
+}
+
+#[inline(always)]
+fn add_one(key: &HistKey) -> bool {
+    match HIST.get_ptr_mut(key) {
+        Some(p) => {
+            // SAFETY: a valid, aligned u64 of the map's value while the program
+            // runs; every writer adds atomically. The bpf target has no
+            // AtomicU64::fetch_add (no compare-and-swap before v3), so the
+            // intrinsic: with its result unused LLVM emits BPF_XADD.
+            unsafe {
+                core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, 1)
+            };
+            true
+        }
+        None => false,
+    }
 }

@@ -51,8 +51,11 @@ pub struct IdentityConfig {
 pub struct EbpfConfig {
     /// Attach the copy-up probes (needs root: CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN).
     pub enabled: bool,
-    /// Also key the bytes and latency histograms by mount (mounts x causes x buckets series).
+    /// Also key the bytes and latency histograms by mount, in the kernel
+    /// (overlayfs_mount_copy_up_*; the node-wide ones are their sums).
     pub per_mount_histograms: bool,
+    /// Which histogram families carry classic buckets (their text form).
+    pub classic_histograms: ClassicHistograms,
     /// Comms shown in overlayfs_copy_up_process_*_total (the rest: comm="other").
     pub top_processes: usize,
     /// A shown comm without copy-ups for this long makes room for another.
@@ -64,11 +67,27 @@ impl Default for EbpfConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            per_mount_histograms: false,
+            per_mount_histograms: true,
+            classic_histograms: ClassicHistograms::Node,
             top_processes: 10,
             top_processes_idle: Duration::from_secs(15 * 60),
         }
     }
+}
+
+/// Which copy-up histograms have classic buckets (`le` series, the only form
+/// the text format has). Native buckets need no such choice: one series each.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassicHistograms {
+    /// The node-wide overlayfs_copy_up_{bytes,duration_seconds}{cause}.
+    #[default]
+    Node,
+    /// Those and the per-mount overlayfs_mount_copy_up_*{mountpoint,cause}:
+    /// mounts x causes x 16 classic series.
+    All,
+    /// None: the histograms are served in the protobuf format only.
+    None,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -499,6 +518,23 @@ mod tests {
         }
         let msg = parse("scan:\n  interval: 2m\n  classify_interval: 1m\n").expect_err("short").to_string();
         assert!(msg.contains("scan.classify_interval"), "{msg}");
+    }
+
+    #[test]
+    fn classic_histograms() {
+        let c = parse("ebpf:\n  enabled: true\n").expect("valid");
+        assert_eq!(c.ebpf.classic_histograms, ClassicHistograms::Node);
+        assert!(c.ebpf.per_mount_histograms, "per-mount by default");
+        for (v, want) in [
+            ("node", ClassicHistograms::Node),
+            ("all", ClassicHistograms::All),
+            ("none", ClassicHistograms::None),
+        ] {
+            let c = parse(&format!("ebpf:\n  classic_histograms: {v}\n")).expect(v);
+            assert_eq!(c.ebpf.classic_histograms, want);
+        }
+        let msg = parse("ebpf:\n  classic_histograms: some\n").expect_err("bad value").to_string();
+        assert!(msg.contains("test.yaml:2:") && msg.contains("ebpf.classic_histograms"), "{msg}");
     }
 
     #[test]

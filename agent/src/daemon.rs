@@ -73,7 +73,11 @@ impl Pipeline {
             Box::new(metrics::mounts::MountCollector::new(mounts.clone())),
             Box::new(metrics::upper::UpperCollector::new(mounts.clone(), pool.store())),
             Box::new(metrics::agent::AgentCollector::new(mounts.clone(), stats.clone())),
-            Box::new(metrics::copyup::CopyUpCollector::new(mounts.clone(), probes.clone())),
+            Box::new(metrics::copyup::CopyUpCollector::new(
+                mounts.clone(),
+                probes.clone(),
+                config.ebpf.classic_histograms,
+            )),
             Box::new(metrics::process::ProcessCollector::new(
                 probes.clone(),
                 config.ebpf.top_processes,

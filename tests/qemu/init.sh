@@ -113,6 +113,17 @@ if [ "$mode" = agent ]; then
   echo "=== PARALLEL METRICS BEGIN"
   scrape
   echo "=== PARALLEL METRICS END"
+  # Mount E goes away: the agent deletes its map entries, and the node-wide
+  # histograms keep what it counted (tests/qemu.rs, check_forgotten_mount).
+  umount /t/e/merged
+  i=0
+  while scrape | grep -q 'mountpoint="/t/e/merged"'; do
+    i=$((i + 1)); [ $i -gt 600 ] && { echo "=== FORGET TIMEOUT"; break; }
+    usleep 100000
+  done
+  echo "=== FORGOTTEN METRICS BEGIN"
+  scrape
+  echo "=== FORGOTTEN METRICS END"
   echo "=== RETPROBE EVENTS RUNNING $(retprobe_events)"
   echo "=== AGENT RETPROBE $(grep one_exit_ $tr/kprobe_profile)"
   echo "=== KPROBES RUNNING $(kprobes)"

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use overlay_agent_common::{
-    cause, exported_buckets, kind, stat, HistKey, HIST_BUCKETS, HIST_BYTES, HIST_LATENCY_NS,
+    cause, exported_buckets, kind, native_index, stat, HistKey, HIST_BYTES, HIST_LATENCY, HIST_SCHEMA,
 };
 use prometheus::proto::MetricType;
 
-use super::{Collector, Def, Family};
+use super::{Collector, Def, Family, Histogram};
+use crate::config::ClassicHistograms;
 use crate::discovery::{Device, MountTable, UNKNOWN_MOUNTPOINT};
 use crate::identity::SharedSnapshot;
 use crate::probes::maps::Snapshot;
@@ -55,13 +56,13 @@ static LATENCY_HIST: Def = Def {
 };
 static MOUNT_BYTES_HIST: Def = Def {
     name: "overlayfs_mount_copy_up_bytes",
-    help: "Size of the file data of each data copy-up, by mount and cause (ebpf.per_mount_histograms).",
+    help: "Size of the file data of each data copy-up, by mount and cause (ebpf.per_mount_histograms; classic buckets with ebpf.classic_histograms: all).",
     kind: MetricType::HISTOGRAM,
     labels: &["mountpoint", "cause"],
 };
 static MOUNT_LATENCY_HIST: Def = Def {
     name: "overlayfs_mount_copy_up_duration_seconds",
-    help: "Time from the start of a copy-up to its end, by mount and cause (ebpf.per_mount_histograms).",
+    help: "Time from the start of a copy-up to its end, by mount and cause (ebpf.per_mount_histograms; classic buckets with ebpf.classic_histograms: all).",
     kind: MetricType::HISTOGRAM,
     labels: &["mountpoint", "cause"],
 };
@@ -114,36 +115,60 @@ static READ_ERRORS: Def = Def {
     labels: &[],
 };
 
-/// Histogram upper bounds: powers of two, every other one, as (log2, value).
-fn bounds(hist: u8) -> impl Iterator<Item = (u32, f64)> {
-    let (lo, hi, scale) = exported_buckets(hist);
-    (lo..=hi).step_by(2).map(move |k| (k, (1u64 << k) as f64 * scale))
+/// Classic bucket upper bounds of histogram `hist` in its base unit: powers of
+/// two, every other one, each a native bucket boundary.
+fn classic_bounds(hist: u8) -> Vec<f64> {
+    let (lo, hi) = exported_buckets(hist);
+    (lo..=hi).step_by(2).map(|k| 2f64.powi(k)).collect()
 }
 
-/// Folds raw log2 buckets into cumulative Prometheus buckets.
-fn cumulative(raw: &[u64; HIST_BUCKETS as usize], hist: u8) -> Vec<(f64, u64)> {
-    bounds(hist).map(|(k, le)| (le, raw.iter().take(k as usize + 1).sum::<u64>())).collect()
+/// The scale from the counters' unit to the base unit (bytes; ns to seconds).
+fn sum_scale(hist: u8) -> f64 {
+    if hist == HIST_BYTES {
+        1.0
+    } else {
+        1e-9
+    }
 }
 
-struct RawHist {
-    buckets: [u64; HIST_BUCKETS as usize],
+/// One histogram being summed from kernel entries: native buckets in the base
+/// unit, and its sum in the counters' unit (bytes, ns).
+#[derive(Default)]
+struct Acc {
+    zero: u64,
+    buckets: BTreeMap<i32, u64>,
     sum: u64,
 }
 
-impl Default for RawHist {
-    fn default() -> Self {
-        RawHist { buckets: [0; HIST_BUCKETS as usize], sum: 0 }
+impl Acc {
+    fn add(&mut self, hist: u8, bucket: u16, n: u64) {
+        match native_index(hist, bucket) {
+            Some(i) => *self.buckets.entry(i).or_default() += n,
+            None => self.zero += n,
+        }
+    }
+
+    fn histogram(&self, hist: u8) -> Histogram {
+        let buckets: Vec<(i32, u64)> = self.buckets.iter().map(|(i, n)| (*i, *n)).collect();
+        Histogram {
+            schema: HIST_SCHEMA,
+            zero_count: self.zero,
+            count: self.zero + buckets.iter().map(|b| b.1).sum::<u64>(),
+            buckets,
+            sum: self.sum as f64 * sum_scale(hist),
+        }
     }
 }
 
 pub struct CopyUpCollector {
     mounts: SharedSnapshot,
     probes: Arc<ProbeHandle>,
+    classic: ClassicHistograms,
 }
 
 impl CopyUpCollector {
-    pub fn new(mounts: SharedSnapshot, probes: Arc<ProbeHandle>) -> Self {
-        CopyUpCollector { mounts, probes }
+    pub fn new(mounts: SharedSnapshot, probes: Arc<ProbeHandle>, classic: ClassicHistograms) -> Self {
+        CopyUpCollector { mounts, probes, classic }
     }
 }
 
@@ -162,7 +187,7 @@ impl Collector for CopyUpCollector {
         self.probes.activity.publish(counts, std::time::Instant::now());
         let labels = MountLabels::new(&self.mounts.get().table, &snapshot);
         out.extend(counter_families(&snapshot, &labels));
-        out.extend(histogram_families(&snapshot, &labels, status.per_mount_histograms));
+        out.extend(histogram_families(&snapshot, &labels, status.per_mount_histograms, self.classic));
         out.extend(self_stat_families(&snapshot, &misses));
         out
     }
@@ -239,24 +264,29 @@ fn counter_families(snapshot: &Snapshot, labels: &MountLabels) -> Vec<Family> {
     ]
 }
 
-/// Histograms by cause (all devices), and by mount when recorded: bucket counts
-/// from HIST, sums from COUNTS (bytes of data copy-ups, latencies).
-fn histogram_families(snapshot: &Snapshot, labels: &MountLabels, per_mount: bool) -> Vec<Family> {
-    let mut by_cause: BTreeMap<(u8, u8), RawHist> = BTreeMap::new();
-    let mut by_mount: BTreeMap<(&str, u8, u8), RawHist> = BTreeMap::new();
-    for (HistKey { dev, cause, hist, bucket, .. }, n) in &snapshot.hist {
-        let add = |h: &mut RawHist| {
-            if let Some(b) = h.buckets.get_mut(*bucket as usize) {
-                *b += n;
-            }
-        };
-        add(by_cause.entry((*hist, *cause)).or_default());
+/// Histograms by cause (node-wide: every device's entries plus what deleted
+/// devices counted, so they never go down) and by mount when the kernel keys by
+/// device: native buckets from HIST, sums from COUNTS (bytes of data copy-ups,
+/// latencies). `classic` says which families carry classic buckets.
+fn histogram_families(
+    snapshot: &Snapshot,
+    labels: &MountLabels,
+    per_mount: bool,
+    classic: ClassicHistograms,
+) -> Vec<Family> {
+    let mut by_cause: BTreeMap<(u8, u8), Acc> = BTreeMap::new();
+    let mut by_mount: BTreeMap<(&str, u8, u8), Acc> = BTreeMap::new();
+    for (HistKey { dev, cause, hist, bucket }, n) in &snapshot.hist {
+        by_cause.entry((*hist, *cause)).or_default().add(*hist, *bucket, *n);
         if per_mount {
-            add(by_mount.entry((labels.get(*dev), *hist, *cause)).or_default());
+            by_mount.entry((labels.get(*dev), *hist, *cause)).or_default().add(*hist, *bucket, *n);
         }
     }
+    for ((hist, cause, bucket), n) in &snapshot.retained.buckets {
+        by_cause.entry((*hist, *cause)).or_default().add(*hist, *bucket, *n);
+    }
     for (k, v) in &snapshot.counts {
-        for (hist, sum) in [(HIST_BYTES, v.data_bytes), (HIST_LATENCY_NS, v.latency_ns)] {
+        for (hist, sum) in [(HIST_BYTES, v.data_bytes), (HIST_LATENCY, v.latency_ns)] {
             if let Some(h) = by_cause.get_mut(&(hist, k.cause)) {
                 h.sum += sum;
             }
@@ -267,25 +297,30 @@ fn histogram_families(snapshot: &Snapshot, labels: &MountLabels, per_mount: bool
             }
         }
     }
-    let mut out = Vec::with_capacity(4);
-    let mut by_cause_fams = (Family::new(&BYTES_HIST), Family::new(&LATENCY_HIST));
+    for ((hist, cause), sum) in &snapshot.retained.sums {
+        if let Some(h) = by_cause.get_mut(&(*hist, *cause)) {
+            h.sum += sum;
+        }
+    }
+    let bounds = [classic_bounds(HIST_BYTES), classic_bounds(HIST_LATENCY)];
+    let bounds_of = |hist: u8, on: bool| on.then(|| bounds[usize::from(hist != HIST_BYTES)].as_slice());
+    let node_classic = classic != ClassicHistograms::None;
+    let mount_classic = classic == ClassicHistograms::All;
+    let mut node = (Family::new(&BYTES_HIST), Family::new(&LATENCY_HIST));
     for ((hist, c), h) in &by_cause {
-        add_histogram(&mut by_cause_fams, *hist, &[cause::name(*c)], h);
+        let fam = if *hist == HIST_BYTES { &mut node.0 } else { &mut node.1 };
+        fam.add_kernel_histogram(&[cause::name(*c)], &h.histogram(*hist), bounds_of(*hist, node_classic));
     }
-    out.extend([by_cause_fams.0, by_cause_fams.1]);
-    let mut by_mount_fams = (Family::new(&MOUNT_BYTES_HIST), Family::new(&MOUNT_LATENCY_HIST));
+    let mut mount = (Family::new(&MOUNT_BYTES_HIST), Family::new(&MOUNT_LATENCY_HIST));
     for ((mp, hist, c), h) in &by_mount {
-        add_histogram(&mut by_mount_fams, *hist, &[mp, cause::name(*c)], h);
+        let fam = if *hist == HIST_BYTES { &mut mount.0 } else { &mut mount.1 };
+        fam.add_kernel_histogram(
+            &[mp, cause::name(*c)],
+            &h.histogram(*hist),
+            bounds_of(*hist, mount_classic),
+        );
     }
-    out.extend([by_mount_fams.0, by_mount_fams.1]);
-    out
-}
-
-/// Adds one raw log2 histogram to the bytes or the latency family of a pair.
-fn add_histogram(fams: &mut (Family, Family), hist: u8, values: &[&str], h: &RawHist) {
-    let fam = if hist == HIST_BYTES { &mut fams.0 } else { &mut fams.1 };
-    let count = h.buckets.iter().sum();
-    fam.add_histogram(values, &cumulative(&h.buckets, hist), count, h.sum as f64 * exported_buckets(hist).2);
+    vec![node.0, node.1, mount.0, mount.1]
 }
 
 /// The programs' own counters and the kernel's return-probe misses.
@@ -311,19 +346,139 @@ fn self_stat_families(snapshot: &Snapshot, misses: &[(String, u64)]) -> Vec<Fami
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probes::maps::Retained;
+    use overlay_agent_common::{bucket, ns_to_latency_units, CountKey, CountValue};
+
+    fn render(families: Vec<Family>) -> String {
+        let mut out = String::new();
+        for f in families {
+            f.write(&mut out);
+        }
+        out
+    }
+
+    /// Two copy-ups on each of two devices: 4 KiB in 1 ms and 1 MiB in 1.5 s.
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot::default();
+        for dev in [1, 2] {
+            let k = CountKey { dev, cause: cause::CHOWN, kind: kind::DATA, _pad: [0; 2] };
+            s.counts.insert(
+                k,
+                CountValue {
+                    copy_ups: 2,
+                    data_bytes: 4096 + (1 << 20),
+                    errors: 0,
+                    latency_ns: 1_501_000_000,
+                },
+            );
+            for (hist, v) in [
+                (HIST_BYTES, 4096),
+                (HIST_BYTES, 1 << 20),
+                (HIST_LATENCY, ns_to_latency_units(1_000_000)),
+                (HIST_LATENCY, ns_to_latency_units(1_500_000_000)),
+            ] {
+                *s.hist.entry(HistKey { dev, cause: cause::CHOWN, hist, bucket: bucket(v) }).or_default() +=
+                    1;
+            }
+        }
+        s
+    }
+
+    fn labels(s: &Snapshot) -> MountLabels {
+        let mut l = MountLabels::new(&MountTable::default(), s);
+        l.0.insert(1, "/m/1".into());
+        l.0.insert(2, "/m/2".into());
+        l
+    }
 
     #[test]
-    fn cumulative_buckets() {
-        let mut raw = [0u64; HIST_BUCKETS as usize];
-        raw[0] = 1; // 0..1 byte
-        raw[12] = 2; // (2048, 4096]
-        raw[13] = 3; // (4096, 8192]
-        let c = cumulative(&raw, HIST_BYTES);
-        assert_eq!(c[0], (1024.0, 1));
-        assert_eq!(c[1], (4096.0, 3), "4096-byte files are <= 4096");
-        assert_eq!(c[2], (16384.0, 6));
-        assert_eq!(c.last().map(|x| x.0), Some((1u64 << 34) as f64));
-        let lat = cumulative(&raw, HIST_LATENCY_NS);
-        assert!((lat[0].0 - 1.024e-6).abs() < 1e-12);
+    fn classic_buckets_are_native_boundaries() {
+        let lat = classic_bounds(HIST_LATENCY);
+        assert_eq!((lat[0], lat.last().copied()), (2f64.powi(-20), Some(64.0)));
+        assert_eq!(classic_bounds(HIST_BYTES).first(), Some(&1024.0));
+        for hist in [HIST_BYTES, HIST_LATENCY] {
+            for b in classic_bounds(hist) {
+                assert!(Histogram::boundary_index(HIST_SCHEMA, b).is_some(), "{b}");
+            }
+        }
+    }
+
+    #[test]
+    fn node_wide_histograms_sum_the_mounts_and_classic_follows_the_config() {
+        let s = snapshot();
+        let l = labels(&s);
+        let text = render(histogram_families(&s, &l, true, ClassicHistograms::Node));
+        // 1 ms = 2^-9.97 s: in the bucket ending at 2^-8 (~3.9 ms), above 2^-10.
+        assert!(
+            text.contains(
+                "overlayfs_copy_up_duration_seconds_bucket{cause=\"chown\",le=\"0.0009765625\"} 0\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("overlayfs_copy_up_duration_seconds_bucket{cause=\"chown\",le=\"0.00390625\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("overlayfs_copy_up_duration_seconds_bucket{cause=\"chown\",le=\"1\"} 2\n")
+                && text.contains("overlayfs_copy_up_duration_seconds_bucket{cause=\"chown\",le=\"4\"} 4\n"),
+            "{text}"
+        );
+        assert!(text.contains("overlayfs_copy_up_duration_seconds_count{cause=\"chown\"} 4\n"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "overlayfs_copy_up_duration_seconds_sum{{cause=\"chown\"}} {}\n",
+                3_002_000_000f64 * 1e-9
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("overlayfs_copy_up_bytes_bucket{cause=\"chown\",le=\"4096\"} 2\n"),
+            "4 KiB is <= 4096: {text}"
+        );
+        assert!(text.contains("overlayfs_copy_up_bytes_sum{cause=\"chown\"} 2105344\n"), "{text}");
+        assert!(!text.contains("overlayfs_mount_copy_up"), "no classic form per mount with node: {text}");
+        let all = render(histogram_families(&s, &l, true, ClassicHistograms::All));
+        assert!(
+            all.contains(
+                "overlayfs_mount_copy_up_duration_seconds_count{mountpoint=\"/m/2\",cause=\"chown\"} 2\n"
+            ),
+            "{all}"
+        );
+        let none = render(histogram_families(&s, &l, true, ClassicHistograms::None));
+        assert!(!none.contains("_bucket"), "{none}");
+    }
+
+    /// Deleting a vanished device's entries moves them into Retained: the
+    /// node-wide histogram is the same before and after.
+    #[test]
+    fn node_wide_histograms_keep_what_forgotten_mounts_counted() {
+        let before = snapshot();
+        let mut after = before.clone();
+        let mut retained = Retained::default();
+        after.counts.retain(|k, v| {
+            if k.dev == 2 {
+                *retained.sums.entry((HIST_BYTES, k.cause)).or_default() += v.data_bytes;
+                *retained.sums.entry((HIST_LATENCY, k.cause)).or_default() += v.latency_ns;
+            }
+            k.dev != 2
+        });
+        after.hist.retain(|k, n| {
+            if k.dev == 2 {
+                *retained.buckets.entry((k.hist, k.cause, k.bucket)).or_default() += *n;
+            }
+            k.dev != 2
+        });
+        after.retained = retained;
+        let node = |s: &Snapshot| {
+            let text = render(histogram_families(s, &labels(s), true, ClassicHistograms::Node));
+            text.lines()
+                .filter(|l| l.starts_with("overlayfs_copy_up_"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(node(&before), node(&after));
+        let text = render(histogram_families(&after, &labels(&after), true, ClassicHistograms::All));
+        assert!(!text.contains("/m/2"), "the forgotten mount has no series: {text}");
     }
 }

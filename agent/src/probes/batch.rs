@@ -1,4 +1,4 @@
-//! Reading a whole per-CPU hash map with BPF_MAP_LOOKUP_BATCH (Linux 5.6+): a
+//! Reading a whole hash map (per-CPU or shared) with BPF_MAP_LOOKUP_BATCH (Linux 5.6+): a
 //! few syscalls per scrape instead of two per key (aya 0.13 iterates with
 //! get_next_key + lookup). At 1000 mounts x 11 causes that is about 22,000
 //! syscalls saved per scrape. Callers fall back to aya's iteration on error.
@@ -29,11 +29,25 @@ pub fn per_cpu_entries<K: Pod, V: Pod>(
     map: &impl IterableMap<K, aya::maps::PerCpuValues<V>>,
     chunk: usize,
 ) -> std::io::Result<Vec<(K, Vec<V>)>> {
-    let data: &MapData = map.map();
-    let fd = data.fd().as_fd().as_raw_fd();
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     // Per-CPU values are laid out in slots rounded up to 8 bytes.
-    let slot = std::mem::size_of::<V>().div_ceil(8) * 8;
+    batches(map.map(), cpus, std::mem::size_of::<V>().div_ceil(8) * 8, chunk)
+}
+
+/// Every (key, value) of a shared (not per-CPU) hash map, in batches of `chunk` keys.
+pub fn entries<K: Pod, V: Pod>(map: &impl IterableMap<K, V>, chunk: usize) -> std::io::Result<Vec<(K, V)>> {
+    let all = batches::<K, V>(map.map(), 1, std::mem::size_of::<V>(), chunk)?;
+    Ok(all.into_iter().filter_map(|(k, mut v)| Some((k, v.pop()?))).collect())
+}
+
+/// `cpus` values of `slot` bytes per key.
+fn batches<K: Pod, V: Pod>(
+    data: &MapData,
+    cpus: usize,
+    slot: usize,
+    chunk: usize,
+) -> std::io::Result<Vec<(K, Vec<V>)>> {
+    let fd = data.fd().as_fd().as_raw_fd();
     let key_size = std::mem::size_of::<K>();
     let mut chunk = chunk.max(1);
     let mut out = Vec::new();

@@ -2,17 +2,44 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
 use aya::Pod;
-use overlay_agent_common::{stat, CountKey, CountValue, HistKey, ProcessKey, ProcessValue};
+use overlay_agent_common::{
+    stat, CountKey, CountValue, HistKey, ProcessKey, ProcessValue, HIST_BYTES, HIST_LATENCY,
+};
+
+/// What the kernel counted on devices that are gone, kept so that the node-wide
+/// histograms (sums over devices) never go down when a mount's entries are
+/// deleted from the maps.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Retained {
+    /// Observations by (hist, cause, bucket).
+    pub buckets: BTreeMap<(u8, u8, u16), u64>,
+    /// The histograms' sums by (hist, cause), in the counters' units (bytes, ns).
+    pub sums: BTreeMap<(u8, u8), u64>,
+}
+
+impl Retained {
+    /// Adds a deleted COUNTS entry: its bytes and latency are histogram sums.
+    fn add_counts(&mut self, k: &CountKey, v: &CountValue) {
+        *self.sums.entry((HIST_BYTES, k.cause)).or_default() += v.data_bytes;
+        *self.sums.entry((HIST_LATENCY, k.cause)).or_default() += v.latency_ns;
+    }
+
+    /// Adds a deleted HIST entry.
+    fn add_bucket(&mut self, k: &HistKey, n: u64) {
+        *self.buckets.entry((k.hist, k.cause, k.bucket)).or_default() += n;
+    }
+}
 
 pub struct CopyUpMaps {
     pub(super) counts: PerCpuHashMap<MapData, CountKey, CountValue>,
-    pub(super) hist: PerCpuHashMap<MapData, HistKey, u64>,
+    pub(super) hist: HashMap<MapData, HistKey, u64>,
     pub(super) stats: PerCpuArray<MapData, u64>,
     pub(super) processes: PerCpuHashMap<MapData, ProcessKey, ProcessValue>,
     /// Return probes defined in tracefs: (program, event, its kprobe_profile).
     pub(super) returns: Vec<(String, String, std::path::PathBuf)>,
+    pub(super) retained: Retained,
 }
 
 /// A consistent-enough copy of the maps (each entry read once).
@@ -20,6 +47,8 @@ pub struct CopyUpMaps {
 pub struct Snapshot {
     pub counts: BTreeMap<CountKey, CountValue>,
     pub hist: BTreeMap<HistKey, u64>,
+    /// The node-wide share of devices deleted from the maps.
+    pub retained: Retained,
     pub stats: [u64; stat::COUNT as usize],
 }
 
@@ -47,9 +76,17 @@ impl CopyUpMaps {
                 e.latency_ns += v.latency_ns;
             }
         }
-        for (k, per_cpu) in entries(&self.hist) {
-            *s.hist.entry(k).or_default() += per_cpu.iter().sum::<u64>();
+        let hist = match super::batch::entries(&self.hist, 4096) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(error = %e, "BPF_MAP_LOOKUP_BATCH failed; reading key by key");
+                self.hist.iter().flatten().collect()
+            }
+        };
+        for (k, n) in hist {
+            *s.hist.entry(k).or_default() += n;
         }
+        s.retained = self.retained.clone();
         for (i, slot) in s.stats.iter_mut().enumerate() {
             if let Ok(v) = self.stats.get(&(i as u32), 0) {
                 *slot = v.iter().sum();
@@ -85,15 +122,42 @@ impl CopyUpMaps {
     }
 
     /// Drops the counters of devices no longer mounted, so that a reused device
-    /// number starts from zero and vanished mounts leave /metrics.
+    /// number starts from zero and vanished mounts leave /metrics. What they
+    /// counted stays in the node-wide histograms (`Retained`).
     pub fn forget(&mut self, mut keep: impl FnMut(u32) -> bool) {
         let stale: Vec<CountKey> = self.counts.keys().flatten().filter(|k| !keep(k.dev)).collect();
         for k in stale {
+            if let Ok(per_cpu) = self.counts.get(&k, 0) {
+                for v in per_cpu.iter() {
+                    self.retained.add_counts(&k, v);
+                }
+            }
             let _ = self.counts.remove(&k);
         }
         let stale: Vec<HistKey> = self.hist.keys().flatten().filter(|k| k.dev != 0 && !keep(k.dev)).collect();
         for k in stale {
+            if let Ok(n) = self.hist.get(&k, 0) {
+                self.retained.add_bucket(&k, n);
+            }
             let _ = self.hist.remove(&k);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retained_adds_up_deleted_entries() {
+        let mut r = Retained::default();
+        let k = CountKey { dev: 7, cause: 2, kind: 0, _pad: [0; 2] };
+        r.add_counts(&k, &CountValue { copy_ups: 1, data_bytes: 100, errors: 0, latency_ns: 5 });
+        r.add_counts(&k, &CountValue { copy_ups: 2, data_bytes: 50, errors: 0, latency_ns: 7 });
+        r.add_bucket(&HistKey { dev: 7, cause: 2, hist: HIST_LATENCY, bucket: 3 }, 2);
+        r.add_bucket(&HistKey { dev: 8, cause: 2, hist: HIST_LATENCY, bucket: 3 }, 1);
+        assert_eq!(r.sums.get(&(HIST_BYTES, 2)), Some(&150));
+        assert_eq!(r.sums.get(&(HIST_LATENCY, 2)), Some(&12));
+        assert_eq!(r.buckets.get(&(HIST_LATENCY, 2, 3)), Some(&3), "devices add up");
     }
 }

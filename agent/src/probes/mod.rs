@@ -39,7 +39,7 @@ pub struct ProbeOptions {
 impl Default for ProbeOptions {
     fn default() -> Self {
         ProbeOptions {
-            per_mount_histograms: false,
+            per_mount_histograms: true,
             trace_min_latency: None,
             btf_dir: PathBuf::from("/sys/kernel/btf"),
             kallsyms: PathBuf::from("/proc/kallsyms"),
@@ -426,10 +426,10 @@ fn write_config(ebpf: &mut Ebpf, cfg: Config) -> Result<(), String> {
 fn take_maps(ebpf: &mut Ebpf) -> Result<CopyUpMaps, String> {
     let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| format!("map {name} not in object"));
     let counts = PerCpuHashMap::try_from(take("COUNTS")?).map_err(|e| e.to_string())?;
-    let hist = PerCpuHashMap::try_from(take("HIST")?).map_err(|e| e.to_string())?;
+    let hist = aya::maps::HashMap::try_from(take("HIST")?).map_err(|e| e.to_string())?;
     let stats = PerCpuArray::try_from(take("STATS")?).map_err(|e| e.to_string())?;
     let processes = PerCpuHashMap::try_from(take("PROCESSES")?).map_err(|e| e.to_string())?;
-    Ok(CopyUpMaps { counts, hist, stats, processes, returns: Vec::new() })
+    Ok(CopyUpMaps { counts, hist, stats, processes, returns: Vec::new(), retained: Default::default() })
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
