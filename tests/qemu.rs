@@ -88,7 +88,9 @@ fn initramfs(dir: &Path, kernel: &Path, mode: &str) -> PathBuf {
 fn boot(kernel: &Path, initrd: &Path, log: &Path, memory_mib: u32) -> String {
     let out = std::fs::File::create(log).expect("create console log");
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-nographic", "-no-reboot"])
+        .args(["-accel", "tcg", "-cpu", "max", "-nographic", "-no-reboot"])
+        // OVERLAY_AGENT_QEMU_SMP: more vCPUs for the benchmarks (how per-CPU maps scale).
+        .args(["-smp", &std::env::var("OVERLAY_AGENT_QEMU_SMP").unwrap_or_else(|_| "2".into())])
         .args(["-m", &memory_mib.to_string()])
         .arg("-kernel")
         .arg(kernel.join("vmlinuz"))

@@ -270,15 +270,35 @@ if [ "$mode" = maps ]; then
     mount -t overlay overlay -o lowerdir=$d/lower,upperdir=$d/upper,workdir=$d/work $d/merged
     i=$((i + 1))
   done
-  for cfg in off on; do
+  # off: eBPF off; on: the defaults (per-mount histograms, classic buckets on
+  # the node-wide ones); all: classic buckets per mount too.
+  for cfg in off on all; do
     printf 'web:\n  listen_address: 127.0.0.1:9864\nscan:\n  enabled: false\nebpf:\n  enabled: %s\n' \
-      "$([ $cfg = on ] && echo true || echo false)" > /maps.yaml
+      "$([ $cfg = off ] && echo false || echo true)" > /maps.yaml
+    [ $cfg = all ] && echo '  classic_histograms: all' >> /maps.yaml
     /overlay-agent --config /maps.yaml > /agent.log 2>&1 &
     pid=$!
-    until wget -q -O /dev/null http://127.0.0.1:9864/readyz; do usleep 50000; done
-    if [ $cfg = on ]; then
+    ready || { echo "=== MAPS ebpf-$cfg agent not ready: $(tail -2 /agent.log)"; continue; }
+    if [ $cfg != off ]; then
       i=0
-      while [ $i -lt $n ]; do /qemu-workload causes-run /t/m/$i/merged; i=$((i + 1)); done
+      while [ $i -lt $n ]; do
+        d=/t/m/$i
+        if [ $cfg = all ]; then
+          # A fresh upper layer: the round before copied everything up.
+          umount $d/merged && rm -rf $d/upper $d/work && mkdir $d/upper $d/work
+          mount -t overlay overlay -o lowerdir=$d/lower,upperdir=$d/upper,workdir=$d/work $d/merged
+        fi
+        /qemu-workload causes-run $d/merged
+        i=$((i + 1))
+      done
+      # Kernel memory of each map (memlock, as the kernel charges it).
+      total=0
+      for f in /proc/$pid/fdinfo/*; do
+        grep -q '^map_type:' $f || continue
+        echo "=== MAPS map $(awk '/^(map_type|key_size|value_size|max_entries|memlock):/ {printf "%s %s ", $1, $2}' $f)"
+        total=$((total + $(awk '/^memlock:/ {print $2}' $f)))
+      done
+      echo "=== MAPS memlock total $total bytes, $(grep -c ^processor /proc/cpuinfo) cpus"
     fi
     echo "=== MAPS ebpf-$cfg $(/qemu-workload scrape 127.0.0.1:9864 50)"
     wget -q -O - http://127.0.0.1:9864/metrics | grep -c '^overlayfs_copy_up_total' | sed 's/^/=== MAPS copy_up_total series /'

@@ -132,32 +132,55 @@ fn sum_scale(hist: u8) -> f64 {
 }
 
 /// One histogram being summed from kernel entries: native buckets in the base
-/// unit, and its sum in the counters' unit (bytes, ns).
+/// unit (ascending: HIST is read in key order, so an insert is almost always a
+/// push), and its sum in the counters' unit (bytes, ns). A Vec, not a map: at
+/// 1,000 mounts there are 22,000 of these per scrape.
 #[derive(Default)]
 struct Acc {
     zero: u64,
-    buckets: BTreeMap<i32, u64>,
+    buckets: Vec<(i32, u64)>,
     sum: u64,
 }
 
 impl Acc {
     fn add(&mut self, hist: u8, bucket: u16, n: u64) {
         match native_index(hist, bucket) {
-            Some(i) => *self.buckets.entry(i).or_default() += n,
+            Some(i) => self.add_native(i, n),
             None => self.zero += n,
         }
     }
 
-    fn histogram(&self, hist: u8) -> Histogram {
-        let buckets: Vec<(i32, u64)> = self.buckets.iter().map(|(i, n)| (*i, *n)).collect();
+    fn add_native(&mut self, i: i32, n: u64) {
+        match self.buckets.last_mut() {
+            Some(last) if last.0 == i => last.1 += n,
+            Some(last) if last.0 < i => self.buckets.push((i, n)),
+            None => self.buckets.push((i, n)),
+            Some(_) => match self.buckets.binary_search_by_key(&i, |b| b.0) {
+                Ok(at) => self.buckets[at].1 += n,
+                Err(at) => self.buckets.insert(at, (i, n)),
+            },
+        }
+    }
+
+    fn into_histogram(self, hist: u8) -> Histogram {
         Histogram {
             schema: HIST_SCHEMA,
             zero_count: self.zero,
-            count: self.zero + buckets.iter().map(|b| b.1).sum::<u64>(),
-            buckets,
+            count: self.zero + self.buckets.iter().map(|b| b.1).sum::<u64>(),
+            buckets: self.buckets,
             sum: self.sum as f64 * sum_scale(hist),
         }
     }
+}
+
+/// One per-mount histogram: its buckets are `flat[start..end]`.
+struct Run {
+    /// (mount label id, cause, hist)
+    key: (u32, u8, u8),
+    zero: u64,
+    sum: u64,
+    start: usize,
+    end: usize,
 }
 
 pub struct CopyUpCollector {
@@ -230,6 +253,45 @@ impl MountLabels {
     }
 }
 
+/// Small ids for the mount labels of a snapshot's devices, one lookup per run
+/// of keys of the same device (the maps are read in device order).
+#[derive(Default)]
+struct LabelIds<'a> {
+    last: Option<(u32, u32)>,
+    by_dev: HashMap<u32, u32>,
+    by_name: HashMap<&'a str, u32>,
+    names: Vec<&'a str>,
+}
+
+impl<'a> LabelIds<'a> {
+    fn of(&mut self, dev: u32, labels: &'a MountLabels) -> u32 {
+        if let Some((d, id)) = self.last {
+            if d == dev {
+                return id;
+            }
+        }
+        let id = match self.by_dev.get(&dev) {
+            Some(id) => *id,
+            None => {
+                let name = labels.get(dev);
+                let next = self.names.len() as u32;
+                let id = *self.by_name.entry(name).or_insert(next);
+                if id == next {
+                    self.names.push(name);
+                }
+                self.by_dev.insert(dev, id);
+                id
+            }
+        };
+        self.last = Some((dev, id));
+        id
+    }
+
+    fn name(&self, id: u32) -> &'a str {
+        self.names.get(id as usize).copied().unwrap_or(UNKNOWN_MOUNTPOINT)
+    }
+}
+
 /// The per-mount counters. Several devices may map to "unknown", so they are
 /// summed by label set.
 fn counter_families(snapshot: &Snapshot, labels: &MountLabels) -> Vec<Family> {
@@ -274,31 +336,72 @@ fn histogram_families(
     per_mount: bool,
     classic: ClassicHistograms,
 ) -> Vec<Family> {
-    let mut by_cause: BTreeMap<(u8, u8), Acc> = BTreeMap::new();
-    let mut by_mount: BTreeMap<(&str, u8, u8), Acc> = BTreeMap::new();
-    for (HistKey { dev, cause, hist, bucket }, n) in &snapshot.hist {
-        by_cause.entry((*hist, *cause)).or_default().add(*hist, *bucket, *n);
-        if per_mount {
-            by_mount.entry((labels.get(*dev), *hist, *cause)).or_default().add(*hist, *bucket, *n);
+    // At 1,000 mounts x 11 causes HIST has 22,000 keys and more: no hashing of
+    // label strings per key. Node-wide: a table by (hist, cause). Per mount: HIST
+    // and COUNTS come sorted by (dev, cause, ...), so each histogram is one run
+    // of keys, and its sum is found by walking the per-(dev, cause) sums along.
+    // Runs are keyed by a mount label id; devices sharing a label (such as
+    // "unknown") are merged after sorting.
+    let slot = |hist: u8, c: u8| {
+        usize::from(hist != HIST_BYTES) * cause::COUNT + usize::from(c).min(cause::COUNT - 1)
+    };
+    let mut by_cause: Vec<Option<Acc>> = (0..2 * cause::COUNT).map(|_| None).collect();
+    let mut ids = LabelIds::default();
+    // Per-mount histograms: runs of one flat bucket array (no allocation per histogram).
+    let mut runs: Vec<Run> = Vec::new();
+    let mut flat: Vec<(i32, u64)> = Vec::with_capacity(if per_mount { snapshot.hist.len() } else { 0 });
+    // (dev, cause) -> (bytes, ns), ascending.
+    let mut sums: Vec<((u32, u8), [u64; 2])> = Vec::new();
+    if per_mount {
+        for (k, v) in &snapshot.counts {
+            match sums.last_mut() {
+                Some((key, s)) if *key == (k.dev, k.cause) => {
+                    s[0] += v.data_bytes;
+                    s[1] += v.latency_ns;
+                }
+                _ => sums.push(((k.dev, k.cause), [v.data_bytes, v.latency_ns])),
+            }
         }
     }
+    let mut cursor = 0;
+    for (HistKey { dev, cause, hist, bucket }, n) in &snapshot.hist {
+        by_cause[slot(*hist, *cause)].get_or_insert_with(Acc::default).add(*hist, *bucket, *n);
+        if !per_mount {
+            continue;
+        }
+        let key = (ids.of(*dev, labels), *cause, *hist);
+        if runs.last().is_none_or(|r| r.key != key) {
+            while sums.get(cursor).is_some_and(|s| s.0 < (*dev, *cause)) {
+                cursor += 1;
+            }
+            let sum = match sums.get(cursor) {
+                Some((k, s)) if *k == (*dev, *cause) => s[usize::from(*hist != HIST_BYTES)],
+                _ => 0,
+            };
+            runs.push(Run { key, zero: 0, sum, start: flat.len(), end: flat.len() });
+        }
+        if let Some(run) = runs.last_mut() {
+            // One device's buckets come ascending and once each.
+            match native_index(*hist, *bucket) {
+                Some(i) => flat.push((i, *n)),
+                None => run.zero += n,
+            }
+            run.end = flat.len();
+        }
+    }
+    runs.sort_by_key(|r| r.key);
     for ((hist, cause, bucket), n) in &snapshot.retained.buckets {
-        by_cause.entry((*hist, *cause)).or_default().add(*hist, *bucket, *n);
+        by_cause[slot(*hist, *cause)].get_or_insert_with(Acc::default).add(*hist, *bucket, *n);
     }
     for (k, v) in &snapshot.counts {
         for (hist, sum) in [(HIST_BYTES, v.data_bytes), (HIST_LATENCY, v.latency_ns)] {
-            if let Some(h) = by_cause.get_mut(&(hist, k.cause)) {
+            if let Some(h) = by_cause[slot(hist, k.cause)].as_mut() {
                 h.sum += sum;
-            }
-            if per_mount {
-                if let Some(h) = by_mount.get_mut(&(labels.get(k.dev), hist, k.cause)) {
-                    h.sum += sum;
-                }
             }
         }
     }
     for ((hist, cause), sum) in &snapshot.retained.sums {
-        if let Some(h) = by_cause.get_mut(&(*hist, *cause)) {
+        if let Some(h) = by_cause[slot(*hist, *cause)].as_mut() {
             h.sum += sum;
         }
     }
@@ -307,18 +410,36 @@ fn histogram_families(
     let node_classic = classic != ClassicHistograms::None;
     let mount_classic = classic == ClassicHistograms::All;
     let mut node = (Family::new(&BYTES_HIST), Family::new(&LATENCY_HIST));
-    for ((hist, c), h) in &by_cause {
-        let fam = if *hist == HIST_BYTES { &mut node.0 } else { &mut node.1 };
-        fam.add_kernel_histogram(&[cause::name(*c)], &h.histogram(*hist), bounds_of(*hist, node_classic));
+    for (i, h) in by_cause.into_iter().enumerate() {
+        let Some(h) = h else { continue };
+        let (hist, c) = (if i < cause::COUNT { HIST_BYTES } else { HIST_LATENCY }, (i % cause::COUNT) as u8);
+        let fam = if hist == HIST_BYTES { &mut node.0 } else { &mut node.1 };
+        fam.add_kernel_histogram(&[cause::name(c)], &h.into_histogram(hist), bounds_of(hist, node_classic));
     }
     let mut mount = (Family::new(&MOUNT_BYTES_HIST), Family::new(&MOUNT_LATENCY_HIST));
-    for ((mp, hist, c), h) in &by_mount {
-        let fam = if *hist == HIST_BYTES { &mut mount.0 } else { &mut mount.1 };
-        fam.add_kernel_histogram(
-            &[mp, cause::name(*c)],
-            &h.histogram(*hist),
-            bounds_of(*hist, mount_classic),
-        );
+    let mut h = Histogram { schema: HIST_SCHEMA, ..Default::default() };
+    for group in runs.chunk_by(|a, b| a.key == b.key) {
+        let (id, c, hist) = group[0].key;
+        h.buckets.clear();
+        for r in group {
+            h.buckets.extend_from_slice(flat.get(r.start..r.end).unwrap_or_default());
+        }
+        if group.len() > 1 {
+            // Devices sharing a label: merge their buckets.
+            h.buckets.sort_unstable_by_key(|b| b.0);
+            h.buckets.dedup_by(|later, first| {
+                let same = later.0 == first.0;
+                if same {
+                    first.1 += later.1;
+                }
+                same
+            });
+        }
+        h.zero_count = group.iter().map(|r| r.zero).sum();
+        h.count = h.zero_count + h.buckets.iter().map(|b| b.1).sum::<u64>();
+        h.sum = group.iter().map(|r| r.sum).sum::<u64>() as f64 * sum_scale(hist);
+        let fam = if hist == HIST_BYTES { &mut mount.0 } else { &mut mount.1 };
+        fam.add_kernel_histogram(&[ids.name(id), cause::name(c)], &h, bounds_of(hist, mount_classic));
     }
     vec![node.0, node.1, mount.0, mount.1]
 }
@@ -447,6 +568,24 @@ mod tests {
         );
         let none = render(histogram_families(&s, &l, true, ClassicHistograms::None));
         assert!(!none.contains("_bucket"), "{none}");
+    }
+
+    /// Devices with the same label (such as "unknown") add up in one series.
+    #[test]
+    fn devices_sharing_a_label_are_merged() {
+        let s = snapshot();
+        let mut l = labels(&s);
+        l.0.insert(2, "/m/1".into());
+        let text = render(histogram_families(&s, &l, true, ClassicHistograms::All));
+        let want = [
+            "overlayfs_mount_copy_up_duration_seconds_count{mountpoint=\"/m/1\",cause=\"chown\"} 4\n",
+            "overlayfs_mount_copy_up_duration_seconds_bucket{mountpoint=\"/m/1\",cause=\"chown\",le=\"0.00390625\"} 2\n",
+            "overlayfs_mount_copy_up_bytes_sum{mountpoint=\"/m/1\",cause=\"chown\"} 2105344\n",
+        ];
+        for w in want {
+            assert!(text.contains(w), "{w} in {text}");
+        }
+        assert_eq!(text.matches("overlayfs_mount_copy_up_bytes_count{").count(), 1, "{text}");
     }
 
     /// Deleting a vanished device's entries moves them into Retained: the
