@@ -222,6 +222,7 @@ fn yaml_doc() -> impl Strategy<Value = String> {
         "timeout",
         "ebpf",
         "per_mount_histograms",
+        "classic_histograms",
         "top_processes",
         "top_processes_idle",
         "identity",

@@ -470,15 +470,22 @@ fn causes_run(m: &Path) {
     }
 }
 
-/// `scrape HOST:PORT N`: N GETs of /metrics; prints p50 and p99 latency and the size.
-fn scrape(addr: &str, n: usize) {
+/// `scrape HOST:PORT N [proto]`: N GETs of /metrics (in the text format, or
+/// with `proto` asking for delimited protobuf as Prometheus does); prints p50 and
+/// p99 latency and the size (headers included).
+fn scrape(addr: &str, n: usize, proto: bool) {
     use std::io::Read;
     let mut lat = Vec::with_capacity(n);
     let mut size = 0;
     for _ in 0..n {
         let t = std::time::Instant::now();
         let mut s = std::net::TcpStream::connect(addr).expect("connect");
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+        let accept = if proto {
+            "Accept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited\r\n"
+        } else {
+            ""
+        };
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n{accept}\r\n").expect("request");
         let mut body = Vec::new();
         s.read_to_end(&mut body).expect("response");
         lat.push(t.elapsed().as_secs_f64());
@@ -546,7 +553,13 @@ fn main() {
         Some("churn") => return churn(Path::new(&args[2]), args[3].parse().expect("count")),
         Some("causes-prepare") => return causes_prepare(Path::new(&args[2])),
         Some("causes-run") => return causes_run(Path::new(&args[2])),
-        Some("scrape") => return scrape(&args[2], args[3].parse().expect("count")),
+        Some("scrape") => {
+            return scrape(
+                &args[2],
+                args[3].parse().expect("count"),
+                args.get(4).is_some_and(|a| a == "proto"),
+            )
+        }
         Some("metric") => return metric(&args[2], &args[3]),
         Some("storm") => {
             let passes = args.get(4).map(|p| p.parse().expect("passes")).unwrap_or(1);

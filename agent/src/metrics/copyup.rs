@@ -473,7 +473,7 @@ mod tests {
     fn render(families: Vec<Family>) -> String {
         let mut out = String::new();
         for f in families {
-            f.write(&mut out);
+            f.write_text(&mut out);
         }
         out
     }
@@ -568,6 +568,38 @@ mod tests {
         );
         let none = render(histogram_families(&s, &l, true, ClassicHistograms::None));
         assert!(!none.contains("_bucket"), "{none}");
+    }
+
+    /// In protobuf every histogram is native (schema 3, the kernel's buckets);
+    /// with the default classic_histograms: node only the node-wide ones carry
+    /// classic buckets.
+    #[test]
+    fn protobuf_carries_native_histograms_per_mount() {
+        let s = snapshot();
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        for f in histogram_families(&s, &labels(&s), true, ClassicHistograms::Node) {
+            f.write_proto(&mut out, &mut scratch);
+        }
+        let mut buf = out.as_slice();
+        let mut fams: Vec<super::super::proto::MetricFamily> = Vec::new();
+        while !buf.is_empty() {
+            fams.push(prost::Message::decode_length_delimited(&mut buf).expect("a delimited MetricFamily"));
+        }
+        let hist = |name: &str| {
+            let f = fams.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("{name} missing"));
+            f.metric.iter().filter_map(|m| m.histogram.clone()).collect::<Vec<_>>()
+        };
+        let mount = hist("overlayfs_mount_copy_up_duration_seconds");
+        assert_eq!(mount.len(), 2, "one per mount");
+        for h in &mount {
+            assert_eq!((h.schema, h.sample_count, h.bucket.len()), (3, 2, 0), "{h:?}");
+            // 1 ms and 1.5 s: native indices ceil(8 log2 0.001) = -79 and ceil(8 log2 1.5) = 5.
+            let first = h.positive_span.first().map(|s| s.offset);
+            assert_eq!(first, Some(bucket(ns_to_latency_units(1_000_000)) as i32 - 240));
+            assert_eq!(h.positive_delta.iter().sum::<i64>() + h.positive_delta[0], 2, "counts 1, 1: {h:?}");
+        }
+        let node = hist("overlayfs_copy_up_duration_seconds");
+        assert_eq!((node[0].sample_count, node[0].bucket.is_empty()), (4, false), "classic buckets too");
     }
 
     /// Devices with the same label (such as "unknown") add up in one series.
