@@ -3,20 +3,20 @@
 //! histograms with their classic buckets) and `exposition.prom` (text), which
 //! tests/prometheus.rs serves to a real Prometheus.
 //!
-//! Until the kernel side of issue 17 lands, the agent has no native histograms
-//! to export, so the fixture is built from a real QEMU guest's text capture
+//! The fixture is synthetic, for what a guest run does not produce (empty
+//! histograms, observations at known places); a real guest's capture in both
+//! formats is tests/fixtures/native/guest-6.1.*, checked by tests/qemu.rs. It
+//! is built from an older QEMU guest's text capture
 //! (tests/fixtures/qemu-6.1-metrics.prom, kernel 6.1): counters and gauges as
 //! captured, and each classic histogram turned into a schema-3 native one whose
 //! observations sit at its classic bounds rounded to a power of two of the
-//! base unit (a native boundary; the guest's 2^10 ns is not one in seconds).
-//! Counts and sums are the guest's. The guest ran without per-mount
+//! base unit (a native boundary; that guest's 2^10 ns is not one in seconds).
+//! Counts and sums are the guest's. That guest ran without per-mount
 //! histograms: the fixture's per-mount ones are the by-cause histograms of the
 //! causes that only one mount had (8 of 10), under that mount. Regenerate with
 //!
 //!     UPDATE_NATIVE_FIXTURE=1 cargo test --test native
 //!
-//! Once the agent exports native histograms, capture a guest's /metrics in both
-//! formats instead (Accept: metrics::proto::CONTENT_TYPE for exposition.pb).
 //! Without the variable, the test renders the fixture again and compares the
 //! bytes with the committed files (process metrics left out), so a change to
 //! either encoder fails; and it checks the committed files agree with each

@@ -177,10 +177,11 @@ struct Replay {
 }
 
 impl Replay {
-    fn start() -> Replay {
+    /// Serves tests/fixtures/native/`stem`.pb and `stem`.prom.
+    fn start(stem: &str) -> Replay {
         let dir = common::repo_root().join("tests/fixtures/native");
-        let pb = std::fs::read(dir.join("exposition.pb")).expect("exposition.pb");
-        let text = std::fs::read(dir.join("exposition.prom")).expect("exposition.prom");
+        let pb = std::fs::read(dir.join(format!("{stem}.pb"))).expect("fixture .pb");
+        let text = std::fs::read(dir.join(format!("{stem}.prom"))).expect("fixture .prom");
         Replay::serve(pb, text)
     }
 
@@ -269,7 +270,16 @@ fn close(a: f64, b: f64) -> bool {
 #[test]
 fn prometheus_3_ingests_native_histograms() {
     // 3.x keeps the classic buckets beside the native ones with this key.
-    ingest_native_histograms(&prometheus3(), "    always_scrape_classic_histograms: true\n", true);
+    ingest_native_histograms(&prometheus3(), "    always_scrape_classic_histograms: true\n", true, SYNTHETIC);
+}
+
+/// The same on a real guest's scrapes (Debian 6.1 under QEMU, both formats
+/// captured by tests/qemu.rs, check_protobuf: kernel-bucketed native
+/// histograms), in Prometheus 3.5 with and without the classic buckets kept.
+#[test]
+fn prometheus_3_ingests_a_real_guests_native_histograms() {
+    ingest_native_histograms(&prometheus3(), "    always_scrape_classic_histograms: true\n", true, GUEST);
+    ingest_native_histograms(&prometheus3(), "", false, GUEST);
 }
 
 /// The same with Prometheus 2.42 and its feature flag. 2.42 has no setting to
@@ -278,11 +288,16 @@ fn prometheus_3_ingests_native_histograms() {
 /// classic buckets.
 #[test]
 fn prometheus_2_ingests_native_histograms() {
-    ingest_native_histograms(Path::new("prometheus"), "", false);
+    ingest_native_histograms(Path::new("prometheus"), "", false, SYNTHETIC);
 }
 
 /// Mount and cause of the fixture's empty per-mount histograms (tests/native.rs).
 const EMPTY: [&str; 2] = ["/t/b/merged", "xattr"];
+
+/// The replay fixtures (tests/fixtures/native): synthetic buckets with empty
+/// histograms (tests/native.rs), and a real guest's capture.
+const SYNTHETIC: &str = "exposition";
+const GUEST: &str = "guest-6.1";
 
 /// Per-CPU reads racing copy-ups give a count that disagrees with the buckets
 /// (and unsorted, duplicate indices): Prometheus 3.5 rejects a whole protobuf
@@ -330,9 +345,10 @@ fn prometheus_3_keeps_a_scrape_with_a_racy_histogram() {
 }
 
 /// The fixture's classic buckets of `hist` by cause: (le, cumulative count), ascending.
-fn fixture_buckets(hist: &str) -> BTreeMap<String, Vec<(f64, f64)>> {
-    let text = std::fs::read_to_string(common::repo_root().join("tests/fixtures/native/exposition.prom"))
-        .expect("exposition.prom");
+fn fixture_buckets(stem: &str, hist: &str) -> BTreeMap<String, Vec<(f64, f64)>> {
+    let text =
+        std::fs::read_to_string(common::repo_root().join(format!("tests/fixtures/native/{stem}.prom")))
+            .expect("fixture .prom");
     let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let prefix = format!("{hist}_bucket{{cause=\"");
     for line in text.lines() {
@@ -345,14 +361,14 @@ fn fixture_buckets(hist: &str) -> BTreeMap<String, Vec<(f64, f64)>> {
     out
 }
 
-fn ingest_native_histograms(binary: &Path, keep_classic: &str, classic: bool) {
+fn ingest_native_histograms(binary: &Path, keep_classic: &str, classic: bool, stem: &str) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let replay = Replay::start();
+    let replay = Replay::start(stem);
     let prom =
         Prometheus::start_with(binary, &[NATIVE], &replay_config(&replay.addr, keep_classic), tmp.path());
     let native = common::wait_for("native histograms in Prometheus", Duration::from_secs(60), || {
         let m = by_label(&prom, "histogram_count(overlayfs_copy_up_duration_seconds)", "cause");
-        (m.len() >= 10).then_some(m)
+        (!m.is_empty()).then_some(m)
     });
     assert!(replay.served().iter().all(|f| *f == Format::Protobuf), "{:?}", replay.served());
     let copy_ups = by_label(&prom, "sum by (cause) (overlayfs_copy_up_total)", "cause");
@@ -366,12 +382,12 @@ fn ingest_native_histograms(binary: &Path, keep_classic: &str, classic: bool) {
     // Per mount: each native series counts what the counter counts on that mount.
     let per_mount =
         prom.query("histogram_count(overlayfs_mount_copy_up_duration_seconds)").expect("per mount");
-    assert!(per_mount.len() >= 8, "per-mount native series: {per_mount:?}");
+    assert!(!per_mount.is_empty(), "per-mount native series: {per_mount:?}");
     for r in &per_mount {
         let (mp, cause) =
             (r["metric"]["mountpoint"].as_str().expect("mp"), r["metric"]["cause"].as_str().expect("cause"));
         let q = format!("sum(overlayfs_copy_up_total{{mountpoint=\"{mp}\",cause=\"{cause}\"}})");
-        if [mp, cause] == EMPTY {
+        if stem == SYNTHETIC && [mp, cause] == EMPTY {
             // No copy-up of that cause on that mount: no counter either.
             assert_eq!(prom.value(&q), None, "{mp} {cause}");
             continue;
@@ -382,6 +398,9 @@ fn ingest_native_histograms(binary: &Path, keep_classic: &str, classic: bool) {
     // zero threshold 2^-128), with no classic series beside them unless
     // classic ones are kept.
     for hist in ["overlayfs_mount_copy_up_duration_seconds", "overlayfs_mount_copy_up_bytes"] {
+        if stem != SYNTHETIC {
+            break;
+        }
         let sel = format!("{{mountpoint=\"{}\",cause=\"{}\"}}", EMPTY[0], EMPTY[1]);
         assert_eq!(
             prom.value(&format!("histogram_count({hist}{sel})")).as_deref(),
@@ -398,7 +417,7 @@ fn ingest_native_histograms(binary: &Path, keep_classic: &str, classic: bool) {
     ] {
         let native_sum = by_label(&prom, &format!("histogram_sum({hist})"), "cause");
         let counter_sum = by_label(&prom, &format!("sum by (cause) ({counter})"), "cause");
-        let buckets = fixture_buckets(hist);
+        let buckets = fixture_buckets(stem, hist);
         assert!(!native_sum.is_empty(), "{hist}");
         assert_eq!(native_sum.keys().collect::<Vec<_>>(), buckets.keys().collect::<Vec<_>>(), "{hist}");
         if classic {
@@ -455,7 +474,8 @@ fn ingest_native_histograms(binary: &Path, keep_classic: &str, classic: bool) {
                     (i..=last).contains(&k) && (k == 0 || nv > b[k - 1].0),
                     "native outside the bucket: {ctx}"
                 );
-                if b[k].0.is_finite() {
+                // The synthetic fixture's observations sit at the classic bounds.
+                if stem == SYNTHETIC && b[k].0.is_finite() {
                     let top = b[k].0 * 2f64.powf(-1.0 / 8.0) * (1.0 - 1e-9);
                     assert!(nv >= top, "native not within the bucket's top eighth power of two: {ctx}");
                 }
@@ -470,7 +490,7 @@ fn ingest_native_histograms(binary: &Path, keep_classic: &str, classic: bool) {
 fn prometheus_without_native_histograms_scrapes_text() {
     for binary in [Path::new("prometheus").to_owned(), prometheus3()] {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let replay = Replay::start();
+        let replay = Replay::start(SYNTHETIC);
         let prom = Prometheus::start(&binary, &replay_config(&replay.addr, ""), tmp.path());
         let count = common::wait_for("classic histograms in Prometheus", Duration::from_secs(60), || {
             let m = by_label(&prom, "overlayfs_copy_up_duration_seconds_count", "cause");

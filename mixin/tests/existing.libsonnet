@@ -40,15 +40,15 @@
     interval: '1m',
     input_series: [
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="chown",le="0.000016384"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="chown",le="0.0000152587890625"}',
         values: '0x40',
       },
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="chown",le="1.073741824"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="chown",le="1"}',
         values: '0x40',
       },
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="chown",le="4.294967296"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="chown",le="4"}',
         values: '0+10x40',
       },
       {
@@ -56,15 +56,15 @@
         values: '0+10x40',
       },
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="open",le="0.000016384"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="open",le="0.0000152587890625"}',
         values: '0+10x40',
       },
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="open",le="1.073741824"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="open",le="1"}',
         values: '0+10x40',
       },
       {
-        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="open",le="4.294967296"}',
+        series: 'overlayfs_copy_up_duration_seconds_bucket{job="overlay-agent",instance="n1",cause="open",le="4"}',
         values: '0+10x40',
       },
       {
@@ -85,8 +85,8 @@
               cause: 'chown',
             },
             exp_annotations: {
-              summary: 'p99 chown copy-up latency is 4.263s',
-              description: 'On n1, 1% of copy-ups caused by chown took longer than 4.263s for 15m (threshold 1s). Large files are being copied up, or the upper filesystem is slow. Consider metacopy=on for chown/chmod-heavy workloads.',
+              summary: 'p99 chown copy-up latency is 3.97s',
+              description: 'On n1, 1% of copy-ups caused by chown took longer than 3.97s for 15m (threshold 1s). Large files are being copied up, or the upper filesystem is slow. Consider metacopy=on for chown/chmod-heavy workloads.',
             },
           },
         ],

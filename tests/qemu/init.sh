@@ -86,6 +86,12 @@ if [ "$mode" = agent ]; then
   echo "=== METRICS BEGIN"
   scrape
   echo "=== METRICS END"
+  # The same, as Prometheus asks for it with native histograms on (delimited
+  # protobuf), base64 on the console (tests/qemu.rs, check_protobuf).
+  echo "=== PROTO BEGIN"
+  wget -q -O - --header "Accept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited" \
+    http://127.0.0.1:9864/metrics | base64
+  echo "=== PROTO END"
   # The kernel table (kernel::hooks) against this kernel's BTF.
   /qemu-btf-check
   echo "=== BTF CHECK EXIT $?"
