@@ -364,13 +364,17 @@ fn histogram_families(
         }
     }
     let mut cursor = 0;
+    // The device of the last run: a run is one device's (cause, hist), so that
+    // each device's sum is looked up, even where two devices share a label.
+    let mut run_dev = None;
     for (HistKey { dev, cause, hist, bucket }, n) in &snapshot.hist {
         by_cause[slot(*hist, *cause)].get_or_insert_with(Acc::default).add(*hist, *bucket, *n);
         if !per_mount {
             continue;
         }
         let key = (ids.of(*dev, labels), *cause, *hist);
-        if runs.last().is_none_or(|r| r.key != key) {
+        if run_dev != Some(*dev) || runs.last().is_none_or(|r| r.key != key) {
+            run_dev = Some(*dev);
             while sums.get(cursor).is_some_and(|s| s.0 < (*dev, *cause)) {
                 cursor += 1;
             }
@@ -618,6 +622,29 @@ mod tests {
             assert!(text.contains(w), "{w} in {text}");
         }
         assert_eq!(text.matches("overlayfs_mount_copy_up_bytes_count{").count(), 1, "{text}");
+        // The first device has a single (cause, hist): the second device's keys
+        // would continue its run, and the second device's sum must still count.
+        for (unknown, hist) in [(false, HIST_BYTES), (false, HIST_LATENCY), (true, HIST_LATENCY)] {
+            let mut s = snapshot();
+            s.hist.retain(|k, _| k.hist == hist);
+            let mut l = labels(&s);
+            if unknown {
+                l.0.clear();
+            } else {
+                l.0.insert(2, "/m/1".into());
+            }
+            let text = render(histogram_families(&s, &l, true, ClassicHistograms::All));
+            let mp = if unknown { "unknown" } else { "/m/1" };
+            let want = if hist == HIST_BYTES {
+                format!("overlayfs_mount_copy_up_bytes_sum{{mountpoint=\"{mp}\",cause=\"chown\"}} 2105344\n")
+            } else {
+                format!(
+                    "overlayfs_mount_copy_up_duration_seconds_sum{{mountpoint=\"{mp}\",cause=\"chown\"}} {}\n",
+                    3_002_000_000f64 * 1e-9
+                )
+            };
+            assert!(text.contains(&want), "both devices' sums: {want} in {text}");
+        }
     }
 
     /// Deleting a vanished device's entries moves them into Retained: the
