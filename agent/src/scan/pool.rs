@@ -7,8 +7,10 @@
 //! one CPU [`Budget`] (`scan.max_cpu`). Each upper dir's [`ScanCache`] goes with its
 //! job to the worker and comes back with the result, so rescans skip what cannot
 //! have changed. Of the upper dirs due at once, those never scanned go first, then
-//! those with recent activity (below), then those whose last scan found a change,
-//! then the longest overdue.
+//! those with recent activity (below), then those whose last scan found a change
+//! (a scan that timed out is no change), then the longest overdue. Aging: a job
+//! overdue by more than [`STARVED_AFTER`] (3) intervals ranks with the active upper
+//! dirs that changed, so under a budget idle upper dirs are stretched, not starved.
 //!
 //! Recent activity: once a second (less often if that would take more than 10% of
 //! the budget), a thread looks at the upper dirs due for a scan and moves ahead
@@ -341,6 +343,30 @@ struct Priority {
     due: Reverse<Instant>,
 }
 
+/// A job overdue by more than this many of its intervals ranks as an active
+/// upper dir that changed (aging), so that under `scan.max_cpu` idle upper dirs
+/// are stretched, never starved by upper dirs that are always active: an idle one
+/// waits at most about `(1 + STARVED_AFTER) x scan.interval` plus the scans of the
+/// upper dirs more overdue than it. 3: activity keeps its lead over idle upper
+/// dirs for three intervals of delay, yet a starved one is refreshed at least
+/// every fourth interval's worth of time.
+const STARVED_AFTER: u32 = 3;
+
+impl Job {
+    /// Its priority at `now`: a job overdue by more than [`STARVED_AFTER`]
+    /// intervals ranks with the active upper dirs that changed (among which the
+    /// most overdue goes first).
+    fn rank(&self, now: Instant) -> Priority {
+        let mut p = self.priority;
+        let Reverse(due) = p.due;
+        if now.saturating_duration_since(due) > self.interval.saturating_mul(STARVED_AFTER) {
+            p.active = true;
+            p.changed = true;
+        }
+        p
+    }
+}
+
 /// Jobs waiting for a worker; the one with the highest priority goes first.
 #[derive(Default)]
 struct Queue {
@@ -356,12 +382,18 @@ impl Queue {
 
     /// The next job, or `None` once the queue is closed.
     fn pop(&self) -> Option<Job> {
+        self.pop_at(Instant::now)
+    }
+
+    /// [`Queue::pop`] with the clock the jobs are ranked by ([`Job::rank`]).
+    fn pop_at(&self, now: impl Fn() -> Instant) -> Option<Job> {
         let mut st = self.state.locked();
         loop {
             if st.1 {
                 return None;
             }
-            let best = st.0.iter().enumerate().max_by_key(|(_, j)| j.priority).map(|(i, _)| i);
+            let t = now();
+            let best = st.0.iter().enumerate().max_by_key(|(_, j)| j.rank(t)).map(|(i, _)| i);
             if let Some(i) = best {
                 return Some(st.0.swap_remove(i));
             }
@@ -766,11 +798,7 @@ fn worker(queue: Arc<Queue>, store: ScanStore, busy: Arc<Busy>, workers: Arc<Wor
                         }
                         rec.stale = result.timed_out || was_hung;
                         rec.copy_ups_seen_total += result.copy_ups_seen.unwrap_or(0);
-                        rec.changed = rec.last.as_ref().is_some_and(|last| {
-                            result.dirs_read > 0
-                                || (last.allocated_bytes, last.apparent_bytes, last.inodes)
-                                    != (result.allocated_bytes, result.apparent_bytes, result.inodes)
-                        });
+                        rec.changed = changed_since(rec.last.as_ref(), &result);
                         rec.last = Some(result);
                         rec.last_end = Some(SystemTime::now());
                         rec.last_duration = duration;
@@ -794,6 +822,22 @@ fn worker(queue: Arc<Queue>, store: ScanStore, busy: Arc<Busy>, workers: Arc<Wor
         }
     }
     workers.live.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Whether a scan found the upper dir changed since the last one: a directory
+/// read, or other bytes or inodes. Not for a first scan, and not for one that
+/// timed out: its figures cover part of the tree, so they differ from a complete
+/// scan's whether or not anything changed (and a timed-out scan's directories are
+/// read again next time), which would keep the most expensive upper dirs first;
+/// nor for the first complete scan after one that timed out (nothing to compare).
+fn changed_since(last: Option<&ScanResult>, result: &ScanResult) -> bool {
+    !result.timed_out
+        && last.is_some_and(|last| {
+            !last.timed_out
+                && (result.dirs_read > 0
+                    || (last.allocated_bytes, last.apparent_bytes, last.inodes)
+                        != (result.allocated_bytes, result.apparent_bytes, result.inodes))
+        })
 }
 
 /// The quota thread: every `scan.quota_interval`, reads the quota of every upper
@@ -1032,6 +1076,73 @@ mod tests {
         assert_eq!(store.prioritized(ActivitySignal::CopyUps), 1);
         // Idle was the most overdue; now it goes last.
         assert_eq!(order(&q, 3), ["copied", "written", "idle"]);
+    }
+
+    /// A timed-out scan covers part of the tree: it is no change (else the most
+    /// expensive upper dirs, those that time out, would always go first), and nor
+    /// is the first complete scan after it.
+    #[test]
+    fn a_timed_out_scan_is_no_change() {
+        let full = ScanResult { allocated_bytes: 1 << 20, inodes: 100, ..Default::default() };
+        let partial = ScanResult {
+            allocated_bytes: 4096,
+            inodes: 3,
+            dirs_read: 2,
+            timed_out: true,
+            ..Default::default()
+        };
+        assert!(!changed_since(None, &full), "a first scan");
+        assert!(!changed_since(Some(&full), &full), "same figures, no directory read");
+        let grown = ScanResult { inodes: 101, ..full.clone() };
+        assert!(changed_since(Some(&full), &grown), "one more inode");
+        assert!(!changed_since(Some(&full), &partial), "timed out");
+        assert!(!changed_since(Some(&partial), &full), "after a timed-out scan");
+    }
+
+    /// Under a budget that allows 3 scans a minute, 4 upper dirs written all the
+    /// time (active, changed) would take every scan. Aging: the idle one, once
+    /// overdue by more than STARVED_AFTER intervals, ranks with them, as the most
+    /// overdue, and is scanned within (1 + STARVED_AFTER) intervals plus one scan,
+    /// every time; the active ones keep being scanned in between.
+    #[test]
+    fn under_a_budget_permanently_active_upper_dirs_do_not_starve_an_idle_one() {
+        let t0 = Instant::now();
+        let interval = Duration::from_secs(60);
+        let scan = Duration::from_secs(20);
+        let q = Queue::default();
+        let push = |q: &Queue, name: &str, active: bool, due: Instant| {
+            let priority = Priority { never_scanned: false, active, changed: active, due: Reverse(due) };
+            q.push(job_at(name, Path::new("-"), priority));
+        };
+        push(&q, "idle", false, t0);
+        for i in 0..4 {
+            push(&q, &format!("active{i}"), true, t0);
+        }
+        let bound = interval * (1 + STARVED_AFTER) + scan;
+        let mut now = t0;
+        let (mut idle_due, mut idle_scans, mut active_scans) = (t0, 0, 0);
+        for _ in 0..300 {
+            let j = q.pop_at(|| now).expect("a waiting job");
+            let name = j.upper.display().to_string();
+            if name == "idle" {
+                assert!(now <= idle_due + bound, "idle scanned {:?} after due", now - idle_due);
+                idle_scans += 1;
+            } else {
+                active_scans += 1;
+            }
+            now += scan;
+            // Due again an interval after its scan, back in the queue at once (the
+            // budget keeps every upper dir overdue); the active ones stay active.
+            if name == "idle" {
+                idle_due = now + interval;
+            }
+            push(&q, &name, name != "idle", now + interval);
+        }
+        // 100 simulated minutes: a scan of the idle upper dir at least every
+        // scan + interval + bound (340 s): 17 or more.
+        let cycle = (scan + interval + bound).as_secs() as usize;
+        assert!(idle_scans >= 300 * scan.as_secs() as usize / cycle, "{idle_scans} idle scans");
+        assert!(active_scans >= 250, "{active_scans} active scans");
     }
 
     #[test]
