@@ -65,6 +65,17 @@ fn entries<K: Pod, V: Pod>(map: &PerCpuHashMap<MapData, K, V>) -> Vec<(K, Vec<V>
 }
 
 impl CopyUpMaps {
+    /// Every HIST entry: in batches where the kernel can, else key by key.
+    fn hist_entries(&self) -> Vec<(HistKey, u64)> {
+        match super::batch::entries(&self.hist, 4096) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::debug!(error = %e, "BPF_MAP_LOOKUP_BATCH failed; reading key by key");
+                self.hist.iter().flatten().collect()
+            }
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot::default();
         for (k, per_cpu) in entries(&self.counts) {
@@ -76,14 +87,7 @@ impl CopyUpMaps {
                 e.latency_ns += v.latency_ns;
             }
         }
-        let hist = match super::batch::entries(&self.hist, 4096) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::debug!(error = %e, "BPF_MAP_LOOKUP_BATCH failed; reading key by key");
-                self.hist.iter().flatten().collect()
-            }
-        };
-        for (k, n) in hist {
+        for (k, n) in self.hist_entries() {
             *s.hist.entry(k).or_default() += n;
         }
         s.retained = self.retained.clone();
@@ -121,24 +125,32 @@ impl CopyUpMaps {
             .collect()
     }
 
-    /// Drops the counters of devices no longer mounted, so that a reused device
-    /// number starts from zero and vanished mounts leave /metrics. What they
-    /// counted stays in the node-wide histograms (`Retained`).
+    /// Drops the counters of devices no longer mounted, so that vanished mounts
+    /// leave /metrics. What they counted stays in the node-wide histograms
+    /// (`Retained`). The maps are read in batches, as a scrape reads them (a few
+    /// syscalls, not two per key under the maps mutex), then each stale key is
+    /// deleted (one syscall each).
+    ///
+    /// Not atomic: what the programs add to a stale key between the read and the
+    /// delete is lost (a lazily unmounted overlay still copying up), and a
+    /// device number reused by a new mount before this runs (within one
+    /// discovery interval) keeps the old mount's counts, or loses its own first
+    /// ones when the old number is forgotten.
     pub fn forget(&mut self, mut keep: impl FnMut(u32) -> bool) {
-        let stale: Vec<CountKey> = self.counts.keys().flatten().filter(|k| !keep(k.dev)).collect();
-        for k in stale {
-            if let Ok(per_cpu) = self.counts.get(&k, 0) {
-                for v in per_cpu.iter() {
-                    self.retained.add_counts(&k, v);
-                }
+        for (k, per_cpu) in entries(&self.counts) {
+            if keep(k.dev) {
+                continue;
+            }
+            for v in &per_cpu {
+                self.retained.add_counts(&k, v);
             }
             let _ = self.counts.remove(&k);
         }
-        let stale: Vec<HistKey> = self.hist.keys().flatten().filter(|k| k.dev != 0 && !keep(k.dev)).collect();
-        for k in stale {
-            if let Ok(n) = self.hist.get(&k, 0) {
-                self.retained.add_bucket(&k, n);
+        for (k, n) in self.hist_entries() {
+            if k.dev == 0 || keep(k.dev) {
+                continue;
             }
+            self.retained.add_bucket(&k, n);
             let _ = self.hist.remove(&k);
         }
     }
