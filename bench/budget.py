@@ -102,29 +102,34 @@ def drop_caches():
         f.write("3")
 
 
-def run(base, mounts, budget, seconds, steady, cold=False):
-    if cold:
-        drop_caches()
-    port = free_port()
-    addr = f"127.0.0.1:{port}"
+def start_agent(base, agent, scan_yaml):
+    """Starts `agent serve` on the overlays under `base` with the given scan:
+    section lines; returns the process, its address and its first scrape."""
+    addr = f"127.0.0.1:{free_port()}"
     cfg = os.path.join(base, "agent.yaml")
     with open(cfg, "w") as f:
         f.write(f"web:\n  listen_address: '{addr}'\n"
                 f"discovery:\n  include_mountpoints: ['{re.escape(base)}/.*']\n"
-                "scan:\n  interval: 60s\n  concurrency: 2\n")
-        if budget:
-            f.write(f"  max_cpu: {budget}\n")
+                f"scan:\n{scan_yaml}")
     log = open(os.path.join(base, "agent.log"), "w")
-    p = subprocess.Popen([AGENT, "--config", cfg, "serve"], stdout=log, stderr=log)
+    p = subprocess.Popen([agent, "--config", cfg, "serve"], stdout=log, stderr=log)
+    deadline = time.time() + 60
+    while True:
+        try:
+            return p, addr, metrics(addr)
+        except OSError:
+            if time.time() >= deadline:
+                p.terminate()
+                raise AssertionError("agent did not come up")
+            time.sleep(0.2)
+
+
+def run(base, mounts, budget, seconds, steady, cold=False):
+    if cold:
+        drop_caches()
+    scan = "  interval: 60s\n  concurrency: 2\n" + (f"  max_cpu: {budget}\n" if budget else "")
+    p, addr, text = start_agent(base, AGENT, scan)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                text = metrics(addr)
-                break
-            except OSError:
-                assert time.time() < deadline, "agent did not come up"
-                time.sleep(0.2)
         t_start = time.time()
         first_pass = None
         if steady:
@@ -187,25 +192,9 @@ def thread_cpu(pid, comm):
 
 def refresh(base, mounts, budget, interval, agent, writes, round_no, wait):
     import random
-    port = free_port()
-    addr = f"127.0.0.1:{port}"
-    cfg = os.path.join(base, "agent.yaml")
-    with open(cfg, "w") as f:
-        f.write(f"web:\n  listen_address: '{addr}'\n"
-                f"discovery:\n  include_mountpoints: ['{re.escape(base)}/.*']\n"
-                f"scan:\n  interval: {interval}\n  concurrency: 2\n  max_cpu: {budget}\n")
-    log = open(os.path.join(base, "agent.log"), "w")
-    p = subprocess.Popen([agent, "--config", cfg, "serve"], stdout=log, stderr=log)
+    p, addr, text = start_agent(base, agent, f"  interval: {interval}\n  concurrency: 2\n  max_cpu: {budget}\n")
     chosen = {}
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                text = metrics(addr)
-                break
-            except OSError:
-                assert time.time() < deadline, "agent did not come up"
-                time.sleep(0.2)
         t_start = time.time()
         while scanned_mounts(text) < mounts:
             time.sleep(1)
