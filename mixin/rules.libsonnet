@@ -353,6 +353,23 @@ local annotations(c, name, summary, description) = {
             ),
           },
           {
+            // Quota mode: one thread reads every quota-mode mount; a hung filesystem
+            // stalls it and every such mount keeps old figures with source="quota"
+            // (their walks, every classify_interval, still move the scan timestamp).
+            alert: 'OverlayfsQuotaReadingsStale',
+            expr: '(time() - overlayfs_upper_usage_timestamp_seconds{%(s)s} > 600) and on (job, instance, mountpoint) overlayfs_upper_usage_source_info{%(s)s,source="quota"} == 1' % { s: c.agentSelector },
+            'for': '15m',
+            labels: { severity: 'warning' },
+            annotations: annotations(
+              c,
+              'OverlayfsQuotaReadingsStale',
+              'Quota figures of {{ $labels.mountpoint }} not read for {{ $value | humanizeDuration }}',
+              'Bytes and inodes of {{ $labels.mountpoint }} on {{ $labels.instance }} come from the project ' +
+              'quota but were last read more than 10 minutes ago: the quota thread is stuck (a hung ' +
+              'filesystem stalls it for every quota-mode mount).',
+            ),
+          },
+          {
             alert: 'OverlayAgentDown',
             expr: 'up{%s} == 0' % c.agentSelector,
             'for': '5m',

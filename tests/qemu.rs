@@ -926,7 +926,7 @@ fn quota_files(root: &Path, kernel: &Path) {
             let inodes = (big + mounts * (files + 8) + 4096) * 5 / 4;
             ((inodes as u64) * 3072 + (64 << 20), inodes)
         }
-        None => (64 << 20, 16384),
+        None => (96 << 20, 24576),
     };
     let img = root.join("quota.img");
     std::fs::File::create(&img).and_then(|f| f.set_len(size)).expect("image file");
@@ -1008,8 +1008,35 @@ fn check_quota(version: &str) -> Result<String, String> {
             q.get("overlayfs_upper_inodes", &[("mountpoint", &mp)]).unwrap_or(-1.0)
         ));
     }
-    if src("/q/e/merged", "walk", "mismatch") != Some(1.0) {
-        errors.push("/q/e/merged: a file with another id: want reason mismatch".into());
+    if src("/q/e/merged", "walk", "no_project_id") != Some(1.0) {
+        errors.push("/q/e/merged: a file with another id: want no id assigned (reason no_project_id)".into());
+    }
+    if src("/q/i/merged", "walk", "no_project_id") != Some(1.0) {
+        errors.push("/q/i/merged: whiteouts: want no id assigned (reason no_project_id)".into());
+    }
+    // E and I refused once each, logged once each (they walk every second and are
+    // not tried again for an hour).
+    let refusals = console.lines().find_map(|l| l.strip_prefix("=== ASSIGN REFUSALS ")).map(str::trim);
+    let refused = |upper: &str, reason: &str| {
+        agent_log
+            .lines()
+            .any(|l| l.contains(&format!("upper={upper} ")) && l.contains(&format!("reason=\"{reason}\"")))
+    };
+    if refusals != Some("2") || !refused("/q/e/upper", "other_id") || !refused("/q/i/upper", "untaggable") {
+        errors.push(format!(
+            "{refusals:?} refusals logged, want 2 (E: other_id, I: untaggable, the whiteouts)"
+        ));
+    }
+    // H: copy-ups while the agent tagged its trees all succeeded.
+    let race = console.lines().find_map(|l| l.strip_prefix("=== RACE ")).unwrap_or("").trim().to_owned();
+    let r: Vec<u64> = race.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    match r[..] {
+        [during, after, 0, copied] if during > 0 && copied == during + after => {
+            figures.push(format!("h: {during} copy-ups during the assignment"))
+        }
+        _ => errors.push(format!(
+            "H: copy-ups during the assignment: {race:?}, want some, 0 failed, all in the upper dir"
+        )),
     }
     if src("/q/f/l/merged", "walk", "shared_project_id") != Some(1.0) {
         errors.push("/q/f/l/merged: want reason shared_project_id".into());
@@ -1025,6 +1052,10 @@ fn check_quota(version: &str) -> Result<String, String> {
         ("b/upper", Some(200)),
         ("d/upper", Some(300)),
         ("d/work", Some(300)),
+        ("e/upper", Some(0)),
+        ("e/work", Some(0)),
+        ("i/upper", Some(0)),
+        ("i/work", Some(0)),
         ("e/upper/foreign", Some(400)),
         ("f/l/upper", Some(500)),
     ];
@@ -1040,8 +1071,12 @@ fn check_quota(version: &str) -> Result<String, String> {
             project("c/work")
         ));
     }
-    if !project("e/upper").is_some_and(|id| (1000..=1099).contains(&id) && Some(id) != assigned) {
-        errors.push(format!("E: assigned id {:?}", project("e/upper")));
+    let h = project("h/upper");
+    if !h.is_some_and(|id| (1000..=1099).contains(&id) && Some(id) != assigned) || project("h/work") != h {
+        errors.push(format!(
+            "H: assigned ids {h:?} / {:?}, want one id of 1000..1099 on both",
+            project("h/work")
+        ));
     }
     if q.get("overlayfs_upper_quota_project_id", &[("mountpoint", "/q/c/merged")]).map(|v| v as u32)
         != assigned

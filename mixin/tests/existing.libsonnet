@@ -254,6 +254,32 @@
         series: 'overlayfs_upper_scan_timestamp_seconds{job="overlay-agent",instance="n1",mountpoint="/fresh"}',
         values: '0+60x60',
       },
+      // Quota mode: /q1's readings stopped, /q2's go on, /w walks (its stale usage
+      // timestamp is OverlayfsScanStale's business).
+      {
+        series: 'overlayfs_upper_usage_timestamp_seconds{job="overlay-agent",instance="n1",mountpoint="/q1"}',
+        values: '0x60',
+      },
+      {
+        series: 'overlayfs_upper_usage_timestamp_seconds{job="overlay-agent",instance="n1",mountpoint="/q2"}',
+        values: '0+60x60',
+      },
+      {
+        series: 'overlayfs_upper_usage_timestamp_seconds{job="overlay-agent",instance="n1",mountpoint="/w"}',
+        values: '0x60',
+      },
+      {
+        series: 'overlayfs_upper_usage_source_info{job="overlay-agent",instance="n1",mountpoint="/q1",source="quota",reason="none"}',
+        values: '1x60',
+      },
+      {
+        series: 'overlayfs_upper_usage_source_info{job="overlay-agent",instance="n1",mountpoint="/q2",source="quota",reason="none"}',
+        values: '1x60',
+      },
+      {
+        series: 'overlayfs_upper_usage_source_info{job="overlay-agent",instance="n1",mountpoint="/w",source="walk",reason="no_project_id"}',
+        values: '1x60',
+      },
     ],
     alert_rule_test: [
       {
@@ -289,6 +315,29 @@
             exp_annotations: {
               summary: 'Upper dir of /stuck not measured for 50m 0s',
               description: 'The last completed scan of /stuck on n1 is older than 30 minutes: the scan hangs (a stuck filesystem) or takes longer than the interval allows.',
+            },
+          },
+        ],
+      },
+      {
+        eval_time: '20m',
+        alertname: 'OverlayfsQuotaReadingsStale',
+        exp_alerts: [],
+      },
+      {
+        eval_time: '30m',
+        alertname: 'OverlayfsQuotaReadingsStale',
+        exp_alerts: [
+          {
+            exp_labels: {
+              severity: 'warning',
+              job: 'overlay-agent',
+              instance: 'n1',
+              mountpoint: '/q1',
+            },
+            exp_annotations: {
+              summary: 'Quota figures of /q1 not read for 30m 0s',
+              description: 'Bytes and inodes of /q1 on n1 come from the project quota but were last read more than 10 minutes ago: the quota thread is stuck (a hung filesystem stalls it for every quota-mode mount).',
             },
           },
         ],

@@ -189,6 +189,8 @@ pub struct QuotaSettings {
     pub assign: Option<(u32, u32)>,
     /// Where the next assigned id search starts.
     next_id: Mutex<u32>,
+    /// Failed assignments: retried after an hour, logged once per reason.
+    assign_memo: Mutex<quota::AssignMemo>,
     /// The agent's own mountinfo (block devices for quotactl before 5.14).
     pub mountinfo: PathBuf,
     /// Quota readings made, and those that failed.
@@ -205,6 +207,7 @@ impl QuotaSettings {
             classify_interval: config.classify_interval,
             assign,
             next_id: Mutex::new(assign.map_or(0, |a| a.0)),
+            assign_memo: Mutex::default(),
             mountinfo: PathBuf::from("/proc/self/mountinfo"),
             reads: AtomicU64::new(0),
             read_errors: AtomicU64::new(0),
@@ -228,19 +231,25 @@ impl QuotaSettings {
             return Err(Unavailable::Disabled);
         }
         match quota::probe(upper, work, &self.mountinfo) {
-            Err(Unavailable::NoProjectId) if self.assign.is_some() => {
+            Err(Unavailable::NoProjectId)
+                if self.assign.is_some() && self.assign_memo.locked().due(upper, Instant::now()) =>
+            {
                 let range = self.assign.unwrap_or_default();
                 let assigned = quota::assign(upper, work, &self.mountinfo, range, &mut self.next_id.locked());
                 match assigned {
                     Ok(a) => {
+                        self.assign_memo.locked().succeeded(upper);
                         tracing::info!(upper = %upper.display(), project_id = a.project_id, tagged = a.tagged, foreign = a.foreign, untaggable = a.untaggable, "assigned a project id (scan.assign_project_ids)")
                     }
-                    // Every walk tries again: no warning per walk where quotas cannot work.
+                    // Every walk tries again (one quotactl): no warning per walk where quotas cannot work.
                     Err(e @ quota::AssignError::Unavailable(_)) => {
                         tracing::debug!(upper = %upper.display(), error = %e, "no project id assigned")
                     }
+                    // Tried again after quota::ASSIGN_RETRY; logged once per upper dir and reason.
                     Err(e) => {
-                        tracing::warn!(upper = %upper.display(), error = %e, "cannot assign a project id")
+                        if self.assign_memo.locked().failed(upper, &e, Instant::now()) {
+                            tracing::warn!(upper = %upper.display(), reason = e.kind(), error = %e, "no project id assigned (scan.assign_project_ids); tried again in an hour")
+                        }
                     }
                 }
                 quota::probe(upper, work, &self.mountinfo)

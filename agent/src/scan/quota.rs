@@ -27,15 +27,18 @@
 //!   differ, the upper dir leaves quota mode ([`Unavailable::Mismatch`]).
 //!
 //! Assigning ids (opt-in, writes to the filesystem): [`assign`] gives an upper dir
-//! with no id, and its work dir, an unused id from a configured range, with
-//! `FS_XFLAG_PROJINHERIT` on every directory (new entries inherit the id) and the id on
-//! every existing directory and regular file. Both the upper and the work dir get it:
-//! ext4 and XFS refuse (`EXDEV`) renames and links into an inheriting directory from
-//! another project, and overlayfs makes copy-ups and whiteouts in the work dir and
-//! moves them into the upper dir. It never changes an id that is already set.
-//! Symlinks, devices, FIFOs and sockets that exist before the id is set cannot be
-//! opened to set it: they stay outside the quota, and the comparison with the walk
-//! then keeps the upper dir out of quota mode.
+//! with no id, and its work dir, an unused id from a configured range (no usage, no
+//! limits), with `FS_XFLAG_PROJINHERIT` on every directory (new entries inherit the
+//! id) and the id on every existing directory and regular file. Both the upper and
+//! the work dir get it: ext4 and XFS refuse (`EXDEV`), for ever, renames and links
+//! into an inheriting directory of an inode from another project, and overlayfs
+//! makes copy-ups and whiteouts in the work dir and moves them into the upper dir.
+//! The work dir is tagged first, so a copy-up during the assignment never moves an
+//! untagged file into an inheriting dir. It assigns only when nothing there would
+//! hit that rule ([`check_taggable`], a first pass that sets nothing): the work dir
+//! known, both trees only directories and regular files, all with id 0. Symlinks,
+//! devices (whiteouts), FIFOs and sockets cannot be opened to set the id, and an id
+//! already set is never changed.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
@@ -43,6 +46,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use linux_raw_sys::general::{fsxattr, FS_XFLAG_PROJINHERIT};
 use rustix::fs::{openat2, statat, AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
@@ -315,7 +319,12 @@ fn unescape(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        // Three octal digits of at most 0o377 (a byte); `b[i + 1..i + 4]` needs i + 3 < len.
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -327,17 +336,22 @@ fn unescape(s: &str) -> Vec<u8> {
 }
 
 impl QuotaTarget {
-    /// The raw quota record of `id` on this target's filesystem.
+    /// The usage in the quota record of `id` on this target's filesystem.
     fn getquota(&self, id: u32) -> Result<Usage, Errno> {
+        self.dqblk(id).map(|q| Usage { allocated_bytes: q.dqb_curspace, inodes: q.dqb_curinodes })
+    }
+
+    /// The raw quota record of `id`; all zero where there is none.
+    fn dqblk(&self, id: u32) -> Result<libc::dqblk, Errno> {
         let mut q = empty_dqblk();
         let r = match &self.via {
             Via::Fd => quotactl_fd(open_dir(&self.upper)?.as_fd(), id, &mut q),
             Via::Device(dev) => quotactl_dev(dev, id, &mut q),
         };
         match r {
-            Ok(()) => Ok(Usage { allocated_bytes: q.dqb_curspace, inodes: q.dqb_curinodes }),
+            Ok(()) => Ok(q),
             // XFS: no record for this id (nothing charged to it).
-            Err(Errno::NOENT) => Ok(Usage::default()),
+            Err(Errno::NOENT) => Ok(empty_dqblk()),
             Err(e) => Err(e),
         }
     }
@@ -476,7 +490,11 @@ impl Measure<'_> {
         }
         let ftype = FileType::from_raw_mode(st.st_mode);
         if ftype != FileType::Directory && st.st_nlink > 1 {
-            let e = self.links.entry(st.st_ino).or_insert((st.st_nlink, 0, (st.st_blocks as u64) * 512));
+            let e = self.links.entry(st.st_ino).or_insert((
+                st.st_nlink,
+                0,
+                (st.st_blocks as u64).saturating_mul(512),
+            ));
             e.1 += 1;
             return Ok(());
         }
@@ -602,6 +620,9 @@ pub struct Assigned {
 pub enum AssignError {
     #[error("the upper dir already has project id {0}")]
     AlreadySet(u32),
+    /// Tagging would make renames or links into the upper dir fail with EXDEV.
+    #[error("refused: {0}")]
+    Refused(Refusal),
     #[error("no unused project id left in the range")]
     RangeExhausted,
     #[error("project quotas unavailable: {}", .0.as_str())]
@@ -610,8 +631,186 @@ pub enum AssignError {
     Io(#[from] Errno),
 }
 
-/// Gives `upper` (and `work`) an unused project id from `first..=last`, starting
+/// Why [`assign`] leaves an upper dir alone although it has no id: once an
+/// inheriting directory has the id, ext4 and XFS refuse (EXDEV) every rename or
+/// link into it of an inode without that id, so everything in the upper and work
+/// trees must be able to take it first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the work dir is not known")]
+    NoWorkDir,
+    #[error("the work dir is on another filesystem")]
+    WorkElsewhere,
+    #[error("{0} already has project id {1}")]
+    OtherId(PathBuf, u32),
+    /// A symlink, device node (a whiteout: the shared one in work/), FIFO or socket:
+    /// cannot be opened to set the id.
+    #[error("{0} is neither a directory nor a regular file")]
+    Untaggable(PathBuf),
+    #[error("{0} is more than 256 directories deep")]
+    TooDeep(PathBuf),
+}
+
+impl Refusal {
+    /// A short fixed name (for logging once per upper dir and reason).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::NoWorkDir => "no_work_dir",
+            Refusal::WorkElsewhere => "work_elsewhere",
+            Refusal::OtherId(..) => "other_id",
+            Refusal::Untaggable(_) => "untaggable",
+            Refusal::TooDeep(_) => "too_deep",
+        }
+    }
+}
+
+impl AssignError {
+    /// A short fixed name of the reason.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AssignError::AlreadySet(_) => "already_set",
+            AssignError::Refused(r) => r.kind(),
+            AssignError::RangeExhausted => "range_exhausted",
+            AssignError::Unavailable(u) => u.as_str(),
+            AssignError::Io(_) => "io",
+        }
+    }
+}
+
+/// How long an upper dir whose assignment failed (or every upper dir, once the
+/// range is exhausted) waits before [`assign`] is tried again: a try may read both
+/// trees and make up to 10,000 `quotactl` calls.
+pub const ASSIGN_RETRY: Duration = Duration::from_secs(3600);
+
+/// Failed assignments: when to try again, and what was logged already.
+#[derive(Debug, Default)]
+pub struct AssignMemo {
+    failed: HashMap<PathBuf, (&'static str, Instant)>,
+    exhausted: Option<Instant>,
+}
+
+impl AssignMemo {
+    /// Whether [`assign`] should be tried for `upper` now.
+    pub fn due(&self, upper: &Path, now: Instant) -> bool {
+        let waiting = |t: Instant| now.saturating_duration_since(t) < ASSIGN_RETRY;
+        !self.exhausted.is_some_and(waiting) && !self.failed.get(upper).is_some_and(|(_, t)| waiting(*t))
+    }
+
+    /// Records a failure; true when it is news (to be logged): another reason than
+    /// the last one for this upper dir, or the range exhausted again after a retry.
+    pub fn failed(&mut self, upper: &Path, e: &AssignError, now: Instant) -> bool {
+        self.failed.retain(|_, (_, t)| now.saturating_duration_since(*t) < 2 * ASSIGN_RETRY);
+        let kind = e.kind();
+        let news = match e {
+            AssignError::RangeExhausted => {
+                self.exhausted.replace(now).is_none_or(|t| t + ASSIGN_RETRY <= now)
+            }
+            _ => self.failed.get(upper).is_none_or(|(k, _)| *k != kind),
+        };
+        self.failed.insert(upper.to_owned(), (kind, now));
+        news
+    }
+
+    /// Forgets `upper` (it got an id).
+    pub fn succeeded(&mut self, upper: &Path) {
+        self.failed.remove(upper);
+        self.exhausted = None;
+    }
+}
+
+/// An id nobody uses: nothing charged to it and no limit set.
+fn is_free(q: &libc::dqblk) -> bool {
+    [q.dqb_curspace, q.dqb_curinodes, q.dqb_bhardlimit, q.dqb_bsoftlimit, q.dqb_ihardlimit, q.dqb_isoftlimit]
+        .iter()
+        .all(|v| *v == 0)
+}
+
+/// The first pass of [`assign`]: sets nothing, fails on the first entry that
+/// could not take the id (see [`Refusal`]); the roots must have id 0 too.
+pub fn check_taggable(root: &Path, dev: u64) -> Result<(), AssignError> {
+    let fd = open_dir(root)?;
+    let st = rustix::fs::fstat(&fd)?;
+    if st.st_dev != dev {
+        return Err(AssignError::Refused(Refusal::WorkElsewhere));
+    }
+    check_dir(fd, root.to_owned(), dev, 0)
+}
+
+fn check_dir(fd: OwnedFd, path: PathBuf, dev: u64, depth: u32) -> Result<(), AssignError> {
+    if depth > 256 {
+        return Err(AssignError::Refused(Refusal::TooDeep(path)));
+    }
+    let id = get_fsx(fd.as_fd())?.fsx_projid;
+    if id != 0 {
+        return Err(AssignError::Refused(Refusal::OtherId(path, id)));
+    }
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if matches!(name.to_bytes(), b"." | b"..") {
+            continue;
+        }
+        let sub = path.join(OsStr::from_bytes(name.to_bytes()));
+        // Gone meanwhile: nothing to tag.
+        let st = match statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if st.st_dev != dev {
+            continue; // a mount on it: neither tagged nor moved
+        }
+        let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                match openat2(&fd, name, flags, Mode::empty(), how) {
+                    Ok(d) => check_dir(d, sub, dev, depth + 1)?,
+                    Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            FileType::RegularFile => {
+                let p = match openat2(
+                    &fd,
+                    name,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    how,
+                ) {
+                    Ok(p) => p,
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                use std::os::fd::AsRawFd;
+                let reopen = format!("/proc/self/fd/{}", p.as_raw_fd());
+                let f = rustix::fs::open(
+                    reopen.as_str(),
+                    OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                if FileType::from_raw_mode(rustix::fs::fstat(&f)?.st_mode) != FileType::RegularFile {
+                    return Err(AssignError::Refused(Refusal::Untaggable(sub)));
+                }
+                let id = get_fsx(f.as_fd())?.fsx_projid;
+                if id != 0 {
+                    return Err(AssignError::Refused(Refusal::OtherId(sub, id)));
+                }
+            }
+            _ => return Err(AssignError::Refused(Refusal::Untaggable(sub))),
+        }
+    }
+    Ok(())
+}
+
+/// Gives `upper` and `work` an unused project id from `first..=last`, starting
 /// the search at `*next` (advanced past the id taken); see the module doc.
+///
+/// Refuses unless the work dir is known and both trees hold only directories and
+/// regular files without an id ([`check_taggable`], a first pass that sets
+/// nothing). Tags the work dir first, then the upper dir: a copy-up is a rename
+/// from the work dir into the upper dir, which the kernel refuses (EXDEV) while the
+/// upper dir inherits an id its work dir does not have.
 pub fn assign(
     upper: &Path,
     work: Option<&Path>,
@@ -625,6 +824,7 @@ pub fn assign(
     if fsx.fsx_projid != 0 {
         return Err(AssignError::AlreadySet(fsx.fsx_projid));
     }
+    let work = work.ok_or(AssignError::Refused(Refusal::NoWorkDir))?;
     // Only where the quota can be read: an id nobody accounts is of no use.
     let mut probe_target = QuotaTarget {
         upper: upper.to_owned(),
@@ -637,7 +837,12 @@ pub fn assign(
         listings: Listings::default(),
     };
     probe_target.reach(mountinfo).map_err(AssignError::Unavailable)?;
-    let free = |id: u32| probe_target.getquota(id).map(|u| u == Usage::default());
+    // The first pass, before the id search: sets nothing.
+    check_taggable(work, st.st_dev)?;
+    check_taggable(upper, st.st_dev)?;
+    // Unused: nothing charged to it and no limit set (someone may have set limits
+    // on an id before giving it to a directory).
+    let free = |id: u32| probe_target.dqblk(id).map(|q| is_free(&q));
     let span = u64::from(last - first) + 1;
     let mut id = None;
     for i in 0..span.min(10_000) {
@@ -651,7 +856,8 @@ pub fn assign(
     *next = if id == last { first } else { id + 1 };
     let mut a = Assigned { project_id: id, ..Default::default() };
     let mut tagger = Tagger { id, dev: st.st_dev, a: &mut a };
-    for root in std::iter::once(upper).chain(work) {
+    // The work dir first: see above.
+    for root in [work, upper] {
         let fd = open_dir(root)?;
         tagger.dir(fd, 0)?;
     }
@@ -887,6 +1093,92 @@ mod tests {
         let t = QuotaTarget { layer: None, ..t };
         let (u, _) = t.others().expect("others");
         assert_eq!(u.inodes, 3, "work, work/work, #3: {u:?}");
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape(r"/dev/a\040b"), b"/dev/a b", "an escape at the very end");
+        assert_eq!(unescape(r"\134"), b"\\");
+        assert_eq!(unescape(r"/x\377"), b"/x\xff");
+        assert_eq!(unescape(r"/x\777"), br"/x\777", "more than a byte: left as it is");
+        assert_eq!(unescape(r"/x\04"), br"/x\04", "too short");
+        assert_eq!(unescape(r"/x\"), br"/x\");
+    }
+
+    #[test]
+    fn a_free_id_has_no_usage_and_no_limits() {
+        let q = empty_dqblk();
+        assert!(is_free(&q));
+        for set in [
+            |q: &mut libc::dqblk| q.dqb_curspace = 1,
+            |q: &mut libc::dqblk| q.dqb_curinodes = 1,
+            |q: &mut libc::dqblk| q.dqb_bhardlimit = 1,
+            |q: &mut libc::dqblk| q.dqb_bsoftlimit = 1,
+            |q: &mut libc::dqblk| q.dqb_ihardlimit = 1,
+            |q: &mut libc::dqblk| q.dqb_isoftlimit = 1,
+        ] {
+            let mut q = empty_dqblk();
+            set(&mut q);
+            assert!(!is_free(&q), "{q:?}");
+        }
+    }
+
+    /// The first pass of an assignment: only directories and regular files.
+    #[test]
+    fn only_directories_and_regular_files_can_take_an_id() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("upper");
+        std::fs::create_dir_all(root.join("a/b")).expect("mkdir");
+        std::fs::write(root.join("a/b/f"), b"x").expect("write");
+        let dev = rustix::fs::stat(&root).expect("stat").st_dev;
+        if get_fsx(open_dir(&root).expect("open").as_fd()).is_err() {
+            eprintln!("skipped: no FS_IOC_FSGETXATTR here");
+            return;
+        }
+        check_taggable(&root, dev).expect("dirs and a file");
+        std::os::unix::fs::symlink("f", root.join("a/b/l")).expect("symlink");
+        let e = check_taggable(&root, dev).expect_err("a symlink");
+        assert!(matches!(&e, AssignError::Refused(Refusal::Untaggable(p)) if p.ends_with("a/b/l")), "{e:?}");
+        std::fs::remove_file(root.join("a/b/l")).expect("rm");
+        rustix::fs::mknodat(rustix::fs::CWD, root.join("fifo"), FileType::Fifo, Mode::RUSR, 0)
+            .expect("mkfifo");
+        let e = check_taggable(&root, dev).expect_err("a FIFO");
+        assert_eq!(e.kind(), "untaggable", "{e}");
+        let e = check_taggable(&root, dev + 1).expect_err("elsewhere");
+        assert_eq!(e.kind(), "work_elsewhere");
+    }
+
+    #[test]
+    fn no_assignment_without_the_work_dir() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mi = Path::new("/proc/self/mountinfo");
+        match assign(tmp.path(), None, mi, (1000, 1099), &mut 1000) {
+            // No project ids on this filesystem at all: nothing to refuse.
+            Err(AssignError::Unavailable(_)) => {}
+            r => assert!(matches!(r, Err(AssignError::Refused(Refusal::NoWorkDir))), "{r:?}"),
+        }
+    }
+
+    #[test]
+    fn failed_assignments_wait_and_log_once() {
+        let mut m = AssignMemo::default();
+        let (u, v) = (Path::new("/u"), Path::new("/v"));
+        let t0 = Instant::now();
+        let refused = AssignError::Refused(Refusal::NoWorkDir);
+        assert!(m.due(u, t0));
+        assert!(m.failed(u, &refused, t0), "first time: logged");
+        assert!(!m.due(u, t0 + Duration::from_secs(60)), "not every walk");
+        assert!(m.due(v, t0), "other upper dirs still tried");
+        assert!(m.due(u, t0 + ASSIGN_RETRY));
+        assert!(!m.failed(u, &refused, t0 + ASSIGN_RETRY), "same reason: not logged again");
+        assert!(m.failed(u, &AssignError::Io(Errno::IO), t0 + ASSIGN_RETRY), "another reason");
+        assert!(m.failed(v, &AssignError::RangeExhausted, t0), "exhausted: logged");
+        assert!(!m.due(Path::new("/w"), t0 + Duration::from_secs(1)), "no search for anyone");
+        let later = t0 + ASSIGN_RETRY;
+        assert!(m.due(Path::new("/w"), later));
+        assert!(!m.failed(Path::new("/w"), &AssignError::RangeExhausted, later - Duration::from_secs(1)));
+        m.succeeded(u);
+        assert!(m.due(u, t0 + ASSIGN_RETRY + Duration::from_secs(1)));
     }
 
     #[test]
