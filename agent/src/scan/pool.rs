@@ -9,8 +9,9 @@
 //! have changed. Of the upper dirs due at once, those never scanned go first, then
 //! those with recent activity (below), then those whose last scan found a change
 //! (a scan that timed out is no change), then the longest overdue. Aging: a job
-//! overdue by more than [`STARVED_AFTER`] (3) intervals ranks with the active upper
-//! dirs that changed, so under a budget idle upper dirs are stretched, not starved.
+//! passed over by more than [`STARVED_AFTER`] (3) times as many scans as there are
+//! jobs waiting ranks with the active upper dirs that changed, so under a budget
+//! idle upper dirs are stretched, not starved.
 //!
 //! Recent activity: once a second (less often if that would take more than 10% of
 //! the budget), a thread looks at the upper dirs due for a scan and moves ahead
@@ -335,6 +336,8 @@ struct Job {
     timeout: Duration,
     cache: ScanCache,
     priority: Priority,
+    /// Scans of other upper dirs started while this job waited (aging).
+    passed_over: usize,
 }
 
 /// The order of the jobs in the queue: the larger goes first (fields compare in
@@ -352,23 +355,24 @@ struct Priority {
     due: Reverse<Instant>,
 }
 
-/// A job overdue by more than this many of its intervals ranks as an active
-/// upper dir that changed (aging), so that under `scan.max_cpu` idle upper dirs
-/// are stretched, never starved by upper dirs that are always active: an idle one
-/// waits at most about `(1 + STARVED_AFTER) x scan.interval` plus the scans of the
-/// upper dirs more overdue than it. 3: activity keeps its lead over idle upper
-/// dirs for three intervals of delay, yet a starved one is refreshed at least
-/// every fourth interval's worth of time.
-const STARVED_AFTER: u32 = 3;
+/// A job passed over by more than this many times as many scans as there are
+/// jobs waiting ranks as an active upper dir that changed (aging), so that under
+/// `scan.max_cpu` idle upper dirs are stretched, never starved by upper dirs that
+/// are always active: an idle one waits for at most about `STARVED_AFTER x
+/// waiting + 1` scans. Counted in scans, not in intervals: under a tight budget
+/// every upper dir is many intervals overdue (a round of the queue takes longer
+/// than an interval), and aging by time would put all of them in front of the
+/// written ones. With round-robin alone a job waits for one round (`waiting`
+/// scans); 3 lets activity take up to two more rounds' worth of scans.
+const STARVED_AFTER: usize = 3;
 
 impl Job {
-    /// Its priority at `now`: a job overdue by more than [`STARVED_AFTER`]
-    /// intervals ranks with the active upper dirs that changed (among which the
-    /// most overdue goes first).
-    fn rank(&self, now: Instant) -> Priority {
+    /// Its priority with `waiting` jobs in the queue: a job passed over by more
+    /// than [`STARVED_AFTER`] x `waiting` scans ranks with the active upper dirs
+    /// that changed (among which the most overdue goes first).
+    fn rank(&self, waiting: usize) -> Priority {
         let mut p = self.priority;
-        let Reverse(due) = p.due;
-        if now.saturating_duration_since(due) > self.interval.saturating_mul(STARVED_AFTER) {
+        if self.passed_over > STARVED_AFTER.saturating_mul(waiting) {
             p.active = true;
             p.changed = true;
         }
@@ -389,22 +393,22 @@ impl Queue {
         self.ready.notify_one();
     }
 
-    /// The next job, or `None` once the queue is closed.
+    /// The next job, or `None` once the queue is closed; the others waiting
+    /// count one more scan passed over (aging, [`Job::rank`]).
     fn pop(&self) -> Option<Job> {
-        self.pop_at(Instant::now)
-    }
-
-    /// [`Queue::pop`] with the clock the jobs are ranked by ([`Job::rank`]).
-    fn pop_at(&self, now: impl Fn() -> Instant) -> Option<Job> {
         let mut st = self.state.locked();
         loop {
             if st.1 {
                 return None;
             }
-            let t = now();
-            let best = st.0.iter().enumerate().max_by_key(|(_, j)| j.rank(t)).map(|(i, _)| i);
+            let waiting = st.0.len();
+            let best = st.0.iter().enumerate().max_by_key(|(_, j)| j.rank(waiting)).map(|(i, _)| i);
             if let Some(i) = best {
-                return Some(st.0.swap_remove(i));
+                let job = st.0.swap_remove(i);
+                for j in st.0.iter_mut() {
+                    j.passed_over += 1;
+                }
+                return Some(job);
             }
             st = match self.ready.wait(st) {
                 Ok(g) => g,
@@ -633,7 +637,17 @@ impl ScanPool {
             let priority =
                 Priority { never_scanned, active, changed: rec.changed, due: Reverse(rec.next_due) };
             let cache = rec.cache.take().unwrap_or_default();
-            self.queue.push(Job { upper, open_at, work_at, ns, interval, timeout, cache, priority });
+            self.queue.push(Job {
+                upper,
+                open_at,
+                work_at,
+                ns,
+                interval,
+                timeout,
+                cache,
+                priority,
+                passed_over: 0,
+            });
         }
     }
 
@@ -916,6 +930,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             cache: ScanCache::default(),
             priority,
+            passed_over: 0,
         }
     }
 
@@ -1110,14 +1125,14 @@ mod tests {
 
     /// Under a budget that allows 3 scans a minute, 4 upper dirs written all the
     /// time (active, changed) would take every scan. Aging: the idle one, once
-    /// overdue by more than STARVED_AFTER intervals, ranks with them, as the most
-    /// overdue, and is scanned within (1 + STARVED_AFTER) intervals plus one scan,
-    /// every time; the active ones keep being scanned in between.
+    /// passed over by more than STARVED_AFTER x 5 (the jobs waiting) scans, ranks
+    /// with them, as the most overdue, and is scanned within STARVED_AFTER x 5 + 1
+    /// scans of its last one, every time; the active ones keep being scanned in
+    /// between. Without aging it is never scanned.
     #[test]
     fn under_a_budget_permanently_active_upper_dirs_do_not_starve_an_idle_one() {
         let t0 = Instant::now();
         let interval = Duration::from_secs(60);
-        let scan = Duration::from_secs(20);
         let q = Queue::default();
         let push = |q: &Queue, name: &str, active: bool, due: Instant| {
             let priority = Priority { never_scanned: false, active, changed: active, due: Reverse(due) };
@@ -1127,31 +1142,53 @@ mod tests {
         for i in 0..4 {
             push(&q, &format!("active{i}"), true, t0);
         }
-        let bound = interval * (1 + STARVED_AFTER) + scan;
-        let mut now = t0;
-        let (mut idle_due, mut idle_scans, mut active_scans) = (t0, 0, 0);
-        for _ in 0..300 {
-            let j = q.pop_at(|| now).expect("a waiting job");
+        let bound = STARVED_AFTER * 5 + 1;
+        let (mut since_idle, mut idle_scans, mut active_scans) = (0, 0, 0);
+        for n in 0..300u32 {
+            let j = q.pop().expect("a waiting job");
             let name = j.upper.display().to_string();
             if name == "idle" {
-                assert!(now <= idle_due + bound, "idle scanned {:?} after due", now - idle_due);
+                assert!(since_idle <= bound, "idle scanned {since_idle} scans after its last one");
+                since_idle = 0;
                 idle_scans += 1;
             } else {
+                since_idle += 1;
                 active_scans += 1;
             }
-            now += scan;
-            // Due again an interval after its scan, back in the queue at once (the
-            // budget keeps every upper dir overdue); the active ones stay active.
-            if name == "idle" {
-                idle_due = now + interval;
-            }
-            push(&q, &name, name != "idle", now + interval);
+            // Due again an interval after its scan (20 s each), back in the queue
+            // at once (the budget keeps every upper dir overdue); the active ones
+            // stay active.
+            push(&q, &name, name != "idle", t0 + interval + Duration::from_secs(20) * (n + 1));
         }
-        // 100 simulated minutes: a scan of the idle upper dir at least every
-        // scan + interval + bound (340 s): 17 or more.
-        let cycle = (scan + interval + bound).as_secs() as usize;
-        assert!(idle_scans >= 300 * scan.as_secs() as usize / cycle, "{idle_scans} idle scans");
+        assert!(idle_scans >= 300 / (bound + 1), "{idle_scans} idle scans");
         assert!(active_scans >= 250, "{active_scans} active scans");
+    }
+
+    /// Under a budget where every upper dir is many intervals overdue (a round
+    /// of the queue takes longer than an interval), a written one still goes
+    /// ahead of the idle ones: aging counts scans passed over, not time.
+    #[test]
+    fn activity_keeps_its_lead_when_every_upper_dir_is_long_overdue() {
+        let t0 = Instant::now();
+        let q = Queue::default();
+        for i in 0..7u64 {
+            // Due 1 s apart, long ago (interval 60 s, hours overdue).
+            let priority = Priority {
+                never_scanned: false,
+                active: false,
+                changed: false,
+                due: Reverse(t0 - Duration::from_secs(7200 - i)),
+            };
+            q.push(job_at(&format!("m{i}"), Path::new("-"), priority));
+        }
+        // Two rounds of scans, then the one least overdue is written.
+        for _ in 0..3 {
+            let j = q.pop().expect("job");
+            q.push(j);
+        }
+        let found = [(PathBuf::from("m6"), ActivitySignal::UpperChanged)];
+        assert_eq!(q.mark_active(&found), 1);
+        assert_eq!(q.pop().map(|j| j.upper), Some(PathBuf::from("m6")), "the written one first");
     }
 
     #[test]
