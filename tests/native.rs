@@ -24,6 +24,8 @@
 //! buckets that sum to the count and fold into the classic buckets. One
 //! per-mount histogram per family has no observations (`/t/b/merged`, `xattr`).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -244,12 +246,8 @@ impl Collector for Replay {
     }
 }
 
-fn decode(mut buf: &[u8]) -> Vec<proto::MetricFamily> {
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        out.push(prost::Message::decode_length_delimited(&mut buf).expect("a delimited MetricFamily"));
-    }
-    out
+fn decode(buf: &[u8]) -> Vec<proto::MetricFamily> {
+    common::decode_delimited(buf).expect("delimited MetricFamily messages")
 }
 
 /// The delimited messages before the first process_* family.
@@ -355,16 +353,11 @@ fn native_fixture_agrees_with_itself() {
             assert_eq!((&classic, h.sample_sum, h.sample_count), (buckets, *sum, *count), "{}", f.name);
             assert_eq!(h.schema, 3);
             // Native buckets: absolute counts from the deltas, indices from the spans.
-            let (mut n, mut index, mut native) = (0i64, 0i32, Vec::new());
-            let mut deltas = h.positive_delta.iter();
-            for (i, s) in h.positive_span.iter().enumerate() {
-                index += s.offset + if i == 0 { 0 } else { 1 };
-                for j in 0..s.length {
-                    n += deltas.next().expect("a delta per bucket");
-                    native.push((index + j as i32, n as u64));
-                }
-                index += s.length as i32 - 1;
-            }
+            let native: Vec<(i32, u64)> = common::native_buckets(h)
+                .expect("a delta per bucket")
+                .into_iter()
+                .map(|(i, n)| (i, n as u64))
+                .collect();
             assert_eq!(native.iter().map(|x| x.1).sum::<u64>() + h.zero_count, h.sample_count, "{}", f.name);
             let folded =
                 Histogram { schema: 3, zero_count: h.zero_count, buckets: native, count: *count, sum: *sum }

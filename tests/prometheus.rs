@@ -80,12 +80,8 @@ fn get_accepting(addr: &str, path: &str, accept: &str) -> (String, Vec<u8>) {
     (content_type, body)
 }
 
-fn decode(mut buf: &[u8]) -> Vec<proto::MetricFamily> {
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        out.push(prost::Message::decode_length_delimited(&mut buf).expect("a delimited MetricFamily"));
-    }
-    out
+fn decode(buf: &[u8]) -> Vec<proto::MetricFamily> {
+    common::decode_delimited(buf).expect("delimited MetricFamily messages")
 }
 
 fn scrape_with(prometheus: &Path, flags: &[&str]) {

@@ -436,19 +436,14 @@ fn protobuf_capture(console: &str) -> Result<Vec<u8>, String> {
 /// counters); its buckets fold into the text's classic buckets exactly; and the
 /// per-mount latency counts equal overlayfs_copy_up_total on that mount.
 fn check_protobuf(g: &Guest) -> Vec<String> {
-    use overlay_agent::metrics::proto;
     let pb = match protobuf_capture(&g.console) {
         Ok(pb) => pb,
         Err(e) => return vec![e],
     };
-    let mut fams: Vec<proto::MetricFamily> = Vec::new();
-    let mut buf = &pb[..];
-    while !buf.is_empty() {
-        match prost::Message::decode_length_delimited(&mut buf) {
-            Ok(f) => fams.push(f),
-            Err(e) => return vec![format!("delimited MetricFamily {}: {e}", fams.len())],
-        }
-    }
+    let fams = match common::decode_delimited(&pb) {
+        Ok(f) => f,
+        Err(e) => return vec![format!("the protobuf scrape: {e}")],
+    };
     let mut problems = Vec::new();
     let mut natives = 0;
     for name in [
@@ -469,17 +464,10 @@ fn check_protobuf(g: &Guest) -> Vec<String> {
                 continue;
             };
             natives += 1;
-            // Absolute bucket counts from spans and deltas.
-            let (mut index, mut count, mut native) = (0i32, 0i64, Vec::new());
-            let mut deltas = h.positive_delta.iter();
-            for span in &h.positive_span {
-                index += span.offset;
-                for _ in 0..span.length {
-                    count += deltas.next().copied().unwrap_or(i64::MIN / 2);
-                    native.push((index, count));
-                    index += 1;
-                }
-            }
+            let Some(native) = common::native_buckets(h) else {
+                problems.push(format!("{name}{labels:?}: fewer deltas than the spans' buckets"));
+                continue;
+            };
             if h.schema != 3 || native.iter().any(|(_, n)| *n < 0) {
                 problems.push(format!("{name}{labels:?}: schema {}, buckets {native:?}", h.schema));
                 continue;
