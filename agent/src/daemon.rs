@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::discovery::{self, DiscoveryError};
 use crate::http::{self, HttpState};
 use crate::identity::{Resolver, SharedSnapshot, Snapshot};
-use crate::metrics::{self, agent::DiscoveryStats};
+use crate::metrics::{self, agent::DiscoveryStats, server::ServerStats};
 use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
 use crate::scan::ScanPool;
 use crate::sync::{LockExt, RwLockExt};
@@ -62,7 +62,7 @@ struct Pipeline {
 impl Pipeline {
     /// `http`: the server's figures, when there is a server (the daemon; `once`
     /// serves nothing, so it exports no HTTP families).
-    fn new(config: &Config, http: Option<Arc<http::Stats>>) -> Result<Self, AgentError> {
+    fn new(config: &Config, http: Option<Arc<ServerStats>>) -> Result<Self, AgentError> {
         let mounts = SharedSnapshot::default();
         let stats = Arc::new(DiscoveryStats::default());
         let probes = Arc::new(ProbeHandle::default());
@@ -88,7 +88,7 @@ impl Pipeline {
             exposition.register(c);
         }
         if let Some(stats) = http {
-            exposition.register(Box::new(metrics::http::HttpCollector::new(stats)));
+            exposition.register(Box::new(metrics::server::ServerCollector::new(stats)));
         }
         Ok(Pipeline { mounts, stats, pool, probes, exposition })
     }
@@ -213,7 +213,7 @@ impl<'a> Daemon<'a> {
     /// server answer (503 until `start`) and that must exist before the first read.
     async fn build(cli: &'a Cli, config: Config, web: WebConfigFile) -> Result<Daemon<'a>, AgentError> {
         crate::caps::warn_if_missing();
-        let http_stats = Arc::new(http::Stats::default());
+        let http_stats = Arc::new(ServerStats::default());
         let pipeline = Arc::new(Pipeline::new(&config, Some(http_stats.clone()))?);
 
         let addr = config.web.listen_address;

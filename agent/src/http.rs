@@ -45,6 +45,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::metrics;
+use crate::metrics::server::ServerStats;
 use crate::sync::{LockExt, RwLockExt};
 use crate::web_config::WebConfigFile;
 
@@ -69,31 +70,6 @@ pub fn connection_cap(configured: usize, nofile: Option<u64>) -> usize {
     }
 }
 
-/// The server's own figures, exported by metrics::http.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connections open now.
-    pub open: AtomicU64,
-    /// The connection cap in effect.
-    pub limit: AtomicU64,
-    /// Connections closed to make room at the cap.
-    pub shed: AtomicU64,
-    /// Connections closed without a request: no complete head within 10 s of connecting.
-    pub refused_timeout: AtomicU64,
-    /// TLS handshakes that failed or did not finish within 10 s.
-    pub refused_tls: AtomicU64,
-    /// Plain HTTP sent to the TLS port.
-    pub refused_plain_http: AtomicU64,
-    /// Requests being answered now.
-    pub in_flight: AtomicU64,
-    /// `/metrics` requests answered in the text format.
-    pub scrapes_text: AtomicU64,
-    /// `/metrics` requests answered in protobuf.
-    pub scrapes_protobuf: AtomicU64,
-    /// Renders of the exposition for them (fewer when concurrent scrapes shared one).
-    pub renders: AtomicU64,
-}
-
 /// One open connection, as the cap sees it.
 #[derive(Debug, Default)]
 struct ConnState {
@@ -112,11 +88,11 @@ struct Registry {
     cap: usize,
     /// Notified when a connection closes or finishes a request (room may be free).
     room: Notify,
-    stats: Arc<Stats>,
+    stats: Arc<ServerStats>,
 }
 
 impl Registry {
-    fn new(cap: usize, stats: Arc<Stats>) -> Self {
+    fn new(cap: usize, stats: Arc<ServerStats>) -> Self {
         stats.limit.store(cap as u64, Ordering::Relaxed);
         Registry { conns: Mutex::default(), next_id: AtomicU64::new(0), cap, room: Notify::new(), stats }
     }
@@ -191,7 +167,7 @@ impl Drop for Busy {
 /// until hyper has taken the whole response body.
 struct InFlight {
     _busy: Busy,
-    stats: Arc<Stats>,
+    stats: Arc<ServerStats>,
 }
 
 impl Drop for InFlight {
@@ -252,7 +228,7 @@ impl Renders {
         &self,
         exposition: &Arc<metrics::Exposition>,
         format: metrics::Format,
-        stats: &Stats,
+        stats: &ServerStats,
     ) -> Option<Bytes> {
         // Counted as waiting before reading `started`: a render that starts after
         // this point keeps its text for this request.
@@ -299,7 +275,7 @@ pub struct HttpState {
     /// TLS and auth; replaced on SIGHUP. New connections use the current one.
     web: RwLock<Arc<WebConfigFile>>,
     max_connections: usize,
-    stats: Arc<Stats>,
+    stats: Arc<ServerStats>,
     /// Text renders, and protobuf ones: a scrape shares only a render of its format.
     renders: (Renders, Renders),
     bcrypt: Arc<tokio::sync::Semaphore>,
@@ -312,7 +288,7 @@ impl HttpState {
         ready: Arc<AtomicBool>,
         web: WebConfigFile,
         max_connections: usize,
-        stats: Arc<Stats>,
+        stats: Arc<ServerStats>,
     ) -> Self {
         HttpState {
             exposition,
@@ -861,7 +837,7 @@ mod tests {
     /// busy ones are kept; with every one busy, nothing is admitted.
     #[tokio::test]
     async fn the_cap_sheds_the_oldest_idle_connection() {
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(ServerStats::default());
         let r = Arc::new(Registry::new(3, stats.clone()));
         let a = r.admit().expect("room");
         let b = r.admit().expect("room");

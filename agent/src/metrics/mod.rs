@@ -14,10 +14,10 @@
 
 pub mod agent;
 pub mod copyup;
-pub mod http;
 pub mod mounts;
 pub mod process;
 pub mod proto;
+pub mod server;
 pub mod upper;
 
 use std::fmt::Write as _;

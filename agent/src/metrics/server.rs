@@ -1,12 +1,12 @@
-//! Collector for the HTTP server: connections, the cap, shedding, requests in flight.
+//! Collector for the HTTP server: connections, the cap, shedding, requests in flight;
+//! and `ServerStats`, the figures the server fills for it.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
-use crate::http::Stats;
 
 static OPEN: Def = Def {
     name: "overlayfs_http_connections",
@@ -51,20 +51,45 @@ static RENDERS: Def = Def {
     labels: &[],
 };
 
-pub struct HttpCollector {
-    stats: Arc<Stats>,
+/// The server's own figures, written by the HTTP server.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// The connection cap in effect.
+    pub limit: AtomicU64,
+    /// Connections closed to make room at the cap.
+    pub shed: AtomicU64,
+    /// Connections closed without a request: no complete head within 10 s of connecting.
+    pub refused_timeout: AtomicU64,
+    /// TLS handshakes that failed or did not finish within 10 s.
+    pub refused_tls: AtomicU64,
+    /// Plain HTTP sent to the TLS port.
+    pub refused_plain_http: AtomicU64,
+    /// Requests being answered now.
+    pub in_flight: AtomicU64,
+    /// `/metrics` requests answered in the text format.
+    pub scrapes_text: AtomicU64,
+    /// `/metrics` requests answered in protobuf.
+    pub scrapes_protobuf: AtomicU64,
+    /// Renders of the exposition for them (fewer when concurrent scrapes shared one).
+    pub renders: AtomicU64,
 }
 
-impl HttpCollector {
-    pub fn new(stats: Arc<Stats>) -> Self {
-        HttpCollector { stats }
+pub struct ServerCollector {
+    stats: Arc<ServerStats>,
+}
+
+impl ServerCollector {
+    pub fn new(stats: Arc<ServerStats>) -> Self {
+        ServerCollector { stats }
     }
 }
 
-impl Collector for HttpCollector {
+impl Collector for ServerCollector {
     fn collect(&self) -> Vec<Family> {
         let s = &self.stats;
-        let one = |def: &'static Def, v: &std::sync::atomic::AtomicU64| {
+        let one = |def: &'static Def, v: &AtomicU64| {
             let mut f = Family::new(def);
             f.add(&[], v.load(Ordering::Relaxed) as f64);
             f
