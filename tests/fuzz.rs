@@ -283,7 +283,7 @@ proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("web.yml");
         std::fs::write(&p, &text).expect("write");
-        if let Err(e) = overlay_agent::web_config::WebConfigFile::load(&p) {
+        if let Err(e) = overlay_agent::server::web_config::WebConfigFile::load(&p) {
             prop_assert!(e.to_string().contains("web.yml"), "{}", e);
         }
     }

@@ -11,13 +11,13 @@ use tokio::sync::Notify;
 use crate::cli::Cli;
 use crate::config::Config;
 use crate::discovery::{self, DiscoveryError};
-use crate::http::{self, HttpState};
 use crate::identity::{Resolver, SharedSnapshot, Snapshot};
 use crate::metrics::{self, agent::DiscoveryStats, server::ServerStats};
 use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
 use crate::scan::ScanPool;
+use crate::server::web_config::WebConfigFile;
+use crate::server::{self, ServerState};
 use crate::sync::{LockExt, RwLockExt};
-use crate::web_config::WebConfigFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -191,7 +191,7 @@ struct Daemon<'a> {
     config: Config,
     pipeline: Arc<Pipeline>,
     copy_up_probes: Option<Probes>,
-    http: Arc<HttpState>,
+    http: Arc<ServerState>,
     listener: Option<tokio::net::TcpListener>,
     signals: Signals,
     mounts_changed: Arc<Notify>,
@@ -235,7 +235,7 @@ impl<'a> Daemon<'a> {
         // Before readiness: a SIGHUP sent once /readyz says 200 must reload, not kill.
         let signals = Signals::install()?;
         let ready = Arc::new(AtomicBool::new(false));
-        let http = Arc::new(HttpState::new(
+        let http = Arc::new(ServerState::new(
             pipeline.exposition.clone(),
             ready.clone(),
             web,
@@ -281,7 +281,7 @@ impl<'a> Daemon<'a> {
             Some(listener) => {
                 let state = self.http.clone();
                 let stop = stop.clone();
-                tokio::spawn(http::serve(listener, state, async move { stop.notified().await }))
+                tokio::spawn(server::serve(listener, state, async move { stop.notified().await }))
             }
             None => tokio::spawn(async {}),
         };
@@ -432,7 +432,7 @@ fn waiting_for_overlay(handle: &ProbeHandle) -> bool {
 
 /// SIGHUP: re-read the web config (rotated certificates, changed users); keep the
 /// running one when the file is invalid.
-fn reload_web(config: &Config, state: &HttpState) {
+fn reload_web(config: &Config, state: &ServerState) {
     match WebConfigFile::from_file(config.web.config_file.as_deref()) {
         Ok(web) => state.set_web(web),
         Err(e) => tracing::error!(error = %e, "web config reload failed; keeping the running one"),

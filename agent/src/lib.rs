@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: [`discovery`] (mountinfo -> `MountTable`) -> [`identity`]
 //! (mounts -> `Inventory`, by device) -> [`scan`] (upper dirs -> `ScanResult`) ->
-//! [`metrics`] (collectors joined by device) -> [`http`]. [`pattern`] holds value
+//! [`metrics`] (collectors joined by device) -> [`server`]. [`pattern`] holds value
 //! types the config shares with the stages.
 //! [`activity`] carries copy-up counts from the probes to the scan pool's order.
 //! [`daemon`] wires them together for the daemon and the one-shot commands.
@@ -13,7 +13,6 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
-pub mod http;
 pub mod identity;
 pub mod kernel;
 pub mod list;
@@ -23,6 +22,6 @@ pub mod pattern;
 pub mod probes;
 pub mod rlimit;
 pub mod scan;
+pub mod server;
 pub mod sync;
 pub mod trace;
-pub mod web_config;

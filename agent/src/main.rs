@@ -8,7 +8,7 @@ use clap::Parser;
 use overlay_agent::cli::{Cli, Command};
 use overlay_agent::config::{Config, LogConfig, LogFormat};
 use overlay_agent::daemon;
-use overlay_agent::web_config::WebConfigFile;
+use overlay_agent::server::web_config::WebConfigFile;
 
 fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OVERLAY_AGENT_LOG")
