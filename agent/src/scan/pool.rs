@@ -4,7 +4,8 @@
 //! reads it. An upper dir shared by several mounts is scanned once.
 //!
 //! Cost: workers run at idle CPU and I/O priority (`scan.idle_priority`) and share
-//! one CPU [`Budget`] (`scan.max_cpu`). Each upper dir's [`ScanCache`] goes with its
+//! one CPU [`Budget`] (`scan.max_cpu`); both can change while they run
+//! ([`ScanPool::reconfigure`]). Each upper dir's [`ScanCache`] goes with its
 //! job to the worker and comes back with the result, so rescans skip what cannot
 //! have changed.
 //!
@@ -28,6 +29,7 @@ use super::budget::Budget;
 use super::prioritize::watch_activity;
 use super::queue::{Job, Priority};
 use super::quota_refresh::quota_reader;
+use super::sched::IdleSetting;
 use super::workers::{Crew, InFlight, Workers};
 use super::XattrNamespace;
 use crate::activity::Activity;
@@ -91,7 +93,7 @@ impl ScanPool {
                 ),
                 in_flight: Arc::new(InFlight::default()),
                 workers: Arc::new(Workers::new(config.concurrency.max(1))),
-                idle: config.idle_priority,
+                idle: Arc::new(IdleSetting::new(config.idle_priority)),
             },
             _stop_activity: stop,
             stop: Arc::default(),
@@ -99,12 +101,12 @@ impl ScanPool {
         for _ in 0..pool.crew.workers.target {
             pool.crew.spawn_worker()?;
         }
-        let (queue, store, idle) = (pool.crew.queue.clone(), pool.crew.store.clone(), pool.crew.idle);
+        let (queue, store, idle) = (pool.crew.queue.clone(), pool.crew.store.clone(), pool.crew.idle.clone());
         std::thread::Builder::new()
             .name("scan-activity".into())
             .spawn(move || watch_activity(queue, store, stopped, idle))?;
         if config.quota {
-            let (store, stop, idle) = (pool.crew.store.clone(), pool.stop.clone(), pool.crew.idle);
+            let (store, stop, idle) = (pool.crew.store.clone(), pool.stop.clone(), pool.crew.idle.clone());
             std::thread::Builder::new()
                 .name("quota".to_owned())
                 .spawn(move || quota_reader(store, stop, idle))?;
@@ -114,6 +116,17 @@ impl ScanPool {
 
     pub fn store(&self) -> ScanStore {
         self.crew.store.clone()
+    }
+
+    /// Applies what of `config` can change while the pool runs (a reload):
+    /// `scan.max_cpu` from now on, and `scan.idle_priority`, which every scan
+    /// thread applies to itself before its next job (the activity and quota
+    /// threads before their next pass). `scan.interval` and `scan.timeout` are
+    /// arguments of [`ScanPool::schedule`]; the rest (`scan.concurrency`, quota
+    /// mode) keeps its start-up value.
+    pub fn reconfigure(&self, config: &ScanConfig) {
+        self.crew.store.budget().set_max_cpu(config.max_cpu);
+        self.crew.idle.set(config.idle_priority);
     }
 
     /// Queues every upper dir of `table` that is due and not already being scanned;
@@ -175,5 +188,95 @@ impl ScanPool {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::{LayerPath, Mount, OverlayOptions};
+    use std::collections::HashSet;
+
+    /// The ids of this process's threads.
+    fn threads() -> HashSet<i32> {
+        let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+        tasks.filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok()).collect()
+    }
+
+    fn name_of(tid: i32) -> String {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).unwrap_or_default().trim().to_owned()
+    }
+
+    /// A thread's CPU policy, and whether it is in the idle I/O class.
+    fn classes_of(tid: i32) -> (libc::c_int, bool) {
+        // SAFETY: plain syscalls on a thread of this process; no memory is passed.
+        let policy = unsafe { libc::sched_getscheduler(tid) };
+        // SAFETY: as above (IOPRIO_WHO_PROCESS = 1).
+        let io = unsafe { libc::syscall(libc::SYS_ioprio_get, 1, tid) };
+        (policy, io >= 0 && io >> 13 == 3)
+    }
+
+    /// Whether this process may take a thread out of SCHED_IDLE (CAP_SYS_NICE or
+    /// RLIMIT_NICE): without, a reload to `idle_priority: false` is refused.
+    fn can_leave_idle() -> bool {
+        std::thread::spawn(|| {
+            super::super::sched::set_idle_priority().is_ok()
+                && super::super::sched::set_normal_priority().is_ok()
+        })
+        .join()
+        .unwrap_or(false)
+    }
+
+    /// A reload's `scan.max_cpu` and `scan.idle_priority` reach the budget and the
+    /// running worker (before its next job), in both directions.
+    #[test]
+    fn reconfigure_reaches_the_budget_and_the_running_scan_threads() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let upper = tmp.path().join("upper");
+        std::fs::create_dir(&upper).expect("mkdir");
+        let dev = Device { major: 0, minor: 4242 };
+        let mount = Mount {
+            mount_id: 1,
+            device: dev,
+            mountpoint: tmp.path().join("merged"),
+            other_mountpoints: Vec::new(),
+            source: "overlay".to_owned(),
+            read_only: false,
+            options: OverlayOptions { upper: Some(LayerPath::Absolute(upper)), ..Default::default() },
+        };
+        let table = MountTable { mounts: [(dev, mount)].into(), ..Default::default() };
+        let config = ScanConfig {
+            concurrency: 1,
+            idle_priority: false,
+            max_cpu: None,
+            quota: false,
+            ..Default::default()
+        };
+        let before = threads();
+        let pool = ScanPool::new(&config, Arc::default()).expect("pool");
+        let scan = || {
+            pool.schedule(&table, Duration::ZERO, Duration::from_secs(60), Path::new("/"));
+            pool.wait_idle();
+        };
+        scan();
+        let worker = threads().into_iter().find(|t| !before.contains(t) && name_of(*t) == "scan-0");
+        let worker = worker.expect("the pool's worker thread");
+        assert_ne!(classes_of(worker), (libc::SCHED_IDLE, true), "started normal");
+
+        pool.reconfigure(&ScanConfig { max_cpu: Some(0.5), idle_priority: true, ..config.clone() });
+        assert_eq!(pool.store().budget().max_cpu(), Some(0.5));
+        scan();
+        assert_eq!(classes_of(worker), (libc::SCHED_IDLE, true), "idle before its next job");
+
+        pool.reconfigure(&config);
+        assert_eq!(pool.store().budget().max_cpu(), None);
+        scan();
+        if can_leave_idle() {
+            let (policy, idle_io) = classes_of(worker);
+            assert!(policy != libc::SCHED_IDLE && !idle_io, "back to normal: {policy} {idle_io}");
+        }
+        let store = pool.store();
+        let records = store.lock();
+        assert_eq!(records.values().map(|r| r.scans_total).sum::<u64>(), 3, "three scans");
     }
 }

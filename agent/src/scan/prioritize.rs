@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::budget::thread_cpu;
 use super::queue::Queue;
-use super::sched::set_idle_priority;
+use super::sched::{Follower, IdleSetting};
 use super::store::{ActivitySignal, RootStamp, ScanRecord, ScanStore};
 
 /// Whether an upper dir changed since its last scan started: its copy-up count
@@ -56,19 +56,31 @@ fn activity_period(pass: Duration, max_cpu: Option<f64>) -> Duration {
 /// [`ACTIVITY_SHARE`]) until the pool is dropped, moves upper dirs that changed
 /// since their last scan ahead of the idle ones (see the module doc). Its CPU time
 /// is charged to the scan budget.
-pub(super) fn watch_activity(queue: Arc<Queue>, store: ScanStore, stop: Receiver<()>, idle: bool) {
-    if idle {
-        if let Err(e) = set_idle_priority() {
-            tracing::debug!(error = %e, "scan activity thread keeps its normal priority");
-        }
-    }
+pub(super) fn watch_activity(
+    queue: Arc<Queue>,
+    store: ScanStore,
+    stop: Receiver<()>,
+    idle: Arc<IdleSetting>,
+) {
+    let mut priority = Follower::default();
+    follow_priority(&mut priority, &idle);
     let mut period = ACTIVITY_PERIOD;
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(period) {
+        follow_priority(&mut priority, &idle);
         let start = thread_cpu();
         check_activity(&queue, &store, Instant::now() + period);
         let pass = thread_cpu().saturating_sub(start);
         store.budget().charge(pass);
         period = activity_period(pass, store.budget().max_cpu());
+    }
+}
+
+/// Applies `scan.idle_priority` to the activity thread when it changed.
+fn follow_priority(priority: &mut Follower, idle: &IdleSetting) {
+    match priority.follow(idle) {
+        Some((true, Err(e))) => tracing::debug!(error = %e, "scan activity thread keeps its normal priority"),
+        Some((false, Err(e))) => tracing::debug!(error = %e, "scan activity thread keeps its idle priority"),
+        _ => {}
     }
 }
 

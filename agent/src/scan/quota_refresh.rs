@@ -7,19 +7,16 @@ use std::time::{Instant, SystemTime};
 
 use super::budget::CpuMeter;
 use super::quota::QuotaTarget;
-use super::sched::set_idle_priority;
+use super::sched::{Follower, IdleSetting};
 use super::store::ScanStore;
 use crate::sync::LockExt;
 
 /// The quota thread: every `scan.quota_interval`, reads the quota of every upper
 /// dir in quota mode (one `quotactl` and a few `fstatat` each). A failed reading
 /// takes the upper dir out of quota mode and makes its walk due now.
-pub(super) fn quota_reader(store: ScanStore, stop: Arc<(Mutex<bool>, Condvar)>, idle: bool) {
-    if idle {
-        if let Err(e) = set_idle_priority() {
-            tracing::warn!(error = %e, "quota thread keeps its normal priority");
-        }
-    }
+pub(super) fn quota_reader(store: ScanStore, stop: Arc<(Mutex<bool>, Condvar)>, idle: Arc<IdleSetting>) {
+    let mut priority = Follower::default();
+    follow_priority(&mut priority, &idle);
     let interval = store.quota().interval;
     loop {
         {
@@ -32,6 +29,7 @@ pub(super) fn quota_reader(store: ScanStore, stop: Arc<(Mutex<bool>, Condvar)>, 
                 return;
             }
         }
+        follow_priority(&mut priority, &idle);
         let meter = CpuMeter::new(store.budget());
         let targets: Vec<(PathBuf, QuotaTarget)> = store
             .lock()
@@ -57,5 +55,14 @@ pub(super) fn quota_reader(store: ScanStore, stop: Arc<(Mutex<bool>, Condvar)>, 
             }
         }
         drop(meter);
+    }
+}
+
+/// Applies `scan.idle_priority` to the quota thread when it changed.
+fn follow_priority(priority: &mut Follower, idle: &IdleSetting) {
+    match priority.follow(idle) {
+        Some((true, Err(e))) => tracing::warn!(error = %e, "quota thread keeps its normal priority"),
+        Some((false, Err(e))) => tracing::warn!(error = %e, "quota thread keeps its idle priority"),
+        _ => {}
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::job::run_job;
 use super::queue::Queue;
-use super::sched::set_idle_priority;
+use super::sched::{Follower, IdleSetting};
 use super::store::ScanStore;
 use super::{ErrorReason, OwnCwd};
 use crate::sync::LockExt;
@@ -79,8 +79,8 @@ pub(super) struct Crew {
     pub(super) store: ScanStore,
     pub(super) in_flight: Arc<InFlight>,
     pub(super) workers: Arc<Workers>,
-    /// `scan.idle_priority`.
-    pub(super) idle: bool,
+    /// `scan.idle_priority`, which every worker applies to itself.
+    pub(super) idle: Arc<IdleSetting>,
 }
 
 impl Crew {
@@ -140,12 +140,11 @@ fn worker(crew: Crew) {
             None
         }
     };
-    if crew.idle {
-        if let Err(e) = set_idle_priority() {
-            tracing::warn!(error = %e, "scan thread keeps its normal priority");
-        }
-    }
+    let mut priority = Follower::default();
+    follow_priority(&mut priority, &crew.idle);
     while let Some(job) = crew.queue.pop() {
+        // A reload may have changed scan.idle_priority since the last job.
+        follow_priority(&mut priority, &crew.idle);
         let was_hung = run_job(&crew.store, own_cwd.as_ref(), job);
         crew.in_flight.done();
         if was_hung {
@@ -159,4 +158,13 @@ fn worker(crew: Crew) {
         }
     }
     crew.workers.live.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Applies `scan.idle_priority` to the calling worker when it changed.
+fn follow_priority(priority: &mut Follower, idle: &IdleSetting) {
+    match priority.follow(idle) {
+        Some((true, Err(e))) => tracing::warn!(error = %e, "scan thread keeps its normal priority"),
+        Some((false, Err(e))) => tracing::warn!(error = %e, "scan thread keeps its idle priority"),
+        _ => {}
+    }
 }
