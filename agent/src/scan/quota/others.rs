@@ -66,7 +66,7 @@ const OTHERS_MAX: u64 = 100_000;
 
 /// The names of a directory of the other trees as last read, kept while its inode,
 /// mtime and ctime stay the same (every create, unlink, rename and link in it sets
-/// both: the walker's rule, walk.rs). Its entries are stat'ed at every reading.
+/// both: the walker's rule, scan::walk). Its entries are stat'ed at every reading.
 #[derive(Debug)]
 pub(super) struct Listing {
     mtime: (i64, u64),
