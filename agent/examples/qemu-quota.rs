@@ -124,9 +124,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
     match arg(1) {
-        "setproj" => {
-            quota::set_project(Path::new(arg(2)), arg(3).parse().expect("id")).expect("set project id")
-        }
+        "setproj" => quota::assign::set_project(Path::new(arg(2)), arg(3).parse().expect("id"))
+            .expect("set project id"),
         "getproj" => println!("{}", quota::project_of(Path::new(arg(2))).expect("get project id")),
         "fill" => fill(Path::new(arg(2)), arg(3).parse().expect("files")),
         "spread" => {

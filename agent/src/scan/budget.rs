@@ -1,5 +1,5 @@
-//! What scans may cost: a CPU budget shared by every scan thread, and the idle
-//! scheduling classes the threads run in.
+//! What scans may cost: a CPU budget shared by every scan thread (the idle
+//! scheduling classes they run in are `sched.rs`).
 //!
 //! The budget is a token bucket in CPU-seconds: it fills at `scan.max_cpu`
 //! CPU-seconds per second (a share of one core) up to two seconds' worth, and a
@@ -8,6 +8,7 @@
 //! bucket below zero sleeps until it is refilled, so a scan over budget is spread
 //! out in time: intervals stretch, the rate never overruns (beyond the two-second
 //! burst). The same accounting counts every scan's CPU time without a budget too.
+//! The rate can change while scans run ([`Budget::set_max_cpu`], a config reload).
 
 use crate::sync::LockExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,19 +28,25 @@ struct Bucket {
 /// The scan threads' CPU budget and CPU accounting.
 #[derive(Debug)]
 pub struct Budget {
-    /// CPU-seconds per second; `None`: unlimited.
-    rate: Option<f64>,
+    /// CPU-seconds per second, as `f64` bits; 0 (0.0): unlimited. Changed only
+    /// with the bucket locked.
+    rate: AtomicU64,
     bucket: Mutex<Bucket>,
     cpu_ns: AtomicU64,
     throttled_ns: AtomicU64,
 }
 
+/// A usable rate: finite and positive, else unlimited.
+fn valid_rate(max_cpu: Option<f64>) -> Option<f64> {
+    max_cpu.filter(|r| r.is_finite() && *r > 0.0)
+}
+
 impl Budget {
     /// `max_cpu`: a share of one core (0.25 = a quarter of a core), or `None`.
     pub fn new(max_cpu: Option<f64>) -> Self {
-        let rate = max_cpu.filter(|r| r.is_finite() && *r > 0.0);
+        let rate = valid_rate(max_cpu);
         Budget {
-            rate,
+            rate: AtomicU64::new(rate.unwrap_or(0.0).to_bits()),
             bucket: Mutex::new(Bucket { tokens: rate.unwrap_or(0.0) * BURST_SECONDS, last: Instant::now() }),
             cpu_ns: AtomicU64::new(0),
             throttled_ns: AtomicU64::new(0),
@@ -47,7 +54,29 @@ impl Budget {
     }
 
     pub fn max_cpu(&self) -> Option<f64> {
-        self.rate
+        valid_rate(Some(f64::from_bits(self.rate.load(Ordering::Relaxed))))
+    }
+
+    /// Changes the rate from now on (`scan.max_cpu` reloaded); `None`: unlimited.
+    /// What was earned at the old rate is kept, up to the new bucket's size; a
+    /// budget that was unlimited starts full, as a new one does. A thread asleep
+    /// for an overdraft finishes its sleep.
+    pub fn set_max_cpu(&self, max_cpu: Option<f64>) {
+        let new = valid_rate(max_cpu);
+        let mut b = self.bucket.locked();
+        let now = Instant::now();
+        let old = self.max_cpu();
+        if let Some(old) = old {
+            let refill = now.saturating_duration_since(b.last).as_secs_f64() * old;
+            b.tokens = (b.tokens + refill).min(old * BURST_SECONDS);
+        }
+        b.last = now;
+        match (old, new) {
+            (None, Some(rate)) => b.tokens = rate * BURST_SECONDS,
+            (Some(_), Some(rate)) => b.tokens = b.tokens.min(rate * BURST_SECONDS),
+            (_, None) => b.tokens = 0.0,
+        }
+        self.rate.store(new.unwrap_or(0.0).to_bits(), Ordering::Relaxed);
     }
 
     /// CPU time used by scan threads so far.
@@ -63,9 +92,13 @@ impl Budget {
     /// Counts `cpu` spent, and sleeps as long as the budget is overdrawn.
     pub fn charge(&self, cpu: Duration) {
         self.cpu_ns.fetch_add(u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
-        let Some(rate) = self.rate else { return };
+        if self.max_cpu().is_none() {
+            return;
+        }
         let wait = {
             let mut b = self.bucket.locked();
+            // Read again under the lock: a reload may have changed it meanwhile.
+            let Some(rate) = self.max_cpu() else { return };
             let now = Instant::now();
             let refill = now.saturating_duration_since(b.last).as_secs_f64() * rate;
             b.last = now;
@@ -119,59 +152,9 @@ impl Drop for CpuMeter<'_> {
     }
 }
 
-/// How scan threads are scheduled, from `scan.idle_priority`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ThreadPriority {
-    pub idle: bool,
-}
-
-/// `IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT` (include/uapi/linux/ioprio.h).
-const IOPRIO_IDLE: libc::c_int = 3 << 13;
-/// `IOPRIO_WHO_PROCESS`: with id 0, the calling thread.
-const IOPRIO_WHO_PROCESS: libc::c_int = 1;
-
-/// Puts the calling thread in the idle CPU (`SCHED_IDLE`) and I/O (`IOPRIO_CLASS_IDLE`)
-/// classes: it runs only when nothing else wants the CPU or the disk. Both are
-/// allowed without privileges (they only lower priority). Returns what failed.
-pub fn set_idle_priority() -> Result<(), String> {
-    let mut failed = Vec::new();
-    // SAFETY: sched_param is plain integers (musl adds sporadic-server fields); all
-    // zero is priority 0, the only one SCHED_IDLE takes.
-    let param: libc::sched_param = unsafe { std::mem::zeroed() };
-    // SAFETY: plain syscalls on the calling thread (pid 0) with a valid param pointer.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        failed.push(format!("SCHED_IDLE: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: ioprio_set takes three integers; no memory is passed.
-    if unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, IOPRIO_IDLE) } != 0 {
-        failed.push(format!("idle I/O priority: {}", std::io::Error::last_os_error()));
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(failed.join("; "))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn idle_priority_applies_to_the_calling_thread_only() {
-        std::thread::spawn(|| {
-            set_idle_priority().expect("lowering priority needs no privilege");
-            // SAFETY: plain syscalls on the calling thread.
-            let policy = unsafe { libc::sched_getscheduler(0) };
-            assert_eq!(policy, libc::SCHED_IDLE);
-            let io = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0) };
-            assert_eq!(io as libc::c_int >> 13, 3, "idle I/O class");
-        })
-        .join()
-        .expect("thread");
-        // SAFETY: as above, on this thread, which was left alone.
-        assert_ne!(unsafe { libc::sched_getscheduler(0) }, libc::SCHED_IDLE);
-    }
 
     #[test]
     fn a_budget_stretches_work_to_its_rate() {
@@ -190,5 +173,36 @@ mod tests {
         let u = Budget::new(None);
         u.charge(Duration::from_secs(100));
         assert_eq!((u.throttled(), u.cpu()), (Duration::ZERO, Duration::from_secs(100)));
+    }
+
+    #[test]
+    fn a_budget_follows_a_new_max_cpu() {
+        let b = Budget::new(None);
+        b.charge(Duration::from_secs(100));
+        assert_eq!(b.throttled(), Duration::ZERO, "unlimited");
+        // Limited from now on: a full bucket (1 s at 0.5 core), then sleeps.
+        b.set_max_cpu(Some(0.5));
+        assert_eq!(b.max_cpu(), Some(0.5));
+        b.charge(Duration::from_millis(1000));
+        assert_eq!(b.throttled(), Duration::ZERO, "the burst");
+        b.charge(Duration::from_millis(100));
+        let slept = b.throttled();
+        assert!(slept >= Duration::from_millis(150), "slept {slept:?}");
+        // A higher rate: the next overdraft costs less sleep.
+        b.set_max_cpu(Some(4.0));
+        assert_eq!(b.max_cpu(), Some(4.0));
+        b.charge(Duration::from_millis(400));
+        let more = b.throttled() - slept;
+        assert!(more <= Duration::from_millis(150), "slept {more:?} more at 4 cores");
+        // Unlimited again, and values the config would never pass: unlimited.
+        for off in [None, Some(0.0), Some(-1.0), Some(f64::NAN), Some(f64::INFINITY)] {
+            b.set_max_cpu(Some(1.0));
+            b.set_max_cpu(off);
+            assert_eq!(b.max_cpu(), None, "{off:?}");
+        }
+        let before = b.throttled();
+        b.charge(Duration::from_secs(100));
+        assert_eq!(b.throttled(), before, "unlimited again");
+        assert_eq!(b.cpu(), Duration::from_millis(201_500), "counted all along");
     }
 }

@@ -1,18 +1,29 @@
 //! Upper-dir measurement: what a mount's upper dir holds, by kind of entry.
 //!
 //! [`walk`] measures one directory tree; [`pool`] runs walks off the request path on
-//! dedicated threads, on an interval, and keeps the last result of each upper dir.
+//! dedicated threads, on an interval, and keeps the last result of each upper dir
+//! (its parts: `store.rs`, `queue.rs`, `prioritize.rs`, `workers.rs`, `job.rs`,
+//! `quota_refresh.rs`); [`quota`] reads bytes and inodes from project quotas
+//! instead where it can; [`budget`] and [`sched`] are what the scan threads may cost.
 
 pub mod budget;
+mod job;
 pub mod pool;
+mod prioritize;
+mod queue;
 pub mod quota;
+mod quota_refresh;
+pub mod sched;
+mod store;
 pub mod walk;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use budget::Budget;
-pub use pool::{ActivitySignal, ScanPool, ScanRecord, ScanStore};
+pub use pool::ScanPool;
+pub use store::{ActivitySignal, ScanRecord, ScanStore};
 pub use walk::{scan, OwnCwd, ScanCache, ScanOptions, XattrNamespace};
 
 /// The kind of an upper-dir entry; every entry but the upper dir itself gets one.

@@ -1,0 +1,139 @@
+//! One scan job on a worker: the walk of an upper dir, with quota readings around
+//! it in quota mode, and its outcome written to the store.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::queue::{changed_since, Job};
+use super::quota::{self, QuotaSettings, QuotaTarget, Reading, Unavailable, Usage};
+use super::store::{RootStamp, ScanRecord, ScanStore};
+use super::{ErrorReason, OwnCwd, ScanError, ScanOptions, ScanResult};
+
+/// What a finished walk leaves for the store.
+struct Finished {
+    outcome: Result<ScanResult, ScanError>,
+    quota_state: Result<(QuotaTarget, Usage), Unavailable>,
+    /// The upper dir's stamp, taken before the walk.
+    stamp: Option<RootStamp>,
+    duration: Duration,
+    /// The scan was declared hung while it ran.
+    was_hung: bool,
+}
+
+/// Runs one job: marks its scan started, walks (quota mode: between two quota
+/// readings), and records the outcome. Returns whether the scan was declared hung.
+pub(super) fn run_job(store: &ScanStore, own_cwd: Option<&OwnCwd>, mut job: Job) -> bool {
+    let start = Instant::now();
+    let deadline = start + job.timeout;
+    let hung = Arc::new(AtomicBool::new(false));
+    if let Some(rec) = store.lock().get_mut(&job.upper) {
+        rec.started = Some((start, deadline));
+        rec.hung = hung.clone();
+        rec.copy_ups_at_scan = store.activity.snapshot().copy_ups(&rec.devices);
+        rec.activity = None;
+    }
+    // Before the walk: a change during the walk shows at the next check.
+    let stamp = RootStamp::of(&job.open_at);
+    let opts =
+        ScanOptions { ns: job.ns, cwd: own_cwd, deadline: Some(deadline), budget: Some(store.budget()) };
+    // Quota mode: readings just before and after the walk check its figures.
+    let quota = store.quota();
+    let target = quota.probe(&job.open_at, job.work_at.as_deref());
+    let before = target.as_ref().map_err(|u| *u).and_then(|t| quota.read_raw(t));
+    let outcome = super::scan(&job.open_at, &opts, &mut job.cache);
+    let duration = start.elapsed();
+    let quota_state = quota_after_walk(quota, &job.upper, target, before, &outcome);
+    let was_hung = hung.load(Ordering::SeqCst);
+    record(store, job, Finished { outcome, quota_state, stamp, duration, was_hung });
+    was_hung
+}
+
+/// The quota state after a walk: a complete walk is checked against the readings
+/// around it ([`quota::verify`]); otherwise the reading before it stands.
+fn quota_after_walk(
+    quota: &QuotaSettings,
+    upper: &Path,
+    target: Result<QuotaTarget, Unavailable>,
+    before: Result<Reading, Unavailable>,
+    outcome: &Result<ScanResult, ScanError>,
+) -> Result<(QuotaTarget, Usage), Unavailable> {
+    match (target, outcome) {
+        (Ok(mut t), Ok(r)) if !r.timed_out => {
+            let walk = Usage { allocated_bytes: r.allocated_bytes, inodes: r.inodes };
+            let after = quota.read_raw(&t);
+            match quota::verify(&mut t, before, after, walk) {
+                Ok(u) => Ok((t, u)),
+                Err(Unavailable::Mismatch) => {
+                    let b = before.unwrap_or_default().usage;
+                    tracing::warn!(upper = %upper.display(), project_id = t.project_id, quota_bytes = b.allocated_bytes, quota_inodes = b.inodes, walk_bytes = walk.allocated_bytes, walk_inodes = walk.inodes, "project quota disagrees with the walk of an unchanged tree: bytes and inodes from the walk");
+                    Err(Unavailable::Mismatch)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        (Ok(t), _) => before.and_then(|b| t.usage(b)).map(|u| (t, u)),
+        (Err(e), _) => Err(e),
+    }
+}
+
+/// Writes a finished scan to its record (gone if no mount uses the upper dir
+/// any more): not in flight, due again after its interval, the quota state, the
+/// cache for the next scan, and the walk's figures.
+fn record(store: &ScanStore, job: Job, done: Finished) {
+    let mut records = store.lock();
+    let Some(rec) = records.get_mut(&job.upper) else { return };
+    rec.in_flight = false;
+    rec.started = None;
+    rec.hung = Arc::default();
+    let interval = match &done.quota_state {
+        Ok(_) => store.quota().classify_interval.max(job.interval),
+        Err(_) => job.interval,
+    };
+    rec.next_due = Instant::now() + interval;
+    match done.quota_state {
+        Ok((t, u)) => {
+            rec.quota = Ok(t);
+            rec.usage = Some((u, SystemTime::now()));
+        }
+        Err(e) => {
+            rec.quota = Err(e);
+            rec.usage = None;
+        }
+    }
+    rec.cache = Some(job.cache);
+    rec.root_stamp = done.stamp;
+    match done.outcome {
+        Ok(result) => record_result(store, rec, result, done.duration, done.was_hung),
+        Err(e) => {
+            tracing::debug!(upper = %job.upper.display(), error = %e, "upper dir scan failed");
+            *rec.errors_total.entry(e.reason()).or_default() += 1;
+        }
+    }
+}
+
+/// The figures of a walk that ran (completely or not) into its record.
+fn record_result(
+    store: &ScanStore,
+    rec: &mut ScanRecord,
+    result: ScanResult,
+    duration: Duration,
+    was_hung: bool,
+) {
+    store.dirs.0.fetch_add(result.dirs_read, Ordering::Relaxed);
+    store.dirs.1.fetch_add(result.dirs_cached, Ordering::Relaxed);
+    // A hung scan already counted its timeout.
+    for (reason, n) in &result.errors {
+        if !(was_hung && *reason == ErrorReason::Timeout) {
+            *rec.errors_total.entry(*reason).or_default() += n;
+        }
+    }
+    rec.stale = result.timed_out || was_hung;
+    rec.copy_ups_seen_total += result.copy_ups_seen.unwrap_or(0);
+    rec.changed = changed_since(rec.last.as_ref(), &result);
+    rec.last = Some(result);
+    rec.last_end = Some(SystemTime::now());
+    rec.last_duration = duration;
+    rec.scans_total += 1;
+}
