@@ -350,7 +350,7 @@ impl<'a> Daemon<'a> {
                 let unknown_before = std::mem::take(&mut self.unknown_devices);
                 let unknown = &mut self.unknown_devices;
                 maps.forget(|dev| {
-                    let d = discovery::Device::from_kernel_dev(dev);
+                    let d = discovery::Device::from_kernel(dev);
                     if table.mounts.contains_key(&d) {
                         return true;
                     }

@@ -206,7 +206,7 @@ impl Collector for CopyUpCollector {
                 None => return out,
             }
         };
-        let counts = snapshot.counts.iter().map(|(k, v)| (Device::from_kernel_dev(k.dev), v.copy_ups));
+        let counts = snapshot.counts.iter().map(|(k, v)| (Device::from_kernel(k.dev), v.copy_ups));
         self.probes.activity.publish(counts, std::time::Instant::now());
         let labels = MountLabels::new(&self.mounts.get().table, &snapshot);
         out.extend(counter_families(&snapshot, &labels));
@@ -243,7 +243,7 @@ impl MountLabels {
     fn new(table: &MountTable, snapshot: &Snapshot) -> Self {
         let mut labels = HashMap::new();
         for dev in snapshot.counts.keys().map(|k| k.dev).chain(snapshot.hist.keys().map(|k| k.dev)) {
-            labels.entry(dev).or_insert_with(|| table.label_of(Device::from_kernel_dev(dev)));
+            labels.entry(dev).or_insert_with(|| table.label_of(Device::from_kernel(dev)));
         }
         MountLabels(labels)
     }
