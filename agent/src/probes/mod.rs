@@ -15,7 +15,7 @@ use std::sync::{Mutex, RwLock};
 use aya::maps::{Array, PerCpuArray, PerCpuHashMap};
 use aya::programs::KProbe;
 use aya::Ebpf;
-use overlay_agent_common::{syscall, Config};
+use overlay_agent_common::{syscall, ProgramConfig};
 
 use crate::kernel::btf::KernelBtf;
 use crate::kernel::hooks::{self, Group};
@@ -195,7 +195,7 @@ fn program_config(
     symbols: &Symbols,
     version: (u32, u32),
     opts: &ProbeOptions,
-) -> Result<Config, String> {
+) -> Result<ProgramConfig, String> {
     let off = |s: &str, m: &str| btf.member_offset(s, m).map_err(|e| e.to_string());
     // The length's position: from the module's BTF where the kernel has it,
     // else from the table's prototype for this kernel (5.10 has no module BTF).
@@ -207,7 +207,7 @@ fn program_config(
         None => 0,
     };
     let regs_size = btf.struct_size("pt_regs").map_err(|e| e.to_string())?;
-    Ok(Config {
+    Ok(ProgramConfig {
         dentry_d_sb: off("dentry", "d_sb")?,
         dentry_d_inode: off("dentry", "d_inode")?,
         sb_s_dev: off("super_block", "s_dev")?,
@@ -412,14 +412,14 @@ impl Attacher {
 }
 
 /// Writes CONFIG and the SYSCALL_CAUSE table (cause + 1 by call number).
-fn write_config(ebpf: &mut Ebpf, cfg: Config) -> Result<(), String> {
+fn write_config(ebpf: &mut Ebpf, cfg: ProgramConfig) -> Result<(), String> {
     let map = ebpf.map_mut("SYSCALL_CAUSE").ok_or("map SYSCALL_CAUSE not in object")?;
     let mut table: Array<_, u8> = Array::try_from(map).map_err(|e| e.to_string())?;
     for (name, nr, cause) in syscall::X86_64 {
         table.set(*nr, cause + 1, 0).map_err(|e| format!("writing SYSCALL_CAUSE[{name}]: {e}"))?;
     }
     let map = ebpf.map_mut("CONFIG").ok_or("map CONFIG not in object")?;
-    let mut array: Array<_, Config> = Array::try_from(map).map_err(|e| e.to_string())?;
+    let mut array: Array<_, ProgramConfig> = Array::try_from(map).map_err(|e| e.to_string())?;
     array.set(0, cfg, 0).map_err(|e| format!("writing CONFIG: {e}"))
 }
 
