@@ -103,7 +103,7 @@ pub async fn run(config: &Config, min_latency: Duration, out: &mut impl Write) -
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                let now = maps.snapshot().stats[stat::TRACE_DROPS as usize];
+                let now = maps.read().stats[stat::TRACE_DROPS as usize];
                 if now > dropped {
                     writeln!(out, "# {} events dropped (ring buffer full)", now - dropped)?;
                     dropped = now;

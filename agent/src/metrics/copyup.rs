@@ -14,9 +14,10 @@ use super::{Collector, Def, Family, Histogram};
 use crate::config::ClassicHistograms;
 use crate::discovery::{Device, MountTable, UNKNOWN_MOUNTPOINT};
 use crate::identity::SharedSnapshot;
-use crate::probes::maps::Snapshot;
+use crate::probes::maps::MapReading;
+use crate::probes::reading::{self, Reading};
 use crate::probes::{ProbeHandle, ProbeStatus};
-use crate::sync::{LockExt, RwLockExt};
+use crate::sync::RwLockExt;
 
 static COPY_UPS: Def = Def {
     name: "overlayfs_copy_up_total",
@@ -199,19 +200,13 @@ impl Collector for CopyUpCollector {
     fn collect(&self) -> Vec<Family> {
         let status = self.probes.status.read_now().clone();
         let mut out = status_families(&status);
-        let (snapshot, misses) = {
-            let maps = self.probes.maps.locked();
-            match maps.as_ref() {
-                Some(m) => (m.snapshot(), m.return_misses()),
-                None => return out,
-            }
+        let Some(Reading { maps: reading, return_misses }) = reading::read(&self.probes) else {
+            return out;
         };
-        let counts = snapshot.counts.iter().map(|(k, v)| (Device::from_kernel(k.dev), v.copy_ups));
-        self.probes.activity.publish(counts, std::time::Instant::now());
-        let labels = MountLabels::new(&self.mounts.get().table, &snapshot);
-        out.extend(counter_families(&snapshot, &labels));
-        out.extend(histogram_families(&snapshot, &labels, status.per_mount_histograms, self.classic));
-        out.extend(self_stat_families(&snapshot, &misses));
+        let labels = MountLabels::new(&self.mounts.get().table, &reading);
+        out.extend(counter_families(&reading, &labels));
+        out.extend(histogram_families(&reading, &labels, status.per_mount_histograms, self.classic));
+        out.extend(self_stat_families(&reading, &return_misses));
         out
     }
 }
@@ -235,14 +230,14 @@ fn status_families(status: &ProbeStatus) -> Vec<Family> {
     out
 }
 
-/// The `mountpoint` label of each device in a snapshot, looked up once per device
+/// The `mountpoint` label of each device in a reading, looked up once per device
 /// (not once per key: 1000 mounts x 11 causes).
 struct MountLabels(HashMap<u32, String>);
 
 impl MountLabels {
-    fn new(table: &MountTable, snapshot: &Snapshot) -> Self {
+    fn new(table: &MountTable, reading: &MapReading) -> Self {
         let mut labels = HashMap::new();
-        for dev in snapshot.counts.keys().map(|k| k.dev).chain(snapshot.hist.keys().map(|k| k.dev)) {
+        for dev in reading.counts.keys().map(|k| k.dev).chain(reading.hist.keys().map(|k| k.dev)) {
             labels.entry(dev).or_insert_with(|| table.label_of(Device::from_kernel(dev)));
         }
         MountLabels(labels)
@@ -253,7 +248,7 @@ impl MountLabels {
     }
 }
 
-/// Small ids for the mount labels of a snapshot's devices, one lookup per run
+/// Small ids for the mount labels of a reading's devices, one lookup per run
 /// of keys of the same device (the maps are read in device order).
 #[derive(Default)]
 struct LabelIds<'a> {
@@ -294,12 +289,12 @@ impl<'a> LabelIds<'a> {
 
 /// The per-mount counters. Several devices may map to "unknown", so they are
 /// summed by label set.
-fn counter_families(snapshot: &Snapshot, labels: &MountLabels) -> Vec<Family> {
+fn counter_families(reading: &MapReading, labels: &MountLabels) -> Vec<Family> {
     let mut copy_ups: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
     let mut bytes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     let mut errors: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     let mut seconds: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for (k, v) in &snapshot.counts {
+    for (k, v) in &reading.counts {
         let (mp, c) = (labels.get(k.dev), cause::name(k.cause));
         *copy_ups.entry((mp, c, kind::name(k.kind))).or_default() += v.copy_ups;
         *bytes.entry((mp, c)).or_default() += v.data_bytes;
@@ -331,7 +326,7 @@ fn counter_families(snapshot: &Snapshot, labels: &MountLabels) -> Vec<Family> {
 /// device: native buckets from HIST, sums from COUNTS (bytes of data copy-ups,
 /// latencies). `classic` says which families carry classic buckets.
 fn histogram_families(
-    snapshot: &Snapshot,
+    reading: &MapReading,
     labels: &MountLabels,
     per_mount: bool,
     classic: ClassicHistograms,
@@ -349,11 +344,11 @@ fn histogram_families(
     let mut ids = LabelIds::default();
     // Per-mount histograms: runs of one flat bucket array (no allocation per histogram).
     let mut runs: Vec<Run> = Vec::new();
-    let mut flat: Vec<(i32, u64)> = Vec::with_capacity(if per_mount { snapshot.hist.len() } else { 0 });
+    let mut flat: Vec<(i32, u64)> = Vec::with_capacity(if per_mount { reading.hist.len() } else { 0 });
     // (dev, cause) -> (bytes, ns), ascending.
     let mut sums: Vec<((u32, u8), [u64; 2])> = Vec::new();
     if per_mount {
-        for (k, v) in &snapshot.counts {
+        for (k, v) in &reading.counts {
             match sums.last_mut() {
                 Some((key, s)) if *key == (k.dev, k.cause) => {
                     s[0] += v.data_bytes;
@@ -367,7 +362,7 @@ fn histogram_families(
     // The device of the last run: a run is one device's (cause, hist), so that
     // each device's sum is looked up, even where two devices share a label.
     let mut run_dev = None;
-    for (HistKey { dev, cause, hist, bucket }, n) in &snapshot.hist {
+    for (HistKey { dev, cause, hist, bucket }, n) in &reading.hist {
         by_cause[slot(*hist, *cause)].get_or_insert_with(Acc::default).add(*hist, *bucket, *n);
         if !per_mount {
             continue;
@@ -394,17 +389,17 @@ fn histogram_families(
         }
     }
     runs.sort_by_key(|r| r.key);
-    for ((hist, cause, bucket), n) in &snapshot.retained.buckets {
+    for ((hist, cause, bucket), n) in &reading.retained.buckets {
         by_cause[slot(*hist, *cause)].get_or_insert_with(Acc::default).add(*hist, *bucket, *n);
     }
-    for (k, v) in &snapshot.counts {
+    for (k, v) in &reading.counts {
         for (hist, sum) in [(HIST_BYTES, v.data_bytes), (HIST_LATENCY, v.latency_ns)] {
             if let Some(h) = by_cause[slot(hist, k.cause)].as_mut() {
                 h.sum += sum;
             }
         }
     }
-    for ((hist, cause), sum) in &snapshot.retained.sums {
+    for ((hist, cause), sum) in &reading.retained.sums {
         if let Some(h) = by_cause[slot(*hist, *cause)].as_mut() {
             h.sum += sum;
         }
@@ -449,7 +444,7 @@ fn histogram_families(
 }
 
 /// The programs' own counters and the kernel's return-probe misses.
-fn self_stat_families(snapshot: &Snapshot, misses: &[(String, u64)]) -> Vec<Family> {
+fn self_stat_families(reading: &MapReading, misses: &[(String, u64)]) -> Vec<Family> {
     let mut f = Family::new(&RETURN_MISSES);
     for (program, n) in misses {
         f.add(&[program], *n as f64);
@@ -462,7 +457,7 @@ fn self_stat_families(snapshot: &Snapshot, misses: &[(String, u64)]) -> Vec<Fami
         (&READ_ERRORS, stat::READ_ERRORS),
     ] {
         let mut f = Family::new(def);
-        f.add(&[], snapshot.stats.get(slot as usize).copied().unwrap_or(0) as f64);
+        f.add(&[], reading.stats.get(slot as usize).copied().unwrap_or(0) as f64);
         out.push(f);
     }
     out
@@ -483,8 +478,8 @@ mod tests {
     }
 
     /// Two copy-ups on each of two devices: 4 KiB in 1 ms and 1 MiB in 1.5 s.
-    fn snapshot() -> Snapshot {
-        let mut s = Snapshot::default();
+    fn reading() -> MapReading {
+        let mut s = MapReading::default();
         for dev in [1, 2] {
             let k = CountKey { dev, cause: cause::CHOWN, kind: kind::DATA, _pad: [0; 2] };
             s.counts.insert(
@@ -509,7 +504,7 @@ mod tests {
         s
     }
 
-    fn labels(s: &Snapshot) -> MountLabels {
+    fn labels(s: &MapReading) -> MountLabels {
         let mut l = MountLabels::new(&MountTable::default(), s);
         l.0.insert(1, "/m/1".into());
         l.0.insert(2, "/m/2".into());
@@ -530,7 +525,7 @@ mod tests {
 
     #[test]
     fn node_wide_histograms_sum_the_mounts_and_classic_follows_the_config() {
-        let s = snapshot();
+        let s = reading();
         let l = labels(&s);
         let text = render(histogram_families(&s, &l, true, ClassicHistograms::Node));
         // 1 ms = 2^-9.97 s: in the bucket ending at 2^-8 (~3.9 ms), above 2^-10.
@@ -579,7 +574,7 @@ mod tests {
     /// classic buckets.
     #[test]
     fn protobuf_carries_native_histograms_per_mount() {
-        let s = snapshot();
+        let s = reading();
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
         for f in histogram_families(&s, &labels(&s), true, ClassicHistograms::Node) {
             f.write_proto(&mut out, &mut scratch);
@@ -609,7 +604,7 @@ mod tests {
     /// Devices with the same label (such as "unknown") add up in one series.
     #[test]
     fn devices_sharing_a_label_are_merged() {
-        let s = snapshot();
+        let s = reading();
         let mut l = labels(&s);
         l.0.insert(2, "/m/1".into());
         let text = render(histogram_families(&s, &l, true, ClassicHistograms::All));
@@ -625,7 +620,7 @@ mod tests {
         // The first device has a single (cause, hist): the second device's keys
         // would continue its run, and the second device's sum must still count.
         for (unknown, hist) in [(false, HIST_BYTES), (false, HIST_LATENCY), (true, HIST_LATENCY)] {
-            let mut s = snapshot();
+            let mut s = reading();
             s.hist.retain(|k, _| k.hist == hist);
             let mut l = labels(&s);
             if unknown {
@@ -651,7 +646,7 @@ mod tests {
     /// node-wide histogram is the same before and after.
     #[test]
     fn node_wide_histograms_keep_what_forgotten_mounts_counted() {
-        let before = snapshot();
+        let before = reading();
         let mut after = before.clone();
         let mut retained = Retained::default();
         after.counts.retain(|k, v| {
@@ -668,7 +663,7 @@ mod tests {
             k.dev != 2
         });
         after.retained = retained;
-        let node = |s: &Snapshot| {
+        let node = |s: &MapReading| {
             let text = render(histogram_families(s, &labels(s), true, ClassicHistograms::Node));
             text.lines()
                 .filter(|l| l.starts_with("overlayfs_copy_up_"))

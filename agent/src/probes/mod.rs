@@ -4,8 +4,10 @@
 //! attach is a reported state, never a crash: the agent serves everything else.
 
 pub mod batch;
+pub mod forget;
 pub mod maps;
 pub mod plan;
+pub mod reading;
 pub mod retprobe;
 
 use std::os::fd::AsFd;
@@ -157,7 +159,8 @@ impl Probes {
 pub struct ProbeHandle {
     pub status: RwLock<ProbeStatus>,
     pub maps: Mutex<Option<CopyUpMaps>>,
-    /// Copy-up counts by device, published at each read of the maps for the scan pool.
+    /// Copy-up counts by device, published at each read of the maps
+    /// (`reading::read`) for the scan pool.
     pub activity: std::sync::Arc<crate::activity::Activity>,
 }
 
