@@ -10,7 +10,7 @@ use overlay_agent_common::{
 };
 use prometheus::proto::MetricType;
 
-use super::{Collector, Def, Family, Histogram};
+use super::{Collector, Def, Family, NativeHistogram};
 use crate::config::ClassicHistograms;
 use crate::discovery::{Device, MountTable, UNKNOWN_MOUNTPOINT};
 use crate::identity::SharedSnapshot;
@@ -163,8 +163,8 @@ impl Acc {
         }
     }
 
-    fn into_histogram(self, hist: u8) -> Histogram {
-        Histogram {
+    fn into_histogram(self, hist: u8) -> NativeHistogram {
+        NativeHistogram {
             schema: HIST_SCHEMA,
             zero_count: self.zero,
             count: self.zero + self.buckets.iter().map(|b| b.1).sum::<u64>(),
@@ -416,7 +416,7 @@ fn histogram_families(
         fam.add_kernel_histogram(&[cause::name(c)], &h.into_histogram(hist), bounds_of(hist, node_classic));
     }
     let mut mount = (Family::new(&MOUNT_BYTES_HIST), Family::new(&MOUNT_LATENCY_HIST));
-    let mut h = Histogram { schema: HIST_SCHEMA, ..Default::default() };
+    let mut h = NativeHistogram { schema: HIST_SCHEMA, ..Default::default() };
     for group in runs.chunk_by(|a, b| a.key == b.key) {
         let (id, c, hist) = group[0].key;
         h.buckets.clear();
@@ -518,7 +518,7 @@ mod tests {
         assert_eq!(classic_bounds(HIST_BYTES).first(), Some(&1024.0));
         for hist in [HIST_BYTES, HIST_LATENCY] {
             for b in classic_bounds(hist) {
-                assert!(Histogram::boundary_index(HIST_SCHEMA, b).is_some(), "{b}");
+                assert!(NativeHistogram::boundary_index(HIST_SCHEMA, b).is_some(), "{b}");
             }
         }
     }
@@ -580,7 +580,7 @@ mod tests {
             f.write_proto(&mut out, &mut scratch);
         }
         let mut buf = out.as_slice();
-        let mut fams: Vec<super::super::proto::MetricFamily> = Vec::new();
+        let mut fams: Vec<crate::metrics::encode::proto::MetricFamily> = Vec::new();
         while !buf.is_empty() {
             fams.push(prost::Message::decode_length_delimited(&mut buf).expect("a delimited MetricFamily"));
         }
