@@ -17,6 +17,7 @@
 
 pub mod agent;
 pub mod copyup;
+pub mod ebpf;
 pub mod encode;
 pub mod http;
 pub mod mounts;
