@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::discovery::{self, DiscoveryError};
 use crate::http::{self, HttpState};
 use crate::identity::{Resolver, SharedSnapshot, Snapshot};
-use crate::metrics::{self, agent::DiscoveryStats};
+use crate::metrics::{self, discovery::DiscoveryStats};
 use crate::probes::forget::ForgetPolicy;
 use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
 use crate::scan::ScanPool;
@@ -70,10 +70,11 @@ impl Pipeline {
         let pool = ScanPool::new(&config.scan, probes.activity.clone())
             .map_err(|source| AgentError::Start { what: "scan threads", source })?;
         let exposition = Arc::new(metrics::Exposition::default());
-        let collectors: [Box<dyn metrics::Collector>; 5] = [
+        let collectors: [Box<dyn metrics::Collector>; 6] = [
             Box::new(metrics::mounts::MountCollector::new(mounts.clone())),
             Box::new(metrics::upper::UpperCollector::new(mounts.clone(), pool.store())),
-            Box::new(metrics::agent::AgentCollector::new(mounts.clone(), stats.clone())),
+            Box::new(metrics::build::BuildInfoCollector),
+            Box::new(metrics::discovery::DiscoveryCollector::new(mounts.clone(), stats.clone())),
             Box::new(metrics::copyup::CopyUpCollector::new(
                 mounts.clone(),
                 probes.clone(),

@@ -15,8 +15,9 @@
 //! (`Family`), their sources (`Collector`), the registry that renders them
 //! (`Exposition`) and the formats (`Format`).
 
-pub mod agent;
+pub mod build;
 pub mod copyup;
+pub mod discovery;
 pub mod ebpf;
 pub mod encode;
 pub mod http;
