@@ -29,7 +29,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use overlay_agent::metrics::{proto, Collector, Def, Exposition, Family, Format, Histogram};
+use overlay_agent::metrics::encode::proto;
+use overlay_agent::metrics::{Collector, Def, Exposition, Family, Format, NativeHistogram};
 use prometheus::proto::MetricType;
 
 fn fixture(name: &str) -> PathBuf {
@@ -146,7 +147,7 @@ fn parse(text: &str) -> Vec<Parsed> {
 /// A classic histogram as a schema-3 native one: each bucket's observations at
 /// its bound rounded to a power of two; those beyond the last bound one power
 /// of four above it. Returns it with the rounded bounds.
-fn native_of(buckets: &[(f64, u64)], sum: f64, count: u64) -> (Histogram, Vec<f64>) {
+fn native_of(buckets: &[(f64, u64)], sum: f64, count: u64) -> (NativeHistogram, Vec<f64>) {
     let mut native = Vec::new();
     let mut bounds = Vec::new();
     let (mut prev, mut last) = (0u64, 0i32);
@@ -161,7 +162,7 @@ fn native_of(buckets: &[(f64, u64)], sum: f64, count: u64) -> (Histogram, Vec<f6
     if count > prev {
         native.push(((last + 2) * 8, count - prev));
     }
-    (Histogram { schema: 3, zero_count: 0, buckets: native, count, sum }, bounds)
+    (NativeHistogram { schema: 3, zero_count: 0, buckets: native, count, sum }, bounds)
 }
 
 /// Per-mount histograms for the causes only one mount had: the by-cause one.
@@ -359,9 +360,14 @@ fn native_fixture_agrees_with_itself() {
                 .map(|(i, n)| (i, n as u64))
                 .collect();
             assert_eq!(native.iter().map(|x| x.1).sum::<u64>() + h.zero_count, h.sample_count, "{}", f.name);
-            let folded =
-                Histogram { schema: 3, zero_count: h.zero_count, buckets: native, count: *count, sum: *sum }
-                    .classic(&classic.iter().map(|b| b.0).collect::<Vec<_>>());
+            let folded = NativeHistogram {
+                schema: 3,
+                zero_count: h.zero_count,
+                buckets: native,
+                count: *count,
+                sum: *sum,
+            }
+            .classic(&classic.iter().map(|b| b.0).collect::<Vec<_>>());
             assert_eq!(folded, classic, "{}: native buckets fold into the classic ones", f.name);
             natives += 1;
         }

@@ -412,7 +412,7 @@ fn finite_and_positive(r: &Value) -> bool {
 /// A delimited protobuf exposition with every counter and histogram multiplied
 /// by `k` (gauges as they are).
 fn scaled(pb: &[u8], k: u64) -> Vec<u8> {
-    use overlay_agent::metrics::proto::MetricFamily;
+    use overlay_agent::metrics::encode::proto::MetricFamily;
     let (mut buf, mut out) = (pb, Vec::new());
     while !buf.is_empty() {
         let mut f: MetricFamily =
@@ -446,7 +446,7 @@ fn growing_replay(pb: Vec<u8>) -> String {
             let body = scaled(&pb, k as u64 + 1);
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                overlay_agent::metrics::proto::CONTENT_TYPE,
+                overlay_agent::metrics::encode::proto::CONTENT_TYPE,
                 body.len()
             );
             let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body));
@@ -486,7 +486,7 @@ fn copy_up_alerts_fire_on_classic_and_native_series_in_prometheus_2_and_3() {
 }
 
 fn copy_up_alerts(binary: &Path, native: bool) {
-    use overlay_agent::metrics::{Collector, Def, Exposition, Family, Format, Histogram};
+    use overlay_agent::metrics::{Collector, Def, Exposition, Family, Format, NativeHistogram};
     use std::sync::atomic::{AtomicU64, Ordering};
     static BYTES: Def = Def {
         name: "overlayfs_copy_up_bytes",
@@ -507,7 +507,7 @@ fn copy_up_alerts(binary: &Path, native: bool) {
             let k = self.0.fetch_add(1, Ordering::Relaxed) + 1;
             let (mut b, mut s) = (Family::new(&BYTES), Family::new(&SECONDS));
             let bounds: Vec<f64> = (0..=12).map(|i| 1024.0 * 4f64.powi(i)).collect();
-            let bytes = Histogram {
+            let bytes = NativeHistogram {
                 schema: 3,
                 zero_count: 0,
                 buckets: vec![(240, k)],
@@ -516,8 +516,13 @@ fn copy_up_alerts(binary: &Path, native: bool) {
             };
             b.add_kernel_histogram(&["chown"], &bytes, Some(&bounds));
             let bounds: Vec<f64> = (-10..=3).map(|i| 4f64.powi(i)).collect();
-            let secs =
-                Histogram { schema: 3, zero_count: 0, buckets: vec![(16, k)], count: k, sum: 4.0 * k as f64 };
+            let secs = NativeHistogram {
+                schema: 3,
+                zero_count: 0,
+                buckets: vec![(16, k)],
+                count: k,
+                sum: 4.0 * k as f64,
+            };
             s.add_kernel_histogram(&["chown"], &secs, Some(&bounds));
             vec![b, s]
         }

@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use overlay_agent::metrics::{proto, Format};
+use overlay_agent::metrics::encode::proto;
+use overlay_agent::metrics::Format;
 
 use common::{config_for, write_file, Agent, Overlay, Prometheus};
 
@@ -301,7 +302,7 @@ const GUEST: &str = "guest-6.1";
 /// buckets, but the Count field is 5"). The agent serves the buckets' count.
 #[test]
 fn prometheus_3_keeps_a_scrape_with_a_racy_histogram() {
-    use overlay_agent::metrics::{Collector, Def, Exposition, Family, Histogram};
+    use overlay_agent::metrics::{Collector, Def, Exposition, Family, NativeHistogram};
     static D: Def = Def {
         name: "overlayfs_copy_up_duration_seconds",
         help: "Racy.",
@@ -312,7 +313,7 @@ fn prometheus_3_keeps_a_scrape_with_a_racy_histogram() {
     impl Collector for Racy {
         fn collect(&self) -> Vec<Family> {
             let mut f = Family::new(&D);
-            let h = Histogram {
+            let h = NativeHistogram {
                 schema: 3,
                 zero_count: 0,
                 buckets: vec![(8, 1), (-8, 1), (8, 1)],

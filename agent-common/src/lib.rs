@@ -285,7 +285,7 @@ const _: () = assert!(core::mem::size_of::<HistKey>() == 8 && core::mem::align_o
 /// Run-time configuration, written by the agent into the CONFIG array before attaching.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Config {
+pub struct ProgramConfig {
     /// offsetof(struct dentry, d_sb)
     pub dentry_d_sb: u32,
     /// offsetof(struct dentry, d_inode)
@@ -385,7 +385,7 @@ mod pod {
     unsafe impl aya::Pod for super::CountValue {}
     unsafe impl aya::Pod for super::HistKey {}
     unsafe impl aya::Pod for super::ProcessValue {}
-    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::ProgramConfig {}
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::{kprobe, kretprobe};
 use aya_ebpf::programs::{ProbeContext, RetProbeContext};
 use overlay_agent_common::{
-    kind, ns_to_latency_units, stat, syscall, Config, CountKey, CountValue, Inflight, ProcessValue,
+    kind, ns_to_latency_units, stat, syscall, CountKey, CountValue, Inflight, ProcessValue, ProgramConfig,
     TraceEvent, HIST_BYTES, HIST_LATENCY,
 };
 
@@ -59,7 +59,7 @@ pub fn one_entry_stack(ctx: ProbeContext) -> u32 {
 /// overlay_agent_common::syscall. Kernel threads and io_uring workers have
 /// zeroed user registers (call 0, read, not in the table).
 #[inline(always)]
-fn cause_now(cfg: &Config, regs: u64, flags: u32) -> u8 {
+fn cause_now(cfg: &ProgramConfig, regs: u64, flags: u32) -> u8 {
     let mut entry = 0u8;
     if regs != 0 && read::<u64>(regs + cfg.regs_cs as u64) == Some(syscall::USER_CS) {
         let nr = read::<u64>(regs + cfg.regs_orig_ax as u64).unwrap_or(u64::MAX) & !syscall::X32_BIT;
@@ -71,7 +71,7 @@ fn cause_now(cfg: &Config, regs: u64, flags: u32) -> u8 {
 }
 
 #[inline(always)]
-fn copy_up_entry(ctx: &ProbeContext, cfg: &Config, regs: u64) -> u32 {
+fn copy_up_entry(ctx: &ProbeContext, cfg: &ProgramConfig, regs: u64) -> u32 {
     let t = tid();
     let dentry: u64 = ctx.arg(1).unwrap_or(0);
     // ovl_copy_up_flags, the only caller, passes the open flags down (0 for
@@ -191,7 +191,7 @@ pub fn end_entry(_ctx: ProbeContext) -> u32 {
 
 /// Sends one slow copy-up to the TRACE ring buffer (`overlay-agent trace` only).
 #[inline(always)]
-fn trace(cfg: &Config, v: &Inflight, k: u8, now: u64, latency: u64) {
+fn trace(cfg: &ProgramConfig, v: &Inflight, k: u8, now: u64, latency: u64) {
     let Some(mut entry) = TRACE.reserve::<TraceEvent>(0) else {
         bump(stat::TRACE_DROPS);
         return;

@@ -3,11 +3,13 @@
 
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf};
-use overlay_agent_common::{Config, CountKey, CountValue, HistKey, Inflight, ProcessKey, ProcessValue};
+use overlay_agent_common::{
+    CountKey, CountValue, HistKey, Inflight, ProcessKey, ProcessValue, ProgramConfig,
+};
 
 /// Written once by the agent (offsets and argument positions from BTF).
 #[map]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+pub static CONFIG: Array<ProgramConfig> = Array::with_max_entries(1, 0);
 
 /// The cause of a copy-up by system call number (overlay_agent_common::syscall),
 /// written once by the agent.

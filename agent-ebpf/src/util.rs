@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
 use aya_ebpf::programs::ProbeContext;
-use overlay_agent_common::{stat, Config, HistKey};
+use overlay_agent_common::{stat, HistKey, ProgramConfig};
 
 use crate::maps::{CONFIG, HIST, STATS};
 
@@ -44,7 +44,7 @@ pub fn arg_at(ctx: &ProbeContext, i: u32) -> Option<u64> {
 
 /// The agent's config, once it has been written.
 #[inline(always)]
-pub fn config() -> Option<&'static Config> {
+pub fn config() -> Option<&'static ProgramConfig> {
     CONFIG.get(0).filter(|c| c.ready != 0)
 }
 

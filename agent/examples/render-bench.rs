@@ -133,7 +133,7 @@ impl metrics::Collector for Histograms {
                         }
                     }
                     let sum = buckets.iter().map(|(i, n)| 2f64.powf(f64::from(*i) / 8.0) * *n as f64).sum();
-                    let h = metrics::Histogram { schema: 3, zero_count: 0, buckets, count: 8, sum };
+                    let h = metrics::NativeHistogram { schema: 3, zero_count: 0, buckets, count: 8, sum };
                     fam.add_kernel_histogram(&[&mp, cause], &h, self.classic.then_some(bounds.as_slice()));
                 }
             }

@@ -1,8 +1,8 @@
 //! Recent copy-up activity per overlay mount: published by the copy-up side, read
 //! by the scan pool to refresh mounts that are being written before idle ones.
 //!
-//! One way: the publisher (the copy-up collector, with the counters it has just
-//! read from the eBPF maps for a scrape) replaces the whole snapshot; the reader
+//! One way: the publisher (`probes::reading::read`, with the counters a scrape
+//! has just read from the eBPF maps) replaces the whole set of counts; the reader
 //! (the scan pool, once a second) takes an `Arc` to the current one. Nothing is
 //! added to the kernel side: the counts are the ones every scrape reads anyway, so
 //! the signal has the scrape interval's resolution. The lock is held only to swap
@@ -26,11 +26,11 @@ pub struct Seen {
 
 /// Copy-up counts by device, as of one publication.
 #[derive(Debug, Default)]
-pub struct ActivitySnapshot {
+pub struct ActivityCounts {
     by_dev: HashMap<Device, Seen>,
 }
 
-impl ActivitySnapshot {
+impl ActivityCounts {
     /// Copy-ups counted on any of `devices` (0 for devices never seen).
     pub fn copy_ups(&self, devices: &[Device]) -> u64 {
         devices.iter().filter_map(|d| self.by_dev.get(d)).map(|s| s.copy_ups).sum()
@@ -41,10 +41,10 @@ impl ActivitySnapshot {
     }
 }
 
-/// The current [`ActivitySnapshot`].
+/// The current [`ActivityCounts`].
 #[derive(Debug, Default)]
 pub struct Activity {
-    current: RwLock<Arc<ActivitySnapshot>>,
+    current: RwLock<Arc<ActivityCounts>>,
 }
 
 impl Activity {
@@ -68,10 +68,10 @@ impl Activity {
                 (dev, Seen { copy_ups, since })
             })
             .collect();
-        *self.current.write_now() = Arc::new(ActivitySnapshot { by_dev });
+        *self.current.write_now() = Arc::new(ActivityCounts { by_dev });
     }
 
-    pub fn snapshot(&self) -> Arc<ActivitySnapshot> {
+    pub fn snapshot(&self) -> Arc<ActivityCounts> {
         self.current.read_now().clone()
     }
 }

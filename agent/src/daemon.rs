@@ -12,7 +12,8 @@ use crate::cli::Cli;
 use crate::config::Config;
 use crate::discovery::{self, DiscoveryError};
 use crate::identity::{Resolver, SharedSnapshot, Snapshot};
-use crate::metrics::{self, agent::DiscoveryStats, server::ServerStats};
+use crate::metrics::{self, discovery::DiscoveryStats, server::ServerStats};
+use crate::probes::forget::ForgetPolicy;
 use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
 use crate::scan::ScanPool;
 use crate::server::web_config::WebConfigFile;
@@ -69,10 +70,11 @@ impl Pipeline {
         let pool = ScanPool::new(&config.scan, probes.activity.clone())
             .map_err(|source| AgentError::Start { what: "scan threads", source })?;
         let exposition = Arc::new(metrics::Exposition::default());
-        let collectors: [Box<dyn metrics::Collector>; 5] = [
+        let collectors: [Box<dyn metrics::Collector>; 6] = [
             Box::new(metrics::mounts::MountCollector::new(mounts.clone())),
             Box::new(metrics::upper::UpperCollector::new(mounts.clone(), pool.store())),
-            Box::new(metrics::agent::AgentCollector::new(mounts.clone(), stats.clone())),
+            Box::new(metrics::build::BuildInfoCollector),
+            Box::new(metrics::discovery::DiscoveryCollector::new(mounts.clone(), stats.clone())),
             Box::new(metrics::copyup::CopyUpCollector::new(
                 mounts.clone(),
                 probes.clone(),
@@ -197,9 +199,8 @@ struct Daemon<'a> {
     mounts_changed: Arc<Notify>,
     _watcher: Option<discovery::watch::MountWatcher>,
     ready: Arc<AtomicBool>,
-    /// Devices with counters in the maps but not in the mount table at the last
-    /// change of the device set.
-    unknown_devices: std::collections::HashSet<u32>,
+    /// Which map entries to forget when the mount table changes.
+    forget: ForgetPolicy,
 }
 
 /// The HTTP server task and the way to stop it.
@@ -253,7 +254,7 @@ impl<'a> Daemon<'a> {
             mounts_changed,
             _watcher: watcher,
             ready,
-            unknown_devices: Default::default(),
+            forget: ForgetPolicy::default(),
         })
     }
 
@@ -340,28 +341,8 @@ impl<'a> Daemon<'a> {
             // The overlay module is loaded on the first overlay mount: try again.
             self.copy_up_probes = start_probes(&self.config, probes).await;
         }
-        // Counters of vanished devices go with their mount. Walking the maps costs
-        // a syscall per key, so only when the set of devices changed. A device in
-        // neither table may be a mount newer than this read, already copying up (a
-        // volume remounted at once): it is kept until the next change, and dropped
-        // then if still unknown (a mount the filters leave out).
-        if !table.mounts.keys().eq(before.mounts.keys()) {
-            if let Some(maps) = probes.maps.locked().as_mut() {
-                let unknown_before = std::mem::take(&mut self.unknown_devices);
-                let unknown = &mut self.unknown_devices;
-                maps.forget(|dev| {
-                    let d = discovery::Device::from_kernel_dev(dev);
-                    if table.mounts.contains_key(&d) {
-                        return true;
-                    }
-                    if before.mounts.contains_key(&d) || unknown_before.contains(&dev) {
-                        return false;
-                    }
-                    unknown.insert(dev);
-                    true
-                });
-            }
-        }
+        // Counters of vanished devices go with their mount.
+        self.forget.apply(before, table, probes);
     }
 
     /// Detaches the probes, then stops the server gracefully.

@@ -89,7 +89,7 @@ pub async fn run(config: &Config, min_latency: Duration, out: &mut impl Write) -
                     // SAFETY: the programs write whole TraceEvents (repr(C), any bit
                     // pattern valid); read_unaligned copes with the ring's alignment.
                     let ev: TraceEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                    let dev = Device::from_kernel_dev(ev.dev);
+                    let dev = Device::from_kernel(ev.dev);
                     // A new mount: re-read mountinfo, at most once a second (a storm on a
                     // mount the filters exclude must not re-read it per event).
                     if !table.mounts.contains_key(&dev) && table_read.elapsed() >= Duration::from_secs(1) {
@@ -103,7 +103,7 @@ pub async fn run(config: &Config, min_latency: Duration, out: &mut impl Write) -
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                let now = maps.snapshot().stats[stat::TRACE_DROPS as usize];
+                let now = maps.read().stats[stat::TRACE_DROPS as usize];
                 if now > dropped {
                     writeln!(out, "# {} events dropped (ring buffer full)", now - dropped)?;
                     dropped = now;

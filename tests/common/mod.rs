@@ -446,7 +446,7 @@ pub fn podman(dir: &Path) -> impl Fn() -> Command + '_ {
 /// Prometheus with native histograms on).
 pub fn decode_delimited(
     mut buf: &[u8],
-) -> Result<Vec<overlay_agent::metrics::proto::MetricFamily>, prost::DecodeError> {
+) -> Result<Vec<overlay_agent::metrics::encode::proto::MetricFamily>, prost::DecodeError> {
     let mut out = Vec::new();
     while !buf.is_empty() {
         out.push(prost::Message::decode_length_delimited(&mut buf)?);
@@ -457,7 +457,7 @@ pub fn decode_delimited(
 /// A native histogram's buckets as (index, count): indices from the spans,
 /// absolute counts from the deltas; None when there are fewer deltas than the
 /// spans' buckets.
-pub fn native_buckets(h: &overlay_agent::metrics::proto::Histogram) -> Option<Vec<(i32, i64)>> {
+pub fn native_buckets(h: &overlay_agent::metrics::encode::proto::Histogram) -> Option<Vec<(i32, i64)>> {
     let (mut index, mut count, mut out) = (0i32, 0i64, Vec::new());
     let mut deltas = h.positive_delta.iter();
     for (i, span) in h.positive_span.iter().enumerate() {

@@ -29,8 +29,9 @@ pub struct Device {
 }
 
 impl Device {
-    /// From a kernel-internal `dev_t` (`s_dev`).
-    pub fn from_kernel_dev(dev: u32) -> Self {
+    /// From a kernel-internal `dev_t` (`s_dev`, as the probes' map keys and
+    /// trace events carry it): the one decoder of a kernel device number.
+    pub fn from_kernel(dev: u32) -> Self {
         Device { major: dev >> 20, minor: dev & 0xfffff }
     }
 }
@@ -199,7 +200,7 @@ mod tests {
     fn device_numbers() {
         assert_eq!("0:44".parse::<Device>(), Ok(Device { major: 0, minor: 44 }));
         assert!("044".parse::<Device>().is_err());
-        assert_eq!(Device::from_kernel_dev((8 << 20) | 3), Device { major: 8, minor: 3 });
+        assert_eq!(Device::from_kernel((8 << 20) | 3), Device { major: 8, minor: 3 });
     }
 
     #[test]

@@ -6,7 +6,7 @@ use prometheus::proto::MetricType;
 
 use super::{unix_seconds, Collector, Def, Family};
 use crate::identity::SharedSnapshot;
-use crate::scan::{ActivitySignal, EntryKind, ScanStore};
+use crate::scan::{ActivitySignal, EntryKind, ScanRecord, ScanStore};
 
 static BYTES: Def = Def {
     name: "overlayfs_upper_bytes",
@@ -165,63 +165,144 @@ impl UpperCollector {
 impl Collector for UpperCollector {
     fn collect(&self) -> Vec<Family> {
         let mounts = self.mounts.get();
-        let table = &mounts.table;
         let store = self.store.lock();
-        let mut bytes = Family::new(&BYTES);
-        let mut apparent = Family::new(&APPARENT);
-        let mut inodes = Family::new(&INODES);
-        let mut entries = Family::new(&ENTRIES);
-        let mut copied = Family::new(&COPIED_UP_BYTES);
-        let mut fs_avail = Family::new(&FS_AVAIL);
-        let mut fs_size = Family::new(&FS_SIZE);
-        let mut duration = Family::new(&DURATION);
-        let mut timestamp = Family::new(&TIMESTAMP);
-        let mut scans = Family::new(&SCANS);
-        let mut errors = Family::new(&ERRORS);
-        let mut stale = Family::new(&STALE);
-        let mut seen = Family::new(&COPY_UPS_SEEN);
-        let mut source = Family::new(&USAGE_SOURCE);
-        let mut usage_ts = Family::new(&USAGE_TIMESTAMP);
-        let mut project = Family::new(&QUOTA_PROJECT);
+        let mut per_mount = MountFamilies::new();
         let now = std::time::Instant::now();
         let behind = store.values().map(|r| r.behind(now)).max().unwrap_or_default();
-        for m in table.mounts.values() {
+        for m in mounts.table.mounts.values() {
             let Some(rec) = m.upper_dir().and_then(|u| store.get(u)) else { continue };
-            let mp = m.mountpoint_label();
-            stale.add(&[&mp], if rec.stale { 1.0 } else { 0.0 });
-            for (reason, n) in &rec.errors_total {
-                errors.add(&[&mp, reason.as_str()], *n as f64);
-            }
-            let (Some(r), Some(end)) = (&rec.last, rec.last_end) else { continue };
-            match (&rec.quota, rec.usage) {
-                (Ok(t), Some((u, at))) => {
-                    bytes.add(&[&mp], u.allocated_bytes as f64);
-                    inodes.add(&[&mp], u.inodes as f64);
-                    source.add(&[&mp, "quota", "none"], 1.0);
-                    usage_ts.add(&[&mp], unix_seconds(at));
-                    project.add(&[&mp], f64::from(t.project_id));
-                }
-                (q, _) => {
-                    bytes.add(&[&mp], r.allocated_bytes as f64);
-                    inodes.add(&[&mp], r.inodes as f64);
-                    let reason =
-                        q.as_ref().err().copied().unwrap_or(crate::scan::quota::Unavailable::Unknown);
-                    source.add(&[&mp, "walk", reason.as_str()], 1.0);
-                    usage_ts.add(&[&mp], unix_seconds(end));
-                }
-            }
-            apparent.add(&[&mp], r.apparent_bytes as f64);
-            for kind in EntryKind::ALL {
-                entries.add(&[&mp, kind.as_str()], r.entries(kind) as f64);
-            }
-            copied.add(&[&mp], r.copied_up_bytes as f64);
-            fs_avail.add(&[&mp], r.fs_avail_bytes as f64);
-            fs_size.add(&[&mp], r.fs_size_bytes as f64);
-            duration.add(&[&mp], rec.last_duration.as_secs_f64());
-            timestamp.add(&[&mp], unix_seconds(end));
-            scans.add(&[&mp], rec.scans_total as f64);
-            seen.add(&[&mp], rec.copy_ups_seen_total as f64);
+            per_mount.add(&m.mountpoint_label(), rec);
         }
+        let pool = self.pool_families(behind);
+        per_mount.into_vec(pool)
+    }
+}
+
+/// The families with a `mountpoint` label, one series set per scanned upper dir.
+struct MountFamilies {
+    bytes: Family,
+    apparent: Family,
+    inodes: Family,
+    entries: Family,
+    copied: Family,
+    fs_avail: Family,
+    fs_size: Family,
+    duration: Family,
+    timestamp: Family,
+    scans: Family,
+    errors: Family,
+    stale: Family,
+    seen: Family,
+    source: Family,
+    usage_ts: Family,
+    project: Family,
+}
+
+impl MountFamilies {
+    fn new() -> Self {
+        MountFamilies {
+            bytes: Family::new(&BYTES),
+            apparent: Family::new(&APPARENT),
+            inodes: Family::new(&INODES),
+            entries: Family::new(&ENTRIES),
+            copied: Family::new(&COPIED_UP_BYTES),
+            fs_avail: Family::new(&FS_AVAIL),
+            fs_size: Family::new(&FS_SIZE),
+            duration: Family::new(&DURATION),
+            timestamp: Family::new(&TIMESTAMP),
+            scans: Family::new(&SCANS),
+            errors: Family::new(&ERRORS),
+            stale: Family::new(&STALE),
+            seen: Family::new(&COPY_UPS_SEEN),
+            source: Family::new(&USAGE_SOURCE),
+            usage_ts: Family::new(&USAGE_TIMESTAMP),
+            project: Family::new(&QUOTA_PROJECT),
+        }
+    }
+
+    /// The series of one mount's upper dir: staleness and errors always, the
+    /// rest once a scan completed.
+    fn add(&mut self, mp: &str, rec: &ScanRecord) {
+        self.stale.add(&[mp], if rec.stale { 1.0 } else { 0.0 });
+        for (reason, n) in &rec.errors_total {
+            self.errors.add(&[mp, reason.as_str()], *n as f64);
+        }
+        let (Some(r), Some(end)) = (&rec.last, rec.last_end) else { return };
+        match (&rec.quota, rec.usage) {
+            (Ok(t), Some((u, at))) => {
+                self.bytes.add(&[mp], u.allocated_bytes as f64);
+                self.inodes.add(&[mp], u.inodes as f64);
+                self.source.add(&[mp, "quota", "none"], 1.0);
+                self.usage_ts.add(&[mp], unix_seconds(at));
+                self.project.add(&[mp], f64::from(t.project_id));
+            }
+            (q, _) => {
+                self.bytes.add(&[mp], r.allocated_bytes as f64);
+                self.inodes.add(&[mp], r.inodes as f64);
+                let reason = q.as_ref().err().copied().unwrap_or(crate::scan::quota::Unavailable::Unknown);
+                self.source.add(&[mp, "walk", reason.as_str()], 1.0);
+                self.usage_ts.add(&[mp], unix_seconds(end));
+            }
+        }
+        self.apparent.add(&[mp], r.apparent_bytes as f64);
+        for kind in EntryKind::ALL {
+            self.entries.add(&[mp, kind.as_str()], r.entries(kind) as f64);
+        }
+        self.copied.add(&[mp], r.copied_up_bytes as f64);
+        self.fs_avail.add(&[mp], r.fs_avail_bytes as f64);
+        self.fs_size.add(&[mp], r.fs_size_bytes as f64);
+        self.duration.add(&[mp], rec.last_duration.as_secs_f64());
+        self.timestamp.add(&[mp], unix_seconds(end));
+        self.scans.add(&[mp], rec.scans_total as f64);
+        self.seen.add(&[mp], rec.copy_ups_seen_total as f64);
+    }
+
+    /// All families: these, with the scan pool's (`quota_reads` first, then the
+    /// rest) in the order the collector has always returned them.
+    fn into_vec(self, pool: PoolFamilies) -> Vec<Family> {
+        vec![
+            self.bytes,
+            self.source,
+            self.usage_ts,
+            self.project,
+            pool.quota_reads,
+            self.apparent,
+            self.inodes,
+            self.entries,
+            self.copied,
+            self.fs_avail,
+            self.fs_size,
+            self.duration,
+            self.timestamp,
+            self.scans,
+            self.errors,
+            self.stale,
+            self.seen,
+            pool.cpu,
+            pool.throttled,
+            pool.late,
+            pool.cores,
+            pool.dirs,
+            pool.prioritized,
+        ]
+    }
+}
+
+/// The scan pool's own families (no `mountpoint` label).
+struct PoolFamilies {
+    quota_reads: Family,
+    cpu: Family,
+    throttled: Family,
+    late: Family,
+    cores: Family,
+    dirs: Family,
+    prioritized: Family,
+}
+
+impl UpperCollector {
+    /// CPU, throttling, schedule, budget, directories, priorities and quota
+    /// readings of the scan pool; `behind`: how late the most overdue upper dir is.
+    fn pool_families(&self, behind: std::time::Duration) -> PoolFamilies {
         let budget = self.store.budget();
         let mut cpu = Family::new(&SCAN_CPU);
         cpu.add(&[], budget.cpu().as_secs_f64());
@@ -246,30 +327,6 @@ impl Collector for UpperCollector {
         let mut quota_reads = Family::new(&QUOTA_READS);
         quota_reads.add(&["ok"], reads.saturating_sub(read_errors) as f64);
         quota_reads.add(&["error"], read_errors as f64);
-        vec![
-            bytes,
-            source,
-            usage_ts,
-            project,
-            quota_reads,
-            apparent,
-            inodes,
-            entries,
-            copied,
-            fs_avail,
-            fs_size,
-            duration,
-            timestamp,
-            scans,
-            errors,
-            stale,
-            seen,
-            cpu,
-            throttled,
-            late,
-            cores,
-            dirs,
-            prioritized,
-        ]
+        PoolFamilies { quota_reads, cpu, throttled, late, cores, dirs, prioritized }
     }
 }

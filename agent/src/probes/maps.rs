@@ -42,9 +42,9 @@ pub struct CopyUpMaps {
     pub(super) retained: Retained,
 }
 
-/// A consistent-enough copy of the maps (each entry read once).
+/// One reading of the maps: a consistent-enough copy (each entry read once).
 #[derive(Debug, Default, Clone)]
-pub struct Snapshot {
+pub struct MapReading {
     pub counts: BTreeMap<CountKey, CountValue>,
     pub hist: BTreeMap<HistKey, u64>,
     /// The node-wide share of devices deleted from the maps.
@@ -76,8 +76,9 @@ impl CopyUpMaps {
         }
     }
 
-    pub fn snapshot(&self) -> Snapshot {
-        let mut s = Snapshot::default();
+    /// Reads every map once (see `probes::reading::read` for the scrape's entry point).
+    pub fn read(&self) -> MapReading {
+        let mut s = MapReading::default();
         for (k, per_cpu) in entries(&self.counts) {
             let e = s.counts.entry(k).or_default();
             for v in per_cpu.iter() {

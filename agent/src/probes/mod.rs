@@ -3,25 +3,30 @@
 //! functions this kernel has, and report what attached. A probe that cannot
 //! attach is a reported state, never a crash: the agent serves everything else.
 
+mod attach;
 pub mod batch;
+pub mod forget;
 pub mod maps;
 pub mod plan;
+pub mod reading;
 pub mod retprobe;
+mod status;
 
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
 
 use aya::maps::{Array, PerCpuArray, PerCpuHashMap};
-use aya::programs::KProbe;
 use aya::Ebpf;
-use overlay_agent_common::{syscall, Config};
+use overlay_agent_common::{syscall, ProgramConfig};
 
 use crate::kernel::btf::KernelBtf;
 use crate::kernel::hooks::{self, Group};
 use crate::kernel::symbols::Symbols;
+use attach::Attacher;
 use maps::CopyUpMaps;
 use plan::{Mechanism, Planned};
+use status::disabled;
+pub use status::{AttachState, Disabled, ProbeStatus};
 
 /// The eBPF object built by agent/build.rs from agent-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay-copyup"));
@@ -47,97 +52,6 @@ impl Default for ProbeOptions {
     }
 }
 
-/// Why the probes are off. `reason()` is the bounded label value of
-/// `overlayfs_ebpf_disabled_info`; the message carries the details.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Disabled {
-    #[error("the kernel has no kprobes: {0}")]
-    KprobesUnavailable(String),
-    #[error("not permitted (run as root, or with CAP_BPF + CAP_PERFMON): {0}")]
-    NoPrivileges(String),
-    #[error("overlayfs is not loaded yet: {0}")]
-    NoOverlay(String),
-    #[error("kernel BTF: {0}")]
-    NoBtf(String),
-    #[error("cannot read kallsyms: {0}")]
-    NoKallsyms(String),
-    #[error("loading the eBPF object: {0}")]
-    LoadFailed(String),
-    #[error("{0}")]
-    AttachFailed(String),
-    #[error("ebpf.enabled: false")]
-    DisabledByConfig,
-}
-
-impl Disabled {
-    /// The `reason` label: the one place a cause of "off" becomes a string.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Disabled::KprobesUnavailable(_) => "kprobes_unavailable",
-            Disabled::NoPrivileges(_) => "no_privileges",
-            Disabled::NoOverlay(_) => "no_overlay",
-            Disabled::NoBtf(_) => "no_btf",
-            Disabled::NoKallsyms(_) => "no_kallsyms",
-            Disabled::LoadFailed(_) => "load_failed",
-            Disabled::AttachFailed(_) => "attach_failed",
-            Disabled::DisabledByConfig => "disabled_by_config",
-        }
-    }
-
-    /// Classifies a failed load or attach by the kernel's errno (found in the
-    /// error's source chain), not by its text.
-    fn from_error(e: &(dyn std::error::Error + 'static), detail: String) -> Disabled {
-        Disabled::from_errno(errno(e), detail)
-    }
-
-    fn from_errno(errno: Option<i32>, detail: String) -> Disabled {
-        match errno {
-            Some(libc::EPERM | libc::EACCES) => Disabled::NoPrivileges(detail),
-            Some(libc::ENOENT | libc::EOPNOTSUPP) => Disabled::KprobesUnavailable(detail),
-            _ => Disabled::AttachFailed(detail),
-        }
-    }
-}
-
-/// The OS error code anywhere in an error's source chain.
-fn errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if let Some(n) = io.raw_os_error() {
-                return Some(n);
-            }
-        }
-        cur = c.source();
-    }
-    None
-}
-
-/// One planned attachment and how it went.
-#[derive(Debug, Clone)]
-pub struct AttachState {
-    pub program: &'static str,
-    pub function: Option<&'static str>,
-    pub mechanism: Mechanism,
-    pub attached: bool,
-    pub error: Option<String>,
-    /// The kernel's errno when attaching failed.
-    pub errno: Option<i32>,
-    /// Without it nothing can be counted.
-    pub core: bool,
-    /// A return probe's maxactive, when set explicitly (tracefs).
-    pub maxactive: Option<u32>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ProbeStatus {
-    pub enabled: bool,
-    pub disabled: Option<Disabled>,
-    pub attachments: Vec<AttachState>,
-    /// Whether per-mount histograms are being recorded.
-    pub per_mount_histograms: bool,
-}
-
 /// Loaded and attached programs. Dropping it detaches every probe.
 pub struct Probes {
     /// Declared first: dropped (detached, events removed) before the programs.
@@ -157,12 +71,9 @@ impl Probes {
 pub struct ProbeHandle {
     pub status: RwLock<ProbeStatus>,
     pub maps: Mutex<Option<CopyUpMaps>>,
-    /// Copy-up counts by device, published at each read of the maps for the scan pool.
+    /// Copy-up counts by device, published at each read of the maps
+    /// (`reading::read`) for the scan pool.
     pub activity: std::sync::Arc<crate::activity::Activity>,
-}
-
-fn disabled(why: Disabled) -> ProbeStatus {
-    ProbeStatus { disabled: Some(why), ..Default::default() }
 }
 
 /// x86_64 THREAD_SIZE: 16 KiB, 32 KiB with KASAN (arch/x86/include/asm/page_64_types.h).
@@ -195,7 +106,7 @@ fn program_config(
     symbols: &Symbols,
     version: (u32, u32),
     opts: &ProbeOptions,
-) -> Result<Config, String> {
+) -> Result<ProgramConfig, String> {
     let off = |s: &str, m: &str| btf.member_offset(s, m).map_err(|e| e.to_string());
     // The length's position: from the module's BTF where the kernel has it,
     // else from the table's prototype for this kernel (5.10 has no module BTF).
@@ -207,7 +118,7 @@ fn program_config(
         None => 0,
     };
     let regs_size = btf.struct_size("pt_regs").map_err(|e| e.to_string())?;
-    Ok(Config {
+    Ok(ProgramConfig {
         dentry_d_sb: off("dentry", "d_sb")?,
         dentry_d_inode: off("dentry", "d_inode")?,
         sb_s_dev: off("super_block", "s_dev")?,
@@ -338,88 +249,15 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Loads and attaches programs; return probes go through tracefs with an
-/// explicit maxactive where tracefs is there (retprobe.rs), else through aya.
-struct Attacher {
-    loaded: Vec<&'static str>,
-    tracefs: Option<PathBuf>,
-    returns: Vec<retprobe::Retprobe>,
-}
-
-impl Attacher {
-    fn new(tracefs_returns: bool) -> Attacher {
-        let tracefs = if tracefs_returns { retprobe::tracefs() } else { None };
-        if let Some(t) = &tracefs {
-            retprobe::remove_stale(t);
-        }
-        Attacher { loaded: Vec::new(), tracefs, returns: Vec::new() }
-    }
-
-    fn attach(&mut self, ebpf: &mut Ebpf, p: &Planned) -> AttachState {
-        let mut state = AttachState {
-            program: p.program,
-            function: p.function,
-            mechanism: p.mechanism,
-            attached: false,
-            error: None,
-            errno: None,
-            core: p.core,
-            maxactive: None,
-        };
-        let Some(function) = p.function else {
-            state.error = Some("no candidate function on this kernel (inlined or renamed)".into());
-            return state;
-        };
-        let result = (|| -> Result<Option<u32>, (String, Option<i32>)> {
-            let prog = ebpf
-                .program_mut(p.program)
-                .ok_or_else(|| (format!("program {} not in object", p.program), None))?;
-            let kprobe: &mut KProbe = prog.try_into().map_err(|e| (chain(&e), errno(&e)))?;
-            if !self.loaded.contains(&p.program) {
-                kprobe.load().map_err(|e| (format!("load: {}", chain(&e)), errno(&e)))?;
-                self.loaded.push(p.program);
-            }
-            if let (Mechanism::Kretprobe, Some(tracefs)) = (p.mechanism, &self.tracefs) {
-                let fd = kprobe.fd().map_err(|e| (chain(&e), errno(&e)))?;
-                match retprobe::Retprobe::attach(tracefs, p.program, function, fd.as_fd()) {
-                    Ok(r) => {
-                        self.returns.push(r);
-                        return Ok(Some(retprobe::MAXACTIVE));
-                    }
-                    Err(e) => tracing::warn!(
-                        program = p.program,
-                        error = %e,
-                        "tracefs return probe failed; using perf's (kernel default maxactive)"
-                    ),
-                }
-            }
-            kprobe.attach(function, 0).map_err(|e| (format!("attach: {}", chain(&e)), errno(&e)))?;
-            Ok(None)
-        })();
-        match result {
-            Ok(maxactive) => {
-                state.attached = true;
-                state.maxactive = maxactive;
-            }
-            Err((e, n)) => {
-                tracing::debug!(program = p.program, function, error = %e, "probe not attached");
-                state.error = Some(e);
-                state.errno = n;
-            }
-        }
-        state
-    }
-}
-
 /// Writes CONFIG and the SYSCALL_CAUSE table (cause + 1 by call number).
-fn write_config(ebpf: &mut Ebpf, cfg: Config) -> Result<(), String> {
+fn write_config(ebpf: &mut Ebpf, cfg: ProgramConfig) -> Result<(), String> {
     let map = ebpf.map_mut("SYSCALL_CAUSE").ok_or("map SYSCALL_CAUSE not in object")?;
     let mut table: Array<_, u8> = Array::try_from(map).map_err(|e| e.to_string())?;
     for (name, nr, cause) in syscall::X86_64 {
         table.set(*nr, cause + 1, 0).map_err(|e| format!("writing SYSCALL_CAUSE[{name}]: {e}"))?;
     }
     let map = ebpf.map_mut("CONFIG").ok_or("map CONFIG not in object")?;
-    let mut array: Array<_, Config> = Array::try_from(map).map_err(|e| e.to_string())?;
+    let mut array: Array<_, ProgramConfig> = Array::try_from(map).map_err(|e| e.to_string())?;
     array.set(0, cfg, 0).map_err(|e| format!("writing CONFIG: {e}"))
 }
 
@@ -443,17 +281,6 @@ fn raise_memlock() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reasons_come_from_the_errno() {
-        let eperm = std::io::Error::from_raw_os_error(libc::EPERM);
-        assert_eq!(Disabled::from_error(&eperm, String::new()).reason(), "no_privileges");
-        let enoent = std::io::Error::from_raw_os_error(libc::ENOENT);
-        assert_eq!(Disabled::from_error(&enoent, String::new()).reason(), "kprobes_unavailable");
-        let other = std::io::Error::other("weird");
-        assert_eq!(Disabled::from_error(&other, String::new()).reason(), "attach_failed");
-        assert_eq!(Disabled::DisabledByConfig.to_string(), "ebpf.enabled: false");
-    }
 
     /// The embedded object has every program and map the plan and the loader
     /// name (parsed offline, nothing loaded).

@@ -171,7 +171,10 @@ mod tests {
                 .expect("content-type")
         };
         let head = handle(&s, &with(Method::HEAD, proto_accept)).await;
-        assert_eq!((head.status(), ct(&head).as_str()), (StatusCode::OK, metrics::proto::CONTENT_TYPE));
+        assert_eq!(
+            (head.status(), ct(&head).as_str()),
+            (StatusCode::OK, metrics::encode::proto::CONTENT_TYPE)
+        );
         assert_eq!(head.headers().get(VARY).map(|v| v.as_bytes()), Some(&b"Accept"[..]));
 
         let (text_req, proto_req) = (get("/metrics"), with(Method::GET, proto_accept));
@@ -183,15 +186,15 @@ mod tests {
             let content_type = ct(&r);
             let body = r.into_body().collect().await.expect("body").to_bytes();
             if i % 2 == 0 {
-                assert_eq!(content_type, metrics::CONTENT_TYPE);
+                assert_eq!(content_type, metrics::encode::text::CONTENT_TYPE);
                 assert!(
                     body.starts_with(b"# HELP t_total t\n# TYPE t_total counter\nt_total 3\n"),
                     "text {i}"
                 );
             } else {
-                assert_eq!(content_type, metrics::proto::CONTENT_TYPE);
+                assert_eq!(content_type, metrics::encode::proto::CONTENT_TYPE);
                 let mut buf = &body[..];
-                let f: metrics::proto::MetricFamily =
+                let f: metrics::encode::proto::MetricFamily =
                     prost::Message::decode_length_delimited(&mut buf).expect("delimited protobuf");
                 assert_eq!(
                     (f.name.as_str(), f.metric[0].counter.as_ref().map(|c| c.value)),

@@ -1,4 +1,5 @@
-//! Collector for the agent itself: build info and discovery health.
+//! Collector for discovery's health: reads and failed reads of mountinfo, and
+//! the lines of the last read that could not be parsed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,12 +9,6 @@ use prometheus::proto::MetricType;
 use super::{Collector, Def, Family};
 use crate::identity::SharedSnapshot;
 
-static BUILD: Def = Def {
-    name: "overlayfs_agent_build_info",
-    help: "overlay-agent build metadata; always 1.",
-    kind: MetricType::GAUGE,
-    labels: &["version"],
-};
 static READS: Def = Def {
     name: "overlayfs_discovery_reads_total",
     help: "Reads of mountinfo (at start, on kernel change notifications and on the resync timer).",
@@ -40,27 +35,25 @@ pub struct DiscoveryStats {
     pub errors: AtomicU64,
 }
 
-pub struct AgentCollector {
+pub struct DiscoveryCollector {
     mounts: SharedSnapshot,
     stats: Arc<DiscoveryStats>,
 }
 
-impl AgentCollector {
+impl DiscoveryCollector {
     pub fn new(mounts: SharedSnapshot, stats: Arc<DiscoveryStats>) -> Self {
-        AgentCollector { mounts, stats }
+        DiscoveryCollector { mounts, stats }
     }
 }
 
-impl Collector for AgentCollector {
+impl Collector for DiscoveryCollector {
     fn collect(&self) -> Vec<Family> {
-        let mut build = Family::new(&BUILD);
-        build.add(&[env!("CARGO_PKG_VERSION")], 1.0);
         let mut reads = Family::new(&READS);
         reads.add(&[], self.stats.reads.load(Ordering::Relaxed) as f64);
         let mut errors = Family::new(&ERRORS);
         errors.add(&[], self.stats.errors.load(Ordering::Relaxed) as f64);
         let mut bad = Family::new(&BAD_LINES);
         bad.add(&[], self.mounts.get().table.bad_lines.len() as f64);
-        vec![build, reads, errors, bad]
+        vec![reads, errors, bad]
     }
 }
