@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{repo_root, Metrics};
+use common::{close, grep, repo_root, Metrics};
 
 const KERNELS: &[&str] = &["5.10", "6.1", "6.12", "7.2"];
 
@@ -277,29 +277,6 @@ fn check_no_errors(g: &Guest) -> Vec<String> {
     }
 }
 
-/// Every sample of `name` as (labels, value).
-fn series(m: &Metrics, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-    m.samples
-        .iter()
-        .filter_map(|(k, v)| {
-            let rest = k.strip_prefix(name)?.strip_prefix('{')?.strip_suffix('}')?;
-            let labels = rest
-                .split("\",")
-                .filter_map(|kv| {
-                    let (k, v) = kv.split_once("=\"")?;
-                    Some((k.to_owned(), v.trim_end_matches('"').to_owned()))
-                })
-                .collect();
-            Some((labels, *v))
-        })
-        .collect()
-}
-
-/// Relative float equality for sums of seconds added in different orders.
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-9)
-}
-
 /// The histograms against the counters, over the same keys: per mount and
 /// cause, the latency histogram counts every copy-up and sums
 /// overlayfs_copy_up_seconds_total; the bytes histogram counts the copy-ups
@@ -310,17 +287,17 @@ fn histogram_problems(m: &Metrics) -> Vec<String> {
     let mut problems = Vec::new();
     // (mountpoint, cause) -> (copy-ups, data copy-ups, seconds, bytes)
     let mut want: BTreeMap<(String, String), (f64, f64, f64, f64)> = BTreeMap::new();
-    for (l, v) in series(m, "overlayfs_copy_up_total") {
+    for (l, v) in m.series("overlayfs_copy_up_total") {
         let e = want.entry((l["mountpoint"].clone(), l["cause"].clone())).or_default();
         e.0 += v;
         if l["kind"] == "data" || l["kind"] == "deferred_data" {
             e.1 += v;
         }
     }
-    for (l, v) in series(m, "overlayfs_copy_up_seconds_total") {
+    for (l, v) in m.series("overlayfs_copy_up_seconds_total") {
         want.entry((l["mountpoint"].clone(), l["cause"].clone())).or_default().2 = v;
     }
-    for (l, v) in series(m, "overlayfs_copy_up_data_bytes_total") {
+    for (l, v) in m.series("overlayfs_copy_up_data_bytes_total") {
         want.entry((l["mountpoint"].clone(), l["cause"].clone())).or_default().3 = v;
     }
     let mut node: BTreeMap<String, (f64, f64, f64, f64)> = BTreeMap::new();
@@ -368,7 +345,7 @@ fn histogram_problems(m: &Metrics) -> Vec<String> {
         // labels without le -> (le, cumulative count)
         type Buckets = Vec<(f64, f64)>;
         let mut by_series: BTreeMap<Vec<(String, String)>, Buckets> = BTreeMap::new();
-        for (mut l, v) in series(m, &format!("{fam}_bucket")) {
+        for (mut l, v) in m.series(&format!("{fam}_bucket")) {
             let le = l.remove("le").unwrap_or_default();
             let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::NAN) };
             by_series.entry(l.into_iter().collect()).or_default().push((le, v));
@@ -440,7 +417,7 @@ fn check_protobuf(g: &Guest) -> Vec<String> {
         Ok(pb) => pb,
         Err(e) => return vec![e],
     };
-    let fams = match common::decode_delimited(&pb) {
+    let fams = match common::decode(&pb) {
         Ok(f) => f,
         Err(e) => return vec![format!("the protobuf scrape: {e}")],
     };
@@ -484,7 +461,7 @@ fn check_protobuf(g: &Guest) -> Vec<String> {
                 ));
             }
             // Classic buckets from the native ones: the upper bound of index i is 2^(i/8).
-            for (l, want) in series(&g.m, &format!("{name}_bucket")) {
+            for (l, want) in g.m.series(&format!("{name}_bucket")) {
                 let same = labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v));
                 let Some(le) = l.get("le").filter(|_| same && l.len() == labels.len() + 1) else { continue };
                 let Ok(le) = le.parse::<f64>() else { continue }; // +Inf: the count, checked above
@@ -497,7 +474,9 @@ fn check_protobuf(g: &Guest) -> Vec<String> {
                 }
             }
             if name == "overlayfs_mount_copy_up_duration_seconds" {
-                let copy_ups: f64 = series(&g.m, "overlayfs_copy_up_total")
+                let copy_ups: f64 = g
+                    .m
+                    .series("overlayfs_copy_up_total")
                     .iter()
                     .filter(|(l, _)| labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
                     .map(|(_, v)| v)
@@ -547,7 +526,7 @@ fn check_forgotten_mount(g: &Guest) -> Vec<String> {
     for fam in ["overlayfs_copy_up_duration_seconds", "overlayfs_copy_up_bytes"] {
         for suffix in ["_count", "_sum", "_bucket"] {
             let name = format!("{fam}{suffix}");
-            let (b, a) = (series(&before, &name), series(&after, &name));
+            let (b, a) = (before.series(&name), after.series(&name));
             if b != a || b.is_empty() {
                 problems.push(format!("{name} changed when mount E was forgotten: {b:?} -> {a:?}"));
             }
@@ -877,10 +856,6 @@ fn check_kernel(version: &str) -> Result<String, String> {
 
 fn section_of<'a>(console: &'a str, name: &str) -> Option<&'a str> {
     section(console, &format!("=== {name} METRICS BEGIN\n"), &format!("=== {name} METRICS END"))
-}
-
-fn grep(text: &str, prefix: &str) -> String {
-    text.lines().filter(|l| l.starts_with(prefix)).collect::<Vec<_>>().join("\n")
 }
 
 /// What mode `quota` adds to the initramfs: its script, configs and helper, the
