@@ -1,6 +1,6 @@
 //! The shipped alerts against a recorded storm: a capture of the agent's scrapes,
 //! one a second, through steady background copy-ups and then a real `chown -R`
-//! (tests/qemu/init.sh, mode storm), turned into promtool input series by
+//! (tests/guest/initramfs/modes/storm.sh), turned into promtool input series by
 //! scripts/scrapes-to-promtool and evaluated by `promtool test rules`.
 //! Shared by tests/guest (storm.rs: a fresh recording) and tests/operator.rs
 //! (the committed one, tests/fixtures/qemu-6.1-storm.scrapes).
