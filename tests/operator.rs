@@ -126,7 +126,7 @@ mod storms;
 /// The alerts on a recorded storm, without QEMU: a Debian 6.1 guest's scrapes,
 /// one a second, through 30 s of steady copy-ups on 10 mounts and 4 real
 /// `chown -R`s at once (tests/fixtures/qemu-6.1-storm.scrapes, recorded by
-/// tests/qemu.rs rules_fire_on_a_recorded_storm), converted by
+/// tests/guest rules_fire_on_a_recorded_storm), converted by
 /// scripts/scrapes-to-promtool and evaluated by promtool, as scraped every
 /// second and every 15 s (the 8-second storm then falls between two scrapes).
 #[test]

@@ -262,7 +262,7 @@ fn prometheus_3_ingests_native_histograms() {
 }
 
 /// The same on a real guest's scrapes (Debian 6.1 under QEMU, both formats
-/// captured by tests/qemu.rs, check_protobuf: kernel-bucketed native
+/// captured by tests/guest, check_protobuf: kernel-bucketed native
 /// histograms), in Prometheus 3.5 with and without the classic buckets kept.
 #[test]
 fn prometheus_3_ingests_a_real_guests_native_histograms() {

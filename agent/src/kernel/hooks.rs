@@ -3,7 +3,7 @@
 //! read, and the programs attached to it; then every struct member read.
 //! The plan (probes/plan.rs) and the programs' config (probes/mod.rs) take
 //! everything from here. `check` compares the table with a kernel's BTF: the
-//! QEMU suite runs it on every kernel it boots (agent/examples/qemu-btf-check.rs),
+//! QEMU suite runs it on every kernel it boots (tests/guest/src/bin/qemu-btf-check.rs),
 //! so a signature drift fails a test that names the function and the kernel.
 //!
 //! Ranges: `since` is the first kernel a prototype is known for (booted in the
