@@ -35,25 +35,7 @@ import tempfile
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AGENT = os.path.join(ROOT, "target/release/overlay-agent")
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def sh(*cmd):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+from common import AGENT, TICK, cpu_seconds, sh, start_agent as start_serve
 
 
 def read_bytes(pid):
@@ -105,14 +87,7 @@ def drop_caches():
 def start_agent(base, agent, scan_yaml):
     """Starts `agent serve` on the overlays under `base` with the given scan:
     section lines; returns the process, its address and its first scrape."""
-    addr = f"127.0.0.1:{free_port()}"
-    cfg = os.path.join(base, "agent.yaml")
-    with open(cfg, "w") as f:
-        f.write(f"web:\n  listen_address: '{addr}'\n"
-                f"discovery:\n  include_mountpoints: ['{re.escape(base)}/.*']\n"
-                f"scan:\n{scan_yaml}")
-    log = open(os.path.join(base, "agent.log"), "w")
-    p = subprocess.Popen([agent, "--config", cfg, "serve"], stdout=log, stderr=log)
+    p, addr = start_serve(base, f"scan:\n{scan_yaml}", agent=agent)
     deadline = time.time() + 60
     while True:
         try:

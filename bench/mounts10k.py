@@ -29,10 +29,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from node import cpu_seconds, free_port, pct, rss_mib  # noqa: E402  (shared with node.py)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AGENT = os.path.join(ROOT, "target/release/overlay-agent")
+from common import ROOT, cpu_seconds, free_port, pct, rss_mib, start_agent  # noqa: E402
 libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
 
@@ -134,15 +131,9 @@ def run_count(count, args):
             os.chown(os.path.join(m, "f"), 1, 1)  # one copy-up: an upper dir with a file
         row["mount_s"] = time.perf_counter() - t0
 
-        port = free_port()
-        cfg = os.path.join(base, "agent.yaml")
-        with open(cfg, "w") as f:
-            f.write(f"web:\n  listen_address: 127.0.0.1:{port}\n"
-                    f"discovery:\n  include_mountpoints: ['{base}/.*']\n  resync_interval: 30s\n"
-                    "ebpf:\n  enabled: false\n")
-        url = f"http://127.0.0.1:{port}"
         t0 = time.perf_counter()
-        agent = subprocess.Popen([AGENT, "--config", cfg], stderr=open(os.path.join(base, "agent.log"), "w"))
+        agent, addr = start_agent(base, "ebpf:\n  enabled: false\n", discovery="  resync_interval: 30s\n")
+        url = f"http://{addr}"
         procs.append(agent)
         wait("/readyz", 120, lambda: urllib.request.urlopen(url + "/readyz", timeout=5).status == 200, period=0.01)
         row["ready_s"] = time.perf_counter() - t0

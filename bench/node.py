@@ -24,21 +24,9 @@ import threading
 import time
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scan  # noqa: E402  (build_tree, timed)
-
-AGENT = os.path.join(ROOT, "target/release/overlay-agent")
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def sh(*cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
-
-
-def pct(values, p):
-    v = sorted(values)
-    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+from common import AGENT, ROOT, cpu_seconds, free_port, pct, rss_mib, sh, start_agent as start_serve  # noqa: E402
 
 
 def drop_caches():
@@ -49,27 +37,6 @@ def drop_caches():
         return True
     except OSError:
         return False
-
-
-def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def cpu_seconds(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / TICK
-
-
-def rss_mib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 # What Prometheus 3.5 sends with native histograms on: the agent answers in protobuf.
@@ -158,13 +125,8 @@ def mount_overlay(d, lower_file=False):
 
 def start_agent(base):
     """Starts the release agent watching only mounts under base; returns (process, /metrics URL)."""
-    port = free_port()
-    cfg = os.path.join(base, "agent.yaml")
-    with open(cfg, "w") as f:
-        f.write(f"web:\n  listen_address: 127.0.0.1:{port}\n"
-                f"discovery:\n  include_mountpoints: ['{re.escape(base)}/.*']\n")
-    agent = subprocess.Popen([AGENT, "--config", cfg], stderr=subprocess.DEVNULL)
-    return agent, f"http://127.0.0.1:{port}/metrics"
+    agent, addr = start_serve(base, log=False)
+    return agent, f"http://{addr}/metrics"
 
 
 def make_mounts(base, n):

@@ -3,7 +3,7 @@
 
   sudo python3 bench/quota.py [--mounts 1000] [--files 20] [--big 100000] [--kernels 6.1]
 
-Boots the guest of tests/qemu.rs (mode quota, benchmark variant tests/qemu/quota-bench.sh) and
+Boots the guest of tests/guest (mode quota, benchmark variant initramfs/modes/quota-bench.sh) and
 prints two markdown tables:
 1. KEP-1029 style: one upper dir of BIG files (Docker's layout is not needed: ids on the upper
    and work dirs), a quota readout against the agent's walk and `du -s`, cold (caches dropped
@@ -11,8 +11,8 @@ prints two markdown tables:
 2. MOUNTS overlays in Docker's layout (an id on each layer dir), FILES new files in each upper
    dir: the agent's CPU over 60 s with nothing scanned, in quota mode (quota every 5 s, walks
    every 10 min) and walking every 10 s, and the oldest bytes/inodes figure at the end.
-Needs the static agent and helper: cargo build --release --target x86_64-unknown-linux-musl
--p overlay-agent --bin overlay-agent --examples (scripts/test.sh builds them).
+Needs the static agent and helpers: cargo build --release --target x86_64-unknown-linux-musl
+-p overlay-agent -p overlay-agent-guest-tests --bins (scripts/test.sh builds them).
 The guest is TCG-emulated: absolute times are several times native ones; compare the columns.
 """
 import argparse
@@ -21,7 +21,8 @@ import re
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT  # noqa: E402
 
 
 def main():
@@ -34,7 +35,7 @@ def main():
     env = dict(os.environ, OVERLAY_AGENT_QUOTA_BENCH=f"{a.mounts} {a.files} {a.big}",
                OVERLAY_AGENT_QEMU_KERNELS=a.kernels)
     out = subprocess.run(
-        ["cargo", "test", "-p", "overlay-agent", "--features", "qemu", "--test", "qemu",
+        ["cargo", "test", "-p", "overlay-agent-guest-tests", "--features", "qemu", "--test", "qemu",
          "--", "--ignored", "--nocapture", "quota_mode_cost"],
         cwd=ROOT, env=env, capture_output=True, text=True)
     if out.returncode != 0:

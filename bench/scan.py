@@ -19,11 +19,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def sh(*cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import AGENT, ROOT, sh, start_agent  # noqa: E402
 
 
 def build_tree(base, entries):
@@ -84,13 +81,6 @@ def metric(text, name):
     return float(m.group(1)) if m else None
 
 
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cpu_timed(cmd):
     """(wall seconds, user+system CPU seconds) of one run, via GNU time."""
     out = subprocess.run(["/usr/bin/time", "-f", "%e %U %S", *cmd], check=True, capture_output=True, text=True)
@@ -102,15 +92,8 @@ def rescans(agent, base, merged, upper, runs, interval):
     """Runs `serve` and, after each of its scans, one `du -s` (so the two never
     overlap). Returns the first scan's duration, the rescans' durations and CPU
     seconds, du's wall and CPU seconds, and the directories read and cached."""
-    port = free_port()
-    cfg = os.path.join(base, "serve.yaml")
-    with open(cfg, "w") as f:
-        f.write(f"web:\n  listen_address: '127.0.0.1:{port}'\n"
-                f"discovery:\n  include_mountpoints: ['{re.escape(merged)}']\n"
-                f"scan:\n  concurrency: 1\n  interval: {interval}s\n  idle_priority: false\n")
-    log = open(os.path.join(base, "serve.log"), "w")
-    p = subprocess.Popen([agent, "--config", cfg, "serve"], stdout=log, stderr=log)
-    addr = f"127.0.0.1:{port}"
+    p, addr = start_agent(base, f"scan:\n  concurrency: 1\n  interval: {interval}s\n  idle_priority: false\n",
+                          include=re.escape(merged), agent=agent, name="serve")
     try:
         durations, cpus, du_wall, du_cpu = [], [], [], []
         last_n, last_cpu, text = 0, 0.0, ""
@@ -148,7 +131,7 @@ def main():
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark mounts an overlay")
     sh("cargo", "build", "--release", "--locked", "-p", "overlay-agent", cwd=ROOT)
-    agent = os.path.join(ROOT, "target/release/overlay-agent")
+    agent = AGENT
     base = tempfile.mkdtemp(prefix="ovl-bench-")
     merged = None
     try:

@@ -16,13 +16,12 @@ ensure_qemu_tools
 
 cargo fmt --all --check
 # The eBPF crate builds only for the bpf target (through agent/build.rs).
-cargo clippy --workspace --exclude overlay-agent-ebpf --all-targets --locked --features overlay-agent/e2e,overlay-agent/qemu -- -D warnings
-# The static agent and workload that the QEMU guests run.
-cargo build --release --locked --target x86_64-unknown-linux-musl -p overlay-agent \
-    --bin overlay-agent --examples
+cargo clippy --workspace --exclude overlay-agent-ebpf --all-targets --locked --features overlay-agent/e2e,overlay-agent-guest-tests/qemu -- -D warnings
+# The static agent and the guest helpers (tests/guest) that the QEMU guests run.
+cargo build --release --locked --target x86_64-unknown-linux-musl -p overlay-agent -p overlay-agent-guest-tests --bins
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --exclude overlay-agent-ebpf --locked --features overlay-agent/e2e,overlay-agent/qemu 2>&1 | tee "$log"
+cargo test --workspace --exclude overlay-agent-ebpf --locked --features overlay-agent/e2e,overlay-agent-guest-tests/qemu 2>&1 | tee "$log"
 [ -f target/qemu-summary.txt ] && cat target/qemu-summary.txt
 [ -f target/qemu-storm-summary.txt ] && cat target/qemu-storm-summary.txt
 # One closing line for the whole run (cargo prints one per test binary).

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{config_for, promtool_check, require_root, scrape_until, wait_for, Agent, Metrics, Overlay};
+use common::{
+    config_for, grep, promtool_check, require_root, scrape_until, wait_for, Agent, Metrics, Overlay,
+};
 use rustix::fs::{FileType, Mode, OFlags};
 
 /// A mountpoint as the agent labels it (invalid UTF-8 as `\xNN`); Metrics::get
@@ -195,10 +197,6 @@ fn upper_dirs_built_to_hurt() {
     assert!(rss < 64.0, "RSS {rss:.1} MiB after scanning a million-entry directory");
     assert_eq!(common::http_get(&agent.addr, "/healthz").expect("healthz").status, 200);
     assert!(!agent.log().contains("panicked"), "{}", agent.log());
-}
-
-fn grep(text: &str, needle: &str) -> String {
-    text.lines().filter(|l| l.contains(needle)).collect::<Vec<_>>().join("\n")
 }
 
 /// A FUSE filesystem (bindfs) mounted over one upper dir's path, its daemon then

@@ -5,7 +5,7 @@
 //!
 //! The fixture is synthetic, for what a guest run does not produce (empty
 //! histograms, observations at known places); a real guest's capture in both
-//! formats is tests/fixtures/native/guest-6.1.*, checked by tests/qemu.rs. It
+//! formats is tests/fixtures/native/guest-6.1.*, checked by tests/guest (exact_counts). It
 //! is built from an older QEMU guest's text capture
 //! (tests/fixtures/qemu-6.1-metrics.prom, kernel 6.1): counters and gauges as
 //! captured, and each classic histogram turned into a schema-3 native one whose
@@ -29,52 +29,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use common::{Metrics, Sample};
 use overlay_agent::metrics::encode::proto;
 use overlay_agent::metrics::{Collector, Def, Exposition, Family, Format, NativeHistogram};
 use prometheus::proto::MetricType;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
-}
-
-/// Undoes the text format's escaping (`\\`, `\n`, `\"`).
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match (c, c == '\\') {
-            (_, true) => match chars.next() {
-                Some('n') => out.push('\n'),
-                Some(o) => out.push(o),
-                None => out.push('\\'),
-            },
-            (c, false) => out.push(c),
-        }
-    }
-    out
-}
-
-/// `name{a="x",b="y"} value` -> (name, [(a, x), (b, y)], value).
-fn sample(line: &str) -> (String, Vec<(String, String)>, f64) {
-    let (head, value) = line.rsplit_once(' ').expect("sample value");
-    let value: f64 = match value {
-        "+Inf" => f64::INFINITY,
-        v => v.parse().unwrap_or_else(|_| panic!("value in {line:?}")),
-    };
-    let Some((name, rest)) = head.split_once('{') else { return (head.to_owned(), Vec::new(), value) };
-    let mut labels = Vec::new();
-    let mut rest = rest.strip_suffix('}').expect("closing brace");
-    while !rest.is_empty() {
-        let (k, v) = rest.split_once("=\"").expect("label");
-        let mut end = 0;
-        let bytes = v.as_bytes();
-        while bytes[end] != b'"' {
-            end += if bytes[end] == b'\\' { 2 } else { 1 };
-        }
-        labels.push((k.to_owned(), unescape(&v[..end])));
-        rest = v[end + 1..].trim_start_matches(',');
-    }
-    (name.to_owned(), labels, value)
 }
 
 /// A classic histogram sample: buckets (le, cumulative), sum, count.
@@ -92,56 +53,50 @@ struct Parsed {
 /// rendering the fixture adds its own).
 fn parse(text: &str) -> Vec<Parsed> {
     let mut out: Vec<Parsed> = Vec::new();
-    let mut help = String::new();
-    for line in text.lines() {
-        if let Some(h) = line.strip_prefix("# HELP ") {
-            help = unescape(h.split_once(' ').map(|x| x.1).unwrap_or(""));
-            continue;
+    for fam in Metrics::parse(text).families {
+        let kind = match fam.kind.as_str() {
+            "counter" => MetricType::COUNTER,
+            "histogram" => MetricType::HISTOGRAM,
+            _ => MetricType::GAUGE,
+        };
+        let names = |s: &Sample| -> Vec<String> {
+            s.labels.iter().map(|(k, _)| k.clone()).filter(|k| k != "le").collect()
+        };
+        let labels: Vec<&'static str> = fam
+            .samples
+            .iter()
+            .map(names)
+            .find(|n| !n.is_empty())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| &*n.leak())
+            .collect();
+        let def = Def { name: fam.name.leak(), help: fam.help.leak(), kind, labels: labels.leak() };
+        let mut p = Parsed { def: Box::leak(Box::new(def)), plain: Vec::new(), hists: BTreeMap::new() };
+        for s in &fam.samples {
+            add_sample(&mut p, s);
         }
-        if let Some(t) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = t.split_once(' ').expect("TYPE");
-            let kind = match kind {
-                "counter" => MetricType::COUNTER,
-                "histogram" => MetricType::HISTOGRAM,
-                _ => MetricType::GAUGE,
-            };
-            let def = Def {
-                name: name.to_owned().leak(),
-                help: std::mem::take(&mut help).leak(),
-                kind,
-                labels: &[],
-            };
-            out.push(Parsed { def: Box::leak(Box::new(def)), plain: Vec::new(), hists: BTreeMap::new() });
-            continue;
-        }
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (name, labels, value) = sample(line);
-        let fam = out.last_mut().expect("a TYPE before samples");
-        let names: Vec<&str> = labels.iter().map(|(k, _)| k.as_str()).filter(|k| *k != "le").collect();
-        if fam.def.labels.is_empty() && !names.is_empty() {
-            let leaked: Vec<&'static str> = names.iter().map(|n| &*n.to_string().leak()).collect();
-            let def = Def { labels: leaked.leak(), ..*fam.def };
-            fam.def = Box::leak(Box::new(def));
-        }
-        let values: Vec<String> = labels.iter().filter(|(k, _)| k != "le").map(|(_, v)| v.clone()).collect();
-        if fam.def.kind != MetricType::HISTOGRAM {
-            fam.plain.push((values, value));
-            continue;
-        }
-        let h = fam.hists.entry(values).or_default();
-        let le = labels.iter().find(|(k, _)| k == "le").map(|(_, v)| v.as_str());
-        match (name.strip_prefix(fam.def.name), le) {
-            (Some("_bucket"), Some("+Inf")) => {}
-            (Some("_bucket"), Some(le)) => h.0.push((le.parse().expect("le"), value as u64)),
-            (Some("_sum"), _) => h.1 = value,
-            (Some("_count"), _) => h.2 = value as u64,
-            _ => panic!("unexpected sample {line:?} in {}", fam.def.name),
-        }
+        out.push(p);
     }
     out.retain(|f| !f.def.name.starts_with("process_"));
     out
+}
+
+/// One sample into its family: a plain value, or a histogram's bucket, sum or count.
+fn add_sample(fam: &mut Parsed, s: &Sample) {
+    let values: Vec<String> = s.labels.iter().filter(|(k, _)| k != "le").map(|(_, v)| v.clone()).collect();
+    if fam.def.kind != MetricType::HISTOGRAM {
+        fam.plain.push((values, s.value));
+        return;
+    }
+    let h = fam.hists.entry(values).or_default();
+    match (s.name.strip_prefix(fam.def.name), s.label("le")) {
+        (Some("_bucket"), Some("+Inf")) => {}
+        (Some("_bucket"), Some(le)) => h.0.push((le.parse().expect("le"), s.value as u64)),
+        (Some("_sum"), _) => h.1 = s.value,
+        (Some("_count"), _) => h.2 = s.value as u64,
+        _ => panic!("unexpected sample {} in {}", s.key, fam.def.name),
+    }
 }
 
 /// A classic histogram as a schema-3 native one: each bucket's observations at
@@ -247,10 +202,6 @@ impl Collector for Replay {
     }
 }
 
-fn decode(buf: &[u8]) -> Vec<proto::MetricFamily> {
-    common::decode_delimited(buf).expect("delimited MetricFamily messages")
-}
-
 /// The delimited messages before the first process_* family.
 fn without_process_pb(mut buf: &[u8]) -> &[u8] {
     let all = buf;
@@ -300,7 +251,9 @@ fn native_fixture_agrees_with_itself() {
         String::from_utf8_lossy(without_process_text(&committed_text)),
         "text rendering differs from tests/fixtures/native/exposition.prom (UPDATE_NATIVE_FIXTURE=1 regenerates it)"
     );
-    let pb = decode(&std::fs::read(&pb_path).expect("exposition.pb (UPDATE_NATIVE_FIXTURE=1 writes it)"));
+    let pb =
+        common::decode(&std::fs::read(&pb_path).expect("exposition.pb (UPDATE_NATIVE_FIXTURE=1 writes it)"))
+            .expect("delimited MetricFamily messages");
     let text = parse(&std::fs::read_to_string(&text_path).expect("exposition.prom"));
     let ours: Vec<&proto::MetricFamily> = pb.iter().filter(|f| !f.name.starts_with("process_")).collect();
     assert_eq!(

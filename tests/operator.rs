@@ -14,17 +14,6 @@ use std::time::Duration;
 use common::{config_for, repo_root, write_file, Agent, Overlay, Prometheus};
 use serde_json::Value;
 
-fn promtool(args: &[&str]) -> String {
-    let out = Command::new("promtool")
-        .args(args)
-        .current_dir(repo_root().join("config/prometheus"))
-        .output()
-        .expect("promtool not found: run the README's test command, which installs it");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
-    text
-}
-
 /// The unit tests rendered from the mixin: the older alerts at 1m, the storm
 /// shapes (Concourse-size storm, CI worker, 1 GiB chown, bytes storm, hours of
 /// steady traffic) at 60 s and at 15 s.
@@ -32,11 +21,15 @@ const RULE_TESTS: &[&str] = &["overlay-agent.rules.test.yml", "overlay-agent.rul
 
 #[test]
 fn rules_pass_promtool_check_and_unit_tests() {
-    let check = promtool(&["check", "rules", "overlay-agent.rules.yml"]);
+    // In config/prometheus: the unit tests name their files relative to it.
+    let dir = repo_root().join("config/prometheus");
+    let check = common::promtool(&dir, &["check", "rules", "overlay-agent.rules.yml"], None)
+        .unwrap_or_else(|e| panic!("promtool check rules failed: {e}"));
     assert!(check.contains("SUCCESS: 29 rules found"), "{check}");
     let mut args = vec!["test", "rules"];
     args.extend(RULE_TESTS);
-    let test = promtool(&args);
+    let test =
+        common::promtool(&dir, &args, None).unwrap_or_else(|e| panic!("promtool {args:?} failed: {e}"));
     assert_eq!(test.matches("SUCCESS").count(), RULE_TESTS.len(), "{test}");
     // Every alert in the rules has a unit test, a severity, a summary, a
     // description and a runbook (monitoring-mixins conventions).
@@ -133,7 +126,7 @@ mod storms;
 /// The alerts on a recorded storm, without QEMU: a Debian 6.1 guest's scrapes,
 /// one a second, through 30 s of steady copy-ups on 10 mounts and 4 real
 /// `chown -R`s at once (tests/fixtures/qemu-6.1-storm.scrapes, recorded by
-/// tests/qemu.rs rules_fire_on_a_recorded_storm), converted by
+/// tests/guest rules_fire_on_a_recorded_storm), converted by
 /// scripts/scrapes-to-promtool and evaluated by promtool, as scraped every
 /// second and every 15 s (the 8-second storm then falls between two scrapes).
 #[test]

@@ -24,7 +24,7 @@ use std::time::Duration;
 use overlay_agent::metrics::encode::proto;
 use overlay_agent::metrics::Format;
 
-use common::{config_for, write_file, Agent, Overlay, Prometheus};
+use common::{close, config_for, write_file, Agent, Overlay, Prometheus};
 
 #[test]
 fn prometheus_2_scrapes_the_agent() {
@@ -79,10 +79,6 @@ fn get_accepting(addr: &str, path: &str, accept: &str) -> (String, Vec<u8>) {
     let mut body = Vec::new();
     std::io::Read::read_to_end(&mut r, &mut body).expect("body");
     (content_type, body)
-}
-
-fn decode(buf: &[u8]) -> Vec<proto::MetricFamily> {
-    common::decode_delimited(buf).expect("delimited MetricFamily messages")
 }
 
 fn scrape_with(prometheus: &Path, flags: &[&str]) {
@@ -147,7 +143,7 @@ fn scrape_with(prometheus: &Path, flags: &[&str]) {
         // The agent's protobuf, fetched by the test, has the same figure.
         let (content_type, body) = get_accepting(&agent.addr, "/metrics", ACCEPT_3_NATIVE);
         assert_eq!(content_type, proto::CONTENT_TYPE);
-        let fams = decode(&body);
+        let fams = common::decode(&body).expect("delimited MetricFamily messages");
         let entries =
             fams.iter().find(|f| f.name == "overlayfs_upper_entries").expect("upper entries family");
         let copied = entries.metric.iter().find(|m| {
@@ -255,10 +251,6 @@ fn by_label(prom: &Prometheus, promql: &str, by: &str) -> BTreeMap<String, f64> 
         .collect()
 }
 
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-12)
-}
-
 /// Prometheus 3 with native histograms ingests the replayed protobuf: one
 /// native series per histogram, whose count equals the classic `_count` and
 /// the copy-up counter, whose sum equals the classic `_sum` and the time and
@@ -271,7 +263,7 @@ fn prometheus_3_ingests_native_histograms() {
 }
 
 /// The same on a real guest's scrapes (Debian 6.1 under QEMU, both formats
-/// captured by tests/qemu.rs, check_protobuf: kernel-bucketed native
+/// captured by tests/guest, check_protobuf: kernel-bucketed native
 /// histograms), in Prometheus 3.5 with and without the classic buckets kept.
 #[test]
 fn prometheus_3_ingests_a_real_guests_native_histograms() {
@@ -347,13 +339,10 @@ fn fixture_buckets(stem: &str, hist: &str) -> BTreeMap<String, Vec<(f64, f64)>> 
         std::fs::read_to_string(common::repo_root().join(format!("tests/fixtures/native/{stem}.prom")))
             .expect("fixture .prom");
     let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    let prefix = format!("{hist}_bucket{{cause=\"");
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(&prefix) else { continue };
-        let (cause, rest) = rest.split_once('"').expect("cause");
-        let (le, value) = rest.trim_start_matches(",le=\"").split_once("\"} ").expect("le");
+    for (labels, value) in common::Metrics::parse(&text).series(&format!("{hist}_bucket")) {
+        let le = labels.get("le").expect("le");
         let le = if le == "+Inf" { f64::INFINITY } else { le.parse().expect("le") };
-        out.entry(cause.to_owned()).or_default().push((le, value.parse().expect("count")));
+        out.entry(labels.get("cause").expect("cause").clone()).or_default().push((le, value));
     }
     out
 }

@@ -1,6 +1,6 @@
 //! Project-quota mode (`scan.quota`) on this host's real mounts. This host's kernel
 //! has no quota support: the agent must say so and walk. The quota mode itself runs
-//! in the QEMU guests (tests/qemu.rs, mode `quota`), whose kernels have quotas.
+//! in the QEMU guests (tests/guest, mode `quota`), whose kernels have quotas.
 //!
 //! Needs root, xfsprogs and e2fsprogs (scripts/deps.sh installs them).
 

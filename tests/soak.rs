@@ -25,17 +25,12 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
-fn series(text: &str) -> usize {
-    text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).count()
-}
-
 /// Series that must be the same before and after the churn: all but the scan
 /// error counters, which a scan racing the copy-up workload may add.
-fn stable_series(text: &str) -> Vec<String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter(|l| !l.starts_with("overlayfs_upper_scan_errors_total"))
-        .filter_map(|l| l.rsplit_once(' ').map(|(k, _)| k.to_owned()))
+fn stable_series(m: &Metrics) -> Vec<String> {
+    m.all()
+        .filter(|s| !s.name.starts_with("overlayfs_upper_scan_errors_total"))
+        .map(|s| s.key.clone())
         .collect()
 }
 
@@ -63,7 +58,7 @@ fn soak_memory_fds_and_series_stay_flat() {
             let m = agent.metrics();
             (m.get("overlayfs_mounts", &[]) == Some(10.0)
                 && m.count("overlayfs_upper_scans_total", &[]) == 10)
-                .then(|| stable_series(&m.text))
+                .then(|| stable_series(&m))
         })
     };
     let before = steady_series();
@@ -128,7 +123,7 @@ fn soak_memory_fds_and_series_stay_flat() {
                 at: started.elapsed(),
                 rss_mib: m.get("process_resident_memory_bytes", &[]).unwrap_or(0.0) / (1u64 << 20) as f64,
                 fds: open_fds(pid),
-                series: series(&r.body),
+                series: m.all().count(),
                 mounts: m.get("overlayfs_mounts", &[]).unwrap_or(0.0),
             });
             next_sample += run / 10;

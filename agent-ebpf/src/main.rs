@@ -6,14 +6,13 @@
 //! and ovl_copy_up_end. Nothing runs on overlay
 //! operations that copy nothing up: the cause is read at copy-up time from the
 //! system call the thread is in; the kind from the entry's upper dentry.
-//! - bare.rs: the benchmark floor (a counting pair), never attached by the agent
+//! (bare.rs, the benchmark floor, is another object: the `overlay-bench-bare` bin.)
 #![no_std]
 #![no_main]
 // core::intrinsics::atomic_xadd (util::observe): the bpf target has no AtomicU64 adds.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
-mod bare;
 mod copyup;
 mod maps;
 mod util;

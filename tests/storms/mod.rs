@@ -1,13 +1,15 @@
 //! The shipped alerts against a recorded storm: a capture of the agent's scrapes,
 //! one a second, through steady background copy-ups and then a real `chown -R`
-//! (tests/qemu/init.sh, mode storm), turned into promtool input series by
+//! (tests/guest/initramfs/modes/storm.sh), turned into promtool input series by
 //! scripts/scrapes-to-promtool and evaluated by `promtool test rules`.
-//! Shared by tests/qemu.rs (a fresh recording) and tests/operator.rs (the
-//! committed one, tests/fixtures/qemu-6.1-storm.scrapes).
+//! Shared by tests/guest (storm.rs: a fresh recording) and tests/operator.rs
+//! (the committed one, tests/fixtures/qemu-6.1-storm.scrapes).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
+
+use crate::common::{promtool, repo_root};
 
 /// The mount the guest storms on, and the alert it must raise.
 pub const STORM_MOUNT: &str = "/t/s/merged";
@@ -17,10 +19,6 @@ pub const HUGE_ALERT: &str = "OverlayfsHugeCopyUp";
 /// The bound: the alert fires within 2 minutes of the storm's start.
 pub const WITHIN_SECS: u64 = 120;
 
-fn root() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
 /// The converted series and the phases (`# phase NAME FIRST LAST`, test seconds).
 pub struct Series {
     pub yaml: String,
@@ -29,7 +27,7 @@ pub struct Series {
 }
 
 pub fn convert(capture: &Path, every: u32) -> Series {
-    let out = Command::new(root().join("scripts/scrapes-to-promtool"))
+    let out = Command::new(repo_root().join("scripts/scrapes-to-promtool"))
         .arg(capture)
         .args(["--every", &every.to_string()])
         .output()
@@ -59,8 +57,8 @@ pub fn convert(capture: &Path, every: u32) -> Series {
 
 /// Runs promtool on one unit test: the series, `exprs` as (expr, eval second,
 /// expected samples as YAML), with the shipped rules. Ok when it passes.
-fn promtool(dir: &Path, s: &Series, exprs: &[(String, u64, String)]) -> Result<(), String> {
-    let rules = root().join("config/prometheus/overlay-agent.rules.yml");
+fn rule_test(dir: &Path, s: &Series, exprs: &[(String, u64, String)]) -> Result<(), String> {
+    let rules = repo_root().join("config/prometheus/overlay-agent.rules.yml");
     let mut t =
         format!("rule_files:\n  - {}\nevaluation_interval: {}s\ntests:\n  - ", rules.display(), s.step);
     // The converted fragment, indented as the test's body.
@@ -81,16 +79,8 @@ fn promtool(dir: &Path, s: &Series, exprs: &[(String, u64, String)]) -> Result<(
     }
     let file = dir.join("recorded.test.yml");
     std::fs::write(&file, t).expect("write the promtool test");
-    let out = Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(&file)
-        .output()
-        .expect("promtool not found: scripts/deps.sh installs prometheus");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
-    }
+    let file = file.to_str().expect("UTF-8 temporary path");
+    promtool(dir, &["test", "rules", file], None).map(drop)
 }
 
 fn selector(labels: &[(&str, &str)]) -> String {
@@ -168,11 +158,11 @@ pub fn check(capture: &Path, every: u32) -> Result<String, String> {
             format!("[{{labels: '{}', value: 1}}]", selector(&l)),
         ));
     }
-    promtool(dir.path(), &s, &checks).map_err(|e| format!("phases {:?}:\n{e}", s.phases))?;
+    rule_test(dir.path(), &s, &checks).map_err(|e| format!("phases {:?}:\n{e}", s.phases))?;
     // When exactly, for the report: promtool prints what it got.
     let mut when = Vec::new();
     for (lo, labels) in &expected {
-        let t = match promtool(dir.path(), &s, &[(first_firing(labels), end, "[]".to_owned())]) {
+        let t = match rule_test(dir.path(), &s, &[(first_firing(labels), end, "[]".to_owned())]) {
             Err(out) => out
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("got: ")?.rsplit(' ').next()?.parse::<f64>().ok()),

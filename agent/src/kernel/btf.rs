@@ -171,13 +171,21 @@ mod tests {
         assert!(s_dev < 64, "s_dev {s_dev}");
         assert_eq!(i_mode, 0, "i_mode leads struct inode");
         assert!(btf.member_offset("dentry", "no_such_member").is_err());
+        assert!(btf.struct_size("no_such_struct").is_err());
+        assert_eq!(btf.params("vfs_fsync"), Some(vec!["file".to_string(), "datasync".to_string()]));
+    }
+
+    /// The host's pt_regs as the x86_64 ptrace ABI lays it out (the system call
+    /// number the programs read).
+    #[test]
+    #[cfg_attr(not(target_arch = "x86_64"), ignore = "pt_regs is laid out as on x86_64 only there")]
+    fn host_pt_regs_is_x86_64s() {
+        let btf = KernelBtf::load(Path::new("/sys/kernel/btf")).expect("host BTF (/sys/kernel/btf/vmlinux)");
         assert_eq!(
             btf.member_offset("pt_regs", "orig_ax").expect("pt_regs.orig_ax"),
             120,
             "x86_64 ptrace ABI"
         );
         assert_eq!(btf.struct_size("pt_regs").expect("pt_regs"), 168);
-        assert!(btf.struct_size("no_such_struct").is_err());
-        assert_eq!(btf.params("vfs_fsync"), Some(vec!["file".to_string(), "datasync".to_string()]));
     }
 }

@@ -24,7 +24,6 @@ use crate::kernel::hooks::{self, Group};
 use crate::kernel::symbols::Symbols;
 use attach::Attacher;
 use maps::CopyUpMaps;
-use plan::{Mechanism, Planned};
 use status::disabled;
 pub use status::{AttachState, Disabled, ProbeStatus};
 
@@ -219,23 +218,6 @@ fn start_inner(opts: &ProbeOptions) -> (Option<(Probes, CopyUpMaps)>, ProbeStatu
     }
 }
 
-/// Attaches only the bare counting pair (bare_entry/bare_exit on
-/// ovl_copy_up_one): the floor the probe-overhead benchmark measures against.
-pub fn attach_bare() -> Result<Probes, String> {
-    raise_memlock();
-    let mut ebpf = Ebpf::load(OBJECT).map_err(|e| chain(&e))?;
-    // The bare pair is the floor of aya's own mechanism: a perf kretprobe.
-    let mut att = Attacher::new(false);
-    for (program, mechanism) in [("bare_entry", Mechanism::Kprobe), ("bare_exit", Mechanism::Kretprobe)] {
-        let p = Planned { program, mechanism, function: Some("ovl_copy_up_one"), core: true };
-        let state = att.attach(&mut ebpf, &p);
-        if let Some(e) = state.error {
-            return Err(e);
-        }
-    }
-    Ok(Probes { _retprobes: att.returns, ebpf })
-}
-
 /// An error with its causes: aya's own messages name the file or call, the
 /// source says what went wrong with it.
 fn chain(e: &dyn std::error::Error) -> String {
@@ -287,7 +269,7 @@ mod tests {
     #[test]
     fn object_has_every_planned_program_and_map() {
         let obj = aya_obj::Object::parse(OBJECT).expect("parse the embedded eBPF object");
-        for p in hooks::program_names().into_iter().chain(["bare_entry", "bare_exit"]) {
+        for p in hooks::program_names() {
             assert!(obj.programs.contains_key(p), "program {p} missing from the eBPF object");
         }
         assert!(!obj.programs.contains_key("meta_entry"), "no probe on the metadata copy");

@@ -1,4 +1,4 @@
-//! Helper of the quota mode of the QEMU guests (tests/qemu/quota.sh) and of
+//! Helper of the quota mode of the QEMU guests (initramfs/modes/quota.sh) and of
 //! bench/quota.py: sets project ids the way another tool would, makes trees and
 //! workloads, and times a quota readout against a walk and `du -s`.
 //!

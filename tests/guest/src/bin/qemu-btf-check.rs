@@ -1,5 +1,5 @@
 //! Checks the kernel table (overlay_agent::kernel::hooks) against the running
-//! kernel's BTF, inside each QEMU guest (tests/qemu.rs, check `btf_table`):
+//! kernel's BTF, inside each QEMU guest (tests/guest, check `btf_table`):
 //! prints `btf-check: ok ...` or one `btf-check: DRIFT kernel K: FUNCTION: ...`
 //! line per difference, and exits 1 on any drift.
 

@@ -1,5 +1,6 @@
-# Benchmark variant of mode `quota` (sourced by tests/qemu/quota.sh when the
-# initramfs holds /quota-bench: "MOUNTS FILES BIG"; tests/qemu.rs quota_mode_cost):
+# Benchmark variant of mode `quota` (sourced by modes/quota.sh when the
+# initramfs holds /quota-bench: "MOUNTS FILES BIG"; tests/guest, quota.rs,
+# quota_mode_cost); it powers the guest off itself:
 # 1. KEP-1029-style: a quota readout against a walk and `du -s` on one upper dir of
 #    BIG files, cold and warm;
 # 2. MOUNTS overlays in Docker's layout (an id per layer dir), FILES new files
@@ -34,7 +35,6 @@ printf '%s\nscan:\n  interval: 10s\n  quota_interval: 5s\n  classify_interval: 1
 printf '%s\nscan:\n  interval: 10s\n  quota: false\n' "$common" > /bench-walk.yaml
 # The agent with no scans at all: what discovery and the process cost by themselves.
 printf '%s\nscan:\n  enabled: false\n' "$common" > /bench-none.yaml
-scrape() { wget -q -O - http://127.0.0.1:9864/metrics; }
 for mode in none quota walk; do
   /overlay-agent --config /bench-$mode.yaml > /bench-$mode.log 2>&1 &
   pid=$!

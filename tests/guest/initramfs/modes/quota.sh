@@ -1,12 +1,13 @@
-# Mode `quota` of the QEMU guests (sourced by tests/qemu/init.sh; tests/qemu.rs
-# checks the output): an ext4 image made on the host (mkfs.ext4 -O quota,project),
-# loop-mounted with project quota accounting; overlays on it with project ids set
-# as Docker sets them (A: on the layer dir holding diff/ and work/), on the upper
-# and work dirs (B), by the agent (C, H: scan.assign_project_ids; E refused: one
-# file already has another id), by someone else (D), and one shared with the
-# grandparent (F). H: copy-ups while the agent tags its trees must all succeed.
-# I: no id, but whiteouts (device nodes, and the shared one in work/): refused. The agent reads bytes and inodes
-# from the quota; its figures are printed next to a walk's (quota off).
+# Mode `quota` of the QEMU guests (sourced by /init, tests/guest/initramfs/init.sh,
+# which defines scrape; tests/guest, quota.rs, checks the output): an ext4 image
+# made on the host (mkfs.ext4 -O quota,project), loop-mounted with project quota
+# accounting; overlays on it with project ids set as Docker sets them (A: on the
+# layer dir holding diff/ and work/), on the upper and work dirs (B), by the
+# agent (C, H: scan.assign_project_ids; E refused: one file already has another
+# id), by someone else (D), and one shared with the grandparent (F). H: copy-ups
+# while the agent tags its trees must all succeed. I: no id, but whiteouts
+# (device nodes, and the shared one in work/): refused. The agent reads bytes and
+# inodes from the quota; its figures are printed next to a walk's (quota off).
 # Modules the kernel has built in are not shipped (fetch-quota-modules.sh).
 for m in loop quota_tree quota_v2; do
   [ -f /quota/$m.ko ] && { insmod /quota/$m.ko || echo "=== QUOTA INSMOD FAILED $m"; }
@@ -18,7 +19,7 @@ losetup /dev/loop0 /quota.img || echo "=== LOSETUP FAILED"
 mount -t ext4 -o prjquota /dev/loop0 /q || mount -t ext4 /dev/loop0 /q || echo "=== QUOTA MOUNT FAILED"
 grep ' /q ' /proc/mounts | sed 's/^/=== QUOTA FS /'
 q=/qemu-quota
-[ -f /quota-bench ] && . /quota-bench.sh
+[ -f /quota-bench ] && . /modes/quota-bench.sh
 mkdir -p /q/lower
 $q fill /q/lower 200
 ov() { mount -t overlay overlay -o lowerdir=/q/lower,upperdir=$1,workdir=$2 $3 || echo "=== OVERLAY FAILED $3"; }
@@ -82,7 +83,6 @@ for m in a/merged b/merged d/merged f/l/merged i/merged; do
   $q work /q/$m 0 || echo "=== WORK FAILED $m 0"
 done
 
-scrape() { wget -q -O - http://127.0.0.1:9864/metrics; }
 /overlay-agent --config /agent-quota.yaml > /agent.log 2>&1 &
 agent=$!
 race > /race.out &
@@ -135,5 +135,3 @@ grep -v DEBUG /agent.log | tail -40
 echo "=== AGENT LOG END"
 for m in a/merged b/merged c/merged d/merged e/merged f/l/merged h/merged i/merged; do umount /q/$m; done
 umount /q
-echo "=== DONE"
-poweroff -f

@@ -1,0 +1,58 @@
+"""What the benchmark scripts share: the repository and its release agent,
+shell commands, free ports, a process's CPU seconds and resident memory,
+percentiles, and the agent started on a free port, watching only the
+benchmark's overlays."""
+import os
+import re
+import socket
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AGENT = os.path.join(ROOT, "target/release/overlay-agent")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def sh(*cmd, **kw):
+    """Runs a command to completion; its stdout (raises on failure)."""
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process (/proc/PID/stat)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pct(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+def start_agent(base, config="", discovery="", include=None, agent=AGENT, name="agent", log=True):
+    """Starts `AGENT serve` on a free loopback port watching only the overlays
+    under `base` (or those whose mountpoint matches the regex `include`), with
+    `discovery` lines added under discovery: and `config` (further sections)
+    after it. The config is written to base/NAME.yaml, the agent's output to
+    base/NAME.log (discarded with log=False). Returns the process and its
+    host:port."""
+    addr = f"127.0.0.1:{free_port()}"
+    cfg = os.path.join(base, f"{name}.yaml")
+    include = include or f"{re.escape(base)}/.*"
+    with open(cfg, "w") as f:
+        f.write(f"web:\n  listen_address: '{addr}'\n"
+                f"discovery:\n  include_mountpoints: ['{include}']\n{discovery}{config}")
+    out = open(os.path.join(base, f"{name}.log"), "w") if log else subprocess.DEVNULL
+    return subprocess.Popen([agent, "--config", cfg, "serve"], stdout=out, stderr=out), addr

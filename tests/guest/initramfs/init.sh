@@ -1,0 +1,60 @@
+#!/bin/busybox sh
+# /init of the QEMU test guests (tests/guest): the common setup (proc, sys, dev,
+# tracefs, loopback, the overlay module; for every mode but quota, three
+# overlays on tmpfs: A plain, B plain, C metacopy=on), the helpers the modes
+# share, then the mode's script (/modes/MODE.sh, MODE from /mode), which prints
+# its results between markers; then power off.
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs dev /dev
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || mount -t debugfs debugfs /sys/kernel/debug
+ip link set lo up
+echo "=== KERNEL $(uname -r)"
+# Under TCG the kernel may leave the TSC for hpet (an emulated MMIO read per
+# bpf_ktime_get_ns): the in-program figures depend on it.
+echo "=== CLOCKSOURCE $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+insmod /overlay.ko || echo "=== INSMOD FAILED"
+mode=$(cat /mode)
+
+# Quota mode makes its own filesystems (project quotas on a loop-mounted ext4 image).
+if [ "$mode" != quota ]; then
+  mount -t tmpfs tmpfs /t
+  for m in a b c d e; do mkdir -p /t/$m/lower /t/$m/upper /t/$m/work /t/$m/merged; done
+  /qemu-workload prepare /t/a/lower /t/b/lower /t/c/lower || echo "=== PREPARE FAILED"
+  mount -t overlay overlay -o lowerdir=/t/a/lower,upperdir=/t/a/upper,workdir=/t/a/work /t/a/merged
+  mount -t overlay overlay -o lowerdir=/t/b/lower,upperdir=/t/b/upper,workdir=/t/b/work /t/b/merged
+  mount -t overlay overlay -o lowerdir=/t/c/lower,upperdir=/t/c/upper,workdir=/t/c/work,metacopy=on /t/c/merged
+fi
+
+scrape() { wget -q -O - http://127.0.0.1:9864/metrics; }
+ready() {
+  i=0
+  until wget -q -O /dev/null http://127.0.0.1:9864/readyz; do
+    i=$((i + 1)); [ $i -gt 1200 ] && return 1
+    usleep 100000
+  done
+}
+# Program runs of process $1's eBPF programs (kernel.bpf_stats_enabled on).
+runs() {
+  n=0
+  for f in /proc/$1/fdinfo/*; do
+    c=$(awk '/^run_cnt:/ {print $2}' $f)
+    [ -n "$c" ] && n=$((n + c))
+  done
+  echo $n
+}
+# Overlay kprobes registered in the kernel (kprobe and kretprobe lines).
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+# A tracefs return probe whose perf event is closed stays defined but DISABLED.
+kprobes() { grep ' ovl_' /sys/kernel/debug/kprobes/list 2>/dev/null | grep -vc DISABLED; }
+# The agent's return-probe events defined in tracefs.
+retprobe_events() { grep -c overlay_agent /sys/kernel/tracing/kprobe_events 2>/dev/null; }
+
+# bpfstats is bench without the timed storms.
+script=/modes/$mode.sh
+[ "$mode" = bpfstats ] && script=/modes/bench.sh
+if [ -f "$script" ]; then . "$script"; else echo "=== NO MODE $mode"; fi
+echo "=== DONE"
+poweroff -f

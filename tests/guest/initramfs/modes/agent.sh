@@ -1,0 +1,131 @@
+# Mode `agent` of the QEMU test guests, sourced by /init (tests/guest/initramfs/init.sh,
+# which has mounted A, B and C and defines scrape, ready, runs, kprobes and
+# retprobe_events); tests/guest checks the output.
+# D: io_uring copy-ups; E: 64 x 2 MiB for the parallel copy-ups (this mode only:
+# the other modes need the guest's memory).
+/qemu-workload uring-prepare /t/d/lower || echo "=== PREPARE FAILED"
+/qemu-workload parallel-prepare /t/e/lower 64 || echo "=== PREPARE FAILED"
+mount -t overlay overlay -o lowerdir=/t/d/lower,upperdir=/t/d/upper,workdir=/t/d/work /t/d/merged
+mount -t overlay overlay -o lowerdir=/t/e/lower,upperdir=/t/e/upper,workdir=/t/e/work /t/e/merged
+
+/overlay-agent --config /agent.yaml > /agent.log 2>&1 &
+agent=$!
+i=0
+until wget -q -O /dev/null http://127.0.0.1:9864/readyz; do
+  i=$((i + 1)); [ $i -gt 1200 ] && { echo "=== AGENT NOT READY"; break; }
+  usleep 100000
+done
+scrape | grep -q '^overlayfs_ebpf_enabled 1' || echo "=== PROBES OFF"
+# A second, independent load of the programs: the live trace of every copy-up.
+/overlay-agent trace --min-latency 0s > /trace.log 2> /trace.err &
+tracer=$!
+i=0
+until grep -q '^TIME' /trace.log 2>/dev/null; do
+  i=$((i + 1)); [ $i -gt 1200 ] && { echo "=== TRACE NOT READY"; cat /trace.err; break; }
+  usleep 100000
+done
+/qemu-workload run /t/a/merged /t/b/merged /t/c/merged || echo "=== WORKLOAD FAILED"
+kill -INT $tracer
+wait $tracer
+echo "=== TRACE EXIT $?"
+echo "=== TRACE BEGIN"
+cat /trace.log
+echo "=== TRACE END"
+echo "=== METRICS BEGIN"
+scrape
+echo "=== METRICS END"
+# The same, as Prometheus asks for it with native histograms on (delimited
+# protobuf), base64 on the console (tests/guest, exact_counts/protobuf.rs).
+echo "=== PROTO BEGIN"
+wget -q -O - --header "Accept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited" \
+  http://127.0.0.1:9864/metrics | base64
+echo "=== PROTO END"
+# The kernel table (kernel::hooks) against this kernel's BTF.
+/qemu-btf-check
+echo "=== BTF CHECK EXIT $?"
+# Copy-ups issued through io_uring (mount D).
+/qemu-workload uring /t/d/merged || echo "=== URING FAILED"
+echo "=== URING METRICS BEGIN"
+scrape
+echo "=== URING METRICS END"
+# Overlay work that copies nothing up runs none of the agent's programs.
+sysctl -w kernel.bpf_stats_enabled=1 > /dev/null
+before=$(runs $agent)
+/qemu-workload churn /t/a/merged/churn 1000 || echo "=== CHURN FAILED"
+echo "=== CHURN RUNS $(( $(runs $agent) - before ))"
+sysctl -w kernel.bpf_stats_enabled=0 > /dev/null
+# 64 processes copying up distinct 2 MiB files at once (mount E): no return lost.
+# For comparison, an ftrace kretprobe with the kernel's default maxactive for
+# 2 CPUs (max(10, 2 x CPUs) = 10) on the same function counts its own misses.
+tr=/sys/kernel/tracing
+echo 'r10:cmp/default_maxactive ovl_copy_up_one' >> $tr/kprobe_events
+echo 1 > $tr/events/cmp/default_maxactive/enable
+/qemu-workload parallel /t/e/merged 64 || echo "=== PARALLEL FAILED"
+echo 0 > $tr/events/cmp/default_maxactive/enable
+echo "=== DEFAULT MAXACTIVE $(grep default_maxactive $tr/kprobe_profile)"
+echo '-:cmp/default_maxactive' >> $tr/kprobe_events
+echo "=== PARALLEL METRICS BEGIN"
+scrape
+echo "=== PARALLEL METRICS END"
+# Mount E goes away: the agent deletes its map entries, and the node-wide
+# histograms keep what it counted (tests/guest, exact_counts/histograms.rs).
+umount /t/e/merged
+i=0
+while scrape | grep -q 'mountpoint="/t/e/merged"'; do
+  i=$((i + 1)); [ $i -gt 600 ] && { echo "=== FORGET TIMEOUT"; break; }
+  usleep 100000
+done
+echo "=== FORGOTTEN METRICS BEGIN"
+scrape
+echo "=== FORGOTTEN METRICS END"
+echo "=== RETPROBE EVENTS RUNNING $(retprobe_events)"
+echo "=== AGENT RETPROBE $(grep one_exit_ $tr/kprobe_profile)"
+echo "=== KPROBES RUNNING $(kprobes)"
+kill -TERM $agent
+wait $agent
+echo "=== AGENT EXIT $?"
+echo "=== AGENT LOG BEGIN"
+cat /agent.log
+echo "=== AGENT LOG END"
+echo "=== KPROBES AFTER SIGTERM $(kprobes)"
+# SIGKILL leaves nothing attached either, and a restart comes back clean.
+/overlay-agent --config /agent.yaml > /agent2.log 2>&1 &
+agent=$!
+ready || echo "=== RESTART NOT READY"
+kill -KILL $agent
+wait $agent
+echo "=== KPROBES AFTER SIGKILL $(kprobes)"
+/overlay-agent --config /agent.yaml > /agent3.log 2>&1 &
+agent=$!
+ready || echo "=== RESTART NOT READY"
+chown 4:4 /t/b/merged/restart.dat
+echo "=== RESTART METRICS BEGIN"
+scrape
+echo "=== RESTART METRICS END"
+kill -TERM $agent
+wait $agent
+# The SIGKILLed agent's event was removed by the restart, the restart's own on exit.
+echo "=== RETPROBE EVENTS AFTER RESTART $(retprobe_events)"
+
+# The documented minimal capabilities for the probes: CAP_BPF, CAP_PERFMON and
+# (for RLIMIT_MEMLOCK before 5.11) CAP_SYS_RESOURCE, with perf_event_paranoid
+# at most 2. Debian kernels boot with 3, where their perf_event_open patch
+# wants CAP_SYS_ADMIN: first as booted (refused, and said so), then at 2.
+caps_run() {
+  /qemu-workload caps-exec bpf,perfmon,sys_resource -- /overlay-agent --config /agent.yaml > /agent-$1.log 2>&1 &
+  agent=$!
+  ready || echo "=== $1 NOT READY"
+  [ -n "$2" ] && chown 5:5 /t/b/merged/$2
+  echo "=== $1 METRICS BEGIN"
+  scrape
+  echo "=== $1 METRICS END"
+  kill -TERM $agent
+  wait $agent
+  echo "=== $1 LOG BEGIN"
+  cat /agent-$1.log
+  echo "=== $1 LOG END"
+}
+echo "=== PERF_EVENT_PARANOID $(cat /proc/sys/kernel/perf_event_paranoid)"
+caps_run CAPS_BOOTED ""
+echo 2 > /proc/sys/kernel/perf_event_paranoid
+caps_run CAPS caps.dat

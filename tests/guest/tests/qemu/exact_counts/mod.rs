@@ -1,0 +1,168 @@
+//! Mode `agent` on every kernel: the workload's known copy-ups
+//! (qemu-workload run, uring, parallel) counted exactly, and the probes' life
+//! (trace, restart, capabilities, detach), one named check each.
+
+mod counts;
+mod histograms;
+mod lifecycle;
+mod protobuf;
+
+use std::time::Instant;
+
+use crate::common::{repo_root, require_root, Metrics};
+use crate::guest::{kernels, run_guest, section};
+
+/// What the workload does, and what the agent must count: (mount, cause, kind, copy-ups).
+pub const EXPECTED: &[(&str, &str, &str, f64)] = &[
+    ("/t/a/merged", "chown", "data", 1.0),
+    ("/t/a/merged", "chmod", "data", 1.0),
+    ("/t/a/merged", "truncate", "data", 1.0),
+    ("/t/a/merged", "open", "data", 2.0), // append + 8 concurrent writers on one file
+    ("/t/a/merged", "open", "metadata", 1.0), // O_TRUNC open
+    ("/t/a/merged", "utimes", "data", 1.0),
+    ("/t/a/merged", "xattr", "data", 1.0),
+    ("/t/a/merged", "link", "data", 1.0),
+    ("/t/a/merged", "rename", "data", 1.0),
+    ("/t/a/merged", "create", "directory", 2.0), // d1, d2
+    ("/t/a/merged", "remove", "directory", 2.0), // r1, r2
+    ("/t/b/merged", "chown", "data", 1.0),
+    ("/t/c/merged", "chown", "metadata", 1.0),
+    ("/t/c/merged", "open", "deferred_data", 1.0),
+];
+
+pub const EXPECTED_BYTES: &[(&str, &str, f64)] = &[
+    ("/t/a/merged", "chown", 10_000.0),
+    ("/t/a/merged", "chmod", 20_000.0),
+    ("/t/a/merged", "truncate", 30_000.0),
+    ("/t/a/merged", "open", 51_000.0), // 40,000 appended + 11,000 shared; O_TRUNC copies none
+    ("/t/a/merged", "utimes", 6_000.0),
+    ("/t/a/merged", "xattr", 7_000.0),
+    ("/t/a/merged", "link", 8_000.0),
+    ("/t/a/merged", "rename", 9_000.0),
+    ("/t/a/merged", "create", 0.0),
+    ("/t/a/merged", "remove", 0.0),
+    ("/t/b/merged", "chown", 12_000.0),
+    ("/t/c/merged", "chown", 0.0),
+    ("/t/c/merged", "open", 13_000.0),
+];
+
+/// One guest run of mode `agent`: the console and the main scrape.
+pub struct Guest {
+    pub version: String,
+    pub console: String,
+    pub text: String,
+    pub m: Metrics,
+}
+
+impl Guest {
+    pub fn want_total() -> f64 {
+        EXPECTED.iter().map(|e| e.3).sum()
+    }
+
+    pub fn version(&self) -> (u32, u32) {
+        let mut it = self.version.split('.').map(|p| p.parse().unwrap_or(0));
+        (it.next().unwrap_or(0), it.next().unwrap_or(0))
+    }
+}
+
+/// A named check of a guest run: it returns its problems.
+type Check = (&'static str, fn(&Guest) -> Vec<String>);
+
+/// Every check of a guest run.
+const CHECKS: &[Check] = &[
+    ("copy_ups_by_cause_and_kind", counts::check_counts),
+    ("data_bytes", counts::check_bytes),
+    ("no_errors", counts::check_no_errors),
+    ("histograms", histograms::check_histograms),
+    ("forgotten_mount", histograms::check_forgotten_mount),
+    ("protobuf_native_histograms", protobuf::check_protobuf),
+    ("processes", counts::check_processes),
+    ("lifecycle", lifecycle::check_lifecycle),
+    ("trace", lifecycle::check_trace),
+    ("kprobes_detached", lifecycle::check_kprobes_detached),
+    ("restart_and_capabilities", lifecycle::check_restart_and_caps),
+    ("perf_event_paranoid", lifecycle::check_paranoid),
+    ("btf_table", lifecycle::check_btf_table),
+    ("io_uring", counts::check_io_uring),
+    ("no_runs_without_copy_up", lifecycle::check_churn),
+    ("no_lost_returns", lifecycle::check_parallel),
+];
+
+fn check_kernel(version: &str) -> Result<String, String> {
+    let started = Instant::now();
+    let (console, log) = run_guest(version, "agent", "qemu");
+    let secs = started.elapsed().as_secs_f64();
+    let fail = |what: String| Err(format!("kernel {version}: {what} (console: {})", log.display()));
+    for marker in [
+        "INSMOD FAILED",
+        "PREPARE FAILED",
+        "AGENT NOT READY",
+        "PROBES OFF",
+        "TRACE NOT READY",
+        "WORKLOAD FAILED",
+        "RESTART NOT READY",
+        "CAPS NOT READY",
+        "CAPS_BOOTED NOT READY",
+        "PARALLEL FAILED",
+        "FORGET TIMEOUT",
+    ] {
+        if console.contains(&format!("=== {marker}")) {
+            let agent_log = section(&console, "=== AGENT LOG BEGIN", "=== AGENT LOG END").unwrap_or("");
+            return fail(format!("{marker}\n{agent_log}"));
+        }
+    }
+    let Some(text) = section(&console, "=== METRICS BEGIN\n", "=== METRICS END") else {
+        return fail("no metrics in the console output".into());
+    };
+    let g = Guest {
+        version: version.to_owned(),
+        m: Metrics::parse(text),
+        text: text.to_owned(),
+        console: console.clone(),
+    };
+    let mut problems = Vec::new();
+    for (name, check) in CHECKS {
+        for p in check(&g) {
+            problems.push(format!("[{name}] {p}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(summary(&g, secs))
+    } else {
+        fail(problems.join("\n"))
+    }
+}
+
+/// The summary line of a kernel whose checks all passed.
+fn summary(g: &Guest, secs: f64) -> String {
+    // "=== DEFAULT MAXACTIVE default_maxactive HITS MISSES": the kernel default's misses.
+    let default_misses = g
+        .console
+        .lines()
+        .find_map(|l| l.strip_prefix("=== DEFAULT MAXACTIVE ")?.split_whitespace().nth(2))
+        .unwrap_or("?");
+    let attached = g.m.matching("overlayfs_ebpf_probe_attached", &[]).filter(|s| s.value == 1.0).count();
+    format!(
+        "kernel {}: all {} copy-ups exact, {} checks passed, boot+test {secs:.1}s, {attached} probes attached; \
+         64 parallel copy-ups: 0 returns lost at maxactive 4096, {default_misses} at the default 10",
+        g.version,
+        Guest::want_total(),
+        CHECKS.len(),
+    )
+}
+
+#[test]
+fn copy_ups_are_counted_exactly_on_real_kernels() {
+    require_root();
+    let mut failures = Vec::new();
+    let mut summary = String::new();
+    for v in kernels() {
+        match check_kernel(&v) {
+            Ok(line) => summary.push_str(&format!("{line}\n")),
+            Err(e) => failures.push(e),
+        }
+    }
+    // scripts/test.sh prints this after the run (cargo captures a passing test's output).
+    std::fs::write(repo_root().join("target/qemu-summary.txt"), &summary).expect("write summary");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

@@ -1,0 +1,41 @@
+//! Boots a kernel and its initramfs under QEMU (TCG) and waits for it to power off.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Boots the kernel under TCG and returns the serial console output.
+pub fn boot(kernel: &Path, initrd: &Path, log: &Path, memory_mib: u32) -> String {
+    let out = std::fs::File::create(log).expect("create console log");
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-nographic", "-no-reboot"])
+        // OVERLAY_AGENT_QEMU_SMP: more vCPUs for the benchmarks (how per-CPU maps scale).
+        .args(["-smp", &std::env::var("OVERLAY_AGENT_QEMU_SMP").unwrap_or_else(|_| "2".into())])
+        .args(["-m", &memory_mib.to_string()])
+        .arg("-kernel")
+        .arg(kernel.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(initrd)
+        // tsc=reliable: under TCG the kernel's watchdog otherwise moves to hpet
+        // when the host is busy, and every clock read (bpf_ktime_get_ns) becomes
+        // an emulated MMIO access of ~15 us: native machines keep the TSC.
+        .args(["-append", "console=ttyS0 panic=-1 loglevel=3 rdinit=/init tsc=reliable"])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out)
+        .spawn()
+        .expect("qemu-system-x86_64 not found: scripts/test.sh installs qemu-system-x86");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("guest did not power off within 600 s; console: {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::read_to_string(log).unwrap_or_default()
+}
