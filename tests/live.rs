@@ -157,11 +157,21 @@ fn http_endpoints_reload_and_shutdown() {
     let text = std::fs::read_to_string(&good).expect("read config");
     let text = text
         .replace("discovery:\n", &format!("discovery:\n  exclude_mountpoints: ['{}']\n", regex::escape(&mp)));
+    // scan.max_cpu and scan.idle_priority apply at a reload (a reload once kept
+    // their start-up values); scan.concurrency is restart-only: kept, and logged.
+    let text = text.replace("scan:\n", "scan:\n  max_cpu: 0.25\n  idle_priority: false\n  concurrency: 3\n");
     std::fs::write(&good, text).expect("write config");
+    assert_eq!(agent.metrics().get("overlayfs_scan_cpu_budget", &[]), None, "unlimited before the reload");
     agent.signal(Signal::HUP);
     scrape_until(&agent, "the excluded mount to go", |x| {
         x.get("overlayfs_mounts", &[]) == Some(0.0) && !x.text.contains(&mp)
     });
+    assert_eq!(agent.metrics().get("overlayfs_scan_cpu_budget", &[]), Some(0.25));
+    let log = agent.log();
+    assert!(
+        log.contains("restart-only keys changed") && log.contains("scan.concurrency"),
+        "the kept key is logged: {log}"
+    );
 
     agent.signal(Signal::TERM);
     let status = common::wait_for("the agent to exit", Duration::from_secs(10), || {

@@ -19,7 +19,7 @@
 use std::time::Instant;
 
 use overlay_agent::config::Config;
-use overlay_agent::identity::SharedSnapshot;
+use overlay_agent::identity::SharedMountView;
 use overlay_agent::metrics;
 use overlay_agent::scan::ScanPool;
 
@@ -48,7 +48,7 @@ fn main() {
     let mut config = Config::default();
     config.discovery.procfs = procfs;
 
-    let mounts = SharedSnapshot::default();
+    let mounts = SharedMountView::default();
     mounts.set(overlay_agent::daemon::discover(&config).expect("discover"));
     let pool = ScanPool::new(&config.scan, Default::default()).expect("pool");
     pool.schedule(&mounts.get().table, config.scan.interval, config.scan.timeout, &config.discovery.rootfs);

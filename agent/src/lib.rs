@@ -10,12 +10,12 @@
 pub mod activity;
 pub mod caps;
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod discovery;
 pub mod identity;
 pub mod kernel;
-pub mod list;
 pub mod memory;
 pub mod metrics;
 pub mod pattern;
@@ -24,4 +24,3 @@ pub mod rlimit;
 pub mod scan;
 pub mod server;
 pub mod sync;
-pub mod trace;

@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use overlay_agent::cli::{Cli, Command};
 use overlay_agent::config::{Config, LogConfig, LogFormat};
-use overlay_agent::daemon;
 use overlay_agent::server::web_config::WebConfigFile;
+use overlay_agent::{cmd, daemon};
 
 fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OVERLAY_AGENT_LOG")
@@ -89,18 +89,18 @@ fn run(cli: &Cli, config: Config, web: WebConfigFile) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             rt.block_on(daemon::serve(cli, config, web))?;
         }
-        Some(Command::Once) => daemon::once(&config, &mut std::io::stdout().lock())?,
+        Some(Command::Once) => cmd::once::run(&config, &mut std::io::stdout().lock())?,
         Some(Command::Trace { min_latency }) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(overlay_agent::trace::run(&config, *min_latency, &mut std::io::stdout().lock()))?;
+            rt.block_on(cmd::trace::run(&config, *min_latency, &mut std::io::stdout().lock()))?;
         }
         Some(Command::Mounts { json }) => {
-            let snapshot = daemon::discover(&config)?;
+            let view = daemon::discover(&config)?;
             let mut out = std::io::stdout().lock();
-            overlay_agent::list::mounts(&snapshot.table, &snapshot.identities, *json, &mut out)
+            cmd::mounts::mounts(&view.table, &view.identities, *json, &mut out)
                 .context("writing the mount list")?;
         }
         Some(Command::CheckConfig { .. }) => unreachable!("handled before logging starts"),

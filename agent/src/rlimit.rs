@@ -2,7 +2,7 @@
 //! at start, as Go programs (node_exporter, Prometheus) do since Go 1.19: each HTTP
 //! connection is a descriptor, and the soft limit (often 1024) is a historical
 //! default for select(2), which the agent does not use. The HTTP connection cap is
-//! sized from the result (http::connection_cap).
+//! sized from the result (server::connection_cap).
 
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 

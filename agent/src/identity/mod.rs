@@ -2,7 +2,7 @@
 //! where runtimes put their overlays and read from the runtime's own state on disk.
 //! Runs after discovery (when the mount table changes) and produces an
 //! [`Inventory`] keyed by device, published with its [`MountTable`] as one
-//! [`Snapshot`]; exposed only as
+//! [`MountView`]; exposed only as
 //! labels of `overlayfs_mount_info`, so other series keep just `mountpoint` and
 //! cardinality stays one series per mount.
 //!
@@ -101,22 +101,22 @@ impl Inventory {
 /// One mount table and the identities of its mounts: what discovery and
 /// identity produce together, and what every collector reads.
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot {
+pub struct MountView {
     pub table: MountTable,
     pub identities: Inventory,
 }
 
-/// The current [`Snapshot`], published whole: a scrape sees a table with the
+/// The current [`MountView`], published whole: a scrape sees a table with the
 /// identities read for that table, never an older table with a newer inventory.
 #[derive(Debug, Clone, Default)]
-pub struct SharedSnapshot(Arc<RwLock<Arc<Snapshot>>>);
+pub struct SharedMountView(Arc<RwLock<Arc<MountView>>>);
 
-impl SharedSnapshot {
-    pub fn get(&self) -> Arc<Snapshot> {
+impl SharedMountView {
+    pub fn get(&self) -> Arc<MountView> {
         self.0.read_now().clone()
     }
 
-    pub fn set(&self, snapshot: Snapshot) {
+    pub fn set(&self, snapshot: MountView) {
         *self.0.write_now() = Arc::new(snapshot);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
-use crate::identity::SharedSnapshot;
+use crate::identity::SharedMountView;
 
 static READS: Def = Def {
     name: "overlayfs_discovery_reads_total",
@@ -36,12 +36,12 @@ pub struct DiscoveryStats {
 }
 
 pub struct DiscoveryCollector {
-    mounts: SharedSnapshot,
+    mounts: SharedMountView,
     stats: Arc<DiscoveryStats>,
 }
 
 impl DiscoveryCollector {
-    pub fn new(mounts: SharedSnapshot, stats: Arc<DiscoveryStats>) -> Self {
+    pub fn new(mounts: SharedMountView, stats: Arc<DiscoveryStats>) -> Self {
         DiscoveryCollector { mounts, stats }
     }
 }

@@ -4,7 +4,7 @@ use prometheus::proto::MetricType;
 
 use super::{Collector, Def, Family};
 use crate::discovery::{LayerPath, OverlayOptions};
-use crate::identity::SharedSnapshot;
+use crate::identity::SharedMountView;
 
 static MOUNTS: Def = Def {
     name: "overlayfs_mounts",
@@ -67,11 +67,11 @@ static MOUNTPOINTS: Def = Def {
 /// Joins discovery's mount table with identity's inventory, by device, both
 /// from one snapshot.
 pub struct MountCollector {
-    mounts: SharedSnapshot,
+    mounts: SharedMountView,
 }
 
 impl MountCollector {
-    pub fn new(mounts: SharedSnapshot) -> Self {
+    pub fn new(mounts: SharedMountView) -> Self {
         MountCollector { mounts }
     }
 }
@@ -159,10 +159,10 @@ impl Collector for MountCollector {
 mod tests {
     use super::*;
     use crate::discovery::{group_by_superblock, mountinfo, MountTable};
-    use crate::identity::{Resolver, Snapshot};
+    use crate::identity::{MountView, Resolver};
 
     /// A table holding containerd tasks `ids` (one device each) and their identities.
-    fn snapshot(ids: &[u32]) -> Snapshot {
+    fn snapshot(ids: &[u32]) -> MountView {
         let lines: String = ids
             .iter()
             .map(|i| format!("{i} 2 0:{i} / /run/containerd/io.containerd.runtime.v2.task/ns/c{i}/rootfs rw - overlay overlay rw,lowerdir=/l,upperdir=/u{i},workdir=/w{i}\n"))
@@ -172,7 +172,7 @@ mod tests {
             ..Default::default()
         };
         let identities = Resolver::new(std::path::Path::new("/"), &[]).inventory(&table);
-        Snapshot { table, identities }
+        MountView { table, identities }
     }
 
     /// Scrapes while the mount table flips between two sets of mounts (one
@@ -181,7 +181,7 @@ mod tests {
     /// table's identities.
     #[test]
     fn every_scrape_pairs_a_table_with_its_own_identities() {
-        let shared = SharedSnapshot::default();
+        let shared = SharedMountView::default();
         let (a, b) = (snapshot(&[50, 51]), snapshot(&[51, 52]));
         shared.set(a.clone());
         let exposition = crate::metrics::Exposition::default();

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use prometheus::proto::MetricType;
 
 use super::{unix_seconds, Collector, Def, Family};
-use crate::identity::SharedSnapshot;
+use crate::identity::SharedMountView;
 use crate::scan::{ActivitySignal, EntryKind, ScanRecord, ScanStore};
 
 static BYTES: Def = Def {
@@ -152,12 +152,12 @@ static SCAN_PRIORITIZED: Def = Def {
 };
 
 pub struct UpperCollector {
-    mounts: SharedSnapshot,
+    mounts: SharedMountView,
     store: ScanStore,
 }
 
 impl UpperCollector {
-    pub fn new(mounts: SharedSnapshot, store: ScanStore) -> Self {
+    pub fn new(mounts: SharedMountView, store: ScanStore) -> Self {
         UpperCollector { mounts, store }
     }
 }

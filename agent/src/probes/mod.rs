@@ -63,6 +63,16 @@ impl Probes {
     pub fn take_trace(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
         aya::maps::RingBuf::try_from(self.ebpf.take_map("TRACE")?).ok()
     }
+
+    /// Turns the per-mount histogram keys on or off in the running programs (a
+    /// reload of `ebpf.per_mount_histograms`): rewrites that field of CONFIG.
+    pub fn set_per_mount_histograms(&mut self, on: bool) -> Result<(), String> {
+        let map = self.ebpf.map_mut("CONFIG").ok_or("map CONFIG not in object")?;
+        let mut array: Array<_, ProgramConfig> = Array::try_from(map).map_err(|e| e.to_string())?;
+        let mut cfg = array.get(&0, 0).map_err(|e| format!("reading CONFIG: {e}"))?;
+        cfg.per_mount_histograms = on as u32;
+        array.set(0, cfg, 0).map_err(|e| format!("writing CONFIG: {e}"))
+    }
 }
 
 /// What the collectors read: the status and, while probes run, their maps.

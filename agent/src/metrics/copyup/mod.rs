@@ -6,7 +6,7 @@
 mod histograms;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use overlay_agent_common::{cause, kind};
 use prometheus::proto::MetricType;
@@ -14,7 +14,7 @@ use prometheus::proto::MetricType;
 use super::{ebpf, Collector, Def, Family};
 use crate::config::ClassicHistograms;
 use crate::discovery::{Device, MountTable, UNKNOWN_MOUNTPOINT};
-use crate::identity::SharedSnapshot;
+use crate::identity::SharedMountView;
 use crate::probes::maps::MapReading;
 use crate::probes::reading::{self, Reading};
 use crate::probes::ProbeHandle;
@@ -46,13 +46,18 @@ static ERRORS: Def = Def {
 };
 
 pub struct CopyUpCollector {
-    mounts: SharedSnapshot,
+    mounts: SharedMountView,
     probes: Arc<ProbeHandle>,
-    classic: ClassicHistograms,
+    /// `ebpf.classic_histograms`, which a reload may change.
+    classic: Arc<RwLock<ClassicHistograms>>,
 }
 
 impl CopyUpCollector {
-    pub fn new(mounts: SharedSnapshot, probes: Arc<ProbeHandle>, classic: ClassicHistograms) -> Self {
+    pub fn new(
+        mounts: SharedMountView,
+        probes: Arc<ProbeHandle>,
+        classic: Arc<RwLock<ClassicHistograms>>,
+    ) -> Self {
         CopyUpCollector { mounts, probes, classic }
     }
 }
@@ -66,7 +71,12 @@ impl Collector for CopyUpCollector {
         };
         let labels = MountLabels::new(&self.mounts.get().table, &maps);
         out.extend(counter_families(&maps, &labels));
-        out.extend(histograms::histogram_families(&maps, &labels, status.per_mount_histograms, self.classic));
+        out.extend(histograms::histogram_families(
+            &maps,
+            &labels,
+            status.per_mount_histograms,
+            *self.classic.read_now(),
+        ));
         out.extend(ebpf::self_stat_families(&maps, &return_misses));
         out
     }

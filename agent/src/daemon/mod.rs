@@ -1,6 +1,10 @@
-//! Wiring: discovery loop -> scan pool -> collectors -> HTTP, plus signals.
+//! The daemon (`overlay-agent serve`): builds the [`pipeline`], serves HTTP,
+//! follows the mount table (change notifications, the resync timer) and the
+//! signals (SIGHUP: [`reload`]; SIGTERM, SIGINT: drain and stop).
 
-use std::io::Write;
+pub(crate) mod pipeline;
+mod reload;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,14 +15,15 @@ use tokio::sync::Notify;
 use crate::cli::Cli;
 use crate::config::Config;
 use crate::discovery::{self, DiscoveryError};
-use crate::identity::{Resolver, SharedSnapshot, Snapshot};
-use crate::metrics::{self, discovery::DiscoveryStats, server::ServerStats};
+use crate::identity::SharedMountView;
+use crate::metrics::server::ServerStats;
 use crate::probes::forget::ForgetPolicy;
-use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
-use crate::scan::ScanPool;
+use crate::probes::Probes;
 use crate::server::web_config::WebConfigFile;
 use crate::server::{self, ServerState};
-use crate::sync::{LockExt, RwLockExt};
+use pipeline::{start_probes, stop_probes, waiting_for_overlay, Pipeline};
+
+pub use pipeline::discover;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -30,118 +35,15 @@ pub enum AgentError {
     Start { what: &'static str, source: std::io::Error },
 }
 
-/// Discovery with the config's procfs root and filters, then identity: the mount
-/// table and its mounts' identities.
-pub fn discover(config: &Config) -> Result<Snapshot, DiscoveryError> {
-    let table = discovery::discover(&config.discovery.procfs, |mp| config.mountpoint_selected(mp))?;
-    let identities = Resolver::new(&config.discovery.rootfs, &config.identity.rules).inventory(&table);
-    Ok(Snapshot { table, identities })
-}
-
 /// Whether an identity may have changed without a mount table change (a renamed
 /// Concourse volume, one still in init/): checked every second, off the async
 /// threads since it stats files, and only when some identity is watched.
-async fn identities_outdated(mounts: &SharedSnapshot) -> bool {
+async fn identities_outdated(mounts: &SharedMountView) -> bool {
     let snapshot = mounts.get();
     if !snapshot.identities.watched() {
         return false;
     }
     tokio::task::spawn_blocking(move || snapshot.identities.outdated()).await.unwrap_or(false)
-}
-
-/// Everything the collectors read, and the exposition that holds them. Every
-/// collector is registered here, once, for the daemon and for `once` alike.
-struct Pipeline {
-    /// The mount table and its identities, published together by `rediscover`.
-    mounts: SharedSnapshot,
-    stats: Arc<DiscoveryStats>,
-    pool: ScanPool,
-    probes: Arc<ProbeHandle>,
-    exposition: Arc<metrics::Exposition>,
-}
-
-impl Pipeline {
-    /// `http`: the server's figures, when there is a server (the daemon; `once`
-    /// serves nothing, so it exports no HTTP families).
-    fn new(config: &Config, http: Option<Arc<ServerStats>>) -> Result<Self, AgentError> {
-        let mounts = SharedSnapshot::default();
-        let stats = Arc::new(DiscoveryStats::default());
-        let probes = Arc::new(ProbeHandle::default());
-        let pool = ScanPool::new(&config.scan, probes.activity.clone())
-            .map_err(|source| AgentError::Start { what: "scan threads", source })?;
-        let exposition = Arc::new(metrics::Exposition::default());
-        let collectors: [Box<dyn metrics::Collector>; 6] = [
-            Box::new(metrics::mounts::MountCollector::new(mounts.clone())),
-            Box::new(metrics::upper::UpperCollector::new(mounts.clone(), pool.store())),
-            Box::new(metrics::build::BuildInfoCollector),
-            Box::new(metrics::discovery::DiscoveryCollector::new(mounts.clone(), stats.clone())),
-            Box::new(metrics::copyup::CopyUpCollector::new(
-                mounts.clone(),
-                probes.clone(),
-                config.ebpf.classic_histograms,
-            )),
-            Box::new(metrics::process::ProcessCollector::new(
-                probes.clone(),
-                config.ebpf.top_processes,
-                config.ebpf.top_processes_idle,
-            )),
-        ];
-        for c in collectors {
-            exposition.register(c);
-        }
-        if let Some(stats) = http {
-            exposition.register(Box::new(metrics::server::ServerCollector::new(stats)));
-        }
-        Ok(Pipeline { mounts, stats, pool, probes, exposition })
-    }
-
-    /// Re-reads mountinfo; on failure keeps the previous table.
-    fn rediscover(&self, config: &Config) -> Result<(), DiscoveryError> {
-        self.stats.reads.fetch_add(1, Ordering::Relaxed);
-        match discover(config) {
-            Ok(snapshot) => {
-                // Log a bad line once, not at every re-read while it stays.
-                let t = &snapshot.table;
-                if t.bad_lines != self.mounts.get().table.bad_lines {
-                    for bad in &t.bad_lines {
-                        tracing::warn!(file = %t.source.display(), line = bad.line, error = %bad.message, "unparsable mountinfo line");
-                    }
-                }
-                // Table and identities in one value: a scrape sees both old or both new.
-                self.mounts.set(snapshot);
-                Ok(())
-            }
-            Err(e) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                Err(e)
-            }
-        }
-    }
-
-    fn schedule_scans(&self, config: &Config) {
-        if config.scan.enabled {
-            self.pool.schedule(
-                &self.mounts.get().table,
-                config.scan.interval,
-                config.scan.timeout,
-                &config.discovery.rootfs,
-            );
-        }
-    }
-}
-
-/// `overlay-agent once`: discover, attach the probes (so the exposition shows the
-/// eBPF state the daemon would have), scan every upper dir, print the exposition.
-pub fn once(config: &Config, out: &mut impl Write) -> Result<(), AgentError> {
-    crate::caps::warn_if_missing();
-    let p = Pipeline::new(config, None)?;
-    p.rediscover(config)?;
-    let probes = start_probes_blocking(config, &p.probes);
-    p.schedule_scans(config);
-    p.pool.wait_idle();
-    let text = p.exposition.render();
-    drop(probes);
-    out.write_all(&text).map_err(|source| AgentError::Start { what: "output", source })
 }
 
 /// `overlay-agent serve`: run until SIGTERM or SIGINT. `web` is the loaded
@@ -311,8 +213,7 @@ impl<'a> Daemon<'a> {
                         || identities_outdated(&self.pipeline.mounts).await
                 }
                 Wake::Reload => {
-                    reload(self.cli, &mut self.config);
-                    reload_web(&self.config, &self.http);
+                    self.reload().await;
                     true
                 }
             };
@@ -349,108 +250,12 @@ impl<'a> Daemon<'a> {
     async fn drain(mut self, server: Server) {
         tracing::info!("shutting down");
         if let Some(probes) = self.copy_up_probes.take() {
-            *self.pipeline.probes.maps.locked() = None;
-            drop(probes);
+            stop_probes(probes, &self.pipeline.probes);
             tracing::info!("copy-up probes detached");
         }
         server.stop.notify_one();
         if let Err(e) = server.task.await {
             tracing::error!(error = %e, "HTTP server task failed");
         }
-    }
-}
-
-/// Loads and attaches the copy-up probes (off the async threads: BTF parsing
-/// takes a moment).
-async fn start_probes(config: &Config, handle: &Arc<ProbeHandle>) -> Option<Probes> {
-    let (config, handle) = (config.clone(), handle.clone());
-    match tokio::task::spawn_blocking(move || start_probes_blocking(&config, &handle)).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "probe start-up task failed");
-            None
-        }
-    }
-}
-
-/// Loads and attaches the copy-up probes; logs the outcome once and publishes it
-/// for the collectors.
-fn start_probes_blocking(config: &Config, handle: &ProbeHandle) -> Option<Probes> {
-    if !config.ebpf.enabled {
-        *handle.status.write_now() =
-            probes::ProbeStatus { disabled: Some(probes::Disabled::DisabledByConfig), ..Default::default() };
-        return None;
-    }
-    let opts = ProbeOptions { per_mount_histograms: config.ebpf.per_mount_histograms, ..Default::default() };
-    let (started, status) = probes::start(&opts);
-    match &status.disabled {
-        None => {
-            let attached = status.attachments.iter().filter(|a| a.attached).count();
-            let missing: Vec<String> = status
-                .attachments
-                .iter()
-                .filter(|a| !a.attached)
-                .map(|a| format!("{}({})", a.program, a.function.unwrap_or("-")))
-                .collect();
-            tracing::info!(attached, ?missing, "copy-up probes attached");
-        }
-        Some(d) => tracing::warn!(
-            reason = d.reason(),
-            detail = %d,
-            "copy-up probes are off; serving mount and upper-dir metrics without them"
-        ),
-    }
-    *handle.status.write_now() = status;
-    let (probes, maps) = started?;
-    *handle.maps.locked() = Some(maps);
-    Some(probes)
-}
-
-fn waiting_for_overlay(handle: &ProbeHandle) -> bool {
-    let status = handle.status.read_now();
-    matches!(status.disabled, Some(probes::Disabled::NoOverlay(_)))
-}
-
-/// SIGHUP: re-read the web config (rotated certificates, changed users); keep the
-/// running one when the file is invalid.
-fn reload_web(config: &Config, state: &ServerState) {
-    match WebConfigFile::from_file(config.web.config_file.as_deref()) {
-        Ok(web) => state.set_web(web),
-        Err(e) => tracing::error!(error = %e, "web config reload failed; keeping the running one"),
-    }
-}
-
-/// SIGHUP: re-read the config file; keep the running config when it is invalid.
-fn reload(cli: &Cli, config: &mut Config) {
-    let Some(path) = &cli.config else {
-        tracing::info!("SIGHUP: no --config file to reload");
-        return;
-    };
-    match cli.effective_config() {
-        Ok(new) => {
-            if new.web.listen_address != config.web.listen_address {
-                tracing::warn!("web.listen_address changed: takes effect at restart");
-            }
-            if new.web.max_connections != config.web.max_connections {
-                tracing::warn!("web.max_connections changed: takes effect at restart");
-            }
-            if new.scan.concurrency != config.scan.concurrency {
-                tracing::warn!("scan.concurrency changed: takes effect at restart");
-            }
-            let quota_keys = |s: &crate::config::ScanConfig| {
-                (s.quota, s.quota_interval, s.classify_interval, s.assign_project_ids)
-            };
-            if quota_keys(&new.scan) != quota_keys(&config.scan) {
-                tracing::warn!(
-                    "scan.quota, scan.quota_interval, scan.classify_interval or scan.assign_project_ids changed: take effect at restart"
-                );
-            }
-            if new.log != config.log {
-                tracing::warn!("log settings changed: take effect at restart");
-            }
-            tracing::info!(file = %path.display(), "config reloaded");
-            *config = new;
-        }
-        Err(e) => tracing::error!(error = %e, "config reload failed; keeping the running config"),
     }
 }

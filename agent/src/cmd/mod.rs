@@ -1,0 +1,7 @@
+//! The one-shot commands beside the daemon (`serve` is [`crate::daemon`]):
+//! [`once`] prints one exposition, [`mounts`] lists the overlay mounts, [`trace`]
+//! prints copy-ups as they happen.
+
+pub mod mounts;
+pub mod once;
+pub mod trace;

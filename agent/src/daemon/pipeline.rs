@@ -1,0 +1,164 @@
+//! The pipeline the daemon and `once` share: discovery -> identity -> scan pool
+//! -> collectors, registered once in an exposition; and the copy-up probes'
+//! start-up, whose outcome the collectors publish.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+use super::AgentError;
+use crate::config::{ClassicHistograms, Config};
+use crate::discovery::{self, DiscoveryError};
+use crate::identity::{MountView, Resolver, SharedMountView};
+use crate::metrics::{self, discovery::DiscoveryStats, server::ServerStats};
+use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
+use crate::scan::ScanPool;
+use crate::sync::{LockExt, RwLockExt};
+
+/// Discovery with the config's procfs root and filters, then identity: the mount
+/// table and its mounts' identities.
+pub fn discover(config: &Config) -> Result<MountView, DiscoveryError> {
+    let table = discovery::discover(&config.discovery.procfs, |mp| config.mountpoint_selected(mp))?;
+    let identities = Resolver::new(&config.discovery.rootfs, &config.identity.rules).inventory(&table);
+    Ok(MountView { table, identities })
+}
+
+/// Everything the collectors read, and the exposition that holds them. Every
+/// collector is registered here, once, for the daemon and for `once` alike.
+pub(crate) struct Pipeline {
+    /// The mount table and its identities, published together by `rediscover`.
+    pub mounts: SharedMountView,
+    pub stats: Arc<DiscoveryStats>,
+    pub pool: ScanPool,
+    pub probes: Arc<ProbeHandle>,
+    pub exposition: Arc<metrics::Exposition>,
+    /// `ebpf.classic_histograms`, read by the copy-up collector at each scrape.
+    pub classic_histograms: Arc<RwLock<ClassicHistograms>>,
+}
+
+impl Pipeline {
+    /// `http`: the server's figures, when there is a server (the daemon; `once`
+    /// serves nothing, so it exports no HTTP families).
+    pub fn new(config: &Config, http: Option<Arc<ServerStats>>) -> Result<Self, AgentError> {
+        let mounts = SharedMountView::default();
+        let stats = Arc::new(DiscoveryStats::default());
+        let probes = Arc::new(ProbeHandle::default());
+        let pool = ScanPool::new(&config.scan, probes.activity.clone())
+            .map_err(|source| AgentError::Start { what: "scan threads", source })?;
+        let exposition = Arc::new(metrics::Exposition::default());
+        let classic_histograms = Arc::new(RwLock::new(config.ebpf.classic_histograms));
+        let collectors: [Box<dyn metrics::Collector>; 6] = [
+            Box::new(metrics::mounts::MountCollector::new(mounts.clone())),
+            Box::new(metrics::upper::UpperCollector::new(mounts.clone(), pool.store())),
+            Box::new(metrics::build::BuildInfoCollector),
+            Box::new(metrics::discovery::DiscoveryCollector::new(mounts.clone(), stats.clone())),
+            Box::new(metrics::copyup::CopyUpCollector::new(
+                mounts.clone(),
+                probes.clone(),
+                classic_histograms.clone(),
+            )),
+            Box::new(metrics::process::ProcessCollector::new(
+                probes.clone(),
+                config.ebpf.top_processes,
+                config.ebpf.top_processes_idle,
+            )),
+        ];
+        for c in collectors {
+            exposition.register(c);
+        }
+        if let Some(stats) = http {
+            exposition.register(Box::new(metrics::server::ServerCollector::new(stats)));
+        }
+        Ok(Pipeline { mounts, stats, pool, probes, exposition, classic_histograms })
+    }
+
+    /// Re-reads mountinfo; on failure keeps the previous table.
+    pub fn rediscover(&self, config: &Config) -> Result<(), DiscoveryError> {
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        match discover(config) {
+            Ok(view) => {
+                // Log a bad line once, not at every re-read while it stays.
+                let t = &view.table;
+                if t.bad_lines != self.mounts.get().table.bad_lines {
+                    for bad in &t.bad_lines {
+                        tracing::warn!(file = %t.source.display(), line = bad.line, error = %bad.message, "unparsable mountinfo line");
+                    }
+                }
+                // Table and identities in one value: a scrape sees both old or both new.
+                self.mounts.set(view);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn schedule_scans(&self, config: &Config) {
+        if config.scan.enabled {
+            self.pool.schedule(
+                &self.mounts.get().table,
+                config.scan.interval,
+                config.scan.timeout,
+                &config.discovery.rootfs,
+            );
+        }
+    }
+}
+
+/// Loads and attaches the copy-up probes (off the async threads: BTF parsing
+/// takes a moment).
+pub async fn start_probes(config: &Config, handle: &Arc<ProbeHandle>) -> Option<Probes> {
+    let (config, handle) = (config.clone(), handle.clone());
+    match tokio::task::spawn_blocking(move || start_probes_blocking(&config, &handle)).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "probe start-up task failed");
+            None
+        }
+    }
+}
+
+/// Loads and attaches the copy-up probes; logs the outcome once and publishes it
+/// for the collectors.
+pub fn start_probes_blocking(config: &Config, handle: &ProbeHandle) -> Option<Probes> {
+    if !config.ebpf.enabled {
+        *handle.status.write_now() =
+            probes::ProbeStatus { disabled: Some(probes::Disabled::DisabledByConfig), ..Default::default() };
+        return None;
+    }
+    let opts = ProbeOptions { per_mount_histograms: config.ebpf.per_mount_histograms, ..Default::default() };
+    let (started, status) = probes::start(&opts);
+    match &status.disabled {
+        None => {
+            let attached = status.attachments.iter().filter(|a| a.attached).count();
+            let missing: Vec<String> = status
+                .attachments
+                .iter()
+                .filter(|a| !a.attached)
+                .map(|a| format!("{}({})", a.program, a.function.unwrap_or("-")))
+                .collect();
+            tracing::info!(attached, ?missing, "copy-up probes attached");
+        }
+        Some(d) => tracing::warn!(
+            reason = d.reason(),
+            detail = %d,
+            "copy-up probes are off; serving mount and upper-dir metrics without them"
+        ),
+    }
+    *handle.status.write_now() = status;
+    let (probes, maps) = started?;
+    *handle.maps.locked() = Some(maps);
+    Some(probes)
+}
+
+/// Detaches the copy-up probes: the collectors stop reading their maps first.
+pub fn stop_probes(probes: Probes, handle: &ProbeHandle) {
+    *handle.maps.locked() = None;
+    drop(probes);
+}
+
+pub fn waiting_for_overlay(handle: &ProbeHandle) -> bool {
+    let status = handle.status.read_now();
+    matches!(status.disabled, Some(probes::Disabled::NoOverlay(_)))
+}
