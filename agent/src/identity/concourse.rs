@@ -50,8 +50,8 @@ impl Layout for Concourse {
         i.settling = state == "init" && privileged.is_none();
         // Watched only when visible now: a directory the agent cannot see (a wrong
         // --path.rootfs) would otherwise look renamed at every check.
-        let dir = s.host(&format!("{volumes}/{state}/{handle}"));
-        i.renamed_unless_exists = std::fs::symlink_metadata(&dir).is_ok().then_some(dir);
+        let dir = format!("{volumes}/{state}/{handle}");
+        i.renamed_unless_exists = s.root.exists(&dir).then(|| s.path(&dir));
         Some(i)
     }
 }

@@ -17,6 +17,7 @@ mod concourse;
 mod containerd;
 mod docker;
 mod kubernetes;
+pub mod root;
 mod storage;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use serde::Deserialize;
 use crate::discovery::{Device, LayerPath, Mount, MountTable};
 use crate::pattern::PathRegex;
 use crate::sync::RwLockExt;
+use root::StateRoot;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Identity {
@@ -157,25 +159,27 @@ fn builtin(pattern: &str) -> regex::Regex {
 }
 
 /// What a layout sees of a mount: its mountpoint and upper dir as labels, and
-/// where the host's files are (runtime state is read under the rootfs).
+/// where the runtime's state files are (the host's root, or the root of the
+/// mount's namespace).
 pub(crate) struct Subject<'a> {
     pub mountpoint: String,
     pub upper: String,
-    rootfs: &'a Path,
+    pub root: &'a StateRoot,
 }
 
 impl Subject<'_> {
-    /// A host path under the agent's view of the host root.
-    pub fn host(&self, p: &str) -> PathBuf {
-        self.rootfs.join(p.trim_start_matches('/'))
+    /// A path of the mount's namespace as the agent reaches it.
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.root.path(p)
     }
 
     /// A JSON file of the runtime's state; None when absent or unreadable (logged at debug).
     pub fn read_json<T: serde::de::DeserializeOwned>(&self, p: &str) -> Option<T> {
-        let path = self.host(p);
-        let bytes = std::fs::read(&path).ok()?;
+        let bytes = self.root.read(p).ok()?;
         serde_json::from_slice(&bytes)
-            .map_err(|e| tracing::debug!(path = %path.display(), error = %e, "unreadable runtime state"))
+            .map_err(
+                |e| tracing::debug!(path = %self.path(p).display(), error = %e, "unreadable runtime state"),
+            )
             .ok()
     }
 }
@@ -193,14 +197,16 @@ trait Layout: Send + Sync {
 /// files are read under it).
 pub struct Resolver {
     rootfs: PathBuf,
+    procfs: PathBuf,
     rules: Vec<IdentityRule>,
     layouts: Vec<Box<dyn Layout>>,
 }
 
 impl Resolver {
-    pub fn new(rootfs: &Path, rules: &[IdentityRule]) -> Self {
+    pub fn new(rootfs: &Path, procfs: &Path, rules: &[IdentityRule]) -> Self {
         Resolver {
             rootfs: rootfs.to_owned(),
+            procfs: procfs.to_owned(),
             rules: rules.to_vec(),
             // Mountpoint layouts first; the upper-dir fallbacks (Docker's and
             // BuildKit's snapshot dirs, for mounts outside a container) last.
@@ -248,13 +254,14 @@ impl Resolver {
 
     fn identify_mount(&self, m: &Mount) -> Option<Identity> {
         let upper = m.options.upper.as_ref().map(LayerPath::label).unwrap_or_default();
+        let root = match m.namespace {
+            Some(ns) => StateRoot::namespace(&self.procfs, ns),
+            None => StateRoot::host(&self.rootfs),
+        };
         let mut first = None;
         for mp in std::iter::once(&m.mountpoint).chain(&m.other_mountpoints) {
-            let s = Subject {
-                mountpoint: crate::discovery::path_label(mp),
-                upper: upper.clone(),
-                rootfs: &self.rootfs,
-            };
+            let s =
+                Subject { mountpoint: crate::discovery::path_label(mp), upper: upper.clone(), root: &root };
             match self.identify_at(&s) {
                 Some(i) if !i.container_id.is_empty() => return Some(i),
                 Some(i) => first = first.or(Some(i)),

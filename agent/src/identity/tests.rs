@@ -4,7 +4,7 @@ use super::*;
 use crate::discovery::{group_by_superblock, mountinfo};
 
 fn mount(line: &str) -> Mount {
-    let t = group_by_superblock(mountinfo::parse(line.as_bytes()).0, |_| true);
+    let t = group_by_superblock(mountinfo::parse(line.as_bytes()).0, |_| true, None);
     t.into_values().next().expect("one mount")
 }
 
@@ -44,7 +44,7 @@ fn containers_storage_tells_podman_from_cri_o() {
                {{"id":"{crio}","names":["k8s_runner_runner-0_ci_x_0"],"layer":"{other}","metadata":"{{\"pod-name\":\"runner-0\",\"pod-id\":\"9f\",\"name\":\"k8s_runner_runner-0_ci_x_0\"}}"}}]"#
         ),
     );
-    let resolver = Resolver::new(root.path(), &[]);
+    let resolver = Resolver::new(root.path(), std::path::Path::new("/proc"), &[]);
     let id = |layer: &str| {
         resolver
             .identify(&mount(&line(&format!("/var/lib/containers/storage/overlay/{layer}/merged"), "/u")))
@@ -62,7 +62,7 @@ fn docker_overlay2_and_containerd_image_store() {
     write(&format!("/var/lib/docker/image/overlay2/layerdb/mounts/{C64}/mount-id"), M64);
     write(&format!("/var/lib/docker/containers/{C64}/config.v2.json"), r#"{"Name":"/db","State":{}}"#);
     write(&format!("/var/lib/docker/containers/{L64}/config.v2.json"), r#"{"Name":"/api"}"#);
-    let resolver = Resolver::new(root.path(), &[]);
+    let resolver = Resolver::new(root.path(), std::path::Path::new("/proc"), &[]);
     let id = |mp: &str, upper: &str| resolver.identify(&mount(&line(mp, upper)));
     let d = id(&format!("/var/lib/docker/overlay2/{M64}/merged"), "/u").expect("overlay2");
     assert_eq!(triple(&d), ("docker", C64, "db"));
@@ -79,7 +79,7 @@ fn docker_overlay2_and_containerd_image_store() {
 
 #[test]
 fn containerd_and_buildkit() {
-    let resolver = Resolver::new(Path::new("/nonexistent"), &[]);
+    let resolver = Resolver::new(Path::new("/nonexistent"), std::path::Path::new("/proc"), &[]);
     let id = |mp: &str, upper: &str| resolver.identify(&mount(&line(mp, upper)));
     let cd =
         id("/run/containerd/io.containerd.runtime.v2.task/k8s.io/9f8e7d/rootfs", "/u").expect("containerd");
@@ -115,7 +115,7 @@ fn containerd_and_buildkit() {
 #[test]
 fn concourse_volume_in_every_state() {
     let (root, write) = state_root();
-    let resolver = Resolver::new(root.path(), &[]);
+    let resolver = Resolver::new(root.path(), std::path::Path::new("/proc"), &[]);
     let h = "5c2f-1a2b";
     let id = |state: &str| {
         resolver
@@ -175,10 +175,11 @@ fn concourse_init_volume_settles_once_privileged_json_is_read() {
             )
             .0,
             |_| true,
+            None,
         ),
         ..Default::default()
     };
-    let resolver = Resolver::new(root.path(), &[]);
+    let resolver = Resolver::new(root.path(), std::path::Path::new("/proc"), &[]);
     let ids = resolver.inventory(&table());
     assert!(ids.watched() && ids.outdated(), "no privileged.json yet: re-read every second");
     write(&format!("/worker/volumes/init/{h}/privileged.json"), "true\n");
@@ -253,10 +254,10 @@ fn kubernetes_pods_from_cgroup_paths() {
     })
     .collect::<String>();
     let t = MountTable {
-        mounts: group_by_superblock(mountinfo::parse(lines.as_bytes()).0, |_| true),
+        mounts: group_by_superblock(mountinfo::parse(lines.as_bytes()).0, |_| true, None),
         ..Default::default()
     };
-    let ids = Resolver::new(r, &[]).inventory(&t);
+    let ids = Resolver::new(r, std::path::Path::new("/proc"), &[]).inventory(&t);
     assert!(!ids.watched() && !ids.outdated());
     let mut got: Vec<(String, String, String, String)> = ids
         .iter()
@@ -284,7 +285,7 @@ fn user_rules_come_first() {
         regex: PathRegex::new(r"/ci/jobs/(?P<container_id>\d+)-(?P<container_name>[a-z]+)/upper")
             .expect("regex"),
     };
-    let resolver = Resolver::new(Path::new("/"), &[rule]);
+    let resolver = Resolver::new(Path::new("/"), std::path::Path::new("/proc"), &[rule]);
     let m = mount("1 2 0:50 / /run/containerd/io.containerd.runtime.v2.task/x/y/rootfs rw - overlay overlay rw,lowerdir=/l,upperdir=/ci/jobs/42-build/upper,workdir=/w\n");
     let i = resolver.identify(&m).expect("rule");
     assert_eq!(

@@ -37,6 +37,17 @@ pub use native::NativeHistogram;
 
 use crate::sync::RwLockExt;
 
+/// Labels left out of a sample when their value is empty, in both formats: the
+/// mount namespace of a per-mount series is "" in the reference (host) namespace,
+/// so host mounts keep the label sets they always had. Prometheus treats an
+/// empty label as an absent one, so this changes no series' identity.
+pub const OMIT_WHEN_EMPTY: &[&str] = &["mntns"];
+
+/// Whether a label is written: not one of [`OMIT_WHEN_EMPTY`] with an empty value.
+pub fn written(name: &str, value: &str) -> bool {
+    !value.is_empty() || !OMIT_WHEN_EMPTY.contains(&name)
+}
+
 /// A metric definition: the one place a name, its help and its labels are spelled.
 pub struct Def {
     pub name: &'static str,
