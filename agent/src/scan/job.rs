@@ -1,7 +1,7 @@
 //! One scan job on a worker: the walk of an upper dir, with quota readings around
 //! it in quota mode, and its outcome written to the store.
 
-use std::path::Path;
+use crate::discovery::UpperDir;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -54,7 +54,7 @@ pub(super) fn run_job(store: &ScanStore, own_cwd: Option<&OwnCwd>, mut job: Job)
 /// around it ([`quota::verify`]); otherwise the reading before it stands.
 fn quota_after_walk(
     quota: &QuotaSettings,
-    upper: &Path,
+    upper: &UpperDir,
     target: Result<QuotaTarget, Unavailable>,
     before: Result<Reading, Unavailable>,
     outcome: &Result<ScanResult, ScanError>,
@@ -67,7 +67,7 @@ fn quota_after_walk(
                 Ok(u) => Ok((t, u)),
                 Err(Unavailable::Mismatch) => {
                     let b = before.unwrap_or_default().usage;
-                    tracing::warn!(upper = %upper.display(), project_id = t.project_id, quota_bytes = b.allocated_bytes, quota_inodes = b.inodes, walk_bytes = walk.allocated_bytes, walk_inodes = walk.inodes, "project quota disagrees with the walk of an unchanged tree: bytes and inodes from the walk");
+                    tracing::warn!(upper = %upper, project_id = t.project_id, quota_bytes = b.allocated_bytes, quota_inodes = b.inodes, walk_bytes = walk.allocated_bytes, walk_inodes = walk.inodes, "project quota disagrees with the walk of an unchanged tree: bytes and inodes from the walk");
                     Err(Unavailable::Mismatch)
                 }
                 Err(e) => Err(e),
@@ -107,7 +107,7 @@ fn record(store: &ScanStore, job: Job, done: Finished) {
     match done.outcome {
         Ok(result) => record_result(store, rec, result, done.duration, done.was_hung),
         Err(e) => {
-            tracing::debug!(upper = %job.upper.display(), error = %e, "upper dir scan failed");
+            tracing::debug!(upper = %job.upper, error = %e, "upper dir scan failed");
             *rec.errors_total.entry(e.reason()).or_default() += 1;
         }
     }

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use budget::Budget;
-pub use pool::ScanPool;
+pub use pool::{Roots, ScanPool};
 pub use store::{ActivitySignal, ScanRecord, ScanStore};
 pub use walk::{scan, OwnCwd, ScanCache, ScanOptions, XattrNamespace};
 

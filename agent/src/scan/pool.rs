@@ -34,7 +34,7 @@ use super::workers::{Crew, InFlight, Workers};
 use super::XattrNamespace;
 use crate::activity::Activity;
 use crate::config::ScanConfig;
-use crate::discovery::{Device, MountTable};
+use crate::discovery::{Device, Mount, MountTable, UpperDir};
 use crate::sync::LockExt;
 
 pub use super::quota::QuotaSettings;
@@ -56,26 +56,47 @@ impl Drop for ScanPool {
     }
 }
 
-/// The upper dirs of a mount table: by upper dir (as mountinfo names it), the
-/// xattr namespace, the devices of its mounts and its work dir under `rootfs`.
-type Wanted = HashMap<PathBuf, (XattrNamespace, Vec<Device>, Option<PathBuf>)>;
+/// The upper dirs of a mount table: by upper dir (with its namespace), the
+/// xattr namespace, the devices of its mounts, and where the agent opens it and
+/// its work dir.
+type Wanted = HashMap<UpperDir, (XattrNamespace, Vec<Device>, PathBuf, Option<PathBuf>)>;
 
-fn upper_dirs_of(table: &MountTable, rootfs: &Path) -> Wanted {
+/// Where the agent reaches the files of mount `m`'s namespace: the host's root
+/// (`rootfs`), or another namespace's root through one of its processes
+/// (`<procfs>/<pid>/root`).
+fn root_of(m: &Mount, roots: &Roots<'_>) -> PathBuf {
+    match m.namespace {
+        None => roots.rootfs.to_owned(),
+        Some(ns) => ns.proc_path(roots.procfs, "root"),
+    }
+}
+
+fn upper_dirs_of(table: &MountTable, roots: &Roots<'_>) -> Wanted {
     let mut wanted: Wanted = HashMap::new();
-    let under_root = |p: &Path| rootfs.join(p.strip_prefix("/").unwrap_or(p));
     for (dev, m) in &table.mounts {
-        if let Some(upper) = m.upper_dir() {
-            let ns = if m.options.userxattr { XattrNamespace::User } else { XattrNamespace::Trusted };
-            let work = m.options.work.as_ref().and_then(|w| w.absolute()).map(under_root);
-            let w = wanted.entry(upper.to_owned()).or_insert((ns, Vec::new(), None));
-            w.0 = ns;
-            w.1.push(*dev);
-            if w.2.is_none() {
-                w.2 = work;
-            }
+        let Some(upper) = m.upper() else { continue };
+        let root = root_of(m, roots);
+        let under_root = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+        let ns = if m.options.userxattr { XattrNamespace::User } else { XattrNamespace::Trusted };
+        let work = m.options.work.as_ref().and_then(|w| w.absolute()).map(under_root);
+        let open_at = under_root(&upper.path);
+        let w = wanted.entry(upper).or_insert((ns, Vec::new(), open_at, None));
+        w.0 = ns;
+        w.1.push(*dev);
+        if w.3.is_none() {
+            w.3 = work;
         }
     }
     wanted
+}
+
+/// The roots paths are reached under: the host's root filesystem as the agent
+/// sees it (`discovery.rootfs`), and the procfs through which other mount
+/// namespaces' roots are reached (`discovery.procfs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Roots<'a> {
+    pub rootfs: &'a Path,
+    pub procfs: &'a Path,
 }
 
 impl ScanPool {
@@ -131,15 +152,15 @@ impl ScanPool {
 
     /// Queues every upper dir of `table` that is due and not already being scanned;
     /// forgets upper dirs that no mount uses any more. Upper dirs are opened under
-    /// `rootfs`, the host's root filesystem as the agent sees it.
-    pub fn schedule(&self, table: &MountTable, interval: Duration, timeout: Duration, rootfs: &Path) {
+    /// `roots`: the host's root, or their namespace's.
+    pub fn schedule(&self, table: &MountTable, interval: Duration, timeout: Duration, roots: Roots<'_>) {
         let now = Instant::now();
         self.crew.check_hung(now);
-        let wanted = upper_dirs_of(table, rootfs);
+        let wanted = upper_dirs_of(table, &roots);
         let activity = self.crew.store.activity.snapshot();
         let mut store = self.crew.store.lock();
         store.retain(|upper, _| wanted.contains_key(upper));
-        for (upper, (ns, devices, work_at)) in wanted {
+        for (upper, (ns, devices, open_at, work_at)) in wanted {
             let rec = store.entry(upper.clone()).or_insert_with(|| ScanRecord::new(now));
             if rec.devices != devices {
                 rec.devices = devices;
@@ -149,7 +170,6 @@ impl ScanPool {
             }
             rec.in_flight = true;
             self.crew.in_flight.add();
-            let open_at = rootfs.join(upper.strip_prefix("/").unwrap_or(&upper));
             if rec.open_at != open_at {
                 rec.open_at = open_at.clone();
             }
@@ -194,8 +214,40 @@ impl ScanPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{LayerPath, Mount, OverlayOptions};
+    use crate::discovery::{LayerPath, Mount, MountNs, NsId, OverlayOptions};
     use std::collections::HashSet;
+
+    fn mount_at(minor: u32, upper: &str, namespace: Option<MountNs>) -> Mount {
+        Mount {
+            mount_id: minor as i32,
+            device: Device { major: 0, minor },
+            mountpoint: PathBuf::from("/merged"),
+            namespace,
+            other_mountpoints: Vec::new(),
+            elsewhere: 0,
+            source: "overlay".to_owned(),
+            read_only: false,
+            options: OverlayOptions { upper: Some(LayerPath::Absolute(upper.into())), ..Default::default() },
+        }
+    }
+
+    /// One path in two namespaces is two upper dirs, each reached under its
+    /// namespace's root; a host mount under the host's root.
+    #[test]
+    fn an_upper_dir_is_named_and_reached_in_its_namespace() {
+        let path = "/var/lib/containerd/snapshots/1/fs";
+        let ns = |id, pid| Some(MountNs { id: NsId(id), pid });
+        let mounts = [mount_at(1, path, None), mount_at(2, path, ns(7, 40)), mount_at(3, path, ns(8, 50))];
+        let table =
+            MountTable { mounts: mounts.into_iter().map(|m| (m.device, m)).collect(), ..Default::default() };
+        let roots = Roots { rootfs: Path::new("/host"), procfs: Path::new("/hostproc") };
+        let wanted = upper_dirs_of(&table, &roots);
+        assert_eq!(wanted.len(), 3, "{wanted:?}");
+        let open_at = |mntns| &wanted[&UpperDir { mntns, path: path.into() }].2;
+        assert_eq!(open_at(None), Path::new("/host/var/lib/containerd/snapshots/1/fs"));
+        assert_eq!(open_at(Some(NsId(7))), Path::new("/hostproc/40/root/var/lib/containerd/snapshots/1/fs"));
+        assert_eq!(open_at(Some(NsId(8))), Path::new("/hostproc/50/root/var/lib/containerd/snapshots/1/fs"));
+    }
 
     /// The ids of this process's threads.
     fn threads() -> HashSet<i32> {
@@ -239,7 +291,9 @@ mod tests {
             mount_id: 1,
             device: dev,
             mountpoint: tmp.path().join("merged"),
+            namespace: None,
             other_mountpoints: Vec::new(),
+            elsewhere: 0,
             source: "overlay".to_owned(),
             read_only: false,
             options: OverlayOptions { upper: Some(LayerPath::Absolute(upper)), ..Default::default() },
@@ -255,7 +309,12 @@ mod tests {
         let before = threads();
         let pool = ScanPool::new(&config, Arc::default()).expect("pool");
         let scan = || {
-            pool.schedule(&table, Duration::ZERO, Duration::from_secs(60), Path::new("/"));
+            pool.schedule(
+                &table,
+                Duration::ZERO,
+                Duration::from_secs(60),
+                Roots { rootfs: Path::new("/"), procfs: Path::new("/proc") },
+            );
             pool.wait_idle();
         };
         scan();

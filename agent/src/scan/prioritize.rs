@@ -138,7 +138,6 @@ mod tests {
     use super::*;
     use crate::discovery::Device;
     use std::cmp::Reverse;
-    use std::path::{Path, PathBuf};
 
     #[test]
     fn activity_is_a_different_copy_up_count_else_a_changed_upper_dir() {
@@ -188,7 +187,7 @@ mod tests {
             rec.root_stamp = RootStamp::of(&dir);
             rec.open_at = dir.clone();
             assert!(rec.root_stamp.is_some());
-            store.lock().insert(PathBuf::from(name), rec);
+            store.lock().insert(crate::discovery::UpperDir::host(name), rec);
             if name == "not-due" {
                 continue;
             }
@@ -208,7 +207,7 @@ mod tests {
         // Counted once each until their next scan; the one not due yet is marked
         // for when it is queued.
         assert_eq!(
-            store.lock().get(Path::new("not-due")).and_then(|r| r.activity),
+            store.lock().get(&crate::discovery::UpperDir::host("not-due")).and_then(|r| r.activity),
             Some(ActivitySignal::UpperChanged)
         );
         assert_eq!(store.prioritized(ActivitySignal::UpperChanged), 2);

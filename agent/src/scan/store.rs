@@ -13,7 +13,7 @@ use super::quota::{QuotaSettings, QuotaTarget, Unavailable, Usage};
 use super::{ErrorReason, ScanCache, ScanResult};
 use crate::activity::Activity;
 use crate::config::ScanConfig;
-use crate::discovery::Device;
+use crate::discovery::{Device, UpperDir};
 use crate::sync::LockExt;
 
 /// The state of one upper dir across scans.
@@ -137,7 +137,7 @@ impl ScanRecord {
 /// Last scan results by upper dir, and the scan threads' budget.
 #[derive(Debug, Clone)]
 pub struct ScanStore {
-    pub(super) records: Arc<Mutex<HashMap<PathBuf, ScanRecord>>>,
+    pub(super) records: Arc<Mutex<HashMap<UpperDir, ScanRecord>>>,
     pub(super) budget: Arc<Budget>,
     pub(super) quota: Arc<QuotaSettings>,
     /// Directories read and cached, over all scans.
@@ -182,7 +182,7 @@ impl ScanStore {
         (self.dirs.0.load(Ordering::Relaxed), self.dirs.1.load(Ordering::Relaxed))
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, HashMap<PathBuf, ScanRecord>> {
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<UpperDir, ScanRecord>> {
         // A worker that panicked while holding the lock leaves plain data behind.
         self.records.locked()
     }
