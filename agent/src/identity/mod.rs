@@ -16,6 +16,7 @@ mod buildkit;
 mod concourse;
 mod containerd;
 mod docker;
+mod holder;
 mod kubernetes;
 pub mod root;
 mod storage;
@@ -26,9 +27,10 @@ use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 
-use crate::discovery::{Device, LayerPath, Mount, MountTable};
+use crate::discovery::{Device, LayerPath, Mount, MountNs, MountTable, NsId};
 use crate::pattern::PathRegex;
 use crate::sync::RwLockExt;
+pub use holder::Holder;
 use root::StateRoot;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -72,9 +74,16 @@ impl Identity {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inventory {
     by_device: BTreeMap<Device, Identity>,
+    /// Who holds each mount namespace that has an overlay (not the host's).
+    holders: BTreeMap<NsId, Holder>,
 }
 
 impl Inventory {
+    /// Who holds the namespace of mount `m` (None for the host's).
+    pub fn holder(&self, m: &Mount) -> Option<&Holder> {
+        self.holders.get(&m.namespace?.id)
+    }
+
     pub fn get(&self, device: &Device) -> Option<&Identity> {
         self.by_device.get(device)
     }
@@ -234,7 +243,24 @@ impl Resolver {
                 pods.label(i);
             }
         }
-        Inventory { by_device }
+        Inventory { by_device, holders: self.holders(table) }
+    }
+
+    /// The holder of every namespace that has a mount in `table`.
+    fn holders(&self, table: &MountTable) -> BTreeMap<NsId, Holder> {
+        let namespaces: BTreeMap<NsId, MountNs> =
+            table.mounts.values().filter_map(|m| m.namespace).map(|ns| (ns.id, ns)).collect();
+        let mut holders: BTreeMap<NsId, Holder> =
+            namespaces.into_iter().map(|(id, ns)| (id, holder::holder_of(&self.procfs, ns))).collect();
+        if holders.values().any(|h| !h.pod_uid.is_empty()) {
+            let names = kubernetes::pod_names(&self.rootfs);
+            for h in holders.values_mut() {
+                if let Some((ns, name)) = names.get(&h.pod_uid) {
+                    (h.pod_namespace, h.pod_name) = (ns.clone(), name.clone());
+                }
+            }
+        }
+        holders
     }
 
     /// The primary mountpoint decides, unless it names no container and a bind

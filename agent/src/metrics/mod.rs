@@ -39,9 +39,19 @@ use crate::sync::RwLockExt;
 
 /// Labels left out of a sample when their value is empty, in both formats: the
 /// mount namespace of a per-mount series is "" in the reference (host) namespace,
-/// so host mounts keep the label sets they always had. Prometheus treats an
-/// empty label as an absent one, so this changes no series' identity.
-pub const OMIT_WHEN_EMPTY: &[&str] = &["mntns"];
+/// so host mounts keep the label sets they always had, and so is who holds it
+/// (`mntns_*` of `overlayfs_mount_info`). Prometheus treats an empty label as an
+/// absent one, so this changes no series' identity.
+pub const OMIT_WHEN_EMPTY: &[&str] = &[
+    "mntns",
+    "mntns_runtime",
+    "mntns_container_id",
+    "mntns_pod_namespace",
+    "mntns_pod_name",
+    "mntns_pod_uid",
+    "mntns_process",
+    "mntns_uid",
+];
 
 /// Whether a label is written: not one of [`OMIT_WHEN_EMPTY`] with an empty value.
 pub fn written(name: &str, value: &str) -> bool {

@@ -14,7 +14,7 @@ static MOUNTS: Def = Def {
 };
 static INFO: Def = Def {
     name: "overlayfs_mount_info",
-    help: "Overlay mount metadata; always 1. Join on mountpoint and mntns for the other overlayfs_ series.",
+    help: "Overlay mount metadata; always 1. Join on mountpoint and mntns for the other overlayfs_ series. mntns_* name the container, pod or process holding the mount namespace (left out for the host's).",
     kind: MetricType::GAUGE,
     labels: &[
         "mountpoint",
@@ -38,6 +38,13 @@ static INFO: Def = Def {
         "pod_namespace",
         "pod_name",
         "pod_uid",
+        "mntns_runtime",
+        "mntns_container_id",
+        "mntns_pod_namespace",
+        "mntns_pod_name",
+        "mntns_pod_uid",
+        "mntns_process",
+        "mntns_uid",
     ],
 };
 static LOWER: Def = Def {
@@ -122,6 +129,7 @@ impl Collector for MountCollector {
             let work = o.work.as_ref().map(LayerPath::label).unwrap_or_default();
             let device = m.device.to_string();
             let id = identities.get(&m.device);
+            let holder = identities.holder(m);
             info.add(
                 &[
                     &mp,
@@ -145,6 +153,13 @@ impl Collector for MountCollector {
                     id.map(|i| i.pod_namespace.as_str()).unwrap_or(""),
                     id.map(|i| i.pod_name.as_str()).unwrap_or(""),
                     id.map(|i| i.pod_uid.as_str()).unwrap_or(""),
+                    holder.map(|h| h.runtime.as_str()).unwrap_or(""),
+                    holder.map(|h| h.container_id.as_str()).unwrap_or(""),
+                    holder.map(|h| h.pod_namespace.as_str()).unwrap_or(""),
+                    holder.map(|h| h.pod_name.as_str()).unwrap_or(""),
+                    holder.map(|h| h.pod_uid.as_str()).unwrap_or(""),
+                    holder.map(|h| h.process.as_str()).unwrap_or(""),
+                    holder.map(|h| h.uid.as_str()).unwrap_or(""),
                 ],
                 1.0,
             );
