@@ -119,14 +119,8 @@ fn processes_of(dir: &Path) -> Vec<rustix::process::Pid> {
 
 /// A busybox-static tree with `sh` and `sleep`, tarred (the image's only layer).
 fn busybox_layer(dir: &Path) -> PathBuf {
-    let tree = dir.join("tree");
-    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
-    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).expect("busybox-static");
-    for link in ["sh", "sleep"] {
-        std::os::unix::fs::symlink("busybox", tree.join("bin").join(link)).expect("symlink");
-    }
     let tar = dir.join("layer.tar");
-    common::run(Command::new("tar").arg("-C").arg(&tree).arg("-cf").arg(&tar).arg("."));
+    common::busybox_layer_tar(&dir.join("tree"), &tar);
     tar
 }
 
