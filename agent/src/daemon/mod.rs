@@ -36,15 +36,16 @@ pub enum AgentError {
     Start { what: &'static str, source: std::io::Error },
 }
 
-/// Whether an identity may have changed without a mount table change (a renamed
-/// Concourse volume, one still in init/): checked every second, off the async
-/// threads since it stats files, and only when some identity is watched.
-async fn identities_outdated(mounts: &SharedMountView) -> bool {
+/// The mount tables to re-read because an identity may have changed without a
+/// mount table change (a renamed Concourse volume, one still in init/): checked
+/// every second, off the async threads since it stats files, and only when some
+/// identity is watched.
+async fn identities_outdated(mounts: &SharedMountView) -> Dirty {
     let snapshot = mounts.get();
     if !snapshot.identities.watched() {
-        return false;
+        return Dirty::default();
     }
-    tokio::task::spawn_blocking(move || snapshot.identities.outdated()).await.unwrap_or(false)
+    tokio::task::spawn_blocking(move || snapshot.outdated()).await.unwrap_or_default()
 }
 
 /// `overlay-agent serve`: run until SIGTERM or SIGINT. `web` is the loaded
@@ -220,7 +221,7 @@ impl<'a> Daemon<'a> {
                         dirty = Dirty::all();
                     } else if last_identity.elapsed() >= Duration::from_secs(1) {
                         last_identity = Instant::now();
-                        dirty.reference = identities_outdated(&self.pipeline.mounts).await;
+                        dirty = identities_outdated(&self.pipeline.mounts).await;
                     }
                 }
                 Wake::Reload => {

@@ -27,7 +27,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 
-use crate::discovery::{Device, LayerPath, Mount, MountNs, MountTable, NsId};
+use crate::discovery::{Device, Dirty, LayerPath, Mount, MountNs, MountTable, NsId};
 use crate::pattern::PathRegex;
 use crate::sync::RwLockExt;
 pub use holder::Holder;
@@ -58,6 +58,14 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Whether this identity may have changed since it was read: still
+    /// settling, or a directory it was read from has been renamed. Stats one
+    /// path at most.
+    pub fn outdated(&self) -> bool {
+        self.settling
+            || self.renamed_unless_exists.as_ref().is_some_and(|p| std::fs::symlink_metadata(p).is_err())
+    }
+
     fn new(runtime: &str, container_id: impl Into<String>, container_name: impl Into<String>) -> Self {
         Identity {
             runtime: runtime.to_owned(),
@@ -92,18 +100,7 @@ impl Inventory {
         self.by_device.iter()
     }
 
-    /// Whether some identity may have changed since it was read: one is still
-    /// settling, or a directory it was read from has been renamed. The daemon
-    /// asks every second and then re-reads the mount table, instead of waiting
-    /// for the resync interval. Stats one path per Concourse volume.
-    pub fn outdated(&self) -> bool {
-        self.by_device.values().any(|i| {
-            i.settling
-                || i.renamed_unless_exists.as_ref().is_some_and(|p| std::fs::symlink_metadata(p).is_err())
-        })
-    }
-
-    /// Whether [`Inventory::outdated`] has anything to check.
+    /// Whether [`MountView::outdated`] has anything to check.
     pub fn watched(&self) -> bool {
         self.by_device.values().any(|i| i.settling || i.renamed_unless_exists.is_some())
     }
@@ -115,6 +112,26 @@ impl Inventory {
 pub struct MountView {
     pub table: MountTable,
     pub identities: Inventory,
+}
+
+impl MountView {
+    /// The mount tables to read again because an identity read from them may
+    /// have changed without a mount table change (a Concourse volume renamed
+    /// from init/ to live/, or still settling in init/): the daemon asks every
+    /// second, instead of waiting for the resync interval. Only the namespaces
+    /// of those mounts are marked.
+    pub fn outdated(&self) -> Dirty {
+        let mut dirty = Dirty::default();
+        for (dev, _) in self.identities.iter().filter(|(_, i)| i.outdated()) {
+            match self.table.mounts.get(dev).and_then(|m| m.namespace) {
+                Some(ns) => {
+                    dirty.namespaces.insert(ns.id);
+                }
+                None => dirty.reference = true,
+            }
+        }
+        dirty
+    }
 }
 
 /// The current [`MountView`], published whole: a scrape sees a table with the
