@@ -34,8 +34,7 @@ fn upper(m: &Metrics, family: &str, mp: &str, mntns: &str, extra: &[(&str, &str)
 #[test]
 fn another_users_namespace_is_seen_measured_in_place_and_forgotten() {
     common::require_root();
-    let tmp =
-        tempfile::Builder::new().keep(std::env::var_os("KEEP_TMP").is_some()).tempdir().expect("tempdir");
+    let tmp = tempfile::tempdir().expect("tempdir");
     let private = tmp.path().join("priv");
     hand_over(&private, NOBODY);
     let ns = Namespace::start(NOBODY, &private_overlay(&private, 300_000));
@@ -158,7 +157,7 @@ fn rootless_podman_containers_are_seen_identified_and_measured() {
     let mut kill = std::process::Command::new("pkill");
     kill.args(["-KILL", "-u", ROOTLESS_USER]);
     let _cleanup = Cleanup(vec![podman(&["rm", "-f", "-t", "0", "-a"]), kill]);
-    common::run(&mut podman(&["import", "-q"]).arg(&layer).arg("oa-busybox:rootless"));
+    common::run(podman(&["import", "-q"]).arg(&layer).arg("oa-busybox:rootless"));
     let id = common::run(&mut podman(&[
         "run",
         "-d",
