@@ -212,3 +212,35 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// Hostile input: a user makes more namespaces than `discovery.max_namespaces`,
+/// each with an overlay at a hostile path. The agent reads no more than the cap,
+/// says so in a metric and a log line, and its series stay well-formed.
+#[test]
+fn namespaces_beyond_the_cap_are_counted_and_logged_not_read() {
+    common::require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let private = tmp.path().join(format!("n{i}"));
+        hand_over(&private, NOBODY);
+        let hostile = format!("{}/q\"uote\\\\back sp{i}", private.display());
+        let script = format!(
+            "mkdir -p {p}/l {p}/u {p}/w '{hostile}'\nmount -t overlay overlay -o lowerdir={p}/l,upperdir={p}/u,workdir={p}/w,userxattr '{hostile}'",
+            p = private.display()
+        );
+        held.push(Namespace::start(NOBODY, &script));
+    }
+    let cfg = tmp.path().join("capped.yaml");
+    let include = regex::escape(&tmp.path().display().to_string());
+    let text = format!("discovery:\n  include_mountpoints: ['{include}/.*']\n  max_namespaces: 2\n");
+    std::fs::write(&cfg, text).expect("config");
+    let agent = Agent::start(tmp.path(), &["--config", cfg.to_str().expect("utf-8")]);
+    let m = common::scrape_until(&agent, "a census past the cap", |m| {
+        m.get("overlayfs_discovery_namespaces_over_cap", &[]).is_some_and(|n| n >= 2.0)
+    });
+    let seen = m.count("overlayfs_mount_info", &[]);
+    assert!(seen <= 2, "at most the cap's namespaces are read: {seen}");
+    assert!(agent.log().contains("more mount namespaces than discovery.max_namespaces"), "{}", agent.log());
+    common::promtool_check(&m.text);
+}
