@@ -225,8 +225,10 @@ impl<'a> Daemon<'a> {
         }
     }
 
-    /// Re-reads the mount table off the async threads, attaches the probes once the
-    /// overlay module appears, and forgets the counters of vanished devices.
+    /// Re-reads the mount table off the async threads (scans of mounts that left it
+    /// stop there, before identities are looked up: `Pipeline::rediscover`),
+    /// attaches the probes once the overlay module appears, and forgets the
+    /// counters of vanished devices.
     async fn follow_mounts(&mut self) {
         let before = self.pipeline.mounts.get();
         let (p, c) = (self.pipeline.clone(), self.config.clone());

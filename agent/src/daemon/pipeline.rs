@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use super::AgentError;
 use crate::config::{ClassicHistograms, Config};
-use crate::discovery::{self, DiscoveryError};
+use crate::discovery::{self, DiscoveryError, MountTable};
 use crate::identity::{MountView, Resolver, SharedMountView};
 use crate::metrics::{self, discovery::DiscoveryStats, server::ServerStats};
 use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
@@ -17,9 +17,18 @@ use crate::sync::{LockExt, RwLockExt};
 /// Discovery with the config's procfs root and filters, then identity: the mount
 /// table and its mounts' identities.
 pub fn discover(config: &Config) -> Result<MountView, DiscoveryError> {
-    let table = discovery::discover(&config.discovery.procfs, |mp| config.mountpoint_selected(mp))?;
+    read_table(config).map(|table| identify(config, table))
+}
+
+/// The mount table, with the config's procfs root and filters.
+fn read_table(config: &Config) -> Result<MountTable, DiscoveryError> {
+    discovery::discover(&config.discovery.procfs, |mp| config.mountpoint_selected(mp))
+}
+
+/// The identities of the mounts of `table`.
+fn identify(config: &Config, table: MountTable) -> MountView {
     let identities = Resolver::new(&config.discovery.rootfs, &config.identity.rules).inventory(&table);
-    Ok(MountView { table, identities })
+    MountView { table, identities }
 }
 
 /// Everything the collectors read, and the exposition that holds them. Every
@@ -71,10 +80,16 @@ impl Pipeline {
         Ok(Pipeline { mounts, stats, pool, probes, exposition, classic_histograms })
     }
 
-    /// Re-reads mountinfo; on failure keeps the previous table.
+    /// Re-reads mountinfo; on failure keeps the previous table. The scan pool
+    /// learns of the new table first, before identities are looked up: scans of
+    /// mounts that left stop at once (`ScanPool::follow`).
     pub fn rediscover(&self, config: &Config) -> Result<(), DiscoveryError> {
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
-        match discover(config) {
+        let read = read_table(config).map(|table| {
+            self.pool.follow(&table);
+            identify(config, table)
+        });
+        match read {
             Ok(view) => {
                 // Log a bad line once, not at every re-read while it stays.
                 let t = &view.table;

@@ -18,7 +18,7 @@
 //! [`ScanCache`]: super::ScanCache
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Sender};
@@ -26,6 +26,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::budget::Budget;
+use super::cancel::Cancel;
 use super::prioritize::watch_activity;
 use super::queue::{Job, Priority};
 use super::quota_refresh::quota_reader;
@@ -57,8 +58,9 @@ impl Drop for ScanPool {
 }
 
 /// The upper dirs of a mount table: by upper dir (as mountinfo names it), the
-/// xattr namespace, the devices of its mounts and its work dir under `rootfs`.
-type Wanted = HashMap<PathBuf, (XattrNamespace, Vec<Device>, Option<PathBuf>)>;
+/// xattr namespace, the devices and mount ids of its mounts and its work dir under
+/// `rootfs`.
+type Wanted = HashMap<PathBuf, (XattrNamespace, Vec<(Device, i32)>, Option<PathBuf>)>;
 
 fn upper_dirs_of(table: &MountTable, rootfs: &Path) -> Wanted {
     let mut wanted: Wanted = HashMap::new();
@@ -69,7 +71,7 @@ fn upper_dirs_of(table: &MountTable, rootfs: &Path) -> Wanted {
             let work = m.options.work.as_ref().and_then(|w| w.absolute()).map(under_root);
             let w = wanted.entry(upper.to_owned()).or_insert((ns, Vec::new(), None));
             w.0 = ns;
-            w.1.push(*dev);
+            w.1.push((*dev, m.mount_id));
             if w.2.is_none() {
                 w.2 = work;
             }
@@ -129,18 +131,45 @@ impl ScanPool {
         self.crew.idle.set(config.idle_priority);
     }
 
+    /// Follows a new read of the mount table: forgets the upper dirs no mount of
+    /// `table` uses any more and stops their scans, queued or running (they close
+    /// what they hold within milliseconds). A scan whose mounts all left while
+    /// another mount came on the same upper dir between two reads (unmounted and
+    /// mounted again) stops too, and its upper dir is scanned again at once. Looks
+    /// at the table only, never at the upper dirs: call it after every read, before
+    /// anything slower.
+    pub fn follow(&self, table: &MountTable) {
+        let wanted: HashSet<&Path> = table.mounts.values().filter_map(|m| m.upper_dir()).collect();
+        let present = |(dev, id): &(Device, i32)| table.mounts.get(dev).is_some_and(|m| m.mount_id == *id);
+        let mut store = self.crew.store.lock();
+        store.retain(|upper, rec| {
+            let keep = wanted.contains(upper.as_path());
+            if !keep || (rec.in_flight && !rec.job_mounts.iter().any(present)) {
+                rec.cancel.stop();
+            }
+            keep
+        });
+    }
+
     /// Queues every upper dir of `table` that is due and not already being scanned;
-    /// forgets upper dirs that no mount uses any more. Upper dirs are opened under
-    /// `rootfs`, the host's root filesystem as the agent sees it.
+    /// forgets upper dirs that no mount uses any more (stopping their scans). Upper
+    /// dirs are opened under `rootfs`, the host's root filesystem as the agent sees it.
     pub fn schedule(&self, table: &MountTable, interval: Duration, timeout: Duration, rootfs: &Path) {
         let now = Instant::now();
         self.crew.check_hung(now);
         let wanted = upper_dirs_of(table, rootfs);
         let activity = self.crew.store.activity.snapshot();
         let mut store = self.crew.store.lock();
-        store.retain(|upper, _| wanted.contains_key(upper));
-        for (upper, (ns, devices, work_at)) in wanted {
+        store.retain(|upper, rec| {
+            let keep = wanted.contains_key(upper);
+            if !keep {
+                rec.cancel.stop();
+            }
+            keep
+        });
+        for (upper, (ns, mounts, work_at)) in wanted {
             let rec = store.entry(upper.clone()).or_insert_with(|| ScanRecord::new(now));
+            let devices: Vec<Device> = mounts.iter().map(|(d, _)| *d).collect();
             if rec.devices != devices {
                 rec.devices = devices;
             }
@@ -166,6 +195,9 @@ impl ScanPool {
             let priority =
                 Priority { never_scanned, active, changed: rec.changed, due: Reverse(rec.next_due) };
             let cache = rec.cache.take().unwrap_or_default();
+            let cancel = Arc::new(Cancel::default());
+            rec.cancel = cancel.clone();
+            rec.job_mounts = mounts;
             self.crew.queue.push(Job {
                 upper,
                 open_at,
@@ -174,6 +206,7 @@ impl ScanPool {
                 interval,
                 timeout,
                 cache,
+                cancel,
                 priority,
                 passed_over: 0,
             });
