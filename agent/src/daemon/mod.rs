@@ -250,8 +250,10 @@ impl<'a> Daemon<'a> {
         }
     }
 
-    /// Re-reads what changed off the async threads, attaches the probes once the
-    /// overlay module appears, and forgets the counters of vanished devices.
+    /// Re-reads what changed off the async threads (scans of mounts that left the
+    /// table stop there, before identities are looked up: `Pipeline::rediscover`),
+    /// attaches the probes once the overlay module appears, and forgets the
+    /// counters of vanished devices.
     async fn follow_mounts(&mut self, dirty: Dirty, census: bool) {
         let before = self.pipeline.mounts.get();
         let (p, c) = (self.pipeline.clone(), self.config.clone());

@@ -81,7 +81,9 @@ impl Pipeline {
     }
 
     /// Re-reads what `dirty` says changed (after a census when `census` is set
-    /// or one is due); on failure keeps the previous table.
+    /// or one is due); on failure keeps the previous table. The scan pool learns
+    /// of the new table first, before identities are looked up: scans of mounts
+    /// that left stop at once (`ScanPool::follow`).
     pub fn rediscover(&self, config: &Config, dirty: &Dirty, census: bool) -> Result<(), DiscoveryError> {
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
         let previous = self.mounts.get();
@@ -104,6 +106,7 @@ impl Pipeline {
             );
         }
         drop(node);
+        self.pool.follow(&table);
         // Log a bad line once, not at every re-read while it stays.
         if table.bad_lines != previous.table.bad_lines {
             for bad in &table.bad_lines {

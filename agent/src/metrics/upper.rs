@@ -151,6 +151,19 @@ static SCAN_PRIORITIZED: Def = Def {
     labels: &["signal"],
 };
 
+static SCAN_CANCELLED: Def = Def {
+    name: "overlayfs_scan_cancelled_total",
+    help: "Upper-dir scans stopped, queued or running, because their mount left the mount table (unmounted, or replaced by another mount of the same upper dir); not counted in overlayfs_upper_scans_total.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+static UPPER_OPENS: Def = Def {
+    name: "overlayfs_scan_upper_opens_total",
+    help: "Upper dirs (and quota mode's directories) opened by the scan threads: via=detached, beneath a detached clone of the mount (an unmount never finds it busy), or via=plain, on the mount itself (an unmount during a scan can fail with EBUSY), with the reason the clone could not be made: no_open_tree, no_privileges, refused.",
+    kind: MetricType::COUNTER,
+    labels: &["via", "reason"],
+};
+
 pub struct UpperCollector {
     mounts: SharedMountView,
     store: ScanStore,
@@ -284,6 +297,8 @@ impl MountFamilies {
             pool.cores,
             pool.dirs,
             pool.prioritized,
+            pool.cancelled,
+            pool.opens,
         ]
     }
 }
@@ -297,6 +312,8 @@ struct PoolFamilies {
     cores: Family,
     dirs: Family,
     prioritized: Family,
+    cancelled: Family,
+    opens: Family,
 }
 
 impl UpperCollector {
@@ -327,6 +344,13 @@ impl UpperCollector {
         let mut quota_reads = Family::new(&QUOTA_READS);
         quota_reads.add(&["ok"], reads.saturating_sub(read_errors) as f64);
         quota_reads.add(&["error"], read_errors as f64);
-        PoolFamilies { quota_reads, cpu, throttled, late, cores, dirs, prioritized }
+        let mut cancelled = Family::new(&SCAN_CANCELLED);
+        cancelled.add(&[], self.store.cancelled() as f64);
+        let mut opens = Family::new(&UPPER_OPENS);
+        for (via, n) in crate::scan::reach::opens() {
+            let (via, reason) = via.labels();
+            opens.add(&[via, reason], n as f64);
+        }
+        PoolFamilies { quota_reads, cpu, throttled, late, cores, dirs, prioritized, cancelled, opens }
     }
 }

@@ -1,13 +1,16 @@
 //! One scan job on a worker: the walk of an upper dir, with quota readings around
-//! it in quota mode, and its outcome written to the store.
+//! it in quota mode, and its outcome written to the store; or, when its mount left
+//! the mount table meanwhile, nothing but the count of cancelled scans.
 
 use crate::discovery::UpperDir;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::queue::{changed_since, Job};
 use super::quota::{self, QuotaSettings, QuotaTarget, Reading, Unavailable, Usage};
+use super::reach::{open_upper, MountNs};
 use super::store::{RootStamp, ScanRecord, ScanStore};
 use super::{ErrorReason, OwnCwd, ScanError, ScanOptions, ScanResult};
 
@@ -25,29 +28,73 @@ struct Finished {
 /// Runs one job: marks its scan started, walks (quota mode: between two quota
 /// readings), and records the outcome. Returns whether the scan was declared hung.
 pub(super) fn run_job(store: &ScanStore, own_cwd: Option<&OwnCwd>, mut job: Job) -> bool {
+    if job.cancel.stopped() {
+        // Its mount went while it waited in the queue.
+        store.cancelled.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
     let start = Instant::now();
     let deadline = start + job.timeout;
     let hung = Arc::new(AtomicBool::new(false));
-    if let Some(rec) = store.lock().get_mut(&job.upper) {
+    if let Some(rec) = own_record(&mut store.lock(), &job) {
         rec.started = Some((start, deadline));
         rec.hung = hung.clone();
         rec.copy_ups_at_scan = store.activity.snapshot().copy_ups(&rec.devices);
         rec.activity = None;
     }
+    // Opened beneath a detached clone of its mount (reach.rs): its path is looked
+    // up here, and the upper dir is closed as the walk ends, before the quota
+    // reading after it.
+    let upper = open_upper(&job.open_at, MountNs::Own).map_err(|e| ScanError::open(&job.open_at, e));
     // Before the walk: a change during the walk shows at the next check.
-    let stamp = RootStamp::of(&job.open_at);
-    let opts =
-        ScanOptions { ns: job.ns, cwd: own_cwd, deadline: Some(deadline), budget: Some(store.budget()) };
+    let stamp = upper.as_ref().ok().and_then(|u| RootStamp::of_fd(u.dir()));
+    let opts = ScanOptions {
+        ns: job.ns,
+        cwd: own_cwd,
+        deadline: Some(deadline),
+        budget: Some(store.budget()),
+        cancel: Some(&job.cancel),
+    };
     // Quota mode: readings just before and after the walk check its figures.
     let quota = store.quota();
     let target = quota.probe(&job.open_at, job.work_at.as_deref());
     let before = target.as_ref().map_err(|u| *u).and_then(|t| quota.read_raw(t));
-    let outcome = super::scan(&job.open_at, &opts, &mut job.cache);
+    let outcome = upper.and_then(|upper| super::scan_upper(&upper, &opts, &mut job.cache));
     let duration = start.elapsed();
-    let quota_state = quota_after_walk(quota, &job.upper, target, before, &outcome);
     let was_hung = hung.load(Ordering::SeqCst);
+    let cancelled = match &outcome {
+        Ok(r) => r.cancelled,
+        Err(_) => job.cancel.stopped(),
+    };
+    if cancelled {
+        record_cancelled(store, job);
+        return was_hung;
+    }
+    let quota_state = quota_after_walk(quota, &job.upper, target, before, &outcome);
     record(store, job, Finished { outcome, quota_state, stamp, duration, was_hung });
     was_hung
+}
+
+/// The record `job` was queued for: not one made since for the same upper dir
+/// (after its mount left and another came).
+fn own_record<'a>(records: &'a mut HashMap<UpperDir, ScanRecord>, job: &Job) -> Option<&'a mut ScanRecord> {
+    records.get_mut(&job.upper).filter(|r| Arc::ptr_eq(&r.cancel, &job.cancel))
+}
+
+/// A scan stopped from outside: counted, and nothing else recorded. Its record is
+/// gone, unless another mount came on the upper dir as its own left: then it is
+/// scanned again at once, from scratch.
+fn record_cancelled(store: &ScanStore, job: Job) {
+    store.cancelled.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(upper = %job.upper, "upper dir scan stopped: its mount left the mount table");
+    let mut records = store.lock();
+    let Some(rec) = own_record(&mut records, &job) else { return };
+    rec.in_flight = false;
+    rec.started = None;
+    rec.hung = Arc::default();
+    rec.next_due = Instant::now();
+    rec.cache = None;
+    rec.root_stamp = None;
 }
 
 /// The quota state after a walk: a complete walk is checked against the readings
@@ -83,7 +130,7 @@ fn quota_after_walk(
 /// cache for the next scan, and the walk's figures.
 fn record(store: &ScanStore, job: Job, done: Finished) {
     let mut records = store.lock();
-    let Some(rec) = records.get_mut(&job.upper) else { return };
+    let Some(rec) = own_record(&mut records, &job) else { return };
     rec.in_flight = false;
     rec.started = None;
     rec.hung = Arc::default();

@@ -18,7 +18,7 @@
 //! [`ScanCache`]: super::ScanCache
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Sender};
@@ -26,6 +26,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::budget::Budget;
+use super::cancel::Cancel;
 use super::prioritize::watch_activity;
 use super::queue::{Job, Priority};
 use super::quota_refresh::quota_reader;
@@ -57,9 +58,9 @@ impl Drop for ScanPool {
 }
 
 /// The upper dirs of a mount table: by upper dir (with its namespace), the
-/// xattr namespace, the devices of its mounts, and where the agent opens it and
-/// its work dir.
-type Wanted = HashMap<UpperDir, (XattrNamespace, Vec<Device>, PathBuf, Option<PathBuf>)>;
+/// xattr namespace, the devices and mount ids of its mounts, and where the agent
+/// opens it and its work dir.
+type Wanted = HashMap<UpperDir, (XattrNamespace, Vec<(Device, i32)>, PathBuf, Option<PathBuf>)>;
 
 /// Where the agent reaches the files of mount `m`'s namespace: the host's root
 /// (`rootfs`), or another namespace's root through one of its processes
@@ -82,7 +83,7 @@ fn upper_dirs_of(table: &MountTable, roots: &Roots<'_>) -> Wanted {
         let open_at = under_root(&upper.path);
         let w = wanted.entry(upper).or_insert((ns, Vec::new(), open_at, None));
         w.0 = ns;
-        w.1.push(*dev);
+        w.1.push((*dev, m.mount_id));
         if w.3.is_none() {
             w.3 = work;
         }
@@ -150,18 +151,45 @@ impl ScanPool {
         self.crew.idle.set(config.idle_priority);
     }
 
+    /// Follows a new read of the mount table: forgets the upper dirs no mount of
+    /// `table` uses any more and stops their scans, queued or running (they close
+    /// what they hold within milliseconds). A scan whose mounts all left while
+    /// another mount came on the same upper dir between two reads (unmounted and
+    /// mounted again) stops too, and its upper dir is scanned again at once. Looks
+    /// at the table only, never at the upper dirs: call it after every read, before
+    /// anything slower.
+    pub fn follow(&self, table: &MountTable) {
+        let wanted: HashSet<UpperDir> = table.mounts.values().filter_map(|m| m.upper()).collect();
+        let present = |(dev, id): &(Device, i32)| table.mounts.get(dev).is_some_and(|m| m.mount_id == *id);
+        let mut store = self.crew.store.lock();
+        store.retain(|upper, rec| {
+            let keep = wanted.contains(upper);
+            if !keep || (rec.in_flight && !rec.job_mounts.iter().any(present)) {
+                rec.cancel.stop();
+            }
+            keep
+        });
+    }
+
     /// Queues every upper dir of `table` that is due and not already being scanned;
-    /// forgets upper dirs that no mount uses any more. Upper dirs are opened under
-    /// `roots`: the host's root, or their namespace's.
+    /// forgets upper dirs that no mount uses any more (stopping their scans). Upper
+    /// dirs are opened under `roots`: the host's root, or their namespace's.
     pub fn schedule(&self, table: &MountTable, interval: Duration, timeout: Duration, roots: Roots<'_>) {
         let now = Instant::now();
         self.crew.check_hung(now);
         let wanted = upper_dirs_of(table, &roots);
         let activity = self.crew.store.activity.snapshot();
         let mut store = self.crew.store.lock();
-        store.retain(|upper, _| wanted.contains_key(upper));
-        for (upper, (ns, devices, open_at, work_at)) in wanted {
+        store.retain(|upper, rec| {
+            let keep = wanted.contains_key(upper);
+            if !keep {
+                rec.cancel.stop();
+            }
+            keep
+        });
+        for (upper, (ns, mounts, open_at, work_at)) in wanted {
             let rec = store.entry(upper.clone()).or_insert_with(|| ScanRecord::new(now));
+            let devices: Vec<Device> = mounts.iter().map(|(d, _)| *d).collect();
             if rec.devices != devices {
                 rec.devices = devices;
             }
@@ -186,6 +214,9 @@ impl ScanPool {
             let priority =
                 Priority { never_scanned, active, changed: rec.changed, due: Reverse(rec.next_due) };
             let cache = rec.cache.take().unwrap_or_default();
+            let cancel = Arc::new(Cancel::default());
+            rec.cancel = cancel.clone();
+            rec.job_mounts = mounts;
             self.crew.queue.push(Job {
                 upper,
                 open_at,
@@ -194,6 +225,7 @@ impl ScanPool {
                 interval,
                 timeout,
                 cache,
+                cancel,
                 priority,
                 passed_over: 0,
             });

@@ -11,10 +11,12 @@ use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::cancel::Cancel;
 use super::store::ActivitySignal;
 use super::{ScanCache, ScanResult, XattrNamespace};
 use crate::discovery::UpperDir;
 use crate::sync::LockExt;
+use std::sync::Arc;
 
 pub(super) struct Job {
     /// The upper dir as mountinfo names it (the store's key).
@@ -27,6 +29,9 @@ pub(super) struct Job {
     pub(super) interval: Duration,
     pub(super) timeout: Duration,
     pub(super) cache: ScanCache,
+    /// Shared with its record: the pool stops it when no mount uses the upper
+    /// dir any more, and has it recheck its mount after every mount table read.
+    pub(super) cancel: Arc<Cancel>,
     pub(super) priority: Priority,
     /// Scans of other upper dirs started while this job waited (aging).
     pub(super) passed_over: usize,
@@ -162,6 +167,7 @@ pub(super) mod tests {
             interval: Duration::from_secs(60),
             timeout: Duration::from_secs(60),
             cache: ScanCache::default(),
+            cancel: Arc::default(),
             priority,
             passed_over: 0,
         }

@@ -3,12 +3,14 @@
 //! threads and read by the metrics at scrape time.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::budget::Budget;
+use super::cancel::Cancel;
 use super::quota::{QuotaSettings, QuotaTarget, Unavailable, Usage};
 use super::{ErrorReason, ScanCache, ScanResult};
 use crate::activity::Activity;
@@ -45,6 +47,11 @@ pub struct ScanRecord {
     /// The scan in flight has been declared hung (shared with its worker, which
     /// needs it even when the record is gone).
     pub(super) hung: Arc<AtomicBool>,
+    /// The token of the last job queued: stops it. A job writes its outcome only
+    /// to the record that holds its token.
+    pub(super) cancel: Arc<Cancel>,
+    /// The mounts (device, mount id) on the upper dir when that job was queued.
+    pub(super) job_mounts: Vec<(Device, i32)>,
     pub(super) next_due: Instant,
     /// The devices of the mounts on this upper dir.
     pub(super) devices: Vec<Device>,
@@ -69,12 +76,20 @@ pub(super) struct RootStamp {
 
 impl RootStamp {
     pub(super) fn of(path: &Path) -> Option<RootStamp> {
-        let st = rustix::fs::stat(path).ok()?;
-        Some(RootStamp {
+        rustix::fs::stat(path).ok().map(|st| RootStamp::from(&st))
+    }
+
+    /// Of an open upper dir (no lookup of its path).
+    pub(super) fn of_fd(fd: BorrowedFd<'_>) -> Option<RootStamp> {
+        rustix::fs::fstat(fd).ok().map(|st| RootStamp::from(&st))
+    }
+
+    fn from(st: &rustix::fs::Stat) -> RootStamp {
+        RootStamp {
             ino: st.st_ino,
-            mtime: (st.st_mtime, st.st_mtime_nsec as u64),
-            ctime: (st.st_ctime, st.st_ctime_nsec as u64),
-        })
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
     }
 }
 
@@ -115,6 +130,8 @@ impl ScanRecord {
             in_flight: false,
             started: None,
             hung: Arc::default(),
+            cancel: Arc::default(),
+            job_mounts: Vec::new(),
             next_due: now,
             devices: Vec::new(),
             copy_ups_at_scan: 0,
@@ -146,6 +163,8 @@ pub struct ScanStore {
     pub(super) activity: Arc<Activity>,
     /// Scans moved ahead for recent activity, by [`ActivitySignal`].
     pub(super) prioritized: Arc<[AtomicU64; 2]>,
+    /// Scans stopped because their mount left the mount table.
+    pub(super) cancelled: Arc<AtomicU64>,
 }
 
 impl ScanStore {
@@ -165,6 +184,7 @@ impl ScanStore {
             dirs: Arc::default(),
             activity,
             prioritized: Arc::default(),
+            cancelled: Arc::default(),
         }
     }
 
@@ -175,6 +195,11 @@ impl ScanStore {
     /// Scans moved ahead of idle upper dirs because of `signal`, so far.
     pub fn prioritized(&self, signal: ActivitySignal) -> u64 {
         self.prioritized[signal as usize].load(Ordering::Relaxed)
+    }
+
+    /// Scans stopped (queued or running) because their mount left the mount table.
+    pub fn cancelled(&self) -> u64 {
+        self.cancelled.load(Ordering::Relaxed)
     }
 
     /// Directories read, and directories taken from the cache, over all scans.

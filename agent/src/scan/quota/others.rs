@@ -30,13 +30,8 @@ impl QuotaTarget {
             covered: 0,
             listings: &mut listings,
         };
-        let root = |p: &Path| {
-            rustix::fs::open(
-                p,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-        };
+        // Beneath a detached clone of the mount, as every scan thread opens.
+        let root = |p: &Path| crate::scan::reach::open_path(p, false);
         if let Some(layer) = &self.layer {
             m.tree(&root(layer)?, Path::new(""), self.upper.file_name(), 0)?;
         }
