@@ -7,8 +7,9 @@
 //! namespace, and every mount in it, alive after its last process exits). The
 //! namespace of pid 1 is the reference: its mounts are the host's, labelled as
 //! they were before namespaces were read. Where pid 1's link cannot be read
-//! (a sandbox whose init belongs to another user namespace), the agent's own
-//! namespace is the reference. Measured at 1,000 namespaces (1,082
+//! (a sandbox whose init belongs to another user namespace), pid 2's is (the
+//! kernel threads' parent, kthreadd, lives in the initial namespace), else the
+//! agent's own. Measured at 1,000 namespaces (1,082
 //! processes) on this project's build machine: 4 ms per census
 //! (bench/namespaces.py; docs/performance.md).
 //!
@@ -63,8 +64,8 @@ impl MountNs {
 /// Every mount namespace of the node, with one process in each.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Census {
-    /// The namespace of pid 1 (the host's), or the agent's own when pid 1's
-    /// cannot be read.
+    /// The namespace of pid 1 (the host's), else of pid 2 (kthreadd), else the
+    /// agent's own.
     pub reference: Option<MountNs>,
     /// The other namespaces, at most the cap.
     pub others: BTreeMap<NsId, MountNs>,
@@ -84,7 +85,7 @@ impl Census {
         pids.sort_unstable();
         let mut census = Census::default();
         let own = i32::try_from(std::process::id()).unwrap_or(0);
-        let reference = ns_of(procfs, 1).or_else(|| ns_of(procfs, own));
+        let reference = ns_of(procfs, 1).or_else(|| ns_of(procfs, 2)).or_else(|| ns_of(procfs, own));
         let mut over: std::collections::HashSet<NsId> = Default::default();
         for pid in pids {
             let Some(id) = ns_of(procfs, pid) else {
