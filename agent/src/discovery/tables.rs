@@ -19,6 +19,8 @@ use super::{group_by_superblock, DiscoveryError, MountTable};
 /// One namespace's overlay lines, as last read.
 #[derive(Debug, Clone)]
 struct NsLines {
+    /// The process the lines were read through.
+    pid: i32,
     lines: Vec<OverlayLine>,
     bad: Vec<BadLine>,
 }
@@ -70,6 +72,14 @@ impl Tables {
         &self.census
     }
 
+    /// Whether `ns`'s lines were read through its current process. A namespace
+    /// whose process changed is read again: the kernel gives a new namespace
+    /// the inode number of one that just ended, often before the old one's end
+    /// is seen, and a new namespace always has other processes.
+    fn read_through(&self, ns: &MountNs) -> bool {
+        self.by_ns.get(&ns.id).is_some_and(|l| l.pid == ns.pid)
+    }
+
     /// Takes a new census: forgets the namespaces that ended (or fell beyond the
     /// cap), and reads the new ones and the `dirty` ones.
     pub fn refresh(&mut self, procfs: &Path, census: Census, dirty: &Dirty) -> Refresh {
@@ -80,7 +90,7 @@ impl Tables {
         let due: Vec<MountNs> = self
             .census
             .all()
-            .filter(|n| dirty.wants(n.id, self.census.is_reference(n.id)) || !self.by_ns.contains_key(&n.id))
+            .filter(|n| dirty.wants(n.id, self.census.is_reference(n.id)) || !self.read_through(n))
             .copied()
             .collect();
         let mut out = Refresh::default();
@@ -129,7 +139,7 @@ fn read_ns(procfs: &Path, ns: MountNs, reference: bool) -> Result<NsLines, Disco
             l.namespace = Some(ns);
         }
     }
-    Ok(NsLines { lines, bad })
+    Ok(NsLines { pid: ns.pid, lines, bad })
 }
 
 #[cfg(test)]
@@ -159,6 +169,29 @@ mod tests {
             std::os::unix::fs::symlink(format!("mnt:[{ns}]"), d.join("ns/mnt")).expect("symlink");
             std::fs::write(d.join("mountinfo"), table).expect("write");
         }
+    }
+
+    /// The kernel reuses an ended namespace's inode number for a new one, often
+    /// before the old one's end is seen: a namespace whose process changed is
+    /// read again, even when nothing marked it dirty.
+    #[test]
+    fn a_reused_namespace_number_with_a_new_process_is_read_again() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        fake(tmp.path());
+        let mut t = Tables::default();
+        t.refresh(tmp.path(), Census::take(tmp.path(), 10).expect("census"), &Dirty::all());
+        // pid 30 ends; pid 31 is in a new namespace with the same number, 300.
+        std::fs::remove_dir_all(tmp.path().join("30")).expect("rm");
+        let d = tmp.path().join("31");
+        std::fs::create_dir_all(d.join("ns")).expect("mkdir");
+        std::os::unix::fs::symlink("mnt:[300]", d.join("ns/mnt")).expect("symlink");
+        let new = "500 499 0:90 / /other rw - overlay overlay rw,lowerdir=/l,upperdir=/u2,workdir=/w2\n";
+        std::fs::write(d.join("mountinfo"), new).expect("write");
+        let r = t.refresh(tmp.path(), Census::take(tmp.path(), 10).expect("census"), &Dirty::default());
+        assert_eq!(r.read, 1, "only the namespace whose process changed");
+        let table = t.table(|_| true, None);
+        let dev = |minor| Device { major: 0, minor };
+        assert!(table.mounts.contains_key(&dev(90)) && !table.mounts.contains_key(&dev(71)));
     }
 
     #[test]
