@@ -1,7 +1,7 @@
 //! Packaging, checked with the real tools: the systemd unit with systemd-analyze,
-//! the Kubernetes manifests for consistency with the unit and the agent, and the
-//! container image built offline and run with podman against the host. (podman's
-//! container identity is tested in runtimes.rs.)
+//! and the container image built offline and run with podman against the host.
+//! (The Helm chart and the raw Kubernetes manifests: chart.rs; podman's
+//! container identity: runtimes.rs.)
 
 mod common;
 
@@ -38,50 +38,6 @@ fn systemd_unit_verifies() {
         ["BPF", "DAC_READ_SEARCH", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "SYS_RESOURCE"],
         "the capabilities README 'Privileges' documents"
     );
-}
-
-#[test]
-fn kubernetes_manifests_are_consistent() {
-    let dir = repo_root().join("packaging/kubernetes");
-    let text = std::fs::read_to_string(dir.join("daemonset.yaml")).expect("daemonset");
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML document"))
-        .collect();
-    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
-    let spec = &ds["spec"]["template"]["spec"];
-    assert_eq!(spec["hostPID"], true, "the host's /proc/1/mountinfo");
-    let c = &spec["containers"][0];
-    let mut caps: Vec<String> = c["securityContext"]["capabilities"]["add"]
-        .as_sequence()
-        .expect("capabilities.add")
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect();
-    caps.sort();
-    assert_eq!(caps, unit_capabilities(), "same capabilities as the systemd unit");
-    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
-    let mounts: Vec<&str> = c["volumeMounts"]
-        .as_sequence()
-        .expect("volumeMounts")
-        .iter()
-        .filter_map(|m| m["mountPath"].as_str())
-        .collect();
-    for want in ["/host/proc", "/host", "/sys/kernel/btf"] {
-        assert!(mounts.contains(&want), "mount {want}");
-    }
-    assert_eq!(c["ports"][0]["containerPort"], 9864);
-    assert_eq!(c["ports"][0]["name"], "metrics");
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
-    let svc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("service.yaml")).expect("service"))
-            .expect("yaml");
-    assert_eq!(svc["spec"]["ports"][0]["port"], 9864);
-    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics");
-    assert_eq!(svc["spec"]["selector"], ds["spec"]["selector"]["matchLabels"]);
-    let sm: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("servicemonitor.yaml")).expect("sm"))
-            .expect("yaml");
-    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
 }
 
 /// A podman container (name, containers.conf), removed on drop.
