@@ -113,8 +113,9 @@ CARGO_DEB=cargo-deb@3.8.0
 
 ensure_packaging_tools() {
     # lintian checks the .deb; debootstrap makes the Debian root it is installed
-    # into; python3-venv holds kubernetes-validate; nodejs/npm run tsc.
-    apt_install lintian debootstrap dpkg-dev python3-venv
+    # into; help2man writes its man page; python3-venv holds kubernetes-validate;
+    # nodejs/npm run tsc.
+    apt_install lintian debootstrap dpkg-dev help2man python3-venv
     command -v npm >/dev/null || apt_install nodejs npm
     ensure_cargo_deb
     ensure_helm
