@@ -116,11 +116,12 @@ impl Finding {
     }
 }
 
-/// A feature's verdict: works unless one of its findings failed.
+/// A feature's verdict: it does not work when one of its findings failed; it
+/// works when all are ok or warnings; else (something unknown) `works` is null.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
     pub name: Feature,
-    pub works: bool,
+    pub works: Option<bool>,
     /// The first failed finding's reason label, else its name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -146,11 +147,13 @@ impl Report {
         let features: Vec<Verdict> = Feature::ALL
             .iter()
             .map(|&f| {
-                let failed = checks.iter().find(|c| c.feature == f && c.status == Status::Fail);
+                let mine = || checks.iter().filter(|c| c.feature == f);
+                let failed = mine().find(|c| c.status == Status::Fail);
+                let unknown = mine().find(|c| c.status == Status::Unknown);
                 Verdict {
                     name: f,
-                    works: failed.is_none(),
-                    reason: failed.map(|c| c.reason.unwrap_or(c.name).to_owned()),
+                    works: if failed.is_some() { Some(false) } else { unknown.is_none().then_some(true) },
+                    reason: failed.or(unknown).map(|c| c.reason.unwrap_or(c.name).to_owned()),
                 }
             })
             .collect();
@@ -158,7 +161,7 @@ impl Report {
             checks.iter().any(|c| c.feature == Feature::MountDiscovery && c.status == Status::Fail);
         let exit_code = if cannot_run {
             EXIT_CANNOT_RUN
-        } else if features.iter().any(|f| !f.works) {
+        } else if features.iter().any(|f| f.works == Some(false)) {
             EXIT_DEGRADED
         } else {
             EXIT_OK
@@ -183,10 +186,13 @@ impl Report {
         }
         writeln!(out)?;
         for f in &self.features {
-            match &f.reason {
-                None => writeln!(out, "works     {}", f.name.title())?,
-                Some(r) => writeln!(out, "does not  {} ({r})", f.name.title())?,
-            }
+            let reason = f.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+            let verdict = match f.works {
+                Some(true) => "works",
+                Some(false) => "does not",
+                None => "unknown",
+            };
+            writeln!(out, "{verdict:<9} {}{reason}", f.name.title())?;
         }
         let summary = match self.exit_code {
             EXIT_OK => "every feature works here",
@@ -233,7 +239,10 @@ mod tests {
         let r = Report::new(kernel(), vec![ok, warn, kprobes.clone()]);
         assert_eq!(r.exit_code, EXIT_DEGRADED);
         let probes = r.features.iter().find(|f| f.name == Feature::CopyUpProbes).expect("feature");
-        assert_eq!((probes.works, probes.reason.as_deref()), (false, Some("kprobes_unavailable")));
+        assert_eq!((probes.works, probes.reason.as_deref()), (Some(false), Some("kprobes_unavailable")));
+        let quota = Finding::new("quota", Feature::QuotaMode, Status::Unknown, "no module index");
+        let r = Report::new(kernel(), vec![quota]);
+        assert_eq!((r.features[3].works, r.exit_code), (None, EXIT_OK), "unknown is not a failure");
         let none = Finding::new("overlay", Feature::MountDiscovery, Status::Fail, "no overlayfs");
         let r = Report::new(kernel(), vec![none, kprobes]);
         assert_eq!(r.exit_code, EXIT_CANNOT_RUN);
