@@ -121,6 +121,15 @@ ensure_packaging_tools() {
     ensure_helm
     ensure_kubernetes_validate
     ensure_grafana_schema
+    ensure_arm64_cross
+}
+
+ensure_arm64_cross() {
+    # The static aarch64 binary: Rust's musl target (its own libc and start
+    # files) linked by the GNU cross compiler, which also compiles ring's C;
+    # qemu-system-aarch64 boots Debian's arm64 kernel.
+    rustup target list --installed | grep -qx aarch64-unknown-linux-musl || rustup target add aarch64-unknown-linux-musl
+    apt_install gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-arm
 }
 
 ensure_cargo_deb() {
