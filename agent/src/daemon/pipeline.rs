@@ -173,6 +173,7 @@ pub fn start_probes_blocking(config: &Config, handle: &ProbeHandle) -> Option<Pr
         Some(d) => tracing::warn!(
             reason = d.reason(),
             detail = %d,
+            remedy = d.remedy(),
             "copy-up probes are off; serving mount and upper-dir metrics without them"
         ),
     }

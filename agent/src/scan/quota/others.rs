@@ -119,7 +119,7 @@ impl Measure<'_> {
         let ftype = FileType::from_raw_mode(st.st_mode);
         if ftype != FileType::Directory && st.st_nlink > 1 {
             let e = self.links.entry(st.st_ino).or_insert((
-                st.st_nlink,
+                st.st_nlink as u64, // u32 on aarch64
                 0,
                 (st.st_blocks as u64).saturating_mul(512),
             ));
