@@ -52,7 +52,7 @@ def state(addr):
 def soak(args, base):
     agent, addr = start_agent(base, discovery="")
     live, ended, serial = collections.deque(), {}, 0
-    failures = []
+    failures, reused = [], []
 
     def fail(msg):
         failures.append(msg)
@@ -62,7 +62,9 @@ def soak(args, base):
         nonlocal serial
         serial += 1
         ns = Namespace(os.path.join(base, f"ns{serial}"), hostile(serial))
-        ns.wait_ready()
+        if ns.wait_ready() in ended:  # the kernel reuses a freed namespace's inode number
+            reused.append(ended.pop(ns.mntns))
+            print(f"namespace inode {ns.mntns} reused by a new namespace", flush=True)
         live.append(ns)
 
     def all_shown(timeout=20):
@@ -103,7 +105,7 @@ def soak(args, base):
         all_shown()
         time.sleep(args.grace)
         _, n1, by_ns = state(addr)
-        print(f"end: {args.live} namespaces ({serial} made in all, {len(ended)} ended), {n1} series, "
+        print(f"end: {args.live} namespaces ({serial} made in all, {len(reused)} reused an ended one's inode), {n1} series, "
               f"RSS {rss_mib(agent.pid):.1f} MiB (start: {n0} series, RSS {rss0:.1f} MiB)")
         if n1 != n0:
             fail(f"series count {n0} at the start, {n1} at the end, with as many namespaces")
