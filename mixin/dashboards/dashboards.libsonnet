@@ -52,7 +52,7 @@ local rangeIncrease(metric, agent) =
   '(max_over_time(%(m)s{%(s)s}[$__range]) unless %(m)s{%(s)s} offset $__range) or increase(%(m)s{%(s)s}[$__range])' %
   { m: metric, s: s };
 // One overlayfs_mount_info series per mount seen in the range (gone mounts too).
-local mountInfoInRange(agent, inst) = 'topk by (%s, mountpoint) (1, max_over_time(overlayfs_mount_info{%s,%s}[$__range]))' % [inst, agent, sel];
+local mountInfoInRange(agent, inst) = 'topk by (%s, mountpoint, mntns) (1, max_over_time(overlayfs_mount_info{%s,%s}[$__range]))' % [inst, agent, sel];
 local who = 'runtime, container_name, pod_namespace, pod_name';
 
 {
@@ -116,7 +116,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
                 target(|||
                   (
                     instance_mountpoint:overlayfs_copy_up_seconds:increase%(w)s{%(agent)s,%(sel)s}
-                    * on (%(inst)s, mountpoint) group_left (%(who)s) topk by (%(inst)s, mountpoint) (1, overlayfs_mount_info{%(agent)s,%(sel)s})
+                    * on (%(inst)s, mountpoint, mntns) group_left (%(who)s) topk by (%(inst)s, mountpoint, mntns) (1, overlayfs_mount_info{%(agent)s,%(sel)s})
                   )
                   or instance_mountpoint:overlayfs_copy_up_seconds:increase%(w)s{%(agent)s,%(sel)s}
                 ||| % { w: c.copyUpStormWindow, sel: sel, who: who, agent: c.agentSelector, inst: inst }, legend='{{container_name}}{{pod_namespace}}/{{pod_name}} {{mountpoint}}'),
@@ -129,8 +129,8 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               targets=[
                 target(|||
                          topk(10,
-                           sum by (%(inst)s, mountpoint) (%(inc)s)
-                           * on (%(inst)s, mountpoint) group_left (%(who)s) %(info)s
+                           sum by (%(inst)s, mountpoint, mntns) (%(inc)s)
+                           * on (%(inst)s, mountpoint, mntns) group_left (%(who)s) %(info)s
                          )
                        ||| % { inc: rangeIncrease('overlayfs_copy_up_seconds_total', c.agentSelector), who: who, info: mountInfoInRange(c.agentSelector, inst), inst: inst },
                        legend='{{container_name}}{{pod_namespace}}/{{pod_name}} {{mountpoint}}',
@@ -143,9 +143,9 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Answers "this chown took 787 ms for 1 GB": for each mount and cause, the time and the bytes of one copy-up on average over the range (time blocked / copy-ups, data bytes / copy-ups), and how many there were. With one copy-up in the range, these are that copy-up.',
               w=12,
               targets=[
-                target('sum by (%(i)s, mountpoint, cause) (%(a)s) / sum by (%(i)s, mountpoint, cause) (%(b)s)' % { i: inst, a: rangeIncrease('overlayfs_copy_up_seconds_total', c.agentSelector), b: rangeIncrease('overlayfs_copy_up_total', c.agentSelector) }, format='table', instant=true),
-                target('sum by (%(i)s, mountpoint, cause) (%(a)s) / sum by (%(i)s, mountpoint, cause) (%(b)s)' % { i: inst, a: rangeIncrease('overlayfs_copy_up_data_bytes_total', c.agentSelector), b: rangeIncrease('overlayfs_copy_up_total', c.agentSelector) }, format='table', instant=true),
-                target('sum by (%s, mountpoint, cause) (%s)' % [inst, rangeIncrease('overlayfs_copy_up_total', c.agentSelector)], format='table', instant=true),
+                target('sum by (%(i)s, mountpoint, mntns, cause) (%(a)s) / sum by (%(i)s, mountpoint, mntns, cause) (%(b)s)' % { i: inst, a: rangeIncrease('overlayfs_copy_up_seconds_total', c.agentSelector), b: rangeIncrease('overlayfs_copy_up_total', c.agentSelector) }, format='table', instant=true),
+                target('sum by (%(i)s, mountpoint, mntns, cause) (%(a)s) / sum by (%(i)s, mountpoint, mntns, cause) (%(b)s)' % { i: inst, a: rangeIncrease('overlayfs_copy_up_data_bytes_total', c.agentSelector), b: rangeIncrease('overlayfs_copy_up_total', c.agentSelector) }, format='table', instant=true),
+                target('sum by (%s, mountpoint, mntns, cause) (%s)' % [inst, rangeIncrease('overlayfs_copy_up_total', c.agentSelector)], format='table', instant=true),
               ]) + {
           // One row per mount and cause: seconds (A), bytes (B) and copy-ups (C) side by side.
           fieldConfig+: {
