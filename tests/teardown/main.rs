@@ -156,7 +156,7 @@ fn a_lazily_unmounted_upper_filesystem_is_let_go() {
     assert_detached(&agent.metrics());
 }
 
-/// The agent in its container form (packaging/Containerfile: the static binary,
+/// The agent in its container form (packaging/image/Containerfile: the static binary,
 /// host root at /host `rslave`, podman), against the cycle: no host
 /// unmount fails, and no unmounted filesystem stays mounted in the agent's mount
 /// namespace. The host's tree is made a shared mount, as systemd makes `/`, so
@@ -174,7 +174,7 @@ fn in_its_container_the_agent_never_keeps_a_host_mount() {
     let podman = podman(tmp.path());
     let tag = format!("localhost/overlay-agent:teardown-{}", std::process::id());
     run(podman()
-        .args(["build", "-q", "-f", "packaging/Containerfile", "-t", &tag, "."])
+        .args(["build", "-q", "-f", "packaging/image/Containerfile", "-t", &tag, "."])
         .current_dir(repo_root()));
     let cfg = config_for(&base, "");
     let addr = format!("127.0.0.1:{}", free_port());
