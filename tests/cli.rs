@@ -11,12 +11,13 @@ fn fixture_procfs() -> String {
     repo_root().join("tests/fixtures/procfs").display().to_string()
 }
 
-/// Drops the process_* families: they describe the test process, not the fixture.
+/// Drops the process_* families and overlayfs_kernel_feature_info: they
+/// describe the test process and the host's kernel, not the fixture.
 fn without_process_metrics(text: &str) -> String {
     text.lines()
         .filter(|l| {
             let name = l.trim_start_matches("# HELP ").trim_start_matches("# TYPE ");
-            !name.starts_with("process_")
+            !name.starts_with("process_") && !name.starts_with("overlayfs_kernel_feature_info")
         })
         .map(|l| format!("{l}\n"))
         .collect()

@@ -372,6 +372,8 @@ fn docker_overlay2_containers_are_identified() {
         let (info, mp) = mount_of(&m, id);
         assert!(info.contains("runtime=\"docker\""), "{info}");
         assert!(info.contains(&format!("container_name=\"{name}\"")), "{info}");
+        // The image as given to docker run (config.v2.json Config.Image).
+        assert!(info.contains(&format!("image=\"{image}\"")), "{info}");
         assert!(
             mp.starts_with(&format!("{}/root/overlay2/", d.display())) && mp.ends_with("/merged"),
             "{mp}"
@@ -685,6 +687,8 @@ fn podman_containers_are_identified() {
         let (info, mp) = mount_of(&m, id);
         assert!(info.contains("runtime=\"podman\""), "{info}");
         assert!(info.contains(&format!("container_name=\"{name}\"")), "{info}");
+        // The image as containers-storage records it (metadata image-name).
+        assert!(info.contains(&format!("image=\"{image}\"")), "{info}");
         assert_eq!(
             entries(&m, &mp, "copied_up"),
             if i == 0 { 3.0 } else { 0.0 },

@@ -5,6 +5,8 @@
 //! [`metrics`] (collectors joined by device) -> [`server`]. [`pattern`] holds value
 //! types the config shares with the stages.
 //! [`activity`] carries copy-up counts from the probes to the scan pool's order.
+//! [`diagnosis`] turns copy-up figures and mount facts into what each fix would
+//! have avoided; its rules table is a leaf that identity reads too.
 //! [`daemon`] wires them together for the daemon and the one-shot commands.
 
 pub mod activity;
@@ -13,6 +15,7 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod daemon;
+pub mod diagnosis;
 pub mod discovery;
 pub mod identity;
 pub mod kernel;

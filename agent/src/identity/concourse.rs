@@ -44,6 +44,8 @@ impl Layout for Concourse {
             .chain(STATES.into_iter().filter(|st| *st != state))
             .find_map(|st| s.read_json::<bool>(&format!("{volumes}/{st}/{handle}/privileged.json")));
         i.privileged = privileged.map(|p| p.to_string()).unwrap_or_default();
+        // An unprivileged volume's files are chowned to the mapped ids.
+        i.userns = privileged == Some(false);
         // Settling only until the flag is read: then nothing more can appear, and
         // the rename check below covers the move to live/. A volume stuck in init/
         // does not cost a mountinfo read and a re-identification every second.

@@ -6,7 +6,7 @@
 //!   the default of fresh Docker 29 installs): `<root>/rootfs/overlayfs/<container id>`,
 //!   upper dir `<root>/containerd/daemon/io.containerd.snapshotter.v1.overlayfs/snapshots/<n>/fs`.
 //!
-//! Either way the container's name is in `<root>/containers/<id>/config.v2.json`.
+//! Either way the container's name and image are in `<root>/containers/<id>/config.v2.json`.
 //! [`DockerSnapshots`] recognises mounts of the containerd store's snapshots
 //! that are not a container's root (build steps) by their upper dir.
 
@@ -50,16 +50,24 @@ impl Docker {
     }
 }
 
-/// The container's name, from the daemon's config.v2.json ("" when unreadable).
-fn container_name(s: &Subject, root: &str, id: &str) -> String {
-    #[derive(Deserialize)]
+/// The container, named and with its image (`Config.Image`: the reference
+/// given to `docker run`), from the daemon's config.v2.json (both "" when unreadable).
+fn container(s: &Subject, root: &str, id: &str) -> Identity {
+    #[derive(Deserialize, Default)]
     struct Config {
         #[serde(rename = "Name", default)]
         name: String,
+        #[serde(rename = "Config", default)]
+        config: Option<ContainerConfig>,
     }
-    s.read_json::<Config>(&format!("{root}/containers/{id}/config.v2.json"))
-        .map(|c| c.name.trim_start_matches('/').to_owned())
-        .unwrap_or_default()
+    #[derive(Deserialize, Default)]
+    struct ContainerConfig {
+        #[serde(rename = "Image", default)]
+        image: String,
+    }
+    let c = s.read_json::<Config>(&format!("{root}/containers/{id}/config.v2.json")).unwrap_or_default();
+    let image = c.config.map(|c| c.image).unwrap_or_default();
+    Identity::new("docker", id, c.name.trim_start_matches('/')).with_image(image)
 }
 
 /// layerdb/mounts/<container id>/mount-id of every container: mount id -> container id.
@@ -82,12 +90,10 @@ impl Layout for Docker {
             let Some(id) = self.overlay2_container(s, &c["root"], &c["mount"]) else {
                 return Some(Identity::new("docker", "", ""));
             };
-            let name = container_name(s, &c["root"], &id);
-            return Some(Identity::new("docker", id, name));
+            return Some(container(s, &c["root"], &id));
         }
         let c = self.containerd_store.captures(&s.mountpoint)?;
-        let id = &c["container_id"];
-        Some(Identity::new("docker", id, container_name(s, &c["root"], id)))
+        Some(container(s, &c["root"], &c["container_id"]))
     }
 
     fn forget(&self) {

@@ -17,11 +17,12 @@ mod concourse;
 mod containerd;
 mod docker;
 mod holder;
+pub mod idmap;
 mod kubernetes;
 pub mod root;
 mod storage;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -46,6 +47,14 @@ pub struct Identity {
     pub pod_namespace: String,
     pub pod_name: String,
     pub pod_uid: String,
+    /// The image reference the runtime recorded for the container (Docker's
+    /// Config.Image, containers-storage's image-name, CRI's image-name
+    /// annotation), else "".
+    pub image: String,
+    /// The runtime shifts the container's ids into a user namespace by
+    /// chowning its files (uid mappings recorded for the container, or a
+    /// Concourse volume, chowned between privileged and unprivileged).
+    pub userns: bool,
     /// Not final yet: a Concourse volume still in init/, whose privileged.json
     /// may not be written yet. See [`Inventory::outdated`].
     #[serde(skip)]
@@ -74,6 +83,11 @@ impl Identity {
             ..Default::default()
         }
     }
+
+    fn with_image(mut self, image: impl Into<String>) -> Self {
+        self.image = image.into();
+        self
+    }
 }
 
 /// The identities of a mount table's mounts, keyed by device: identity's output,
@@ -84,12 +98,19 @@ pub struct Inventory {
     by_device: BTreeMap<Device, Identity>,
     /// Who holds each mount namespace that has an overlay (not the host's).
     holders: BTreeMap<NsId, Holder>,
+    /// The mounts (of every layout, recognised or not) with an idmapped lower layer.
+    idmapped: BTreeSet<Device>,
 }
 
 impl Inventory {
     /// Who holds the namespace of mount `m` (None for the host's).
     pub fn holder(&self, m: &Mount) -> Option<&Holder> {
         self.holders.get(&m.namespace?.id)
+    }
+
+    /// Whether the overlay of `device` has an idmapped lower layer ([`idmap`]).
+    pub fn idmapped_lowers(&self, device: &Device) -> bool {
+        self.idmapped.contains(device)
     }
 
     pub fn get(&self, device: &Device) -> Option<&Identity> {
@@ -260,7 +281,11 @@ impl Resolver {
                 pods.label(i);
             }
         }
-        Inventory { by_device, holders: self.holders(table) }
+        Inventory {
+            by_device,
+            holders: self.holders(table),
+            idmapped: idmap::idmapped_lowers(table, &self.procfs),
+        }
     }
 
     /// The holder of every namespace that has a mount in `table`.
@@ -328,5 +353,7 @@ impl Resolver {
     }
 }
 
+#[cfg(test)]
+mod image_tests;
 #[cfg(test)]
 mod tests;

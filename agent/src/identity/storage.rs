@@ -2,7 +2,10 @@
 //! container's root is `<storage>/overlay/<layer>/merged`, and
 //! `<storage>/overlay-containers/containers.json` maps layers to containers.
 //! Each entry's `metadata` (a JSON string) is written by the runtime that made
-//! the container: CRI-O's always holds `pod-name` and `pod-id`, podman's never.
+//! the container: CRI-O's always holds `pod-name` and `pod-id`, podman's never;
+//! both hold `image-name`. An entry's `uidmap` is set when the container's
+//! ids are shifted into a user namespace (podman `--userns=auto`, CRI-O user
+//! namespaces): containers/storage then chowns its layers by the maps.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,9 +41,11 @@ impl Storage {
         let by_layer: HashMap<String, Identity> = list
             .into_iter()
             .map(|e| {
-                let runtime = e.runtime();
+                let md: Metadata = serde_json::from_str(&e.metadata).unwrap_or_default();
                 let name = e.names.into_iter().next().unwrap_or_default();
-                (e.layer, Identity::new(runtime, e.id, name))
+                let mut i = Identity::new(md.runtime(), e.id, name).with_image(md.image_name);
+                i.userns = !e.uidmap.is_empty();
+                (e.layer, i)
             })
             .collect();
         let by_layer = Arc::new(by_layer);
@@ -59,21 +64,24 @@ struct Container {
     layer: String,
     #[serde(default)]
     metadata: String,
+    #[serde(default)]
+    uidmap: Vec<serde_json::Value>,
 }
 
-/// The fields of the runtime's metadata that tell CRI-O from podman.
+/// The fields of the runtime's metadata that tell CRI-O from podman, and the image.
 #[derive(Deserialize, Default)]
 struct Metadata {
     #[serde(rename = "pod-id", default)]
     pod_id: String,
     #[serde(rename = "pod-name", default)]
     pod_name: String,
+    #[serde(rename = "image-name", default)]
+    image_name: String,
 }
 
-impl Container {
+impl Metadata {
     fn runtime(&self) -> &'static str {
-        let md: Metadata = serde_json::from_str(&self.metadata).unwrap_or_default();
-        if md.pod_id.is_empty() && md.pod_name.is_empty() {
+        if self.pod_id.is_empty() && self.pod_name.is_empty() {
             "podman"
         } else {
             "cri-o"

@@ -21,6 +21,69 @@ pub enum Presence {
     Unknown,
 }
 
+/// Whether overlay offers a feature: the `supported` label of
+/// `overlayfs_kernel_feature_info` ("true", "false", "unknown").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Support {
+    Yes,
+    No,
+    /// overlay is neither loaded nor built in: its parameters cannot be read.
+    Unknown,
+}
+
+impl Support {
+    pub fn label(self) -> &'static str {
+        match self {
+            Support::Yes => "true",
+            Support::No => "false",
+            Support::Unknown => "unknown",
+        }
+    }
+}
+
+/// What overlay itself offers the fixes of the diagnosis (rules
+/// `kernel.metacopy` and `kernel.idmapped_layers` of diagnosis::rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct OverlayFeatures {
+    pub metacopy: Support,
+    pub idmapped_layers: Support,
+}
+
+impl OverlayFeatures {
+    /// Two stats under `sys` (/sys) and the release's version: cheap enough
+    /// for every scrape (overlay may be loaded after the agent starts).
+    pub fn read(sys: &Path, release: &str) -> OverlayFeatures {
+        let module = sys.join("module/overlay");
+        OverlayFeatures::classify(
+            module.exists(),
+            module.join("parameters/metacopy").exists(),
+            super::parse_version(release),
+        )
+    }
+
+    /// The running kernel's.
+    pub fn running() -> OverlayFeatures {
+        OverlayFeatures::read(Path::new("/sys"), &rustix::system::uname().release().to_string_lossy())
+    }
+
+    /// `loaded`: /sys/module/overlay exists (built in or loaded); `metacopy_param`:
+    /// its metacopy parameter does.
+    pub fn classify(loaded: bool, metacopy_param: bool, version: Option<(u32, u32)>) -> OverlayFeatures {
+        let metacopy = match (loaded, metacopy_param) {
+            (_, true) => Support::Yes,
+            (true, false) => Support::No,
+            (false, false) => Support::Unknown,
+        };
+        let idmapped_layers = match version {
+            Some(v) if v >= (5, 19) => Support::Yes,
+            Some(_) => Support::No,
+            None => Support::Unknown,
+        };
+        OverlayFeatures { metacopy, idmapped_layers }
+    }
+}
+
 /// The text symbols the findings below are read from, one per kernel option.
 const WANTED: &[&str] = &[
     "register_kprobe",       // CONFIG_KPROBES
@@ -110,6 +173,12 @@ impl KernelFeatures {
         } else {
             self.loadable("overlay")
         }
+    }
+
+    /// overlay's own features (metacopy, idmapped layers), classified as the
+    /// metrics classify them.
+    pub fn overlay_features(&self) -> OverlayFeatures {
+        OverlayFeatures::read(Path::new("/sys"), &self.release)
     }
 
     /// Whether overlayfs is a module (loaded) rather than built in.
@@ -291,6 +360,24 @@ mod tests {
         let no_index =
             features("ffffffff81000002 T dquot_initialize\nffffffff81000003 T sys_quotactl\n", true, None);
         assert_eq!(no_index.ext4_quota(), Presence::Unknown);
+    }
+
+    #[test]
+    fn overlay_features_from_the_module_parameter_and_the_version() {
+        let f = OverlayFeatures::classify(true, true, Some((6, 1)));
+        assert_eq!((f.metacopy, f.idmapped_layers), (Support::Yes, Support::Yes));
+        let f = OverlayFeatures::classify(true, false, Some((5, 18)));
+        assert_eq!((f.metacopy, f.idmapped_layers), (Support::No, Support::No));
+        let f = OverlayFeatures::classify(false, false, None);
+        assert_eq!((f.metacopy, f.idmapped_layers), (Support::Unknown, Support::Unknown));
+        assert_eq!(OverlayFeatures::classify(false, false, Some((5, 19))).idmapped_layers, Support::Yes);
+        // A /sys laid out as the kernel lays it out.
+        let sys = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(sys.path().join("module/overlay/parameters")).expect("mkdir");
+        assert_eq!(OverlayFeatures::read(sys.path(), "5.10.0-36-cloud-amd64").metacopy, Support::No);
+        std::fs::write(sys.path().join("module/overlay/parameters/metacopy"), "N\n").expect("write");
+        let f = OverlayFeatures::read(sys.path(), "5.10.0-36-cloud-amd64");
+        assert_eq!((f.metacopy, f.idmapped_layers), (Support::Yes, Support::No));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 pub mod build;
 pub mod copyup;
+pub mod diagnosis;
 pub mod discovery;
 pub mod ebpf;
 pub mod encode;

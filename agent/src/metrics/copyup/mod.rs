@@ -69,8 +69,10 @@ impl Collector for CopyUpCollector {
         let Some(Reading { maps, return_misses }) = reading::read(&self.probes) else {
             return out;
         };
-        let labels = MountLabels::new(&self.mounts.get().table, &maps);
+        let view = self.mounts.get();
+        let labels = MountLabels::new(&view.table, &maps);
         out.extend(counter_families(&maps, &labels));
+        out.extend(super::diagnosis::avoidable_families(&maps, &view));
         out.extend(histograms::histogram_families(
             &maps,
             &labels,
