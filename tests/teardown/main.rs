@@ -47,6 +47,60 @@ fn unmounts_during_scans_never_find_the_upper_filesystem_busy() {
     assert_detached(&agent.metrics());
 }
 
+/// The same cycles in another mount namespace (a CI worker's or dind's, in its
+/// container): the mounts and unmounts happen there (`nsenter`), the host never
+/// sees them, and the agent reaches the upper dir through the namespace. Its
+/// clone is made there, so no unmount in it finds the filesystem busy.
+#[test]
+fn unmounts_in_another_mount_namespace_never_find_the_upper_filesystem_busy() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut stage = Stage::new(tmp.path());
+    let ns = PrivateNs::start();
+    stage.ns = Some(ns.pid());
+    let cfg = config_for(tmp.path(), "");
+    let agent = Agent::start(tmp.path(), &["--config", &cfg.display().to_string()]);
+    let pid = agent.child.id();
+    let out = stage.cycles(pid, CYCLES, || None);
+    out.assert_clean(CYCLES, || agent.log());
+    assert!(lets_go(pid, stage.dev, Duration::from_secs(5)), "the agent still holds the filesystem");
+    let m = agent.metrics();
+    assert_detached(&m);
+    // Every cycle's overlay was the namespace's: the host never had one on the tree.
+    assert!(m.get("overlayfs_discovery_namespaces", &[]).unwrap_or(0.0) >= 2.0, "{}", agent.log());
+}
+
+/// A root process in a mount namespace of its own (private propagation): killed
+/// on drop, which ends the namespace.
+struct PrivateNs(std::process::Child);
+
+impl PrivateNs {
+    fn start() -> PrivateNs {
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "1000000"])
+            .spawn()
+            .expect("unshare");
+        let ns = PrivateNs(child);
+        let mine = std::fs::read_link("/proc/self/ns/mnt").expect("own ns");
+        wait_for("the namespace", Duration::from_secs(10), || {
+            let theirs = std::fs::read_link(format!("/proc/{}/ns/mnt", ns.pid())).ok()?;
+            (theirs != mine).then_some(())
+        });
+        ns
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for PrivateNs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The agent's log lines after the first `skip`, and those of them at WARN or ERROR.
 fn log_lines(agent: &Agent, skip: usize) -> (usize, Vec<String>) {
     let log = agent.log();
