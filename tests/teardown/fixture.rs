@@ -121,7 +121,7 @@ pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) {
     mount_overlay_in(None, lower, upper, work, merged);
 }
 
-fn mount_overlay_in(ns: Option<u32>, lower: &Path, upper: &Path, work: &Path, merged: &Path) {
+pub fn mount_overlay_in(ns: Option<u32>, lower: &Path, upper: &Path, work: &Path, merged: &Path) {
     let opts =
         format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
     run(command_in(ns, "mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(merged));
