@@ -126,7 +126,7 @@ impl Pipeline {
         }
         let followed_at = start.elapsed();
         let identities = resolver(config).inventory(&table, Some(&previous.identities));
-        tracing::debug!(
+        tracing::trace!(
             census,
             mounts = table.mounts.len(),
             read_us = read_at.as_micros() as u64,
