@@ -186,6 +186,7 @@ fn rootless_podman_containers_are_seen_identified_and_measured() {
         .find(|s| s.name == "overlayfs_mount_info" && s.label("container_id") == Some(id.as_str()))
         .unwrap_or_else(|| panic!("no mount of container {id}:\n{}", common::grep(&out, "mount_info")))
         .clone();
+    eprintln!("a rootless podman container: {}", info.key);
     assert_eq!(info.label("runtime"), Some("podman"));
     assert_eq!(info.label("container_name"), Some("oa-rootless-c"));
     assert_eq!(info.label("userxattr"), Some("true"), "rootless overlay mounts with userxattr");
