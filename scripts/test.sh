@@ -13,6 +13,9 @@ ensure_ebpf_toolchain
 ensure_musl_target
 ensure_test_tools
 ensure_qemu_tools
+# helm, kubernetes-validate, @grafana/schema + tsc, cargo-deb, lintian, debootstrap:
+# the chart, dashboard-schema, package and release tests (and scripts/package.sh).
+ensure_packaging_tools
 
 cargo fmt --all --check
 # The eBPF crate builds only for the bpf target (through agent/build.rs).

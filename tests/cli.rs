@@ -100,8 +100,8 @@ fn mounts_table_and_json() {
     let table = common::run(Command::new(BIN).args(["mounts", "--path.procfs", &fixture_procfs()]));
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 17, "header + 16 superblocks:\n{table}");
-    assert!(lines[0].starts_with("MOUNT_ID\tDEVICE\tMOUNTPOINT\tUPPERDIR"));
-    assert!(table.contains("2007\t0:107\t/mnt/ro-image\t-\t-\t2\tro"), "{table}");
+    assert!(lines[0].starts_with("MOUNT_ID\tDEVICE\tMNTNS\tHELD_BY\tMOUNTPOINT\tUPPERDIR"));
+    assert!(table.contains("2007\t0:107\t-\t-\t/mnt/ro-image\t-\t-\t2\tro"), "{table}");
     assert!(table.contains("relative_paths=5"), "{table}");
     assert!(table.contains("\t/mnt/with space\\011tab\\134back\t"), "{table}");
     assert!(table.contains("\t/mnt/q\"uote\\012nl\t"), "{table}");

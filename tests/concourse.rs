@@ -66,6 +66,75 @@ fn wait_state(agent: &Agent, volumes: &Path, state: &str, kind: &str, copied: Op
 #[test]
 fn volume_lifecycle_init_live_dead_keeps_its_identity_and_series() {
     common::require_root();
+    lifecycle(&Worker::Host);
+}
+
+/// The same life, done by a worker that runs in a container of its own (the
+/// Helm chart's and docker-compose's deployments): every mount, unmount and the
+/// chown happen in the worker's private mount namespace, which the host's mount
+/// table does not show.
+#[test]
+fn volume_lifecycle_in_a_workers_private_namespace() {
+    common::require_root();
+    let worker = Worker::namespace();
+    lifecycle(&worker);
+}
+
+/// Where the worker runs: on the host, or in a private mount namespace held by
+/// a process of its own (killed on drop, and the namespace's mounts with it).
+enum Worker {
+    Host,
+    Namespace(std::process::Child),
+}
+
+impl Worker {
+    fn namespace() -> Worker {
+        let mut child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", "echo ready; exec sleep 1000000"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("read");
+        assert_eq!(line.trim(), "ready");
+        Worker::Namespace(child)
+    }
+
+    /// `program`, run where the worker runs.
+    fn cmd(&self, program: &str) -> Command {
+        match self {
+            Worker::Host => Command::new(program),
+            Worker::Namespace(child) => {
+                let mut c = Command::new("nsenter");
+                c.args(["-t", &child.id().to_string(), "-m", "--", program]);
+                c
+            }
+        }
+    }
+
+    /// The `mntns` label of the worker's mounts.
+    fn mntns(&self) -> String {
+        match self {
+            Worker::Host => String::new(),
+            Worker::Namespace(child) => {
+                let link = std::fs::read_link(format!("/proc/{}/ns/mnt", child.id())).expect("ns");
+                link.to_string_lossy().trim_start_matches("mnt:[").trim_end_matches(']').to_owned()
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Worker::Namespace(child) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn lifecycle(worker: &Worker) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let work = tmp.path().join("worker");
     let volumes = work.join("volumes");
@@ -85,9 +154,15 @@ fn volume_lifecycle_init_live_dead_keeps_its_identity_and_series() {
     }
     std::fs::create_dir_all(volumes.join("init").join(PARENT).join("volume")).expect("mkdir");
     std::fs::write(volumes.join("init").join(PARENT).join("privileged.json"), "true\n").expect("write");
-    let mut parent = common::Bind::new(&parent_layer, &volumes.join("init").join(PARENT).join("volume"));
+    common::run(
+        worker
+            .cmd("mount")
+            .arg("--bind")
+            .arg(&parent_layer)
+            .arg(volumes.join("init").join(PARENT).join("volume")),
+    );
     std::fs::rename(volumes.join("init").join(PARENT), volumes.join("live").join(PARENT)).expect("rename");
-    parent.0 = volumes.join("live").join(PARENT).join("volume");
+    let _parent = Mounted(worker, volumes.join("live").join(PARENT).join("volume"));
 
     let cfg = tmp.path().join("agent.yaml");
     std::fs::write(
@@ -127,10 +202,8 @@ fn volume_lifecycle_init_live_dead_keeps_its_identity_and_series() {
     if Path::new("/sys/module/overlay/parameters/metacopy").exists() {
         opts.push_str(",metacopy=on");
     }
-    common::run(
-        Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(init.join("volume")),
-    );
-    let mut mount = Mounted(volumes.join("init").join(HANDLE).join("volume"));
+    common::run(worker.cmd("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(init.join("volume")));
+    let mut mount = Mounted(worker, volumes.join("init").join(HANDLE).join("volume"));
     // StorePrivileged, then the namespacing of an unprivileged volume.
     std::fs::write(init.join("privileged.json"), "false\n").expect("privileged.json");
     let metacopy = opts.contains("metacopy=on");
@@ -138,9 +211,11 @@ fn volume_lifecycle_init_live_dead_keeps_its_identity_and_series() {
     let kind = if metacopy { "metacopy" } else { "copied_up" };
     let m = wait_state(&agent, &volumes, "init", kind, None);
     let info = info_of(&m).expect("mount_info");
+    let mntns = worker.mntns();
+    assert_eq!(info.contains(&format!("mntns=\"{mntns}\"")), !mntns.is_empty(), "{info}");
     assert!(info.contains(&format!("metacopy=\"{}\"", if metacopy { "on" } else { "" })), "{info}");
     let id = MAPPED_ROOT.to_string();
-    common::run(Command::new("chown").arg("-R").arg(format!("{id}:{id}")).arg(init.join("volume")));
+    common::run(worker.cmd("chown").arg("-R").arg(format!("{id}:{id}")).arg(init.join("volume")));
     let copied = FILES as f64;
     let in_init = wait_state(&agent, &volumes, "init", kind, Some(copied));
     let attributed = format!(
@@ -153,7 +228,7 @@ fn volume_lifecycle_init_live_dead_keeps_its_identity_and_series() {
 
     // Initialize: rename init/<handle> -> live/<handle>.
     std::fs::rename(&init, volumes.join("live").join(HANDLE)).expect("rename to live");
-    mount.0 = volumes.join("live").join(HANDLE).join("volume");
+    mount.1 = volumes.join("live").join(HANDLE).join("volume");
     let in_live = wait_state(&agent, &volumes, "live", kind, Some(copied));
     let mp = |s: &str| format!("{}/{s}/{HANDLE}/volume", volumes.display());
     for family in ["overlayfs_upper_bytes", "overlayfs_upper_inodes", "overlayfs_upper_scans_total"] {
@@ -172,7 +247,7 @@ fn volume_lifecycle_init_live_dead_keeps_its_identity_and_series() {
     // Destroy: rename to dead/, then unmount.
     std::fs::rename(volumes.join("live").join(HANDLE), volumes.join("dead").join(HANDLE))
         .expect("rename to dead");
-    mount.0 = volumes.join("dead").join(HANDLE).join("volume");
+    mount.1 = volumes.join("dead").join(HANDLE).join("volume");
     wait_state(&agent, &volumes, "dead", kind, Some(copied));
     common::wait_for("Prometheus to see the volume in dead/", Duration::from_secs(30), || {
         let q = format!("count_over_time(overlayfs_mount_info{{mountpoint=\"{}\"}}[1m]) >= 2", mp("dead"));
@@ -210,21 +285,21 @@ fn volume_lifecycle_init_live_dead_keeps_its_identity_and_series() {
     });
 }
 
-/// The child volume's overlay, wherever its directory has been renamed to;
+/// A volume's mount in the worker, wherever its directory has been renamed to;
 /// detached on drop.
-struct Mounted(std::path::PathBuf);
+struct Mounted<'a>(&'a Worker, std::path::PathBuf);
 
-impl Mounted {
+impl Mounted<'_> {
     fn unmount(&mut self) {
-        common::run(Command::new("umount").arg(&self.0));
-        self.0 = std::path::PathBuf::new();
+        common::run(self.0.cmd("umount").arg(&self.1));
+        self.1 = std::path::PathBuf::new();
     }
 }
 
-impl Drop for Mounted {
+impl Drop for Mounted<'_> {
     fn drop(&mut self) {
-        if !self.0.as_os_str().is_empty() {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        if !self.1.as_os_str().is_empty() {
+            let _ = self.0.cmd("umount").arg("-l").arg(&self.1).status();
         }
     }
 }

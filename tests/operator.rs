@@ -155,7 +155,7 @@ fn queries(d: &Value) -> Vec<(String, String)> {
         }
     }
     for v in d["templating"]["list"].as_array().expect("templating") {
-        if let Some(def) = v["definition"].as_str() {
+        if let Some(def) = v["query"]["query"].as_str() {
             // label_values(<selector>, label): the selector must return data.
             let sel = def
                 .trim_start_matches("label_values(")
@@ -176,6 +176,7 @@ fn substitute(expr: &str) -> String {
         .replace("$instance", ".*")
         .replace("$mountpoint", ".*")
         .replace("$cause", ".*")
+        .replace("$cluster", ".*")
 }
 
 #[test]

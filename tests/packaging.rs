@@ -1,10 +1,11 @@
 //! Packaging, checked with the real tools: the systemd unit with systemd-analyze,
-//! the Kubernetes manifests for consistency with the unit and the agent, and the
-//! container image built offline and run with podman against the host. (podman's
-//! container identity is tested in runtimes.rs.)
+//! and the container image built offline and run with podman against the host.
+//! (The Helm chart and the raw Kubernetes manifests: chart.rs; podman's
+//! container identity: runtimes.rs.)
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ fn systemd_unit_verifies() {
     let unit =
         std::fs::read_to_string(repo_root().join("packaging/systemd/overlay-agent.service")).expect("unit");
     // Point ExecStart at the built binary: verify checks that it exists.
-    let unit = unit.replace("/usr/local/bin/overlay-agent", common::BIN);
+    let unit = unit.replace("/usr/bin/overlay-agent", common::BIN);
     let path = tmp.path().join("overlay-agent.service");
     std::fs::write(&path, unit).expect("write unit");
     let out = Command::new("systemd-analyze").arg("verify").arg(&path).output().expect("systemd-analyze");
@@ -40,81 +41,57 @@ fn systemd_unit_verifies() {
     );
 }
 
-#[test]
-fn kubernetes_manifests_are_consistent() {
-    let dir = repo_root().join("packaging/kubernetes");
-    let text = std::fs::read_to_string(dir.join("daemonset.yaml")).expect("daemonset");
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML document"))
-        .collect();
-    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
-    let spec = &ds["spec"]["template"]["spec"];
-    assert_eq!(spec["hostPID"], true, "the host's /proc/1/mountinfo");
-    let c = &spec["containers"][0];
-    let mut caps: Vec<String> = c["securityContext"]["capabilities"]["add"]
-        .as_sequence()
-        .expect("capabilities.add")
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect();
-    caps.sort();
-    assert_eq!(caps, unit_capabilities(), "same capabilities as the systemd unit");
-    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
-    let mounts: Vec<&str> = c["volumeMounts"]
-        .as_sequence()
-        .expect("volumeMounts")
-        .iter()
-        .filter_map(|m| m["mountPath"].as_str())
-        .collect();
-    for want in ["/host/proc", "/host", "/sys/kernel/btf"] {
-        assert!(mounts.contains(&want), "mount {want}");
+/// podman with a private storage under `dir` (nothing lands in the host's image
+/// store) and the tests' containers.conf.
+fn private_podman(dir: &Path) -> impl Fn() -> Command + '_ {
+    let podman = podman(dir);
+    move || {
+        let mut c = podman();
+        c.arg("--root").arg(dir.join("storage")).arg("--runroot").arg(dir.join("run"));
+        c.args(["--storage-driver", "vfs"]);
+        c
     }
-    assert_eq!(c["ports"][0]["containerPort"], 9864);
-    assert_eq!(c["ports"][0]["name"], "metrics");
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
-    let svc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("service.yaml")).expect("service"))
-            .expect("yaml");
-    assert_eq!(svc["spec"]["ports"][0]["port"], 9864);
-    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics");
-    assert_eq!(svc["spec"]["selector"], ds["spec"]["selector"]["matchLabels"]);
-    let sm: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("servicemonitor.yaml")).expect("sm"))
-            .expect("yaml");
-    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
 }
 
-/// A podman container (name, containers.conf), removed on drop.
-struct Container(String, std::path::PathBuf);
+/// A podman container, removed on drop (also when the test fails).
+struct Container<'a>(String, &'a dyn Fn() -> Command);
 
-impl Drop for Container {
+impl Drop for Container<'_> {
     fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .env("CONTAINERS_CONF", &self.1)
-            .args(["rm", "-f", "-t", "0", &self.0])
-            .output();
+        let _ = (self.1)().args(["rm", "-f", "-t", "0", &self.0]).output();
     }
 }
 
+/// The image as scripts/package.sh ships it: packaging/image/build.sh makes the
+/// manifest list from the static binary; the list's archive is run as the
+/// DaemonSet runs it (host PID namespace, the host's /proc, / and BTF, six
+/// capabilities), and the agent in it scans an overlay mounted on the host.
 #[test]
 fn container_image_runs_against_the_host() {
     common::require_root();
     let musl = repo_root().join("target/x86_64-unknown-linux-musl/release/overlay-agent");
     assert!(musl.exists(), "{} missing: scripts/test.sh builds it", musl.display());
     let tmp = tempfile::tempdir().expect("tempdir");
-    let podman = podman(tmp.path());
-    let tag = format!("localhost/overlay-agent:test-{}", std::process::id());
+    let dist = tmp.path().join("dist");
     common::run(
-        podman()
-            .args(["build", "-q", "-f", "packaging/Containerfile", "-t", &tag, "."])
-            .current_dir(repo_root()),
+        Command::new(repo_root().join("packaging/image/build.sh"))
+            .arg(&dist)
+            .arg("x86_64-unknown-linux-musl"),
     );
+    let version = env!("CARGO_PKG_VERSION");
+    let list = dist.join(format!("overlay-agent_{version}_oci-image.tar"));
+    let single = dist.join(format!("overlay-agent_{version}_linux-amd64.oci.tar"));
+    assert!(single.exists(), "{} missing", single.display());
+    let platforms = common::list_platforms(&list);
+    assert_eq!(platforms, ["linux/amd64"], "the manifest list's platforms");
 
+    let podman = private_podman(tmp.path());
     let ov = Overlay::new(tmp.path(), "merged", "", |l| write_file(&l.join("f"), 1234));
     std::os::unix::fs::chown(ov.merged.join("f"), Some(9), Some(9)).expect("chown");
     let mp = ov.merged.display().to_string();
     let addr = format!("127.0.0.1:{}", free_port());
     let name = format!("overlay-agent-test-{}", std::process::id());
+    let image = format!("oci-archive:{}", list.display());
     common::run(podman().args([
         "run",
         "-d",
@@ -134,11 +111,11 @@ fn container_image_runs_against_the_host() {
         "/:/host:ro,rslave",
         "-v",
         "/sys/kernel/btf:/sys/kernel/btf:ro",
-        &tag,
+        &image,
         "--web.listen-address",
         &addr,
     ]));
-    let _container = Container(name.clone(), tmp.path().join("containers.conf"));
+    let _container = Container(name.clone(), &podman);
     let m = common::wait_for(
         "the containerized agent to scan the host's overlay",
         Duration::from_secs(60),
@@ -155,5 +132,4 @@ fn container_image_runs_against_the_host() {
     assert_eq!(m.get("overlayfs_upper_entries", &[("mountpoint", &mp), ("kind", "copied_up")]), Some(1.0));
     assert_eq!(m.get("overlayfs_upper_copied_up_bytes", &[("mountpoint", &mp)]), Some(1234.0));
     common::promtool_check(&m.text);
-    let _ = podman().args(["rmi", "-f", &tag]).output();
 }

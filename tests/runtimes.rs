@@ -119,14 +119,8 @@ fn processes_of(dir: &Path) -> Vec<rustix::process::Pid> {
 
 /// A busybox-static tree with `sh` and `sleep`, tarred (the image's only layer).
 fn busybox_layer(dir: &Path) -> PathBuf {
-    let tree = dir.join("tree");
-    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
-    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).expect("busybox-static");
-    for link in ["sh", "sleep"] {
-        std::os::unix::fs::symlink("busybox", tree.join("bin").join(link)).expect("symlink");
-    }
     let tar = dir.join("layer.tar");
-    common::run(Command::new("tar").arg("-C").arg(&tree).arg("-cf").arg(&tar).arg("."));
+    common::busybox_layer_tar(&dir.join("tree"), &tar);
     tar
 }
 
@@ -389,6 +383,75 @@ fn docker_overlay2_containers_are_identified() {
         );
         assert!(entries(&m, &mp, "created") >= 1.0, "{name}: /new-file");
     }
+}
+
+/// Docker-in-Docker's shape: dockerd and its containerd run in a private mount
+/// namespace whose data root is a tmpfs only that namespace sees. The agent finds
+/// the containers' overlays there, names them from dockerd's state under that
+/// namespace's root, measures their upper dirs in place, and says who holds the
+/// namespace.
+#[test]
+fn a_dockerd_in_a_private_mount_namespace_is_seen_identified_and_measured() {
+    common::require_root();
+    let sandbox = Sandbox::new("oa-dind");
+    let d = sandbox.path();
+    write_daemon_json(d, r#""storage-driver": "overlay2""#);
+    let root = d.join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    // The namespace, held by a shell whose command line names the sandbox (so the
+    // sandbox's cleanup finds it): a tmpfs on the data root, seen only there.
+    let script = format!("mount -t tmpfs oa-dind {} && while :; do sleep 3600; done", root.display());
+    let mut holder = Daemon::spawn(
+        "holder",
+        d,
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]),
+    );
+    let holder_mounts = format!("/proc/{}/mountinfo", holder.child.id());
+    holder.wait_ready(|| mountinfo(&holder_mounts).contains(" oa-dind "));
+    let ns = std::fs::read_link(format!("/proc/{}/ns/mnt", holder.child.id())).expect("ns");
+    let mntns = ns.to_string_lossy().trim_start_matches("mnt:[").trim_end_matches(']').to_owned();
+    let in_ns = |bin: &str, name: &str| {
+        let wrapper = d.join(name);
+        let text = format!("#!/bin/sh\nexec nsenter -t {} -m -- {bin} \"$@\"\n", holder.child.id());
+        std::fs::write(&wrapper, text).expect("wrapper");
+        std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        wrapper
+    };
+    let path = std::env::var("PATH").unwrap_or_default();
+    let exec = d.join("exec");
+    let containerd = in_ns(CONTAINERD, "containerd-in-ns");
+    let (_containerd, containerd_sock) =
+        containerd_for_dockerd(d, &containerd, Path::new(CTR), &path, &root, &exec);
+    let (mut dockerd, sock) =
+        start_dockerd(d, Command::new(in_ns(DOCKERD, "dockerd-in-ns")), &containerd_sock);
+    let docker = || {
+        let mut c = Command::new(DOCKER);
+        c.args(["-H", &sock]);
+        c
+    };
+    dockerd.wait_ready(|| docker().arg("version").output().map(|o| o.status.success()).unwrap_or(false));
+    common::run(docker().arg("import").arg(busybox_layer(d)).arg("oa-busybox:dind"));
+    let _containers = Containers(vec![with_args(docker(), &["rm", "-f", "oa-inner"])]);
+    let id = run_sleeping(docker(), "oa-inner", "oa-busybox:dind");
+    common::run(docker().args(["exec", "oa-inner", "/bin/busybox", "chown", "-R", "1:1", "/bin"]));
+    assert!(
+        !mountinfo("/proc/self/mountinfo").contains(&id),
+        "the container's mount is private to dockerd's namespace"
+    );
+
+    let m = agent_once(d);
+    let (info, mp) = mount_of(&m, &id);
+    for want in
+        ["runtime=\"docker\"", "container_name=\"oa-inner\"", "mntns_process=\"sh\"", "mntns_uid=\"0\""]
+    {
+        assert!(info.contains(want), "{want}: {info}");
+    }
+    assert!(info.contains(&format!("mntns=\"{mntns}\"")), "{mntns}: {info}");
+    assert!(mp.starts_with(&format!("{}/overlay2/", root.display())) && mp.ends_with("/merged"), "{mp}");
+    let copied =
+        m.get("overlayfs_upper_entries", &[("mountpoint", &mp), ("mntns", &mntns), ("kind", "copied_up")]);
+    assert_eq!(copied, Some(3.0), "busybox, sh, sleep, copied up in the tmpfs upper dir");
 }
 
 fn with_args(mut c: Command, args: &[&str]) -> Command {

@@ -51,7 +51,12 @@ fn main() {
     let mounts = SharedMountView::default();
     mounts.set(overlay_agent::daemon::discover(&config).expect("discover"));
     let pool = ScanPool::new(&config.scan, Default::default()).expect("pool");
-    pool.schedule(&mounts.get().table, config.scan.interval, config.scan.timeout, &config.discovery.rootfs);
+    pool.schedule(
+        &mounts.get().table,
+        config.scan.interval,
+        config.scan.timeout,
+        overlay_agent::scan::Roots { rootfs: &config.discovery.rootfs, procfs: &config.discovery.procfs },
+    );
     pool.wait_idle();
     let exposition = metrics::Exposition::default();
     exposition.register(Box::new(metrics::mounts::MountCollector::new(mounts.clone())));

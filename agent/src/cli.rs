@@ -64,6 +64,13 @@ pub enum Command {
         #[arg(long = "min-latency", value_name = "DURATION", default_value = "0s", value_parser = crate::config::parse_duration)]
         min_latency: std::time::Duration,
     },
+    /// Preflight: what works on this host and what not, why, and the remedy.
+    /// Exit 0 every feature works, 3 some do not, 4 the agent cannot run here.
+    Check {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a config file: exit 0 when valid, 2 with file:line:column otherwise.
     CheckConfig {
         /// The file to check.

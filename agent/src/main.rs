@@ -52,6 +52,15 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config.log);
+    if let Some(Command::Check { json }) = &cli.command {
+        return match cmd::check::run(&config, *json, &mut std::io::stdout().lock()) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                tracing::error!("writing the report: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if matches!(cli.command, None | Some(Command::Serve)) {
         raise_open_files_limit();
         overlay_agent::memory::tune_malloc();
@@ -104,6 +113,7 @@ fn run(cli: &Cli, config: Config, web: WebConfigFile) -> anyhow::Result<()> {
                 .context("writing the mount list")?;
         }
         Some(Command::CheckConfig { .. }) => unreachable!("handled before logging starts"),
+        Some(Command::Check { .. }) => unreachable!("handled before the run"),
     }
     Ok(())
 }

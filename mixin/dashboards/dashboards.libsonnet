@@ -52,12 +52,35 @@ local rangeIncrease(metric, agent) =
   '(max_over_time(%(m)s{%(s)s}[$__range]) unless %(m)s{%(s)s} offset $__range) or increase(%(m)s{%(s)s}[$__range])' %
   { m: metric, s: s };
 // One overlayfs_mount_info series per mount seen in the range (gone mounts too).
-local mountInfoInRange(agent) = 'topk by (instance, mountpoint) (1, max_over_time(overlayfs_mount_info{%s,%s}[$__range]))' % [agent, sel];
+local mountInfoInRange(agent, inst) = 'topk by (%s, mountpoint, mntns) (1, max_over_time(overlayfs_mount_info{%s,%s}[$__range]))' % [inst, agent, sel];
 local who = 'runtime, container_name, pod_namespace, pod_name';
 
 {
   grafanaDashboards+:: {
-    local c = $._config,
+    // Every query of the dashboard also selects the $cluster variable's clusters
+    // (node-mixin's convention: the variable is shown with showMultiCluster, and
+    // hidden, matching everything, without).
+    local c = $._config {
+      agentSelector: '%s,%s=~"$cluster"' % [super.agentSelector, super.clusterLabel],
+    },
+    // The labels that name one agent: the instance, and its cluster in multi-cluster views.
+    local inst = if c.showMultiCluster then '%s, instance' % c.clusterLabel else 'instance',
+    local legendInstance = if c.showMultiCluster then '{{%s}} {{instance}}' % c.clusterLabel else '{{instance}}',
+    // A query variable over one label of the agent's series (no current value:
+    // Grafana picks one when the dashboard loads).
+    local variable(name, label, query) = {
+      name: name,
+      label: label,
+      type: 'query',
+      datasource: ds,
+      query: { query: query, refId: name },
+      multi: true,
+      includeAll: true,
+      allValue: '.*',
+      refresh: 2,
+      sort: 1,
+      hide: 0,
+    },
     'overlay-agent.json': {
       uid: c.dashboardUid,
       title: 'overlayfs: copy-ups and upper dirs (overlay-agent)',
@@ -72,52 +95,14 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
       annotations: { list: [] },
       templating: {
         list: [
-          { name: 'datasource', label: 'Data source', type: 'datasource', query: 'prometheus', current: {}, hide: 0, refresh: 1 },
-          {
-            name: 'instance',
-            label: 'Instance',
-            type: 'query',
-            datasource: ds,
-            query: { query: 'label_values(overlayfs_mounts{%s}, instance)' % c.agentSelector, refId: 'instance' },
-            definition: 'label_values(overlayfs_mounts{%s}, instance)' % c.agentSelector,
-            multi: true,
-            includeAll: true,
-            allValue: '.*',
-            current: {},
-            refresh: 2,
-            sort: 1,
-            hide: 0,
+          { name: 'datasource', label: 'Data source', type: 'datasource', query: 'prometheus', hide: 0, refresh: 1 },
+          variable('cluster', 'Cluster', 'label_values(overlayfs_mounts{%s}, %s)' % [$._config.agentSelector, c.clusterLabel]) {
+            multi: false,
+            hide: if c.showMultiCluster then 0 else 2,
           },
-          {
-            name: 'mountpoint',
-            label: 'Mountpoint',
-            type: 'query',
-            datasource: ds,
-            query: { query: 'label_values(overlayfs_mount_info{%s,instance=~"$instance"}, mountpoint)' % c.agentSelector, refId: 'mountpoint' },
-            definition: 'label_values(overlayfs_mount_info{%s,instance=~"$instance"}, mountpoint)' % c.agentSelector,
-            multi: true,
-            includeAll: true,
-            allValue: '.*',
-            current: {},
-            refresh: 2,
-            sort: 1,
-            hide: 0,
-          },
-          {
-            name: 'cause',
-            label: 'Cause',
-            type: 'query',
-            datasource: ds,
-            query: { query: 'label_values(overlayfs_copy_up_total{%s,instance=~"$instance"}, cause)' % c.agentSelector, refId: 'cause' },
-            definition: 'label_values(overlayfs_copy_up_total{%s,instance=~"$instance"}, cause)' % c.agentSelector,
-            multi: true,
-            includeAll: true,
-            allValue: '.*',
-            current: {},
-            refresh: 2,
-            sort: 1,
-            hide: 0,
-          },
+          variable('instance', 'Instance', 'label_values(overlayfs_mounts{%s}, instance)' % c.agentSelector),
+          variable('mountpoint', 'Mountpoint', 'label_values(overlayfs_mount_info{%s,instance=~"$instance"}, mountpoint)' % c.agentSelector),
+          variable('cause', 'Cause', 'label_values(overlayfs_copy_up_total{%s,instance=~"$instance"}, cause)' % c.agentSelector),
         ],
       },
       panels: layout([
@@ -131,10 +116,10 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
                 target(|||
                   (
                     instance_mountpoint:overlayfs_copy_up_seconds:increase%(w)s{%(agent)s,%(sel)s}
-                    * on (instance, mountpoint) group_left (%(who)s) topk by (instance, mountpoint) (1, overlayfs_mount_info{%(agent)s,%(sel)s})
+                    * on (%(inst)s, mountpoint, mntns) group_left (%(who)s) topk by (%(inst)s, mountpoint, mntns) (1, overlayfs_mount_info{%(agent)s,%(sel)s})
                   )
                   or instance_mountpoint:overlayfs_copy_up_seconds:increase%(w)s{%(agent)s,%(sel)s}
-                ||| % { w: c.copyUpStormWindow, sel: sel, who: who, agent: c.agentSelector }, legend='{{container_name}}{{pod_namespace}}/{{pod_name}} {{mountpoint}}'),
+                ||| % { w: c.copyUpStormWindow, sel: sel, who: who, agent: c.agentSelector, inst: inst }, legend='{{container_name}}{{pod_namespace}}/{{pod_name}} {{mountpoint}}'),
               ]),
         panel('bargauge',
               'Top 10 containers and volumes by time blocked in copy-ups (selected range)',
@@ -144,10 +129,10 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               targets=[
                 target(|||
                          topk(10,
-                           sum by (instance, mountpoint) (%(inc)s)
-                           * on (instance, mountpoint) group_left (%(who)s) %(info)s
+                           sum by (%(inst)s, mountpoint, mntns) (%(inc)s)
+                           * on (%(inst)s, mountpoint, mntns) group_left (%(who)s) %(info)s
                          )
-                       ||| % { inc: rangeIncrease('overlayfs_copy_up_seconds_total', c.agentSelector), who: who, info: mountInfoInRange(c.agentSelector) },
+                       ||| % { inc: rangeIncrease('overlayfs_copy_up_seconds_total', c.agentSelector), who: who, info: mountInfoInRange(c.agentSelector, inst), inst: inst },
                        legend='{{container_name}}{{pod_namespace}}/{{pod_name}} {{mountpoint}}',
                        instant=true),
               ],
@@ -158,9 +143,9 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Answers "this chown took 787 ms for 1 GB": for each mount and cause, the time and the bytes of one copy-up on average over the range (time blocked / copy-ups, data bytes / copy-ups), and how many there were. With one copy-up in the range, these are that copy-up.',
               w=12,
               targets=[
-                target('sum by (instance, mountpoint, cause) (%s) / sum by (instance, mountpoint, cause) (%s)' % [rangeIncrease('overlayfs_copy_up_seconds_total', c.agentSelector), rangeIncrease('overlayfs_copy_up_total', c.agentSelector)], format='table', instant=true),
-                target('sum by (instance, mountpoint, cause) (%s) / sum by (instance, mountpoint, cause) (%s)' % [rangeIncrease('overlayfs_copy_up_data_bytes_total', c.agentSelector), rangeIncrease('overlayfs_copy_up_total', c.agentSelector)], format='table', instant=true),
-                target('sum by (instance, mountpoint, cause) (%s)' % rangeIncrease('overlayfs_copy_up_total', c.agentSelector), format='table', instant=true),
+                target('sum by (%(i)s, mountpoint, mntns, cause) (%(a)s) / sum by (%(i)s, mountpoint, mntns, cause) (%(b)s)' % { i: inst, a: rangeIncrease('overlayfs_copy_up_seconds_total', c.agentSelector), b: rangeIncrease('overlayfs_copy_up_total', c.agentSelector) }, format='table', instant=true),
+                target('sum by (%(i)s, mountpoint, mntns, cause) (%(a)s) / sum by (%(i)s, mountpoint, mntns, cause) (%(b)s)' % { i: inst, a: rangeIncrease('overlayfs_copy_up_data_bytes_total', c.agentSelector), b: rangeIncrease('overlayfs_copy_up_total', c.agentSelector) }, format='table', instant=true),
+                target('sum by (%s, mountpoint, mntns, cause) (%s)' % [inst, rangeIncrease('overlayfs_copy_up_total', c.agentSelector)], format='table', instant=true),
               ]) + {
           // One row per mount and cause: seconds (A), bytes (B) and copy-ups (C) side by side.
           fieldConfig+: {
@@ -356,7 +341,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               '1 when the agent counts copy-ups with eBPF on that node. When 0, the reason is in the next panel.',
               w=6,
               targets=[
-                target('overlayfs_ebpf_enabled{%(a)s,instance=~"$instance"}' % { a: c.agentSelector }, legend='{{instance}}'),
+                target('overlayfs_ebpf_enabled{%(a)s,instance=~"$instance"}' % { a: c.agentSelector }, legend=legendInstance),
               ]),
         panel('table',
               'Why eBPF is off',
@@ -404,7 +389,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Overlay superblocks watched per node (after the include/exclude filters).',
               w=8,
               targets=[
-                target('overlayfs_mounts{%(a)s,instance=~"$instance"}' % { a: c.agentSelector }, legend='{{instance}}'),
+                target('overlayfs_mounts{%(a)s,instance=~"$instance"}' % { a: c.agentSelector }, legend=legendInstance),
               ]),
         panel('timeseries',
               'Agent memory',
@@ -412,7 +397,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Resident memory of overlay-agent.',
               w=8,
               targets=[
-                target('process_resident_memory_bytes{%s,instance=~"$instance"}' % c.agentSelector, legend='{{instance}}'),
+                target('process_resident_memory_bytes{%s,instance=~"$instance"}' % c.agentSelector, legend=legendInstance),
               ]),
         panel('stat',
               'Agent up',
@@ -420,7 +405,7 @@ local who = 'runtime, container_name, pod_namespace, pod_name';
               'Whether Prometheus can scrape overlay-agent (job overlay-agent).',
               w=8,
               targets=[
-                target('up{%s,instance=~"$instance"}' % c.agentSelector, legend='{{instance}}'),
+                target('up{%s,instance=~"$instance"}' % c.agentSelector, legend=legendInstance),
               ]),
       ]),
     },

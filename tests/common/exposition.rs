@@ -23,8 +23,9 @@ impl Sample {
     }
 
     /// Named `name`, with every `(label, value)` pair given (and maybe more).
+    /// As PromQL matches: `label=""` also matches a series without that label.
     fn matches(&self, name: &str, labels: &[(&str, &str)]) -> bool {
-        self.name == name && labels.iter().all(|(k, v)| self.label(k) == Some(*v))
+        self.name == name && labels.iter().all(|(k, v)| self.label(k).unwrap_or("") == *v)
     }
 }
 

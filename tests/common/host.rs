@@ -62,3 +62,14 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// A busybox-static tree with `sh` and `sleep` under `tree`, tarred into `tar`:
+/// an image's only layer.
+pub fn busybox_layer_tar(tree: &Path, tar: &Path) {
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).expect("busybox-static");
+    for link in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(link)).expect("symlink");
+    }
+    run(Command::new("tar").arg("-C").arg(tree).arg("-cf").arg(tar).arg("."));
+}

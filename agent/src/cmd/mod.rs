@@ -1,7 +1,8 @@
 //! The one-shot commands beside the daemon (`serve` is [`crate::daemon`]):
 //! [`once`] prints one exposition, [`mounts`] lists the overlay mounts, [`trace`]
-//! prints copy-ups as they happen.
+//! prints copy-ups as they happen, [`check`] tells what works on this host.
 
+pub mod check;
 pub mod mounts;
 pub mod once;
 pub mod trace;

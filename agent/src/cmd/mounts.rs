@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use crate::discovery::{path_label, LayerPath, Mount, MountTable};
-use crate::identity::Inventory;
+use crate::identity::{Holder, Inventory};
 
 fn notable_options(m: &Mount) -> String {
     let o = &m.options;
@@ -36,6 +36,20 @@ fn notable_options(m: &Mount) -> String {
     v.join(",")
 }
 
+/// Who holds a namespace, in one cell: `docker:0a3be5681276 (dockerd, uid 0)`,
+/// `pod default/ci-runner`, or the process alone.
+fn held_by(h: &Holder) -> String {
+    let short = |id: &str| id.chars().take(12).collect::<String>();
+    let who = match (h.pod_name.is_empty(), h.runtime.is_empty(), h.container_id.is_empty()) {
+        (false, _, _) => format!("pod {}/{} ", h.pod_namespace, h.pod_name),
+        (true, false, false) => format!("{}:{} ", h.runtime, short(&h.container_id)),
+        (true, true, false) => format!("container {} ", short(&h.container_id)),
+        (true, false, true) => format!("{} ", h.runtime),
+        (true, true, true) => String::new(),
+    };
+    format!("{who}({}, uid {})", h.process, h.uid)
+}
+
 /// Table cells escape tab, newline and backslash the way mountinfo does.
 fn cell(s: String) -> String {
     s.replace('\\', "\\134").replace('\t', "\\011").replace('\n', "\\012")
@@ -56,6 +70,8 @@ pub fn mounts(
                     "mount_id": m.mount_id,
                     "device": m.device.to_string(),
                     "mountpoint": m.mountpoint_label(),
+                    "mntns": m.namespace.map(|n| n.id),
+                    "mntns_holder": identities.holder(m),
                     "other_mountpoints": m.other_mountpoints.iter().map(|p| path_label(p)).collect::<Vec<_>>(),
                     "upperdir": m.options.upper.as_ref().map(LayerPath::label),
                     "workdir": m.options.work.as_ref().map(LayerPath::label),
@@ -68,14 +84,16 @@ pub fn mounts(
         serde_json::to_writer_pretty(&mut *out, &list)?;
         return writeln!(out);
     }
-    writeln!(out, "MOUNT_ID\tDEVICE\tMOUNTPOINT\tUPPERDIR\tWORKDIR\tLOWER\tOPTIONS")?;
+    writeln!(out, "MOUNT_ID\tDEVICE\tMNTNS\tHELD_BY\tMOUNTPOINT\tUPPERDIR\tWORKDIR\tLOWER\tOPTIONS")?;
     for m in table.mounts.values() {
         let dash = || "-".to_owned();
         writeln!(
             out,
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
             m.mount_id,
             m.device,
+            m.namespace.map_or_else(dash, |n| n.id.to_string()),
+            cell(identities.holder(m).map_or_else(dash, held_by)),
             cell(m.mountpoint_label()),
             cell(m.options.upper.as_ref().map(LayerPath::label).unwrap_or_else(dash)),
             cell(m.options.work.as_ref().map(LayerPath::label).unwrap_or_else(dash)),

@@ -10,7 +10,7 @@ use crate::daemon::AgentError;
 pub fn run(config: &Config, out: &mut impl Write) -> Result<(), AgentError> {
     crate::caps::warn_if_missing();
     let p = Pipeline::new(config, None)?;
-    p.rediscover(config)?;
+    p.rediscover(config, &crate::discovery::Dirty::all(), true)?;
     let probes = start_probes_blocking(config, &p.probes);
     p.schedule_scans(config);
     p.pool.wait_idle();

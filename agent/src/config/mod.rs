@@ -130,6 +130,15 @@ pub struct DiscoveryConfig {
     /// Re-read mountinfo at least this often, even without a kernel change notification.
     #[serde(deserialize_with = "de_duration")]
     pub resync_interval: Duration,
+    /// Read the mount table of every mount namespace on the node (containers,
+    /// Docker-in-Docker, rootless podman, CI workers), not only the host's.
+    pub mount_namespaces: bool,
+    /// At most this many mount namespaces besides the host's are read; the rest
+    /// are counted (overlayfs_discovery_namespaces_over_cap) and logged.
+    pub max_namespaces: usize,
+    /// How often the processes are listed for new and ended mount namespaces.
+    #[serde(deserialize_with = "de_duration")]
+    pub namespace_interval: Duration,
 }
 
 impl Default for DiscoveryConfig {
@@ -140,6 +149,9 @@ impl Default for DiscoveryConfig {
             include_mountpoints: Vec::new(),
             exclude_mountpoints: Vec::new(),
             resync_interval: Duration::from_secs(30),
+            mount_namespaces: true,
+            max_namespaces: 4096,
+            namespace_interval: Duration::from_secs(1),
         }
     }
 }
@@ -351,6 +363,15 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned + Default>(
 }
 
 impl Config {
+    /// How far discovery reaches.
+    pub fn reach(&self) -> crate::discovery::Reach {
+        crate::discovery::Reach {
+            namespaces: self.discovery.mount_namespaces,
+            max_namespaces: self.discovery.max_namespaces,
+            census_every: self.discovery.namespace_interval,
+        }
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
@@ -397,6 +418,15 @@ impl Config {
         }
         if self.scan.interval < Duration::from_secs(1) {
             return invalid("scan.interval: must be at least 1s".to_owned());
+        }
+        if self.discovery.max_namespaces > 100_000 {
+            return invalid(format!(
+                "discovery.max_namespaces: must be at most 100000, got {}",
+                self.discovery.max_namespaces
+            ));
+        }
+        if self.discovery.namespace_interval < Duration::from_millis(100) {
+            return invalid("discovery.namespace_interval: must be at least 100ms".to_owned());
         }
         if self.discovery.resync_interval < Duration::from_secs(1) {
             return invalid("discovery.resync_interval: must be at least 1s".to_owned());

@@ -14,7 +14,8 @@ use tokio::sync::Notify;
 
 use crate::cli::Cli;
 use crate::config::Config;
-use crate::discovery::{self, DiscoveryError};
+use crate::discovery::watch::Mechanism;
+use crate::discovery::{self, Dirty, DiscoveryError};
 use crate::identity::SharedMountView;
 use crate::metrics::server::ServerStats;
 use crate::probes::forget::ForgetPolicy;
@@ -35,15 +36,16 @@ pub enum AgentError {
     Start { what: &'static str, source: std::io::Error },
 }
 
-/// Whether an identity may have changed without a mount table change (a renamed
-/// Concourse volume, one still in init/): checked every second, off the async
-/// threads since it stats files, and only when some identity is watched.
-async fn identities_outdated(mounts: &SharedMountView) -> bool {
+/// The mount tables to re-read because an identity may have changed without a
+/// mount table change (a renamed Concourse volume, one still in init/): checked
+/// every second, off the async threads since it stats files, and only when some
+/// identity is watched.
+async fn identities_outdated(mounts: &SharedMountView) -> Dirty {
     let snapshot = mounts.get();
     if !snapshot.identities.watched() {
-        return false;
+        return Dirty::default();
     }
-    tokio::task::spawn_blocking(move || snapshot.identities.outdated()).await.unwrap_or(false)
+    tokio::task::spawn_blocking(move || snapshot.outdated()).await.unwrap_or_default()
 }
 
 /// `overlay-agent serve`: run until SIGTERM or SIGINT. `web` is the loaded
@@ -99,7 +101,7 @@ struct Daemon<'a> {
     listener: Option<tokio::net::TcpListener>,
     signals: Signals,
     mounts_changed: Arc<Notify>,
-    _watcher: Option<discovery::watch::MountWatcher>,
+    watcher: Option<discovery::watch::MountWatcher>,
     ready: Arc<AtomicBool>,
     /// Which map entries to forget when the mount table changes.
     forget: ForgetPolicy,
@@ -127,8 +129,9 @@ impl<'a> Daemon<'a> {
         tracing::info!(address = %local, tls = web.tls.is_some(), basic_auth = web.requires_auth(), "listening");
 
         let mounts_changed = Arc::new(Notify::new());
-        let mountinfo = discovery::mountinfo::mountinfo_path(&config.discovery.procfs);
-        let watcher = match discovery::watch::spawn(&mountinfo, mounts_changed.clone()) {
+        let procfs = &config.discovery.procfs;
+        let mountinfo = discovery::mountinfo::mountinfo_path(procfs);
+        let watcher = match discovery::watch::spawn(procfs, &mountinfo, mounts_changed.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(file = %mountinfo.display(), error = %e, "cannot watch mountinfo; relying on periodic resync");
@@ -154,7 +157,7 @@ impl<'a> Daemon<'a> {
             listener: Some(listener),
             signals,
             mounts_changed,
-            _watcher: watcher,
+            watcher,
             ready,
             forget: ForgetPolicy::default(),
         })
@@ -167,10 +170,11 @@ impl<'a> Daemon<'a> {
     /// upper dir can take minutes, and the scan metrics show its progress.
     async fn start(&mut self) -> Result<(), AgentError> {
         let (p, c) = (self.pipeline.clone(), self.config.clone());
-        match tokio::task::spawn_blocking(move || p.rediscover(&c)).await {
+        match tokio::task::spawn_blocking(move || p.rediscover(&c, &Dirty::all(), true)).await {
             Ok(r) => r?,
             Err(e) => return Err(AgentError::Start { what: "discovery", source: std::io::Error::other(e) }),
         }
+        self.watch_namespaces();
         self.pipeline.schedule_scans(&self.config);
         self.copy_up_probes = start_probes(&self.config, &self.pipeline.probes).await;
         self.ready.store(true, Ordering::Release);
@@ -191,12 +195,13 @@ impl<'a> Daemon<'a> {
         Server { task, stop }
     }
 
-    /// Follows the mount table (change notifications, the resync timer, SIGHUP)
-    /// until SIGTERM or SIGINT.
+    /// Follows the mount tables (change notifications, censuses of the mount
+    /// namespaces, the resync timer, SIGHUP) until SIGTERM or SIGINT.
     async fn run(&mut self) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_read = Instant::now();
+        let (mut last_read, mut last_census, mut last_identity) =
+            (Instant::now(), Instant::now(), Instant::now());
         loop {
             let wake = tokio::select! {
                 _ = self.mounts_changed.notified() => Wake::MountsChanged,
@@ -205,35 +210,60 @@ impl<'a> Daemon<'a> {
                 _ = self.signals.term.recv() => Wake::Stop,
                 _ = self.signals.int.recv() => Wake::Stop,
             };
-            let reread = match wake {
+            let d = &self.config.discovery;
+            let mut census = d.mount_namespaces && last_census.elapsed() >= d.namespace_interval;
+            let mut dirty = Dirty::default();
+            match wake {
                 Wake::Stop => break,
-                Wake::MountsChanged => true,
+                Wake::MountsChanged => {}
                 Wake::Tick => {
-                    last_read.elapsed() >= self.config.discovery.resync_interval
-                        || identities_outdated(&self.pipeline.mounts).await
+                    if last_read.elapsed() >= d.resync_interval {
+                        dirty = Dirty::all();
+                    } else if last_identity.elapsed() >= Duration::from_secs(1) {
+                        last_identity = Instant::now();
+                        dirty = identities_outdated(&self.pipeline.mounts).await;
+                    }
                 }
                 Wake::Reload => {
                     self.reload().await;
-                    true
+                    dirty = Dirty::all();
                 }
-            };
-            if reread {
-                last_read = Instant::now();
-                self.follow_mounts().await;
+            }
+            if let Some(w) = &self.watcher {
+                let changes = w.take();
+                dirty.reference |= changes.reference;
+                dirty.namespaces.extend(changes.namespaces);
+                census |= changes.exited;
+                // Without pidfds nothing tells a namespace changed: re-read all at each census.
+                dirty.all |= census && w.mechanism() == Mechanism::Poll;
+            }
+            if census || dirty != Dirty::default() {
+                if dirty.all {
+                    last_read = Instant::now();
+                }
+                if census {
+                    last_census = Instant::now();
+                }
+                self.follow_mounts(dirty, census).await;
             }
             self.pipeline.schedule_scans(&self.config);
         }
     }
 
-    /// Re-reads the mount table off the async threads, attaches the probes once the
-    /// overlay module appears, and forgets the counters of vanished devices.
-    async fn follow_mounts(&mut self) {
+    /// Re-reads what changed off the async threads (scans of mounts that left the
+    /// table stop there, before identities are looked up: `Pipeline::rediscover`),
+    /// attaches the probes once the overlay module appears, and forgets the
+    /// counters of vanished devices.
+    async fn follow_mounts(&mut self, dirty: Dirty, census: bool) {
         let before = self.pipeline.mounts.get();
         let (p, c) = (self.pipeline.clone(), self.config.clone());
-        match tokio::task::spawn_blocking(move || p.rediscover(&c)).await {
+        match tokio::task::spawn_blocking(move || p.rediscover(&c, &dirty, census)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "discovery failed; keeping the last mount table"),
             Err(e) => tracing::error!(error = %e, "discovery task failed"),
+        }
+        if census {
+            self.watch_namespaces();
         }
         let after = self.pipeline.mounts.get();
         let (before, table) = (&before.table, &after.table);
@@ -244,6 +274,17 @@ impl<'a> Daemon<'a> {
         }
         // Counters of vanished devices go with their mount.
         self.forget.apply(before, table, probes);
+    }
+
+    /// Watches the namespaces of the last census for changes (none when
+    /// namespaces are off), and says how in the discovery metrics.
+    fn watch_namespaces(&self) {
+        let Some(w) = &self.watcher else { return };
+        let on = self.config.discovery.mount_namespaces;
+        let namespaces = if on { self.pipeline.namespaces() } else { Vec::new() };
+        let read = on && self.pipeline.mounts.get().table.namespaces_read;
+        self.pipeline.stats.set_mechanism(read.then(|| w.mechanism()));
+        w.watch(namespaces);
     }
 
     /// Detaches the probes, then stops the server gracefully.

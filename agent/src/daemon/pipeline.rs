@@ -3,23 +3,30 @@
 //! start-up, whose outcome the collectors publish.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::AgentError;
 use crate::config::{ClassicHistograms, Config};
-use crate::discovery::{self, DiscoveryError};
+use crate::discovery::{Dirty, DiscoveryError, NodeDiscovery};
 use crate::identity::{MountView, Resolver, SharedMountView};
 use crate::metrics::{self, discovery::DiscoveryStats, server::ServerStats};
 use crate::probes::{self, ProbeHandle, ProbeOptions, Probes};
 use crate::scan::ScanPool;
 use crate::sync::{LockExt, RwLockExt};
 
-/// Discovery with the config's procfs root and filters, then identity: the mount
-/// table and its mounts' identities.
+/// Discovery of the whole node with the config's procfs root, reach and
+/// filters, then identity: the mount table and its mounts' identities.
 pub fn discover(config: &Config) -> Result<MountView, DiscoveryError> {
-    let table = discovery::discover(&config.discovery.procfs, |mp| config.mountpoint_selected(mp))?;
-    let identities = Resolver::new(&config.discovery.rootfs, &config.identity.rules).inventory(&table);
+    let mut node = NodeDiscovery::default();
+    let d = &config.discovery;
+    let select = |mp: &str| config.mountpoint_selected(mp);
+    let (table, _) = node.read(&d.procfs, config.reach(), &Dirty::all(), true, select, None)?;
+    let identities = resolver(config).inventory(&table);
     Ok(MountView { table, identities })
+}
+
+fn resolver(config: &Config) -> Resolver {
+    Resolver::new(&config.discovery.rootfs, &config.discovery.procfs, &config.identity.rules)
 }
 
 /// Everything the collectors read, and the exposition that holds them. Every
@@ -33,6 +40,8 @@ pub(crate) struct Pipeline {
     pub exposition: Arc<metrics::Exposition>,
     /// `ebpf.classic_histograms`, read by the copy-up collector at each scrape.
     pub classic_histograms: Arc<RwLock<ClassicHistograms>>,
+    /// Discovery's state between reads (the per-namespace tables).
+    node: Mutex<NodeDiscovery>,
 }
 
 impl Pipeline {
@@ -68,30 +77,51 @@ impl Pipeline {
         if let Some(stats) = http {
             exposition.register(Box::new(metrics::server::ServerCollector::new(stats)));
         }
-        Ok(Pipeline { mounts, stats, pool, probes, exposition, classic_histograms })
+        Ok(Pipeline { mounts, stats, pool, probes, exposition, classic_histograms, node: Mutex::default() })
     }
 
-    /// Re-reads mountinfo; on failure keeps the previous table.
-    pub fn rediscover(&self, config: &Config) -> Result<(), DiscoveryError> {
+    /// Re-reads what `dirty` says changed (after a census when `census` is set
+    /// or one is due); on failure keeps the previous table. The scan pool learns
+    /// of the new table first, before identities are looked up: scans of mounts
+    /// that left stop at once (`ScanPool::follow`).
+    pub fn rediscover(&self, config: &Config, dirty: &Dirty, census: bool) -> Result<(), DiscoveryError> {
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
-        match discover(config) {
-            Ok(view) => {
-                // Log a bad line once, not at every re-read while it stays.
-                let t = &view.table;
-                if t.bad_lines != self.mounts.get().table.bad_lines {
-                    for bad in &t.bad_lines {
-                        tracing::warn!(file = %t.source.display(), line = bad.line, error = %bad.message, "unparsable mountinfo line");
-                    }
-                }
-                // Table and identities in one value: a scrape sees both old or both new.
-                self.mounts.set(view);
-                Ok(())
-            }
+        let previous = self.mounts.get();
+        let d = &config.discovery;
+        let select = |mp: &str| config.mountpoint_selected(mp);
+        let mut node = self.node.locked();
+        let read = node.read(&d.procfs, config.reach(), dirty, census, select, Some(&previous.table));
+        let (table, read) = match read {
+            Ok(r) => r,
             Err(e) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                Err(e)
+                return Err(e);
+            }
+        };
+        if let Some(n) = self.stats.record(node.census(), &read, table.namespaces_read) {
+            tracing::warn!(
+                over_cap = n,
+                max = d.max_namespaces,
+                "more mount namespaces than discovery.max_namespaces: the rest are not read"
+            );
+        }
+        drop(node);
+        self.pool.follow(&table);
+        // Log a bad line once, not at every re-read while it stays.
+        if table.bad_lines != previous.table.bad_lines {
+            for bad in &table.bad_lines {
+                tracing::warn!(file = %table.source.display(), line = bad.line, error = %bad.message, "unparsable mountinfo line");
             }
         }
+        let identities = resolver(config).inventory(&table);
+        // Table and identities in one value: a scrape sees both old or both new.
+        self.mounts.set(MountView { table, identities });
+        Ok(())
+    }
+
+    /// The namespaces of the last census, besides the reference one.
+    pub fn namespaces(&self) -> Vec<crate::discovery::MountNs> {
+        self.node.locked().census().others.values().copied().collect()
     }
 
     pub fn schedule_scans(&self, config: &Config) {
@@ -100,7 +130,7 @@ impl Pipeline {
                 &self.mounts.get().table,
                 config.scan.interval,
                 config.scan.timeout,
-                &config.discovery.rootfs,
+                crate::scan::Roots { rootfs: &config.discovery.rootfs, procfs: &config.discovery.procfs },
             );
         }
     }
@@ -143,6 +173,7 @@ pub fn start_probes_blocking(config: &Config, handle: &ProbeHandle) -> Option<Pr
         Some(d) => tracing::warn!(
             reason = d.reason(),
             detail = %d,
+            remedy = d.remedy(),
             "copy-up probes are off; serving mount and upper-dir metrics without them"
         ),
     }

@@ -3,7 +3,10 @@
 //! metrics.
 
 pub mod mountinfo;
+pub mod namespaces;
+pub mod node;
 pub mod options;
+pub mod tables;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -12,12 +15,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+pub use namespaces::{Census, MountNs, NsId};
+pub use node::{NodeDiscovery, Reach};
 pub use options::{LayerPath, OverlayOptions};
+pub use tables::{Dirty, Tables};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: larger than {max} bytes: not read")]
+    TooLarge { path: PathBuf, max: u64 },
 }
 
 /// A superblock's device number, as mountinfo's `major:minor` field (and as the
@@ -51,18 +59,26 @@ impl FromStr for Device {
     }
 }
 
-/// One overlay superblock with all the places it is mounted.
+/// One overlay superblock with all the places it is mounted, in every mount
+/// namespace the agent reads.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Mount {
     pub mount_id: i32,
     pub device: Device,
-    /// The primary mountpoint: the lowest mount id among the mounts of the whole
-    /// overlay (root `/`), else the lowest mount id. Stable while that mount lives.
+    /// The primary mountpoint, as seen in its own namespace: where the mounter
+    /// made it ([`choose_primary`]). Stable while that mount lives.
     #[serde(serialize_with = "ser_path")]
     pub mountpoint: PathBuf,
-    /// Further mountpoints of the same superblock (bind mounts, other namespaces).
+    /// The namespace of the primary mountpoint; `None`: the reference (host)
+    /// namespace.
+    pub namespace: Option<MountNs>,
+    /// Further mountpoints of the same superblock in the primary's namespace
+    /// (bind mounts).
     #[serde(serialize_with = "ser_paths")]
     pub other_mountpoints: Vec<PathBuf>,
+    /// Places in other namespaces (a container's root `/`, a bind into a
+    /// container, a namespace copied from the mounter's).
+    pub elsewhere: usize,
     pub source: String,
     pub read_only: bool,
     pub options: OverlayOptions,
@@ -73,9 +89,74 @@ impl Mount {
         path_label(&self.mountpoint)
     }
 
-    /// The upper dir, when there is one and it can be located.
+    /// The `mntns` label: the namespace's inode number, "" in the reference namespace.
+    pub fn mntns_label(&self) -> String {
+        self.namespace.map(|n| n.id.to_string()).unwrap_or_default()
+    }
+
+    /// The labels that name the mount in every per-mount series: `mountpoint`, `mntns`.
+    pub fn labels(&self) -> MountLabel {
+        MountLabel { mountpoint: self.mountpoint_label(), mntns: self.mntns_label() }
+    }
+
+    /// Every place: 1 + bind mounts + places in other namespaces.
+    pub fn places(&self) -> usize {
+        1 + self.other_mountpoints.len() + self.elsewhere
+    }
+
+    /// The upper dir's path in the mount's namespace, when there is one and it
+    /// can be located.
     pub fn upper_dir(&self) -> Option<&Path> {
         self.options.upper.as_ref().and_then(LayerPath::absolute)
+    }
+
+    /// The upper dir as the node names it, with its namespace.
+    pub fn upper(&self) -> Option<UpperDir> {
+        let path = self.upper_dir()?.to_owned();
+        Some(UpperDir { mntns: self.namespace.map(|n| n.id), path })
+    }
+}
+
+/// An upper dir as the node names it: its path in the mount namespace of the
+/// mounts that use it (`None`: the reference namespace). One path can name two
+/// directories in two namespaces (two kind nodes both number containerd's
+/// snapshots from 1), so the namespace is part of the name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UpperDir {
+    pub mntns: Option<NsId>,
+    pub path: PathBuf,
+}
+
+impl UpperDir {
+    /// An upper dir of the reference namespace.
+    pub fn host(path: impl Into<PathBuf>) -> UpperDir {
+        UpperDir { mntns: None, path: path.into() }
+    }
+}
+
+impl fmt::Display for UpperDir {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.mntns {
+            None => write!(f, "{}", self.path.display()),
+            Some(ns) => write!(f, "{} (mntns {ns})", self.path.display()),
+        }
+    }
+}
+
+/// What names a mount in its series: the mountpoint in its own namespace, and
+/// the namespace (empty for the reference one, so host mounts keep the labels
+/// they always had). Two superblocks mounted at the same path in two namespaces
+/// differ by `mntns`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MountLabel {
+    pub mountpoint: String,
+    pub mntns: String,
+}
+
+impl MountLabel {
+    /// The label of counts whose device is in no mount table.
+    pub fn unknown() -> Self {
+        MountLabel { mountpoint: UNKNOWN_MOUNTPOINT.to_owned(), mntns: String::new() }
     }
 }
 
@@ -93,8 +174,10 @@ pub struct MountTable {
     pub mounts: BTreeMap<Device, Mount>,
     /// mountinfo lines that could not be parsed in the last read.
     pub bad_lines: Vec<mountinfo::BadLine>,
-    /// The file that was read.
+    /// The file that was read (the reference namespace's).
     pub source: PathBuf,
+    /// Other mount namespaces' tables were read too.
+    pub namespaces_read: bool,
 }
 
 /// The `mountpoint` label of counts whose device is not in the mount table: the
@@ -107,13 +190,41 @@ impl MountTable {
     pub fn label_of(&self, dev: Device) -> String {
         self.mounts.get(&dev).map(Mount::mountpoint_label).unwrap_or_else(|| UNKNOWN_MOUNTPOINT.to_owned())
     }
+
+    /// The `mountpoint` and `mntns` labels of a device ([`MountLabel::unknown`] when absent).
+    pub fn labels_of(&self, dev: Device) -> MountLabel {
+        self.mounts.get(&dev).map(Mount::labels).unwrap_or_else(MountLabel::unknown)
+    }
 }
 
-/// Groups mountinfo lines by superblock, keeping the mountpoints `select` accepts:
-/// one [`Mount`] per device, its primary mountpoint chosen as [`Mount::mountpoint`] says.
+/// The order in which a superblock's places are taken as its primary mountpoint:
+/// not the root of a namespace (a container sees its overlay at `/`: the place
+/// its mounter made is elsewhere), the whole overlay rather than a bind of a
+/// subdirectory, the reference namespace first, then the lowest mount id.
+fn place_rank(l: &mountinfo::OverlayLine) -> (bool, bool, bool, i32) {
+    (l.mountpoint == Path::new("/"), l.root != "/", l.namespace.is_some(), l.mount_id)
+}
+
+/// The primary place of one superblock: the previous primary while it is still
+/// a place (a label does not move when another namespace appears), else the
+/// first by [`place_rank`].
+fn choose_primary(places: &[mountinfo::OverlayLine], previous: Option<&Mount>) -> usize {
+    let same = |l: &mountinfo::OverlayLine, m: &Mount| {
+        l.mountpoint == m.mountpoint && l.namespace.map(|n| n.id) == m.namespace.map(|n| n.id)
+    };
+    if let Some(i) = previous.and_then(|m| places.iter().position(|l| same(l, m))) {
+        return i;
+    }
+    (0..places.len()).min_by_key(|&i| place_rank(&places[i])).unwrap_or(0)
+}
+
+/// Groups mountinfo lines (of one or several namespaces) by superblock, keeping
+/// the mountpoints `select` accepts: one [`Mount`] per device. `previous` is the
+/// last table, whose primary places are kept where they still exist.
 pub fn group_by_superblock(
     lines: Vec<mountinfo::OverlayLine>,
     select: impl Fn(&str) -> bool,
+    previous: Option<&MountTable>,
 ) -> BTreeMap<Device, Mount> {
     let mut by_dev: BTreeMap<Device, Vec<mountinfo::OverlayLine>> = BTreeMap::new();
     for l in lines {
@@ -123,35 +234,43 @@ pub fn group_by_superblock(
     }
     by_dev
         .into_iter()
-        .filter_map(|(dev, mut ls)| {
-            ls.sort_by_key(|l| (l.root != "/", l.mount_id));
-            let mut it = ls.into_iter();
-            let first = it.next()?;
-            let mut others: Vec<PathBuf> = it.map(|l| l.mountpoint).collect();
+        .map(|(dev, mut places)| {
+            let primary =
+                places.swap_remove(choose_primary(&places, previous.and_then(|t| t.mounts.get(&dev))));
+            let ns = primary.namespace.map(|n| n.id);
+            let (same, elsewhere): (Vec<_>, Vec<_>) =
+                places.into_iter().partition(|l| l.namespace.map(|n| n.id) == ns);
+            let mut others: Vec<PathBuf> = same.into_iter().map(|l| l.mountpoint).collect();
             others.sort();
             others.dedup();
-            others.retain(|p| *p != first.mountpoint);
-            Some((
-                dev,
-                Mount {
-                    mount_id: first.mount_id,
-                    device: dev,
-                    mountpoint: first.mountpoint,
-                    other_mountpoints: others,
-                    source: first.source,
-                    read_only: first.read_only,
-                    options: first.options,
-                },
-            ))
+            others.retain(|p| *p != primary.mountpoint);
+            let mount = Mount {
+                mount_id: primary.mount_id,
+                device: dev,
+                mountpoint: primary.mountpoint,
+                namespace: primary.namespace,
+                other_mountpoints: others,
+                elsewhere: elsewhere.len(),
+                source: primary.source,
+                read_only: primary.read_only,
+                options: primary.options,
+            };
+            (dev, mount)
         })
         .collect()
 }
 
-/// Reads the mount table under a procfs root.
+/// Reads the mount table of the reference namespace only (pid 1's, else the
+/// agent's own), as the agent did before it read other namespaces.
 pub fn discover(procfs: &Path, select: impl Fn(&str) -> bool) -> Result<MountTable, DiscoveryError> {
     let source = mountinfo::mountinfo_path(procfs);
     let (lines, bad_lines) = mountinfo::read(&source)?;
-    Ok(MountTable { mounts: group_by_superblock(lines, select), bad_lines, source })
+    Ok(MountTable {
+        mounts: group_by_superblock(lines, select, None),
+        bad_lines,
+        source,
+        namespaces_read: false,
+    })
 }
 
 /// A path as a Prometheus label value: UTF-8 kept as is, every other byte as `\xNN`,
@@ -186,13 +305,13 @@ mod tests {
 71 27 0:61 / /other rw - overlay overlay rw,lowerdir=/l2,upperdir=/u2,workdir=/w2
 ";
         let (lines, _) = mountinfo::parse(text.as_bytes());
-        let t = group_by_superblock(lines, |_| true);
+        let t = group_by_superblock(lines, |_| true, None);
         assert_eq!(t.len(), 2);
         let m = &t[&Device { major: 0, minor: 60 }];
         assert_eq!(m.mountpoint, PathBuf::from("/merged"));
         assert_eq!(m.mount_id, 70);
         assert_eq!(m.other_mountpoints, vec![PathBuf::from("/again"), PathBuf::from("/bind/sub")]);
-        let t = group_by_superblock(mountinfo::parse(text.as_bytes()).0, |m| m != "/other");
+        let t = group_by_superblock(mountinfo::parse(text.as_bytes()).0, |m| m != "/other", None);
         assert_eq!(t.len(), 1);
     }
 

@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::namespaces::MountNs;
 use super::options::{unescape_octal, unescape_octal_bytes, OverlayOptions};
 use super::{Device, DiscoveryError};
 
@@ -22,6 +23,9 @@ pub struct OverlayLine {
     pub source: String,
     pub read_only: bool,
     pub options: OverlayOptions,
+    /// The mount namespace whose table holds the line; `None`: the reference
+    /// (host) namespace, or a table read without namespaces.
+    pub namespace: Option<MountNs>,
 }
 
 /// A line that could not be parsed: kept for a log line and a metric, never fatal.
@@ -42,9 +46,19 @@ pub fn mountinfo_path(procfs: &Path) -> PathBuf {
     }
 }
 
+/// The largest mount table read (another namespace's table is anyone's to grow:
+/// an unprivileged user can make one of millions of mounts). 10,000 mounts take
+/// about 2 MiB.
+pub const MAX_BYTES: u64 = 64 << 20;
+
 pub fn read(path: &Path) -> Result<(Vec<OverlayLine>, Vec<BadLine>), DiscoveryError> {
-    let bytes =
-        std::fs::read(path).map_err(|source| DiscoveryError::Read { path: path.to_owned(), source })?;
+    use std::io::Read;
+    let err = |source| DiscoveryError::Read { path: path.to_owned(), source };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(MAX_BYTES + 1).read_to_end(&mut bytes)).map_err(err)?;
+    if bytes.len() as u64 > MAX_BYTES {
+        return Err(DiscoveryError::TooLarge { path: path.to_owned(), max: MAX_BYTES });
+    }
     Ok(parse(&bytes))
 }
 
@@ -90,6 +104,7 @@ fn parse_line(raw: &[u8]) -> Result<Option<OverlayLine>, String> {
         source: info.mount_source.map(|s| unescape_octal(&s)).unwrap_or_default(),
         read_only: info.mount_options.contains_key("ro") || info.super_options.contains_key("ro"),
         options: OverlayOptions::parse(&super_opts),
+        namespace: None,
     }))
 }
 

@@ -48,10 +48,15 @@ impl Layout for Concourse {
         // the rename check below covers the move to live/. A volume stuck in init/
         // does not cost a mountinfo read and a re-identification every second.
         i.settling = state == "init" && privileged.is_none();
-        // Watched only when visible now: a directory the agent cannot see (a wrong
-        // --path.rootfs) would otherwise look renamed at every check.
-        let dir = s.host(&format!("{volumes}/{state}/{handle}"));
-        i.renamed_unless_exists = std::fs::symlink_metadata(&dir).is_ok().then_some(dir);
+        // Watched when the handle's directory is visible in some state: a
+        // directory the agent cannot see at all (a wrong --path.rootfs) would
+        // otherwise look renamed at every check. Visible elsewhere than mountinfo
+        // says: renamed since the table was read (a census re-identifies from the
+        // table it has), so the check finds it moved at once and the table is read
+        // again.
+        let dir = |st: &str| format!("{volumes}/{st}/{handle}");
+        let visible = STATES.iter().any(|st| s.root.exists(&dir(st)));
+        i.renamed_unless_exists = visible.then(|| s.path(&dir(state)));
         Some(i)
     }
 }

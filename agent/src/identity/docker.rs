@@ -11,6 +11,7 @@
 //! that are not a container's root (build steps) by their upper dir.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
@@ -21,8 +22,10 @@ use crate::sync::LockExt;
 pub(super) struct Docker {
     overlay2: regex::Regex,
     containerd_store: regex::Regex,
-    /// Per data root, overlay2 mount id -> container id, read once per mount table.
-    containers: Mutex<HashMap<String, Arc<HashMap<String, String>>>>,
+    /// Per data root (as the agent reaches it: two daemons in two namespaces may
+    /// both use /var/lib/docker), overlay2 mount id -> container id, read once
+    /// per mount table.
+    containers: Mutex<HashMap<PathBuf, Arc<HashMap<String, String>>>>,
 }
 
 impl Docker {
@@ -36,10 +39,11 @@ impl Docker {
 
     /// The container whose layerdb mount holds `mount`.
     fn overlay2_container(&self, s: &Subject, root: &str, mount: &str) -> Option<String> {
-        let cached = self.containers.locked().get(root).cloned();
+        let key = s.path(root);
+        let cached = self.containers.locked().get(&key).cloned();
         let by_mount = cached.unwrap_or_else(|| {
             let by_mount = Arc::new(overlay2_containers(s, root));
-            self.containers.locked().insert(root.to_owned(), by_mount.clone());
+            self.containers.locked().insert(key, by_mount.clone());
             by_mount
         });
         by_mount.get(mount).cloned()
@@ -60,12 +64,14 @@ fn container_name(s: &Subject, root: &str, id: &str) -> String {
 
 /// layerdb/mounts/<container id>/mount-id of every container: mount id -> container id.
 fn overlay2_containers(s: &Subject, root: &str) -> HashMap<String, String> {
-    let mounts = s.host(&format!("{root}/image/overlay2/layerdb/mounts"));
-    let Ok(dir) = std::fs::read_dir(&mounts) else { return HashMap::new() };
-    dir.flatten()
-        .filter_map(|e| {
-            let mid = std::fs::read_to_string(e.path().join("mount-id")).ok()?;
-            Some((mid.trim().to_owned(), e.file_name().to_string_lossy().into_owned()))
+    let mounts = format!("{root}/image/overlay2/layerdb/mounts");
+    let Ok(names) = s.root.list(&mounts) else { return HashMap::new() };
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let name = name.to_string_lossy().into_owned();
+            let mid = s.root.read(&format!("{mounts}/{name}/mount-id")).ok()?;
+            Some((String::from_utf8_lossy(&mid).trim().to_owned(), name))
         })
         .collect()
 }

@@ -19,7 +19,7 @@ pub(super) struct Pods {
 
 /// A pod's cgroup directory name -> its uid: `pod<uid>` (cgroupfs driver) or
 /// `kubepods[-<qos>]-pod<uid with _ for ->.slice` (systemd driver).
-fn pod_uid(dir: &str) -> Option<String> {
+pub(super) fn pod_uid(dir: &str) -> Option<String> {
     let uid = match dir.strip_suffix(".slice") {
         Some(unit) => unit.rsplit_once("-pod")?.1.replace('_', "-"),
         None => dir.strip_prefix("pod")?.to_owned(),
@@ -30,7 +30,7 @@ fn pod_uid(dir: &str) -> Option<String> {
 /// A container's cgroup directory name (inside its pod's) -> the container id:
 /// `<id>` (cgroupfs) or `<runtime prefix>-<id>.scope` (systemd: cri-containerd-,
 /// crio-, docker-). CRI-O's conmon scopes are not containers.
-fn cgroup_container_id(dir: &str) -> Option<&str> {
+pub(super) fn cgroup_container_id(dir: &str) -> Option<&str> {
     let id = match dir.strip_suffix(".scope") {
         Some(unit) if unit.starts_with("crio-conmon-") => return None,
         Some(unit) => unit.rsplit_once('-')?.1,
@@ -46,6 +46,19 @@ fn subdirs(dir: &Path) -> impl Iterator<Item = (String, PathBuf)> {
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+}
+
+/// Pods' namespace and name by uid, from the kubelet's log directories
+/// `/var/log/pods/<namespace>_<name>_<uid>`.
+pub(super) fn pod_names(rootfs: &Path) -> HashMap<String, (String, String)> {
+    let mut names = HashMap::new();
+    for (name, _) in subdirs(&rootfs.join("var/log/pods")) {
+        let mut parts = name.splitn(3, '_');
+        if let (Some(ns), Some(pod), Some(uid)) = (parts.next(), parts.next(), parts.next()) {
+            names.insert(uid.to_owned(), (ns.to_owned(), pod.to_owned()));
+        }
+    }
+    names
 }
 
 impl Pods {
@@ -78,12 +91,7 @@ impl Pods {
             }
         }
         if !pods.uid_of.is_empty() {
-            for (name, _) in subdirs(&rootfs.join("var/log/pods")) {
-                let mut parts = name.splitn(3, '_');
-                if let (Some(ns), Some(pod), Some(uid)) = (parts.next(), parts.next(), parts.next()) {
-                    pods.names.insert(uid.to_owned(), (ns.to_owned(), pod.to_owned()));
-                }
-            }
+            pods.names = pod_names(rootfs);
         }
         pods
     }

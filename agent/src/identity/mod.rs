@@ -16,7 +16,9 @@ mod buildkit;
 mod concourse;
 mod containerd;
 mod docker;
+mod holder;
 mod kubernetes;
+pub mod root;
 mod storage;
 
 use std::collections::BTreeMap;
@@ -25,9 +27,11 @@ use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 
-use crate::discovery::{Device, LayerPath, Mount, MountTable};
+use crate::discovery::{Device, Dirty, LayerPath, Mount, MountNs, MountTable, NsId};
 use crate::pattern::PathRegex;
 use crate::sync::RwLockExt;
+pub use holder::Holder;
+use root::StateRoot;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Identity {
@@ -54,6 +58,14 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Whether this identity may have changed since it was read: still
+    /// settling, or a directory it was read from has been renamed. Stats one
+    /// path at most.
+    pub fn outdated(&self) -> bool {
+        self.settling
+            || self.renamed_unless_exists.as_ref().is_some_and(|p| std::fs::symlink_metadata(p).is_err())
+    }
+
     fn new(runtime: &str, container_id: impl Into<String>, container_name: impl Into<String>) -> Self {
         Identity {
             runtime: runtime.to_owned(),
@@ -70,9 +82,16 @@ impl Identity {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inventory {
     by_device: BTreeMap<Device, Identity>,
+    /// Who holds each mount namespace that has an overlay (not the host's).
+    holders: BTreeMap<NsId, Holder>,
 }
 
 impl Inventory {
+    /// Who holds the namespace of mount `m` (None for the host's).
+    pub fn holder(&self, m: &Mount) -> Option<&Holder> {
+        self.holders.get(&m.namespace?.id)
+    }
+
     pub fn get(&self, device: &Device) -> Option<&Identity> {
         self.by_device.get(device)
     }
@@ -81,18 +100,7 @@ impl Inventory {
         self.by_device.iter()
     }
 
-    /// Whether some identity may have changed since it was read: one is still
-    /// settling, or a directory it was read from has been renamed. The daemon
-    /// asks every second and then re-reads the mount table, instead of waiting
-    /// for the resync interval. Stats one path per Concourse volume.
-    pub fn outdated(&self) -> bool {
-        self.by_device.values().any(|i| {
-            i.settling
-                || i.renamed_unless_exists.as_ref().is_some_and(|p| std::fs::symlink_metadata(p).is_err())
-        })
-    }
-
-    /// Whether [`Inventory::outdated`] has anything to check.
+    /// Whether [`MountView::outdated`] has anything to check.
     pub fn watched(&self) -> bool {
         self.by_device.values().any(|i| i.settling || i.renamed_unless_exists.is_some())
     }
@@ -104,6 +112,26 @@ impl Inventory {
 pub struct MountView {
     pub table: MountTable,
     pub identities: Inventory,
+}
+
+impl MountView {
+    /// The mount tables to read again because an identity read from them may
+    /// have changed without a mount table change (a Concourse volume renamed
+    /// from init/ to live/, or still settling in init/): the daemon asks every
+    /// second, instead of waiting for the resync interval. Only the namespaces
+    /// of those mounts are marked.
+    pub fn outdated(&self) -> Dirty {
+        let mut dirty = Dirty::default();
+        for (dev, _) in self.identities.iter().filter(|(_, i)| i.outdated()) {
+            match self.table.mounts.get(dev).and_then(|m| m.namespace) {
+                Some(ns) => {
+                    dirty.namespaces.insert(ns.id);
+                }
+                None => dirty.reference = true,
+            }
+        }
+        dirty
+    }
 }
 
 /// The current [`MountView`], published whole: a scrape sees a table with the
@@ -157,25 +185,27 @@ fn builtin(pattern: &str) -> regex::Regex {
 }
 
 /// What a layout sees of a mount: its mountpoint and upper dir as labels, and
-/// where the host's files are (runtime state is read under the rootfs).
+/// where the runtime's state files are (the host's root, or the root of the
+/// mount's namespace).
 pub(crate) struct Subject<'a> {
     pub mountpoint: String,
     pub upper: String,
-    rootfs: &'a Path,
+    pub root: &'a StateRoot,
 }
 
 impl Subject<'_> {
-    /// A host path under the agent's view of the host root.
-    pub fn host(&self, p: &str) -> PathBuf {
-        self.rootfs.join(p.trim_start_matches('/'))
+    /// A path of the mount's namespace as the agent reaches it.
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.root.path(p)
     }
 
     /// A JSON file of the runtime's state; None when absent or unreadable (logged at debug).
     pub fn read_json<T: serde::de::DeserializeOwned>(&self, p: &str) -> Option<T> {
-        let path = self.host(p);
-        let bytes = std::fs::read(&path).ok()?;
+        let bytes = self.root.read(p).ok()?;
         serde_json::from_slice(&bytes)
-            .map_err(|e| tracing::debug!(path = %path.display(), error = %e, "unreadable runtime state"))
+            .map_err(
+                |e| tracing::debug!(path = %self.path(p).display(), error = %e, "unreadable runtime state"),
+            )
             .ok()
     }
 }
@@ -193,14 +223,16 @@ trait Layout: Send + Sync {
 /// files are read under it).
 pub struct Resolver {
     rootfs: PathBuf,
+    procfs: PathBuf,
     rules: Vec<IdentityRule>,
     layouts: Vec<Box<dyn Layout>>,
 }
 
 impl Resolver {
-    pub fn new(rootfs: &Path, rules: &[IdentityRule]) -> Self {
+    pub fn new(rootfs: &Path, procfs: &Path, rules: &[IdentityRule]) -> Self {
         Resolver {
             rootfs: rootfs.to_owned(),
+            procfs: procfs.to_owned(),
             rules: rules.to_vec(),
             // Mountpoint layouts first; the upper-dir fallbacks (Docker's and
             // BuildKit's snapshot dirs, for mounts outside a container) last.
@@ -228,7 +260,24 @@ impl Resolver {
                 pods.label(i);
             }
         }
-        Inventory { by_device }
+        Inventory { by_device, holders: self.holders(table) }
+    }
+
+    /// The holder of every namespace that has a mount in `table`.
+    fn holders(&self, table: &MountTable) -> BTreeMap<NsId, Holder> {
+        let namespaces: BTreeMap<NsId, MountNs> =
+            table.mounts.values().filter_map(|m| m.namespace).map(|ns| (ns.id, ns)).collect();
+        let mut holders: BTreeMap<NsId, Holder> =
+            namespaces.into_iter().map(|(id, ns)| (id, holder::holder_of(&self.procfs, ns))).collect();
+        if holders.values().any(|h| !h.pod_uid.is_empty()) {
+            let names = kubernetes::pod_names(&self.rootfs);
+            for h in holders.values_mut() {
+                if let Some((ns, name)) = names.get(&h.pod_uid) {
+                    (h.pod_namespace, h.pod_name) = (ns.clone(), name.clone());
+                }
+            }
+        }
+        holders
     }
 
     /// The primary mountpoint decides, unless it names no container and a bind
@@ -248,13 +297,14 @@ impl Resolver {
 
     fn identify_mount(&self, m: &Mount) -> Option<Identity> {
         let upper = m.options.upper.as_ref().map(LayerPath::label).unwrap_or_default();
+        let root = match m.namespace {
+            Some(ns) => StateRoot::namespace(&self.procfs, ns),
+            None => StateRoot::host(&self.rootfs),
+        };
         let mut first = None;
         for mp in std::iter::once(&m.mountpoint).chain(&m.other_mountpoints) {
-            let s = Subject {
-                mountpoint: crate::discovery::path_label(mp),
-                upper: upper.clone(),
-                rootfs: &self.rootfs,
-            };
+            let s =
+                Subject { mountpoint: crate::discovery::path_label(mp), upper: upper.clone(), root: &root };
             match self.identify_at(&s) {
                 Some(i) if !i.container_id.is_empty() => return Some(i),
                 Some(i) => first = first.or(Some(i)),

@@ -5,6 +5,7 @@
 //! the container: CRI-O's always holds `pod-name` and `pod-id`, podman's never.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
@@ -14,8 +15,9 @@ use crate::sync::LockExt;
 
 pub(super) struct Storage {
     merged: regex::Regex,
-    /// Per storage root, the containers by layer, read once per mount table.
-    by_layer: Mutex<HashMap<String, Arc<HashMap<String, Identity>>>>,
+    /// Per storage root (as the agent reaches it), the containers by layer, read
+    /// once per mount table.
+    by_layer: Mutex<HashMap<PathBuf, Arc<HashMap<String, Identity>>>>,
 }
 
 impl Storage {
@@ -27,7 +29,8 @@ impl Storage {
     }
 
     fn containers(&self, s: &Subject, storage: &str) -> Arc<HashMap<String, Identity>> {
-        if let Some(c) = self.by_layer.locked().get(storage) {
+        let key = s.path(storage);
+        if let Some(c) = self.by_layer.locked().get(&key) {
             return c.clone();
         }
         let list: Vec<Container> =
@@ -41,7 +44,7 @@ impl Storage {
             })
             .collect();
         let by_layer = Arc::new(by_layer);
-        self.by_layer.locked().insert(storage.to_owned(), by_layer.clone());
+        self.by_layer.locked().insert(key, by_layer.clone());
         by_layer
     }
 }

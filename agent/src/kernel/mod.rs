@@ -1,8 +1,10 @@
 //! Facts about the running kernel that the probes depend on: struct offsets and
-//! function argument positions from BTF, which functions exist (kallsyms), and
-//! the kernel version (only a fallback where a module has no BTF).
+//! function argument positions from BTF, which functions exist (kallsyms), the
+//! kernel version (only a fallback where a module has no BTF), and what the
+//! kernel offers at all (`features`: kprobes, quota, overlayfs built in or a module).
 
 pub mod btf;
+pub mod features;
 pub mod hooks;
 pub mod symbols;
 

@@ -37,6 +37,21 @@ pub use native::NativeHistogram;
 
 use crate::sync::RwLockExt;
 
+/// Labels left out of a sample when their value is empty, in both formats:
+/// `mntns`, the mount namespace of a per-mount series, is "" in the reference
+/// (host) namespace, so host mounts keep the label sets they always had, and so
+/// are the `mntns_*` labels of `overlayfs_mount_info` (who holds it; spelled once,
+/// in metrics/mounts.rs). Prometheus treats an empty label as an absent one, so
+/// this changes no series' identity.
+pub fn omitted_when_empty(name: &str) -> bool {
+    name == "mntns" || name.starts_with("mntns_")
+}
+
+/// Whether a label is written: not one [`omitted_when_empty`] with an empty value.
+pub fn written(name: &str, value: &str) -> bool {
+    !value.is_empty() || !omitted_when_empty(name)
+}
+
 /// A metric definition: the one place a name, its help and its labels are spelled.
 pub struct Def {
     pub name: &'static str,

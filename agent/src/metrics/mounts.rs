@@ -14,10 +14,11 @@ static MOUNTS: Def = Def {
 };
 static INFO: Def = Def {
     name: "overlayfs_mount_info",
-    help: "Overlay mount metadata; always 1. Join on mountpoint for the other overlayfs_ series.",
+    help: "Overlay mount metadata; always 1. Join on mountpoint and mntns for the other overlayfs_ series. mntns_* name the container, pod or process holding the mount namespace (left out for the host's).",
     kind: MetricType::GAUGE,
     labels: &[
         "mountpoint",
+        "mntns",
         "device",
         "upperdir",
         "workdir",
@@ -37,31 +38,38 @@ static INFO: Def = Def {
         "pod_namespace",
         "pod_name",
         "pod_uid",
+        "mntns_runtime",
+        "mntns_container_id",
+        "mntns_pod_namespace",
+        "mntns_pod_name",
+        "mntns_pod_uid",
+        "mntns_process",
+        "mntns_uid",
     ],
 };
 static LOWER: Def = Def {
     name: "overlayfs_mount_lower_layers",
     help: "Number of lower layers of the overlay (data-only layers not included).",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static DATA: Def = Def {
     name: "overlayfs_mount_data_layers",
     help: "Number of data-only lower layers of the overlay (lowerdir '::' or datadir+).",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static RELATIVE: Def = Def {
     name: "overlayfs_mount_relative_paths",
     help: "Layer paths given relative to the mounter's working directory; they cannot be located, so a relative upperdir is not scanned.",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static MOUNTPOINTS: Def = Def {
     name: "overlayfs_mount_mountpoints",
-    help: "Number of places the overlay is mounted (1 + bind mounts).",
+    help: "Number of places the overlay is mounted: 1 + bind mounts + places in other mount namespaces (a container's root, binds into containers).",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 
 /// Joins discovery's mount table with identity's inventory, by device, both
@@ -115,15 +123,17 @@ impl Collector for MountCollector {
         let mut mountpoints = Family::new(&MOUNTPOINTS);
         count.add(&[], table.mounts.len() as f64);
         for m in table.mounts.values() {
-            let mp = m.mountpoint_label();
+            let (mp, ns) = (m.mountpoint_label(), m.mntns_label());
             let o = &m.options;
             let upper = o.upper.as_ref().map(LayerPath::label).unwrap_or_default();
             let work = o.work.as_ref().map(LayerPath::label).unwrap_or_default();
             let device = m.device.to_string();
             let id = identities.get(&m.device);
+            let holder = identities.holder(m);
             info.add(
                 &[
                     &mp,
+                    &ns,
                     &device,
                     &upper,
                     &work,
@@ -143,13 +153,20 @@ impl Collector for MountCollector {
                     id.map(|i| i.pod_namespace.as_str()).unwrap_or(""),
                     id.map(|i| i.pod_name.as_str()).unwrap_or(""),
                     id.map(|i| i.pod_uid.as_str()).unwrap_or(""),
+                    holder.map(|h| h.runtime.as_str()).unwrap_or(""),
+                    holder.map(|h| h.container_id.as_str()).unwrap_or(""),
+                    holder.map(|h| h.pod_namespace.as_str()).unwrap_or(""),
+                    holder.map(|h| h.pod_name.as_str()).unwrap_or(""),
+                    holder.map(|h| h.pod_uid.as_str()).unwrap_or(""),
+                    holder.map(|h| h.process.as_str()).unwrap_or(""),
+                    holder.map(|h| h.uid.as_str()).unwrap_or(""),
                 ],
                 1.0,
             );
-            lower.add(&[&mp], o.lower.len() as f64);
-            data.add(&[&mp], o.data.len() as f64);
-            relative.add(&[&mp], o.relative_paths() as f64);
-            mountpoints.add(&[&mp], (1 + m.other_mountpoints.len()) as f64);
+            lower.add(&[&mp, &ns], o.lower.len() as f64);
+            data.add(&[&mp, &ns], o.data.len() as f64);
+            relative.add(&[&mp, &ns], o.relative_paths() as f64);
+            mountpoints.add(&[&mp, &ns], m.places() as f64);
         }
         vec![count, info, lower, data, relative, mountpoints]
     }
@@ -168,10 +185,11 @@ mod tests {
             .map(|i| format!("{i} 2 0:{i} / /run/containerd/io.containerd.runtime.v2.task/ns/c{i}/rootfs rw - overlay overlay rw,lowerdir=/l,upperdir=/u{i},workdir=/w{i}\n"))
             .collect();
         let table = MountTable {
-            mounts: group_by_superblock(mountinfo::parse(lines.as_bytes()).0, |_| true),
+            mounts: group_by_superblock(mountinfo::parse(lines.as_bytes()).0, |_| true, None),
             ..Default::default()
         };
-        let identities = Resolver::new(std::path::Path::new("/"), &[]).inventory(&table);
+        let identities =
+            Resolver::new(std::path::Path::new("/"), std::path::Path::new("/proc"), &[]).inventory(&table);
         MountView { table, identities }
     }
 

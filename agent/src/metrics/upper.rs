@@ -12,43 +12,43 @@ static BYTES: Def = Def {
     name: "overlayfs_upper_bytes",
     help: "Disk space allocated to the upper dir (sum of st_blocks x 512 over distinct inodes, like du -s); from the project quota in quota mode (overlayfs_upper_usage_source_info).",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static APPARENT: Def = Def {
     name: "overlayfs_upper_apparent_bytes",
     help: "Apparent size of the upper dir (sum of st_size over distinct inodes, like du -s -b).",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static INODES: Def = Def {
     name: "overlayfs_upper_inodes",
     help: "Distinct inodes in the upper dir, the upper dir itself included; from the project quota in quota mode.",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static ENTRIES: Def = Def {
     name: "overlayfs_upper_entries",
     help: "Upper-dir entries (names) by kind: dir, opaque_dir, created, copied_up, metacopy, whiteout; every name of a hard-linked inode counts.",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint", "kind"],
+    labels: &["mountpoint", "mntns", "kind"],
 };
 static USAGE_SOURCE: Def = Def {
     name: "overlayfs_upper_usage_source_info",
     help: "Where overlayfs_upper_bytes and overlayfs_upper_inodes come from: source=quota (project quota, read every scan.quota_interval) or walk (the full walk, every scan.interval); reason: why not quota (none in quota mode).",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint", "source", "reason"],
+    labels: &["mountpoint", "mntns", "source", "reason"],
 };
 static USAGE_TIMESTAMP: Def = Def {
     name: "overlayfs_upper_usage_timestamp_seconds",
     help: "Unix time at which overlayfs_upper_bytes and overlayfs_upper_inodes were read (quota reading, or end of the walk).",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static QUOTA_PROJECT: Def = Def {
     name: "overlayfs_upper_quota_project_id",
     help: "Project id whose quota gives the upper dir's bytes and inodes (quota mode only).",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static QUOTA_READS: Def = Def {
     name: "overlayfs_scan_quota_reads_total",
@@ -61,57 +61,57 @@ static COPIED_UP_BYTES: Def = Def {
     name: "overlayfs_upper_copied_up_bytes",
     help: "Apparent size of the files in the upper dir that were copied up from a lower layer (each inode once).",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static FS_AVAIL: Def = Def {
     name: "overlayfs_upper_filesystem_avail_bytes",
     help: "Bytes available to unprivileged users on the filesystem holding the upper dir (statvfs f_bavail).",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static FS_SIZE: Def = Def {
     name: "overlayfs_upper_filesystem_size_bytes",
     help: "Size of the filesystem holding the upper dir (statvfs f_blocks).",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static DURATION: Def = Def {
     name: "overlayfs_upper_scan_duration_seconds",
     help: "Duration of the last completed scan of the upper dir.",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static TIMESTAMP: Def = Def {
     name: "overlayfs_upper_scan_timestamp_seconds",
     help: "Unix time at which the last completed scan of the upper dir ended.",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static SCANS: Def = Def {
     name: "overlayfs_upper_scans_total",
     help: "Completed scans of the upper dir.",
     kind: MetricType::COUNTER,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static ERRORS: Def = Def {
     name: "overlayfs_upper_scan_errors_total",
     help: "Entries (or whole scans) of the upper dir that could not be read, by reason.",
     kind: MetricType::COUNTER,
-    labels: &["mountpoint", "reason"],
+    labels: &["mountpoint", "mntns", "reason"],
 };
 
 static STALE: Def = Def {
     name: "overlayfs_upper_scan_stale",
     help: "1 when the upper dir's figures are stale: the last scan hit scan.timeout, or the current one is stuck in a filesystem call.",
     kind: MetricType::GAUGE,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 
 static COPY_UPS_SEEN: Def = Def {
     name: "overlayfs_upper_copy_ups_seen_total",
     help: "Files found copied-up (origin or metacopy xattr) by a scan that were not at the previous complete scan: copy-ups seen without eBPF, at the scan interval's resolution.",
     kind: MetricType::COUNTER,
-    labels: &["mountpoint"],
+    labels: &["mountpoint", "mntns"],
 };
 static SCAN_CPU: Def = Def {
     name: "overlayfs_scan_cpu_seconds_total",
@@ -151,6 +151,19 @@ static SCAN_PRIORITIZED: Def = Def {
     labels: &["signal"],
 };
 
+static SCAN_CANCELLED: Def = Def {
+    name: "overlayfs_scan_cancelled_total",
+    help: "Upper-dir scans stopped, queued or running, because their mount left the mount table (unmounted, or replaced by another mount of the same upper dir); not counted in overlayfs_upper_scans_total.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+static UPPER_OPENS: Def = Def {
+    name: "overlayfs_scan_upper_opens_total",
+    help: "Upper dirs (and quota mode's directories) opened by the scan threads: via=detached, beneath a detached clone of the mount (an unmount never finds it busy), or via=plain, on the mount itself (an unmount during a scan can fail with EBUSY), with the reason the clone could not be made: no_open_tree, no_privileges, refused.",
+    kind: MetricType::COUNTER,
+    labels: &["via", "reason"],
+};
+
 pub struct UpperCollector {
     mounts: SharedMountView,
     store: ScanStore,
@@ -170,8 +183,8 @@ impl Collector for UpperCollector {
         let now = std::time::Instant::now();
         let behind = store.values().map(|r| r.behind(now)).max().unwrap_or_default();
         for m in mounts.table.mounts.values() {
-            let Some(rec) = m.upper_dir().and_then(|u| store.get(u)) else { continue };
-            per_mount.add(&m.mountpoint_label(), rec);
+            let Some(rec) = m.upper().and_then(|u| store.get(&u)) else { continue };
+            per_mount.add(&m.mountpoint_label(), &m.mntns_label(), rec);
         }
         let pool = self.pool_families(behind);
         per_mount.into_vec(pool)
@@ -222,39 +235,39 @@ impl MountFamilies {
 
     /// The series of one mount's upper dir: staleness and errors always, the
     /// rest once a scan completed.
-    fn add(&mut self, mp: &str, rec: &ScanRecord) {
-        self.stale.add(&[mp], if rec.stale { 1.0 } else { 0.0 });
+    fn add(&mut self, mp: &str, ns: &str, rec: &ScanRecord) {
+        self.stale.add(&[mp, ns], if rec.stale { 1.0 } else { 0.0 });
         for (reason, n) in &rec.errors_total {
-            self.errors.add(&[mp, reason.as_str()], *n as f64);
+            self.errors.add(&[mp, ns, reason.as_str()], *n as f64);
         }
         let (Some(r), Some(end)) = (&rec.last, rec.last_end) else { return };
         match (&rec.quota, rec.usage) {
             (Ok(t), Some((u, at))) => {
-                self.bytes.add(&[mp], u.allocated_bytes as f64);
-                self.inodes.add(&[mp], u.inodes as f64);
-                self.source.add(&[mp, "quota", "none"], 1.0);
-                self.usage_ts.add(&[mp], unix_seconds(at));
-                self.project.add(&[mp], f64::from(t.project_id));
+                self.bytes.add(&[mp, ns], u.allocated_bytes as f64);
+                self.inodes.add(&[mp, ns], u.inodes as f64);
+                self.source.add(&[mp, ns, "quota", "none"], 1.0);
+                self.usage_ts.add(&[mp, ns], unix_seconds(at));
+                self.project.add(&[mp, ns], f64::from(t.project_id));
             }
             (q, _) => {
-                self.bytes.add(&[mp], r.allocated_bytes as f64);
-                self.inodes.add(&[mp], r.inodes as f64);
+                self.bytes.add(&[mp, ns], r.allocated_bytes as f64);
+                self.inodes.add(&[mp, ns], r.inodes as f64);
                 let reason = q.as_ref().err().copied().unwrap_or(crate::scan::quota::Unavailable::Unknown);
-                self.source.add(&[mp, "walk", reason.as_str()], 1.0);
-                self.usage_ts.add(&[mp], unix_seconds(end));
+                self.source.add(&[mp, ns, "walk", reason.as_str()], 1.0);
+                self.usage_ts.add(&[mp, ns], unix_seconds(end));
             }
         }
-        self.apparent.add(&[mp], r.apparent_bytes as f64);
+        self.apparent.add(&[mp, ns], r.apparent_bytes as f64);
         for kind in EntryKind::ALL {
-            self.entries.add(&[mp, kind.as_str()], r.entries(kind) as f64);
+            self.entries.add(&[mp, ns, kind.as_str()], r.entries(kind) as f64);
         }
-        self.copied.add(&[mp], r.copied_up_bytes as f64);
-        self.fs_avail.add(&[mp], r.fs_avail_bytes as f64);
-        self.fs_size.add(&[mp], r.fs_size_bytes as f64);
-        self.duration.add(&[mp], rec.last_duration.as_secs_f64());
-        self.timestamp.add(&[mp], unix_seconds(end));
-        self.scans.add(&[mp], rec.scans_total as f64);
-        self.seen.add(&[mp], rec.copy_ups_seen_total as f64);
+        self.copied.add(&[mp, ns], r.copied_up_bytes as f64);
+        self.fs_avail.add(&[mp, ns], r.fs_avail_bytes as f64);
+        self.fs_size.add(&[mp, ns], r.fs_size_bytes as f64);
+        self.duration.add(&[mp, ns], rec.last_duration.as_secs_f64());
+        self.timestamp.add(&[mp, ns], unix_seconds(end));
+        self.scans.add(&[mp, ns], rec.scans_total as f64);
+        self.seen.add(&[mp, ns], rec.copy_ups_seen_total as f64);
     }
 
     /// All families: these, with the scan pool's (`quota_reads` first, then the
@@ -284,6 +297,8 @@ impl MountFamilies {
             pool.cores,
             pool.dirs,
             pool.prioritized,
+            pool.cancelled,
+            pool.opens,
         ]
     }
 }
@@ -297,6 +312,8 @@ struct PoolFamilies {
     cores: Family,
     dirs: Family,
     prioritized: Family,
+    cancelled: Family,
+    opens: Family,
 }
 
 impl UpperCollector {
@@ -327,6 +344,13 @@ impl UpperCollector {
         let mut quota_reads = Family::new(&QUOTA_READS);
         quota_reads.add(&["ok"], reads.saturating_sub(read_errors) as f64);
         quota_reads.add(&["error"], read_errors as f64);
-        PoolFamilies { quota_reads, cpu, throttled, late, cores, dirs, prioritized }
+        let mut cancelled = Family::new(&SCAN_CANCELLED);
+        cancelled.add(&[], self.store.cancelled() as f64);
+        let mut opens = Family::new(&UPPER_OPENS);
+        for (via, n) in crate::scan::reach::opens() {
+            let (via, reason) = via.labels();
+            opens.add(&[via, reason], n as f64);
+        }
+        PoolFamilies { quota_reads, cpu, throttled, late, cores, dirs, prioritized, cancelled, opens }
     }
 }

@@ -79,7 +79,7 @@ mod tests {
             .map(|m| format!("{m} 27 0:{m} / /m/{m} rw - overlay overlay rw,lowerdir=/l,upperdir=/u{m},workdir=/w{m}\n"))
             .collect();
         let (lines, _) = mountinfo::parse(text.as_bytes());
-        MountTable { mounts: group_by_superblock(lines, |_| true), ..Default::default() }
+        MountTable { mounts: group_by_superblock(lines, |_| true, None), ..Default::default() }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! burst). The same accounting counts every scan's CPU time without a budget too.
 //! The rate can change while scans run ([`Budget::set_max_cpu`], a config reload).
 
+use super::cancel::Cancel;
 use crate::sync::LockExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -91,6 +92,11 @@ impl Budget {
 
     /// Counts `cpu` spent, and sleeps as long as the budget is overdrawn.
     pub fn charge(&self, cpu: Duration) {
+        self.charge_or_wake(cpu, None);
+    }
+
+    /// As [`Budget::charge`], but a stop on `cancel` ends the sleep early.
+    pub fn charge_or_wake(&self, cpu: Duration, cancel: Option<&Cancel>) {
         self.cpu_ns.fetch_add(u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
         if self.max_cpu().is_none() {
             return;
@@ -110,9 +116,15 @@ impl Budget {
             }
         };
         if !wait.is_zero() {
-            std::thread::sleep(wait);
+            let slept = match cancel {
+                Some(c) => c.sleep(wait),
+                None => {
+                    std::thread::sleep(wait);
+                    wait
+                }
+            };
             self.throttled_ns
-                .fetch_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                .fetch_add(u64::try_from(slept.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
         }
     }
 }
@@ -122,6 +134,8 @@ impl Budget {
 pub struct CpuMeter<'a> {
     budget: &'a Budget,
     last: Duration,
+    /// Ends a sleep for the budget early (a scan asked to stop).
+    cancel: Option<&'a Cancel>,
 }
 
 /// CPU time used by the calling thread so far.
@@ -132,14 +146,19 @@ pub(super) fn thread_cpu() -> Duration {
 
 impl<'a> CpuMeter<'a> {
     pub fn new(budget: &'a Budget) -> Self {
-        CpuMeter { budget, last: thread_cpu() }
+        CpuMeter { budget, last: thread_cpu(), cancel: None }
+    }
+
+    /// A meter whose sleeps end early when the scan's `cancel` token stops it.
+    pub fn with_cancel(budget: &'a Budget, cancel: Option<&'a Cancel>) -> Self {
+        CpuMeter { budget, last: thread_cpu(), cancel }
     }
 
     /// Charges the CPU time used since the last call (may sleep).
     pub fn charge(&mut self) {
         let now = thread_cpu();
         let used = now.saturating_sub(self.last);
-        self.budget.charge(used);
+        self.budget.charge_or_wake(used, self.cancel);
         // The sleep costs no CPU, but the charge itself does: measure from here.
         self.last = thread_cpu().max(now);
     }
@@ -148,7 +167,7 @@ impl<'a> CpuMeter<'a> {
 impl Drop for CpuMeter<'_> {
     fn drop(&mut self) {
         let used = thread_cpu().saturating_sub(self.last);
-        self.budget.charge(used);
+        self.budget.charge_or_wake(used, self.cancel);
     }
 }
 

@@ -5,14 +5,18 @@
 //! (its parts: `store.rs`, `queue.rs`, `prioritize.rs`, `workers.rs`, `job.rs`,
 //! `quota_refresh.rs`); [`quota`] reads bytes and inodes from project quotas
 //! instead where it can; [`budget`] and [`sched`] are what the scan threads may cost.
+//! [`reach`] opens upper dirs without pinning the user's mounts, and [`cancel`]
+//! stops a scan whose mount left the mount table.
 
 pub mod budget;
+pub mod cancel;
 mod job;
 pub mod pool;
 mod prioritize;
 mod queue;
 pub mod quota;
 mod quota_refresh;
+pub mod reach;
 pub mod sched;
 mod store;
 pub mod walk;
@@ -22,9 +26,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use budget::Budget;
-pub use pool::ScanPool;
+pub use cancel::Cancel;
+pub use pool::{Roots, ScanPool};
+pub use reach::{open_upper, Join, Place, UpperHandle};
 pub use store::{ActivitySignal, ScanRecord, ScanStore};
-pub use walk::{scan, OwnCwd, ScanCache, ScanOptions, XattrNamespace};
+pub use walk::{scan, scan_upper, OwnCwd, ScanCache, ScanOptions, XattrNamespace};
 
 /// The kind of an upper-dir entry; every entry but the upper dir itself gets one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -117,6 +123,13 @@ pub enum ScanError {
 }
 
 impl ScanError {
+    /// An upper dir that could not be opened (ENOENT: it is missing).
+    pub fn open(path: &std::path::Path, e: rustix::io::Errno) -> Self {
+        let reason =
+            if e == rustix::io::Errno::NOENT { ErrorReason::Missing } else { ErrorReason::from_errno(e) };
+        ScanError::Open { path: path.to_owned(), reason, source: e.into() }
+    }
+
     pub fn reason(&self) -> ErrorReason {
         match self {
             ScanError::Open { reason, .. } => *reason,
@@ -145,6 +158,9 @@ pub struct ScanResult {
     pub fs_size_bytes: u64,
     /// The walk stopped at its deadline: the figures cover part of the tree.
     pub timed_out: bool,
+    /// The walk was stopped from outside (its mount left the mount table): the
+    /// figures cover part of the tree and are not recorded.
+    pub cancelled: bool,
     /// Directories read (`getdents`): new or changed since the last scan.
     pub dirs_read: u64,
     /// Directories unchanged since the last scan: names from the cache.

@@ -18,7 +18,7 @@
 //! [`ScanCache`]: super::ScanCache
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Sender};
@@ -26,15 +26,17 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::budget::Budget;
+use super::cancel::Cancel;
 use super::prioritize::watch_activity;
 use super::queue::{Job, Priority};
 use super::quota_refresh::quota_reader;
+use super::reach::{Join, Place};
 use super::sched::IdleSetting;
 use super::workers::{Crew, InFlight, Workers};
 use super::XattrNamespace;
 use crate::activity::Activity;
 use crate::config::ScanConfig;
-use crate::discovery::{Device, MountTable};
+use crate::discovery::{Device, Mount, MountTable, UpperDir};
 use crate::sync::LockExt;
 
 pub use super::quota::QuotaSettings;
@@ -56,26 +58,54 @@ impl Drop for ScanPool {
     }
 }
 
-/// The upper dirs of a mount table: by upper dir (as mountinfo names it), the
-/// xattr namespace, the devices of its mounts and its work dir under `rootfs`.
-type Wanted = HashMap<PathBuf, (XattrNamespace, Vec<Device>, Option<PathBuf>)>;
+/// The upper dirs of a mount table: by upper dir (with its namespace), the
+/// xattr namespace, the devices and mount ids of its mounts, and where the agent
+/// opens it and its work dir.
+type Wanted = HashMap<UpperDir, (XattrNamespace, Vec<(Device, i32)>, Place, Option<PathBuf>)>;
 
-fn upper_dirs_of(table: &MountTable, rootfs: &Path) -> Wanted {
+/// Where the agent reaches the files of mount `m`'s namespace: the host's root
+/// (`rootfs`), or another namespace's root through one of its processes
+/// (`<procfs>/<pid>/root`), with that namespace to join (`<procfs>/<pid>/ns/mnt`).
+fn root_of(m: &Mount, roots: &Roots<'_>) -> (PathBuf, Option<Join>) {
+    match m.namespace {
+        None => (roots.rootfs.to_owned(), None),
+        Some(ns) => (
+            ns.proc_path(roots.procfs, "root"),
+            Some(Join {
+                root: ns.proc_path(roots.procfs, "root"),
+                ns_file: ns.proc_path(roots.procfs, "ns/mnt"),
+                id: ns.id.0,
+            }),
+        ),
+    }
+}
+
+fn upper_dirs_of(table: &MountTable, roots: &Roots<'_>) -> Wanted {
     let mut wanted: Wanted = HashMap::new();
-    let under_root = |p: &Path| rootfs.join(p.strip_prefix("/").unwrap_or(p));
     for (dev, m) in &table.mounts {
-        if let Some(upper) = m.upper_dir() {
-            let ns = if m.options.userxattr { XattrNamespace::User } else { XattrNamespace::Trusted };
-            let work = m.options.work.as_ref().and_then(|w| w.absolute()).map(under_root);
-            let w = wanted.entry(upper.to_owned()).or_insert((ns, Vec::new(), None));
-            w.0 = ns;
-            w.1.push(*dev);
-            if w.2.is_none() {
-                w.2 = work;
-            }
+        let Some(upper) = m.upper() else { continue };
+        let (root, join) = root_of(m, roots);
+        let under_root = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+        let ns = if m.options.userxattr { XattrNamespace::User } else { XattrNamespace::Trusted };
+        let work = m.options.work.as_ref().and_then(|w| w.absolute()).map(under_root);
+        let open_at = Place { path: under_root(&upper.path), join };
+        let w = wanted.entry(upper).or_insert((ns, Vec::new(), open_at, None));
+        w.0 = ns;
+        w.1.push((*dev, m.mount_id));
+        if w.3.is_none() {
+            w.3 = work;
         }
     }
     wanted
+}
+
+/// The roots paths are reached under: the host's root filesystem as the agent
+/// sees it (`discovery.rootfs`), and the procfs through which other mount
+/// namespaces' roots are reached (`discovery.procfs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Roots<'a> {
+    pub rootfs: &'a Path,
+    pub procfs: &'a Path,
 }
 
 impl ScanPool {
@@ -129,18 +159,45 @@ impl ScanPool {
         self.crew.idle.set(config.idle_priority);
     }
 
+    /// Follows a new read of the mount table: forgets the upper dirs no mount of
+    /// `table` uses any more and stops their scans, queued or running (they close
+    /// what they hold within milliseconds). A scan whose mounts all left while
+    /// another mount came on the same upper dir between two reads (unmounted and
+    /// mounted again) stops too, and its upper dir is scanned again at once. Looks
+    /// at the table only, never at the upper dirs: call it after every read, before
+    /// anything slower.
+    pub fn follow(&self, table: &MountTable) {
+        let wanted: HashSet<UpperDir> = table.mounts.values().filter_map(|m| m.upper()).collect();
+        let present = |(dev, id): &(Device, i32)| table.mounts.get(dev).is_some_and(|m| m.mount_id == *id);
+        let mut store = self.crew.store.lock();
+        store.retain(|upper, rec| {
+            let keep = wanted.contains(upper);
+            if !keep || (rec.in_flight && !rec.job_mounts.iter().any(present)) {
+                rec.cancel.stop();
+            }
+            keep
+        });
+    }
+
     /// Queues every upper dir of `table` that is due and not already being scanned;
-    /// forgets upper dirs that no mount uses any more. Upper dirs are opened under
-    /// `rootfs`, the host's root filesystem as the agent sees it.
-    pub fn schedule(&self, table: &MountTable, interval: Duration, timeout: Duration, rootfs: &Path) {
+    /// forgets upper dirs that no mount uses any more (stopping their scans). Upper
+    /// dirs are opened under `roots`: the host's root, or their namespace's.
+    pub fn schedule(&self, table: &MountTable, interval: Duration, timeout: Duration, roots: Roots<'_>) {
         let now = Instant::now();
         self.crew.check_hung(now);
-        let wanted = upper_dirs_of(table, rootfs);
+        let wanted = upper_dirs_of(table, &roots);
         let activity = self.crew.store.activity.snapshot();
         let mut store = self.crew.store.lock();
-        store.retain(|upper, _| wanted.contains_key(upper));
-        for (upper, (ns, devices, work_at)) in wanted {
+        store.retain(|upper, rec| {
+            let keep = wanted.contains_key(upper);
+            if !keep {
+                rec.cancel.stop();
+            }
+            keep
+        });
+        for (upper, (ns, mounts, open_at, work_at)) in wanted {
             let rec = store.entry(upper.clone()).or_insert_with(|| ScanRecord::new(now));
+            let devices: Vec<Device> = mounts.iter().map(|(d, _)| *d).collect();
             if rec.devices != devices {
                 rec.devices = devices;
             }
@@ -149,7 +206,6 @@ impl ScanPool {
             }
             rec.in_flight = true;
             self.crew.in_flight.add();
-            let open_at = rootfs.join(upper.strip_prefix("/").unwrap_or(&upper));
             if rec.open_at != open_at {
                 rec.open_at = open_at.clone();
             }
@@ -166,6 +222,9 @@ impl ScanPool {
             let priority =
                 Priority { never_scanned, active, changed: rec.changed, due: Reverse(rec.next_due) };
             let cache = rec.cache.take().unwrap_or_default();
+            let cancel = Arc::new(Cancel::default());
+            rec.cancel = cancel.clone();
+            rec.job_mounts = mounts;
             self.crew.queue.push(Job {
                 upper,
                 open_at,
@@ -174,6 +233,7 @@ impl ScanPool {
                 interval,
                 timeout,
                 cache,
+                cancel,
                 priority,
                 passed_over: 0,
             });
@@ -194,8 +254,48 @@ impl ScanPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{LayerPath, Mount, OverlayOptions};
+    use crate::discovery::{LayerPath, Mount, MountNs, NsId, OverlayOptions};
     use std::collections::HashSet;
+
+    fn mount_at(minor: u32, upper: &str, namespace: Option<MountNs>) -> Mount {
+        Mount {
+            mount_id: minor as i32,
+            device: Device { major: 0, minor },
+            mountpoint: PathBuf::from("/merged"),
+            namespace,
+            other_mountpoints: Vec::new(),
+            elsewhere: 0,
+            source: "overlay".to_owned(),
+            read_only: false,
+            options: OverlayOptions { upper: Some(LayerPath::Absolute(upper.into())), ..Default::default() },
+        }
+    }
+
+    /// One path in two namespaces is two upper dirs, each reached under its
+    /// namespace's root; a host mount under the host's root.
+    #[test]
+    fn an_upper_dir_is_named_and_reached_in_its_namespace() {
+        let path = "/var/lib/containerd/snapshots/1/fs";
+        let ns = |id, pid| Some(MountNs { id: NsId(id), pid });
+        let mounts = [mount_at(1, path, None), mount_at(2, path, ns(7, 40)), mount_at(3, path, ns(8, 50))];
+        let table =
+            MountTable { mounts: mounts.into_iter().map(|m| (m.device, m)).collect(), ..Default::default() };
+        let roots = Roots { rootfs: Path::new("/host"), procfs: Path::new("/hostproc") };
+        let wanted = upper_dirs_of(&table, &roots);
+        assert_eq!(wanted.len(), 3, "{wanted:?}");
+        let open_at = |mntns| &wanted[&UpperDir { mntns, path: path.into() }].2;
+        assert_eq!(open_at(None), &Place::own("/host/var/lib/containerd/snapshots/1/fs"));
+        let joined = |pid, id| Place {
+            path: format!("/hostproc/{pid}/root/var/lib/containerd/snapshots/1/fs").into(),
+            join: Some(Join {
+                root: format!("/hostproc/{pid}/root").into(),
+                ns_file: format!("/hostproc/{pid}/ns/mnt").into(),
+                id,
+            }),
+        };
+        assert_eq!(open_at(Some(NsId(7))), &joined(40, 7));
+        assert_eq!(open_at(Some(NsId(8))), &joined(50, 8));
+    }
 
     /// The ids of this process's threads.
     fn threads() -> HashSet<i32> {
@@ -239,7 +339,9 @@ mod tests {
             mount_id: 1,
             device: dev,
             mountpoint: tmp.path().join("merged"),
+            namespace: None,
             other_mountpoints: Vec::new(),
+            elsewhere: 0,
             source: "overlay".to_owned(),
             read_only: false,
             options: OverlayOptions { upper: Some(LayerPath::Absolute(upper)), ..Default::default() },
@@ -255,7 +357,12 @@ mod tests {
         let before = threads();
         let pool = ScanPool::new(&config, Arc::default()).expect("pool");
         let scan = || {
-            pool.schedule(&table, Duration::ZERO, Duration::from_secs(60), Path::new("/"));
+            pool.schedule(
+                &table,
+                Duration::ZERO,
+                Duration::from_secs(60),
+                Roots { rootfs: Path::new("/"), procfs: Path::new("/proc") },
+            );
             pool.wait_idle();
         };
         scan();

@@ -109,7 +109,7 @@ fn check_activity(queue: &Queue, store: &ScanStore, due_by: Instant) {
     let found: Vec<_> = candidates
         .into_iter()
         .filter_map(|(upper, open_at, (scans, then), now, stamp)| {
-            activity_since_scan(then, now, stamp, || RootStamp::of(&open_at)).map(|s| (upper, scans, s))
+            activity_since_scan(then, now, stamp, || RootStamp::of(&open_at.path)).map(|s| (upper, scans, s))
         })
         .collect();
     if found.is_empty() {
@@ -138,7 +138,6 @@ mod tests {
     use super::*;
     use crate::discovery::Device;
     use std::cmp::Reverse;
-    use std::path::{Path, PathBuf};
 
     #[test]
     fn activity_is_a_different_copy_up_count_else_a_changed_upper_dir() {
@@ -186,9 +185,9 @@ mod tests {
             rec.devices = vec![dev(i as u32)];
             rec.copy_ups_at_scan = 4;
             rec.root_stamp = RootStamp::of(&dir);
-            rec.open_at = dir.clone();
+            rec.open_at = crate::scan::Place::own(&dir);
             assert!(rec.root_stamp.is_some());
-            store.lock().insert(PathBuf::from(name), rec);
+            store.lock().insert(crate::discovery::UpperDir::host(name), rec);
             if name == "not-due" {
                 continue;
             }
@@ -208,7 +207,7 @@ mod tests {
         // Counted once each until their next scan; the one not due yet is marked
         // for when it is queued.
         assert_eq!(
-            store.lock().get(Path::new("not-due")).and_then(|r| r.activity),
+            store.lock().get(&crate::discovery::UpperDir::host("not-due")).and_then(|r| r.activity),
             Some(ActivitySignal::UpperChanged)
         );
         assert_eq!(store.prioritized(ActivitySignal::UpperChanged), 2);

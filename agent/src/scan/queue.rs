@@ -11,21 +11,28 @@ use std::path::PathBuf;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::cancel::Cancel;
+use super::reach::Place;
 use super::store::ActivitySignal;
 use super::{ScanCache, ScanResult, XattrNamespace};
+use crate::discovery::UpperDir;
 use crate::sync::LockExt;
+use std::sync::Arc;
 
 pub(super) struct Job {
     /// The upper dir as mountinfo names it (the store's key).
-    pub(super) upper: PathBuf,
-    /// Where to open it: `upper` under the host root filesystem.
-    pub(super) open_at: PathBuf,
+    pub(super) upper: UpperDir,
+    /// Where to open it: `upper` under the host root filesystem, or its namespace's.
+    pub(super) open_at: Place,
     /// Its work dir, likewise (quota mode).
     pub(super) work_at: Option<PathBuf>,
     pub(super) ns: XattrNamespace,
     pub(super) interval: Duration,
     pub(super) timeout: Duration,
     pub(super) cache: ScanCache,
+    /// Shared with its record: the pool stops it when no mount uses the upper
+    /// dir any more, and has it recheck its mount after every mount table read.
+    pub(super) cancel: Arc<Cancel>,
     pub(super) priority: Priority,
     /// Scans of other upper dirs started while this job waited (aging).
     pub(super) passed_over: usize,
@@ -114,7 +121,7 @@ impl Queue {
     }
 
     /// Marks the jobs of these upper dirs active, if waiting; returns how many.
-    pub(super) fn mark_active(&self, found: &[(PathBuf, ActivitySignal)]) -> usize {
+    pub(super) fn mark_active(&self, found: &[(UpperDir, ActivitySignal)]) -> usize {
         let mut st = self.state.locked();
         let mut marked = 0;
         for (upper, _) in found {
@@ -154,20 +161,21 @@ pub(super) mod tests {
 
     pub(in crate::scan) fn job_at(name: &str, open_at: &Path, priority: Priority) -> Job {
         Job {
-            upper: PathBuf::from(name),
-            open_at: open_at.to_owned(),
+            upper: UpperDir::host(name),
+            open_at: Place::own(open_at),
             work_at: None,
             ns: XattrNamespace::Trusted,
             interval: Duration::from_secs(60),
             timeout: Duration::from_secs(60),
             cache: ScanCache::default(),
+            cancel: Arc::default(),
             priority,
             passed_over: 0,
         }
     }
 
     pub(in crate::scan) fn order(q: &Queue, n: usize) -> Vec<String> {
-        (0..n).filter_map(|_| q.pop()).map(|j| j.upper.display().to_string()).collect()
+        (0..n).filter_map(|_| q.pop()).map(|j| j.upper.to_string()).collect()
     }
 
     #[test]
@@ -222,7 +230,7 @@ pub(super) mod tests {
         let mut scanned = Vec::new();
         let step = |q: &Queue, scanned: &mut Vec<String>| {
             let j = q.pop().expect("a waiting job");
-            let name = j.upper.display().to_string();
+            let name = j.upper.to_string();
             // Scanned now: due again one interval later, back in the queue at once
             // (the budget keeps it overdue).
             let next = t0 + Duration::from_secs(100 + scanned.len() as u64);
@@ -235,9 +243,9 @@ pub(super) mod tests {
         let round: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
         assert_eq!(scanned, round, "idle upper dirs go round, most overdue first");
         // m9 was scanned last, so it is the last due; a write to it marks it active.
-        assert_eq!(q.mark_active(&[(PathBuf::from("m9"), ActivitySignal::UpperChanged)]), 1);
-        assert_eq!(q.mark_active(&[(PathBuf::from("m9"), ActivitySignal::CopyUps)]), 0, "marked once");
-        assert_eq!(q.mark_active(&[(PathBuf::from("gone"), ActivitySignal::CopyUps)]), 0);
+        assert_eq!(q.mark_active(&[(UpperDir::host("m9"), ActivitySignal::UpperChanged)]), 1);
+        assert_eq!(q.mark_active(&[(UpperDir::host("m9"), ActivitySignal::CopyUps)]), 0, "marked once");
+        assert_eq!(q.mark_active(&[(UpperDir::host("gone"), ActivitySignal::CopyUps)]), 0);
         step(&q, &mut scanned);
         assert_eq!(scanned[10], "m9", "the active upper dir is refreshed next");
         for _ in 0..10 {
@@ -290,7 +298,7 @@ pub(super) mod tests {
         let (mut since_idle, mut idle_scans, mut active_scans) = (0, 0, 0);
         for n in 0..300u32 {
             let j = q.pop().expect("a waiting job");
-            let name = j.upper.display().to_string();
+            let name = j.upper.to_string();
             if name == "idle" {
                 assert!(since_idle <= bound, "idle scanned {since_idle} scans after its last one");
                 since_idle = 0;
@@ -330,8 +338,8 @@ pub(super) mod tests {
             let j = q.pop().expect("job");
             q.push(j);
         }
-        let found = [(PathBuf::from("m6"), ActivitySignal::UpperChanged)];
+        let found = [(UpperDir::host("m6"), ActivitySignal::UpperChanged)];
         assert_eq!(q.mark_active(&found), 1);
-        assert_eq!(q.pop().map(|j| j.upper), Some(PathBuf::from("m6")), "the written one first");
+        assert_eq!(q.pop().map(|j| j.upper), Some(UpperDir::host("m6")), "the written one first");
     }
 }

@@ -1,7 +1,7 @@
 //! The quota thread: between walks, keeps the bytes and inodes of the upper dirs
 //! in quota mode fresh from their project quota (`scan.quota_interval`).
 
-use std::path::PathBuf;
+use crate::discovery::UpperDir;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -31,7 +31,7 @@ pub(super) fn quota_reader(store: ScanStore, stop: Arc<(Mutex<bool>, Condvar)>, 
         }
         follow_priority(&mut priority, &idle);
         let meter = CpuMeter::new(store.budget());
-        let targets: Vec<(PathBuf, QuotaTarget)> = store
+        let targets: Vec<(UpperDir, QuotaTarget)> = store
             .lock()
             .iter()
             .filter(|(_, r)| !r.in_flight)
@@ -47,7 +47,7 @@ pub(super) fn quota_reader(store: ScanStore, stop: Arc<(Mutex<bool>, Condvar)>, 
             match reading {
                 Ok(u) => rec.usage = Some((u, SystemTime::now())),
                 Err(e) => {
-                    tracing::debug!(upper = %upper.display(), reason = e.as_str(), "quota reading failed: walking");
+                    tracing::debug!(upper = %upper, reason = e.as_str(), "quota reading failed: walking");
                     rec.quota = Err(e);
                     rec.usage = None;
                     rec.next_due = Instant::now();

@@ -3,17 +3,20 @@
 //! threads and read by the metrics at scrape time.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::os::fd::BorrowedFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::budget::Budget;
+use super::cancel::Cancel;
 use super::quota::{QuotaSettings, QuotaTarget, Unavailable, Usage};
+use super::reach::Place;
 use super::{ErrorReason, ScanCache, ScanResult};
 use crate::activity::Activity;
 use crate::config::ScanConfig;
-use crate::discovery::Device;
+use crate::discovery::{Device, UpperDir};
 use crate::sync::LockExt;
 
 /// The state of one upper dir across scans.
@@ -45,6 +48,11 @@ pub struct ScanRecord {
     /// The scan in flight has been declared hung (shared with its worker, which
     /// needs it even when the record is gone).
     pub(super) hung: Arc<AtomicBool>,
+    /// The token of the last job queued: stops it. A job writes its outcome only
+    /// to the record that holds its token.
+    pub(super) cancel: Arc<Cancel>,
+    /// The mounts (device, mount id) on the upper dir when that job was queued.
+    pub(super) job_mounts: Vec<(Device, i32)>,
     pub(super) next_due: Instant,
     /// The devices of the mounts on this upper dir.
     pub(super) devices: Vec<Device>,
@@ -52,8 +60,8 @@ pub struct ScanRecord {
     pub(super) copy_ups_at_scan: u64,
     /// The upper dir's own inode when the last scan started.
     pub(super) root_stamp: Option<RootStamp>,
-    /// Where the upper dir is opened (under `rootfs`).
-    pub(super) open_at: PathBuf,
+    /// Where the upper dir is opened (under `rootfs`, or its namespace's root).
+    pub(super) open_at: Place,
     /// Activity seen since the last scan started, and by which signal.
     pub(super) activity: Option<ActivitySignal>,
 }
@@ -69,12 +77,20 @@ pub(super) struct RootStamp {
 
 impl RootStamp {
     pub(super) fn of(path: &Path) -> Option<RootStamp> {
-        let st = rustix::fs::stat(path).ok()?;
-        Some(RootStamp {
+        rustix::fs::stat(path).ok().map(|st| RootStamp::from(&st))
+    }
+
+    /// Of an open upper dir (no lookup of its path).
+    pub(super) fn of_fd(fd: BorrowedFd<'_>) -> Option<RootStamp> {
+        rustix::fs::fstat(fd).ok().map(|st| RootStamp::from(&st))
+    }
+
+    fn from(st: &rustix::fs::Stat) -> RootStamp {
+        RootStamp {
             ino: st.st_ino,
-            mtime: (st.st_mtime, st.st_mtime_nsec as u64),
-            ctime: (st.st_ctime, st.st_ctime_nsec as u64),
-        })
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
     }
 }
 
@@ -115,11 +131,13 @@ impl ScanRecord {
             in_flight: false,
             started: None,
             hung: Arc::default(),
+            cancel: Arc::default(),
+            job_mounts: Vec::new(),
             next_due: now,
             devices: Vec::new(),
             copy_ups_at_scan: 0,
             root_stamp: None,
-            open_at: PathBuf::new(),
+            open_at: Place::default(),
             activity: None,
         }
     }
@@ -137,7 +155,7 @@ impl ScanRecord {
 /// Last scan results by upper dir, and the scan threads' budget.
 #[derive(Debug, Clone)]
 pub struct ScanStore {
-    pub(super) records: Arc<Mutex<HashMap<PathBuf, ScanRecord>>>,
+    pub(super) records: Arc<Mutex<HashMap<UpperDir, ScanRecord>>>,
     pub(super) budget: Arc<Budget>,
     pub(super) quota: Arc<QuotaSettings>,
     /// Directories read and cached, over all scans.
@@ -146,6 +164,8 @@ pub struct ScanStore {
     pub(super) activity: Arc<Activity>,
     /// Scans moved ahead for recent activity, by [`ActivitySignal`].
     pub(super) prioritized: Arc<[AtomicU64; 2]>,
+    /// Scans stopped because their mount left the mount table.
+    pub(super) cancelled: Arc<AtomicU64>,
 }
 
 impl ScanStore {
@@ -165,6 +185,7 @@ impl ScanStore {
             dirs: Arc::default(),
             activity,
             prioritized: Arc::default(),
+            cancelled: Arc::default(),
         }
     }
 
@@ -177,12 +198,17 @@ impl ScanStore {
         self.prioritized[signal as usize].load(Ordering::Relaxed)
     }
 
+    /// Scans stopped (queued or running) because their mount left the mount table.
+    pub fn cancelled(&self) -> u64 {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
     /// Directories read, and directories taken from the cache, over all scans.
     pub fn dirs(&self) -> (u64, u64) {
         (self.dirs.0.load(Ordering::Relaxed), self.dirs.1.load(Ordering::Relaxed))
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, HashMap<PathBuf, ScanRecord>> {
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<UpperDir, ScanRecord>> {
         // A worker that panicked while holding the lock leaves plain data behind.
         self.records.locked()
     }

@@ -118,12 +118,12 @@ impl Crew {
         for upper in newly {
             let stuck = self.workers.stuck.fetch_add(1, Ordering::SeqCst) + 1;
             if stuck <= MAX_STUCK {
-                tracing::warn!(upper = %upper.display(), "upper dir scan is stuck in a filesystem call (hung filesystem?); marked stale, another worker takes over");
+                tracing::warn!(upper = %upper, "upper dir scan is stuck in a filesystem call (hung filesystem?); marked stale, another worker takes over");
                 if let Err(e) = self.spawn_worker() {
                     tracing::warn!(error = %e, "cannot start a replacement scan worker");
                 }
             } else {
-                tracing::warn!(upper = %upper.display(), "upper dir scan is stuck; too many stuck scans to replace this worker");
+                tracing::warn!(upper = %upper, "upper dir scan is stuck; too many stuck scans to replace this worker");
             }
         }
         hung

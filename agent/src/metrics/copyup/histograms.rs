@@ -11,7 +11,7 @@ use prometheus::proto::MetricType;
 
 use super::MountLabels;
 use crate::config::ClassicHistograms;
-use crate::discovery::UNKNOWN_MOUNTPOINT;
+use crate::discovery::{MountLabel, UNKNOWN_MOUNTPOINT};
 use crate::metrics::{Def, Family, NativeHistogram};
 use crate::probes::maps::MapReading;
 
@@ -31,13 +31,13 @@ static MOUNT_BYTES_HIST: Def = Def {
     name: "overlayfs_mount_copy_up_bytes",
     help: "Size of the file data of each data copy-up, by mount and cause (ebpf.per_mount_histograms; classic buckets with ebpf.classic_histograms: all).",
     kind: MetricType::HISTOGRAM,
-    labels: &["mountpoint", "cause"],
+    labels: &["mountpoint", "mntns", "cause"],
 };
 static MOUNT_LATENCY_HIST: Def = Def {
     name: "overlayfs_mount_copy_up_duration_seconds",
     help: "Time from the start of a copy-up to its end, by mount and cause (ebpf.per_mount_histograms; classic buckets with ebpf.classic_histograms: all).",
     kind: MetricType::HISTOGRAM,
-    labels: &["mountpoint", "cause"],
+    labels: &["mountpoint", "mntns", "cause"],
 };
 
 /// Classic bucket upper bounds of histogram `hist` in its base unit: powers of
@@ -114,8 +114,8 @@ struct Run {
 struct LabelIds<'a> {
     last: Option<(u32, u32)>,
     by_dev: HashMap<u32, u32>,
-    by_name: HashMap<&'a str, u32>,
-    names: Vec<&'a str>,
+    by_label: HashMap<&'a MountLabel, u32>,
+    labels: Vec<&'a MountLabel>,
 }
 
 impl<'a> LabelIds<'a> {
@@ -128,11 +128,11 @@ impl<'a> LabelIds<'a> {
         let id = match self.by_dev.get(&dev) {
             Some(id) => *id,
             None => {
-                let name = labels.get(dev);
-                let next = self.names.len() as u32;
-                let id = *self.by_name.entry(name).or_insert(next);
+                let label = labels.get(dev);
+                let next = self.labels.len() as u32;
+                let id = *self.by_label.entry(label).or_insert(next);
                 if id == next {
-                    self.names.push(name);
+                    self.labels.push(label);
                 }
                 self.by_dev.insert(dev, id);
                 id
@@ -142,8 +142,8 @@ impl<'a> LabelIds<'a> {
         id
     }
 
-    fn name(&self, id: u32) -> &'a str {
-        self.names.get(id as usize).copied().unwrap_or(UNKNOWN_MOUNTPOINT)
+    fn label(&self, id: u32) -> (&'a str, &'a str) {
+        self.labels.get(id as usize).map_or((UNKNOWN_MOUNTPOINT, ""), |l| (&l.mountpoint, &l.mntns))
     }
 }
 
@@ -336,7 +336,8 @@ impl<'a> PerMount<'a> {
             h.count = h.zero_count + h.buckets.iter().map(|b| b.1).sum::<u64>();
             h.sum = group.iter().map(|r| r.sum).sum::<u64>() as f64 * sum_scale(hist);
             let fam = if hist == HIST_BYTES { &mut mount.0 } else { &mut mount.1 };
-            fam.add_kernel_histogram(&[self.ids.name(id), cause::name(c)], &h, bounds_of(hist));
+            let (mp, ns) = self.ids.label(id);
+            fam.add_kernel_histogram(&[mp, ns, cause::name(c)], &h, bounds_of(hist));
         }
         mount
     }

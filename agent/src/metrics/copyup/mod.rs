@@ -13,7 +13,7 @@ use prometheus::proto::MetricType;
 
 use super::{ebpf, Collector, Def, Family};
 use crate::config::ClassicHistograms;
-use crate::discovery::{Device, MountTable, UNKNOWN_MOUNTPOINT};
+use crate::discovery::{Device, MountLabel, MountTable};
 use crate::identity::SharedMountView;
 use crate::probes::maps::MapReading;
 use crate::probes::reading::{self, Reading};
@@ -24,31 +24,31 @@ static COPY_UPS: Def = Def {
     name: "overlayfs_copy_up_total",
     help: "Copy-ups that started (counted once per file or directory copied, ancestors included), by cause and kind.",
     kind: MetricType::COUNTER,
-    labels: &["mountpoint", "cause", "kind"],
+    labels: &["mountpoint", "mntns", "cause", "kind"],
 };
 static DATA_BYTES: Def = Def {
     name: "overlayfs_copy_up_data_bytes_total",
     help: "Bytes of file data the kernel copied up (the length passed to the data copy), by cause.",
     kind: MetricType::COUNTER,
-    labels: &["mountpoint", "cause"],
+    labels: &["mountpoint", "mntns", "cause"],
 };
 static SECONDS: Def = Def {
     name: "overlayfs_copy_up_seconds_total",
     help: "Time spent in copy-ups (the writing syscall blocked until each copy-up ended), by cause.",
     kind: MetricType::COUNTER,
-    labels: &["mountpoint", "cause"],
+    labels: &["mountpoint", "mntns", "cause"],
 };
 static NOOP: Def = Def {
     name: "overlayfs_copy_up_noop_total",
     help: "Copy-ups by a chown, chmod or utimes that set what the file already had (owner, group, mode, times), by cause; also in overlayfs_copy_up_total.",
     kind: MetricType::COUNTER,
-    labels: &["mountpoint", "cause"],
+    labels: &["mountpoint", "mntns", "cause"],
 };
 static ERRORS: Def = Def {
     name: "overlayfs_copy_up_errors_total",
     help: "Copy-ups that returned an error, by cause.",
     kind: MetricType::COUNTER,
-    labels: &["mountpoint", "cause"],
+    labels: &["mountpoint", "mntns", "cause"],
 };
 
 pub struct CopyUpCollector {
@@ -88,51 +88,61 @@ impl Collector for CopyUpCollector {
     }
 }
 
-/// The `mountpoint` label of each device in a reading, looked up once per device
-/// (not once per key: 1000 mounts x 11 causes).
-struct MountLabels(HashMap<u32, String>);
+/// The `mountpoint` and `mntns` labels of each device in a reading, looked up
+/// once per device (not once per key: 1000 mounts x 11 causes).
+struct MountLabels {
+    by_dev: HashMap<u32, MountLabel>,
+    unknown: MountLabel,
+}
 
 impl MountLabels {
     fn new(table: &MountTable, reading: &MapReading) -> Self {
-        let mut labels = HashMap::new();
+        let mut by_dev = HashMap::new();
         for dev in reading.counts.keys().map(|k| k.dev).chain(reading.hist.keys().map(|k| k.dev)) {
-            labels.entry(dev).or_insert_with(|| table.label_of(Device::from_kernel(dev)));
+            by_dev.entry(dev).or_insert_with(|| table.labels_of(Device::from_kernel(dev)));
         }
-        MountLabels(labels)
+        MountLabels { by_dev, unknown: MountLabel::unknown() }
     }
 
-    fn get(&self, dev: u32) -> &str {
-        self.0.get(&dev).map(String::as_str).unwrap_or(UNKNOWN_MOUNTPOINT)
+    fn get(&self, dev: u32) -> &MountLabel {
+        self.by_dev.get(&dev).unwrap_or(&self.unknown)
+    }
+
+    /// A device in the reference namespace mounted at `mountpoint`.
+    #[cfg(test)]
+    fn insert(&mut self, dev: u32, mountpoint: &str) {
+        self.by_dev.insert(dev, MountLabel { mountpoint: mountpoint.to_owned(), mntns: String::new() });
     }
 }
 
 /// The per-mount counters. Several devices may map to "unknown", so they are
 /// summed by label set.
 fn counter_families(reading: &MapReading, labels: &MountLabels) -> Vec<Family> {
-    let mut copy_ups: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
-    let mut bytes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    let mut errors: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    let mut seconds: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    let mut noop: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    type ByCause<'a> = BTreeMap<(&'a MountLabel, &'static str), u64>;
+    let mut copy_ups: BTreeMap<(&MountLabel, &str, &str), u64> = BTreeMap::new();
+    let mut bytes: ByCause = BTreeMap::new();
+    let mut errors: ByCause = BTreeMap::new();
+    let mut seconds: ByCause = BTreeMap::new();
+    let mut noop: ByCause = BTreeMap::new();
     for (k, v) in &reading.counts {
-        let (mp, c) = (labels.get(k.dev), cause::name(k.cause));
-        *copy_ups.entry((mp, c, kind::name(k.kind))).or_default() += v.copy_ups;
-        *bytes.entry((mp, c)).or_default() += v.data_bytes;
-        *errors.entry((mp, c)).or_default() += v.errors;
-        *seconds.entry((mp, c)).or_default() += v.latency_ns;
+        let (l, c) = (labels.get(k.dev), cause::name(k.cause));
+        *copy_ups.entry((l, c, kind::name(k.kind))).or_default() += v.copy_ups;
+        *bytes.entry((l, c)).or_default() += v.data_bytes;
+        *errors.entry((l, c)).or_default() += v.errors;
+        *seconds.entry((l, c)).or_default() += v.latency_ns;
         // Only the causes that can set what the file has: no series of zeros for the others.
         if NOOP_CAUSES.contains(&k.cause) {
-            *noop.entry((mp, c)).or_default() += v.noop;
+            *noop.entry((l, c)).or_default() += v.noop;
         }
     }
     let mut f_copy_ups = Family::new(&COPY_UPS);
-    for ((mp, c, k), n) in &copy_ups {
-        f_copy_ups.add(&[mp, c, k], *n as f64);
+    for ((l, c, k), n) in &copy_ups {
+        f_copy_ups.add(&[&l.mountpoint, &l.mntns, c, k], *n as f64);
     }
-    let by_mount_cause = |def: &'static Def, values: &BTreeMap<(&str, &str), u64>, scale: f64| {
+    let by_mount_cause = |def: &'static Def, values: &ByCause, scale: f64| {
         let mut f = Family::new(def);
-        for ((mp, c), n) in values {
-            f.add(&[mp, c], *n as f64 * scale);
+        for ((l, c), n) in values {
+            f.add(&[&l.mountpoint, &l.mntns, c], *n as f64 * scale);
         }
         f
     };

@@ -119,10 +119,18 @@ impl Family {
                 .collect(),
             ..Default::default()
         };
+        // Every label, for rows after one that left an empty optional label out.
+        let all = m.label.clone();
         for row in &self.rows {
+            if m.label.len() != all.len() {
+                m.label.clone_from(&all);
+            }
             for (l, v) in m.label.iter_mut().zip(self.values(row)) {
                 l.value.clear();
                 l.value.push_str(v);
+            }
+            if m.label.iter().any(|l| !super::super::written(&l.name, &l.value)) {
+                m.label.retain(|l| super::super::written(&l.name, &l.value));
             }
             match (&row.value, kind) {
                 (Value::Plain(v), MetricType::Counter) => m.counter = Some(Counter { value: *v }),

@@ -111,6 +111,9 @@ impl Family {
         out.push_str(suffix);
         let mut sep = '{';
         for (n, v) in self.def.labels.iter().zip(values).map(|(n, v)| (*n, *v)).chain(extra) {
+            if !super::super::written(n, v) {
+                continue;
+            }
             out.push(sep);
             out.push_str(n);
             out.push_str("=\"");

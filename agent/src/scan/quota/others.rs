@@ -30,13 +30,8 @@ impl QuotaTarget {
             covered: 0,
             listings: &mut listings,
         };
-        let root = |p: &Path| {
-            rustix::fs::open(
-                p,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-        };
+        // Beneath a detached clone of the mount, as every scan thread opens.
+        let root = |p: &Path| crate::scan::reach::open_path(p, false);
         if let Some(layer) = &self.layer {
             m.tree(&root(layer)?, Path::new(""), self.upper.file_name(), 0)?;
         }
@@ -124,7 +119,7 @@ impl Measure<'_> {
         let ftype = FileType::from_raw_mode(st.st_mode);
         if ftype != FileType::Directory && st.st_nlink > 1 {
             let e = self.links.entry(st.st_ino).or_insert((
-                st.st_nlink,
+                st.st_nlink as u64, // u32 on aarch64
                 0,
                 (st.st_blocks as u64).saturating_mul(512),
             ));

@@ -8,7 +8,6 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use linux_raw_sys::general::fsxattr;
-use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use rustix::ioctl::{opcode, Getter, Opcode, Setter};
 
@@ -19,12 +18,10 @@ const FSSETXATTR: Opcode = opcode::write::<fsxattr>(b'X', 32);
 /// include/uapi/linux/quota.h; the libc crate has only USRQUOTA and GRPQUOTA.
 const PRJQUOTA: libc::c_int = 2;
 
+/// Opens a directory without following a last symlink, beneath a detached clone
+/// of its mount where it can (`scan::reach`): quota mode never pins a mount either.
 pub(super) fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
-    rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )
+    crate::scan::reach::open_dir(path, false)
 }
 
 pub(super) fn get_fsx(fd: BorrowedFd<'_>) -> Result<fsxattr, Errno> {

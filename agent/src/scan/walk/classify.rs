@@ -2,16 +2,15 @@
 //! the directory's marks say it may matter, its overlay xattrs (see the module doc
 //! of `walk`, "Counting" and "Cost of a first walk").
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 
 use rustix::fs::{FileType, Stat};
 use rustix::io::Errno;
 
 use super::cache::{ctime, kind_of, mtime, IS_DIR, LINKED, MARKS_CHILDREN, MOUNTED, WHITEOUT_DEV};
-use super::{Pending, Walker};
-use crate::scan::EntryKind;
+use super::{Pending, Walker, XattrAt};
+use crate::scan::{EntryKind, ErrorReason};
 
 /// What the overlay xattrs of one entry say.
 #[derive(Debug, Default, Clone, Copy)]
@@ -26,20 +25,21 @@ struct OverlayXattrs {
 
 impl Walker<'_> {
     /// Counts and classifies one entry of the directory `p`; `prev` is its ctime
-    /// and marks at the last scan. Returns what to cache for it.
+    /// and marks at the last scan. Returns what to cache for it; `None` when it
+    /// went away between its stat and its xattrs (counted once, as `vanished`).
     pub(super) fn entry(
         &mut self,
-        cwd_ok: bool,
+        at: XattrAt,
         p: &Pending,
         name: &CStr,
         st: &Stat,
         prev: Option<(i64, u8)>,
         stack: &mut Vec<Pending>,
-    ) -> (i64, u8) {
+    ) -> Option<(i64, u8)> {
         let ct = ctime(st);
         if st.st_dev != self.root_dev {
             // A mountpoint inside the upper dir: never leave its filesystem.
-            return (ct, MOUNTED);
+            return Some((ct, MOUNTED));
         }
         let ftype = FileType::from_raw_mode(st.st_mode);
         let is_dir = ftype == FileType::Directory;
@@ -55,7 +55,7 @@ impl Walker<'_> {
         } else if !is_dir && !p.read_children {
             (EntryKind::Created, false)
         } else {
-            self.by_xattrs(cwd_ok, &p.rel, name, ftype)
+            self.by_xattrs(at, name, ftype)?
         };
         self.result.entries[kind as usize] += 1;
         if again.is_none() {
@@ -82,7 +82,7 @@ impl Walker<'_> {
         }
         if ftype == FileType::CharacterDevice && st.st_rdev == 0 && st.st_blocks == 0 && st.st_size == 0 {
             let linked = if st.st_nlink > 1 { LINKED } else { 0 };
-            return (st.st_ino as i64, EntryKind::Whiteout as u8 | WHITEOUT_DEV | linked);
+            return Some((st.st_ino as i64, EntryKind::Whiteout as u8 | WHITEOUT_DEV | linked));
         }
         let mut m = kind as u8;
         if is_dir {
@@ -91,13 +91,13 @@ impl Walker<'_> {
         if marks_children {
             m |= MARKS_CHILDREN;
         }
-        (ct, m)
+        Some((ct, m))
     }
 
-    /// The kind of `name` in the directory `rel` from its overlay xattrs, and
-    /// whether its children may carry some.
-    fn by_xattrs(&mut self, cwd_ok: bool, rel: &Path, name: &CStr, ftype: FileType) -> (EntryKind, bool) {
-        let x = self.xattrs(cwd_ok, rel, name);
+    /// The kind of `name` from its overlay xattrs, and whether its children may
+    /// carry some; `None` when it went away.
+    fn by_xattrs(&mut self, at: XattrAt, name: &CStr, ftype: FileType) -> Option<(EntryKind, bool)> {
+        let x = self.xattrs(at, name)?;
         let kind = match ftype {
             FileType::Directory if x.opaque => EntryKind::OpaqueDir,
             FileType::Directory => EntryKind::Dir,
@@ -106,22 +106,21 @@ impl Walker<'_> {
             _ if x.origin => EntryKind::CopiedUp,
             _ => EntryKind::Created,
         };
-        (kind, x.marks_children)
+        Some((kind, x.marks_children))
     }
 
-    /// Reads the overlay xattrs of `name` in the directory `rel`.
-    fn xattrs(&mut self, cwd_ok: bool, rel: &Path, name: &CStr) -> OverlayXattrs {
+    /// Reads the overlay xattrs of `name`; `None` when it went away (counted).
+    fn xattrs(&mut self, at: XattrAt, name: &CStr) -> Option<OverlayXattrs> {
         self.result.xattr_reads += 1;
         let full;
-        let path: &CStr = if cwd_ok {
-            name
-        } else {
-            let p = self.upper.join(rel).join(std::ffi::OsStr::from_bytes(name.to_bytes()));
-            full = match std::ffi::CString::new(p.as_os_str().as_bytes()) {
-                Ok(c) => c,
-                Err(_) => return OverlayXattrs::default(),
-            };
-            &full
+        let path: &CStr = match at {
+            XattrAt::Cwd => name,
+            XattrAt::Fd(fd) => {
+                let mut p = format!("/proc/self/fd/{fd}/").into_bytes();
+                p.extend_from_slice(name.to_bytes());
+                full = CString::new(p).ok()?;
+                &full
+            }
         };
         let list = loop {
             match rustix::fs::llistxattr(path, &mut self.xattr_buf[..]) {
@@ -130,10 +129,13 @@ impl Walker<'_> {
                     let n = self.xattr_buf.len() * 4;
                     self.xattr_buf.resize(n, 0);
                 }
-                Err(Errno::NOTSUP) => return OverlayXattrs::default(),
+                Err(Errno::NOTSUP) => return Some(OverlayXattrs::default()),
                 Err(e) => {
                     self.error(e);
-                    return OverlayXattrs::default();
+                    if ErrorReason::from_errno(e) == ErrorReason::Vanished {
+                        return None;
+                    }
+                    return Some(OverlayXattrs::default());
                 }
             }
         };
@@ -156,13 +158,13 @@ impl Walker<'_> {
             let mut name_buf = prefix.to_vec();
             name_buf.extend_from_slice(b"opaque");
             let mut val = [0u8; 8];
-            x.opaque = match std::ffi::CString::new(name_buf) {
+            x.opaque = match CString::new(name_buf) {
                 Ok(attr) => {
                     matches!(rustix::fs::lgetxattr(path, attr.as_c_str(), &mut val[..]), Ok(n) if &val[..n] == b"y")
                 }
                 Err(_) => false,
             };
         }
-        x
+        Some(x)
     }
 }

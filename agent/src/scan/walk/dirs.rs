@@ -3,7 +3,7 @@
 //! stat'ed in inode order.
 
 use std::ffi::CStr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{statat, AtFlags, Dir};
 
@@ -24,7 +24,7 @@ impl Walker<'_> {
         stack: &mut Vec<Pending>,
     ) {
         self.result.dirs_cached += 1;
-        let cwd_ok = self.use_cwd && rustix::process::fchdir(&dir).is_ok();
+        let at = self.xattr_at(dir.as_fd());
         let names = std::mem::take(&mut d.names);
         let mut valid = true;
         let mut complete = true;
@@ -60,7 +60,10 @@ impl Walker<'_> {
                     continue;
                 }
             };
-            (*ct, *mk) = self.entry(cwd_ok, p, name, &st, Some((*ct, *mk)), stack);
+            match self.entry(at, p, name, &st, Some((*ct, *mk)), stack) {
+                Some(c) => (*ct, *mk) = c,
+                None => valid = false, // gone meanwhile, as above
+            }
         }
         if complete {
             d.names = names;
@@ -75,7 +78,7 @@ impl Walker<'_> {
     /// A new or changed directory: read, every entry classified afresh.
     pub(super) fn walk_read(&mut self, dir: OwnedFd, p: &Pending, stack: &mut Vec<Pending>) {
         self.result.dirs_read += 1;
-        let cwd_ok = self.use_cwd && rustix::process::fchdir(&dir).is_ok();
+        let at = self.xattr_at(dir.as_fd());
         let mut entries = match Dir::new(dir) {
             Ok(d) => d,
             Err(e) => return self.error(e),
@@ -118,7 +121,7 @@ impl Walker<'_> {
                         continue; // gone meanwhile: the directory's times changed too
                     }
                 };
-                let (c, m) = self.entry(cwd_ok, p, name, &st, None, stack);
+                let Some((c, m)) = self.entry(at, p, name, &st, None, stack) else { continue };
                 d.names.extend_from_slice(name.to_bytes_with_nul());
                 d.ctimes.push(c);
                 d.marks.push(m);
@@ -145,6 +148,9 @@ impl Walker<'_> {
         batch.clear();
         raw.clear();
         while batch.len() < SORT_BATCH {
+            if batch.len() % 256 == 0 && self.cancelled() {
+                return (true, false);
+            }
             match entries.next() {
                 None => return (false, true),
                 Some(Err(e)) => {

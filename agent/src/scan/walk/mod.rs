@@ -1,6 +1,13 @@
 //! The upper-dir walker: one pass, every inode stat'ed once, every entry
 //! classified exactly once.
 //!
+//! Never in the way of the user: the upper dir comes opened beneath a detached
+//! clone of its mount ([`UpperHandle`], `reach.rs`), and every directory of the
+//! walk, the thread's working directory included, is opened beneath it, so an
+//! `umount` of the user's mount never finds it busy. The walk looks at its
+//! [`Cancel`] token at every entry: asked to stop (its mount left the mount table)
+//! it returns at once with `cancelled` set, holding nothing.
+//!
 //! Safety against what containers put in their upper dirs:
 //! - directories are opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
 //!   RESOLVE_NO_XDEV)` relative to the upper dir: no symlink is ever followed and the
@@ -8,7 +15,8 @@
 //! - entries are stat'ed with `AT_SYMLINK_NOFOLLOW` relative to their directory;
 //! - xattrs are read with the `l*` calls on a single path component after
 //!   `fchdir` into the directory, which only a thread holding an [`OwnCwd`] may do,
-//!   so the lookup is as cheap as the stat.
+//!   so the lookup is as cheap as the stat (other threads name the directory by
+//!   its descriptor, `/proc/self/fd/N/name`).
 //!
 //! Counting: entries by kind count names (directory entries), so 30 whiteouts
 //! that share one inode (overlayfs links every whiteout to one inode since 5.8)
@@ -50,7 +58,7 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -58,6 +66,8 @@ use rustix::fs::{openat2, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
 use super::budget::{Budget, CpuMeter};
+use super::cancel::Cancel;
+use super::reach::{open_upper, Place, UpperHandle};
 use super::{EntryKind, ErrorReason, ScanError, ScanResult};
 use cache::{ctime, mtime};
 
@@ -111,12 +121,22 @@ pub struct ScanOptions<'a> {
     pub deadline: Option<Instant>,
     /// Charged with the walk's CPU time (and sleeps when overdrawn).
     pub budget: Option<&'a Budget>,
+    /// Looked at every entry: the walk stops when it says so.
+    pub cancel: Option<&'a Cancel>,
 }
 
 impl<'a> ScanOptions<'a> {
     pub fn new(ns: XattrNamespace) -> Self {
-        ScanOptions { ns, cwd: None, deadline: None, budget: None }
+        ScanOptions { ns, cwd: None, deadline: None, budget: None, cancel: None }
     }
+}
+
+/// How the overlay xattrs of a directory's entries are named: by the name alone
+/// after `fchdir` into it, or through its descriptor.
+#[derive(Debug, Clone, Copy)]
+enum XattrAt {
+    Cwd,
+    Fd(RawFd),
 }
 
 /// A directory waiting to be walked, with its stat as its parent saw it.
@@ -130,7 +150,7 @@ struct Pending {
 
 struct Walker<'a> {
     ns: XattrNamespace,
-    root: OwnedFd,
+    root: BorrowedFd<'a>,
     root_dev: u64,
     /// Inodes with more than one link already counted, and their kind.
     seen: HashMap<u64, EntryKind>,
@@ -140,24 +160,31 @@ struct Walker<'a> {
     xattr_buf: Vec<u8>,
     /// Whether `fchdir` may be used (the thread owns its cwd).
     use_cwd: bool,
-    upper: &'a Path,
     deadline: Option<Instant>,
+    cancel: Option<&'a Cancel>,
     meter: Option<CpuMeter<'a>>,
     /// Entries looked at, to check the deadline and charge the budget every so often.
     visited: u64,
     cache: &'a mut ScanCache,
 }
 
-/// Scans one upper dir; `cache` is what the previous scan of the same upper dir
-/// left (empty for a first scan) and is updated for the next.
+/// Opens the upper dir at `upper` in the agent's own mount namespace and scans it
+/// ([`scan_upper`]).
 pub fn scan(upper: &Path, opts: &ScanOptions<'_>, cache: &mut ScanCache) -> Result<ScanResult, ScanError> {
-    let open_error = |e: Errno| {
-        let reason = if e == Errno::NOENT { ErrorReason::Missing } else { ErrorReason::from_errno(e) };
-        ScanError::Open { path: upper.to_owned(), reason, source: e.into() }
-    };
-    let root = rustix::fs::open(upper, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(open_error)?;
-    let st = rustix::fs::fstat(&root).map_err(open_error)?;
+    let h = open_upper(&Place::own(upper)).map_err(|e| ScanError::open(upper, e))?;
+    scan_upper(&h, opts, cache)
+}
+
+/// Scans one upper dir (opened with [`open_upper`]); `cache` is what the previous
+/// scan of the same upper dir left (empty for a first scan) and is updated for the
+/// next, unless the scan is cancelled.
+pub fn scan_upper(
+    upper: &UpperHandle,
+    opts: &ScanOptions<'_>,
+    cache: &mut ScanCache,
+) -> Result<ScanResult, ScanError> {
+    let root = upper.dir();
+    let st = rustix::fs::fstat(root).map_err(|e| ScanError::open(upper.path(), e))?;
     cache.generation += 1;
     let mut w = Walker {
         ns: opts.ns,
@@ -168,14 +195,14 @@ pub fn scan(upper: &Path, opts: &ScanOptions<'_>, cache: &mut ScanCache) -> Resu
         result: ScanResult::default(),
         xattr_buf: vec![0u8; 1024],
         use_cwd: opts.cwd.is_some(),
-        upper,
         deadline: opts.deadline,
-        meter: opts.budget.map(CpuMeter::new),
+        cancel: opts.cancel,
+        meter: opts.budget.map(|b| CpuMeter::with_cancel(b, opts.cancel)),
         visited: 0,
         cache,
     };
     w.account(&st);
-    if let Ok(vfs) = rustix::fs::fstatvfs(&w.root) {
+    if let Ok(vfs) = rustix::fs::fstatvfs(w.root) {
         w.result.fs_avail_bytes = vfs.f_bavail.saturating_mul(vfs.f_frsize);
         w.result.fs_size_bytes = vfs.f_blocks.saturating_mul(vfs.f_frsize);
     }
@@ -190,7 +217,12 @@ pub fn scan(upper: &Path, opts: &ScanOptions<'_>, cache: &mut ScanCache) -> Resu
         // Leave no directory of the scanned tree pinned as our cwd.
         let _ = rustix::process::chdir("/");
     }
-    let Walker { mut result, copied, cache, .. } = w;
+    let Walker { mut result, copied, cache, meter, .. } = w;
+    drop(meter);
+    if result.cancelled {
+        // Partial figures nobody will see; the cache is the job's to drop.
+        return Ok(result);
+    }
     if result.timed_out {
         *result.errors.entry(ErrorReason::Timeout).or_default() += 1;
     } else {
@@ -217,12 +249,19 @@ impl Walker<'_> {
         *self.result.errors.entry(ErrorReason::from_errno(e)).or_default() += 1;
     }
 
-    /// Counts one more entry; false when the walk must stop (deadline).
+    /// Counts one more entry; false when the walk must stop (cancelled, or the
+    /// deadline passed).
     fn tick(&mut self) -> bool {
         self.visited += 1;
+        if self.cancelled() {
+            return false;
+        }
         if self.visited % 4096 == 0 {
             if let Some(m) = &mut self.meter {
                 m.charge();
+                if self.cancelled() {
+                    return false;
+                }
             }
             if self.deadline.is_some_and(|d| Instant::now() > d) {
                 self.result.timed_out = true;
@@ -232,12 +271,30 @@ impl Walker<'_> {
         true
     }
 
+    /// Whether the walk was asked to stop; sets `cancelled`.
+    fn cancelled(&mut self) -> bool {
+        if self.cancel.is_some_and(Cancel::stopped) {
+            self.result.cancelled = true;
+        }
+        self.result.cancelled
+    }
+
+    /// How the xattrs of `dir`'s entries are named: `fchdir` into it when the
+    /// thread may.
+    fn xattr_at(&self, dir: BorrowedFd<'_>) -> XattrAt {
+        if self.use_cwd && rustix::process::fchdir(dir).is_ok() {
+            XattrAt::Cwd
+        } else {
+            XattrAt::Fd(dir.as_raw_fd())
+        }
+    }
+
     fn walk(&mut self, root: Pending) {
         // Depth-first over relative paths; only one directory is open at a time.
         // The upper dir's own marks are not looked at, so its children always are.
         let mut stack: Vec<Pending> = vec![root];
         while let Some(p) = stack.pop() {
-            if self.result.timed_out {
+            if self.result.timed_out || self.cancelled() {
                 break;
             }
             let cached =
@@ -247,10 +304,10 @@ impl Walker<'_> {
             // openat2 refuses O_PATH with flags open(2) would ignore (O_NONBLOCK).
             let how = if cached.is_some() { OFlags::PATH } else { OFlags::RDONLY | OFlags::NONBLOCK };
             let dir = if p.rel.as_os_str().is_empty() {
-                rustix::io::fcntl_dupfd_cloexec(&self.root, 0)
+                rustix::io::fcntl_dupfd_cloexec(self.root, 0)
             } else {
                 openat2(
-                    &self.root,
+                    self.root,
                     &p.rel,
                     // O_NONBLOCK: should the name turn into a FIFO meanwhile,
                     // never wait for a writer (O_DIRECTORY refuses it anyway).

@@ -16,6 +16,12 @@ until wget -q -O /dev/null http://127.0.0.1:9864/readyz; do
   usleep 100000
 done
 scrape | grep -q '^overlayfs_ebpf_enabled 1' || echo "=== PROBES OFF"
+# The preflight on a kernel where everything works (exact_counts/preflight.rs).
+/overlay-agent check --json > /check.json 2> /check.err
+echo "=== CHECK EXIT $?"
+echo "=== CHECK BEGIN"
+cat /check.json
+echo "=== CHECK END"
 # A second, independent load of the programs: the live trace of every copy-up.
 /overlay-agent trace --min-latency 0s > /trace.log 2> /trace.err &
 tracer=$!

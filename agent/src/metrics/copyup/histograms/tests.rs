@@ -43,8 +43,8 @@ fn reading() -> MapReading {
 
 fn labels(s: &MapReading) -> MountLabels {
     let mut l = MountLabels::new(&MountTable::default(), s);
-    l.0.insert(1, "/m/1".into());
-    l.0.insert(2, "/m/2".into());
+    l.insert(1, "/m/1");
+    l.insert(2, "/m/2");
     l
 }
 
@@ -141,7 +141,7 @@ fn protobuf_carries_native_histograms_per_mount() {
 fn devices_sharing_a_label_are_merged() {
     let s = reading();
     let mut l = labels(&s);
-    l.0.insert(2, "/m/1".into());
+    l.insert(2, "/m/1");
     let text = render(histogram_families(&s, &l, true, ClassicHistograms::All));
     let want = [
         "overlayfs_mount_copy_up_duration_seconds_count{mountpoint=\"/m/1\",cause=\"chown\"} 4\n",
@@ -159,9 +159,9 @@ fn devices_sharing_a_label_are_merged() {
         s.hist.retain(|k, _| k.hist == hist);
         let mut l = labels(&s);
         if unknown {
-            l.0.clear();
+            l.by_dev.clear();
         } else {
-            l.0.insert(2, "/m/1".into());
+            l.insert(2, "/m/1");
         }
         let text = render(histogram_families(&s, &l, true, ClassicHistograms::All));
         let mp = if unknown { "unknown" } else { "/m/1" };

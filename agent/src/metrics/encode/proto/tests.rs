@@ -171,3 +171,49 @@ fn protobuf_round_trip() {
     assert!(!text.contains("cause=\"open\""), "{text}");
     assert!(!text.contains("t_empty"), "a family with no text form has no HELP either: {text}");
 }
+
+/// `mntns` is left out where it is empty (host mounts keep their label sets)
+/// and written where it is not, in both formats; the label after it still follows.
+#[test]
+fn an_empty_mount_namespace_label_is_left_out() {
+    static D: crate::metrics::Def = crate::metrics::Def {
+        name: "m_total",
+        help: "m",
+        kind: prometheus::proto::MetricType::COUNTER,
+        labels: &["mountpoint", "mntns", "cause"],
+    };
+    struct Two;
+    impl crate::metrics::Collector for Two {
+        fn collect(&self) -> Vec<Family> {
+            let mut f = Family::new(&D);
+            f.add(&["/merged", "", "chown"], 1.0);
+            f.add(&["/merged", "4026532174", "chown"], 2.0);
+            f.add(&["/next", "", "open"], 3.0);
+            vec![f]
+        }
+    }
+    let e = Exposition::default();
+    e.register(Box::new(Two));
+    let text = String::from_utf8(e.render_as(Format::Text)).expect("utf8");
+    assert!(text.contains("m_total{mountpoint=\"/merged\",cause=\"chown\"} 1\n"), "{text}");
+    assert!(
+        text.contains("m_total{mountpoint=\"/merged\",mntns=\"4026532174\",cause=\"chown\"} 2\n"),
+        "{text}"
+    );
+    assert!(text.contains("m_total{mountpoint=\"/next\",cause=\"open\"} 3\n"), "{text}");
+    let fams = decode_all(&e.render_as(Format::Protobuf));
+    let f = fams.iter().find(|f| f.name == "m_total").expect("family");
+    let sets: Vec<Vec<(String, String)>> = f
+        .metric
+        .iter()
+        .map(|m| m.label.iter().map(|l| (l.name.clone(), l.value.clone())).collect())
+        .collect();
+    let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+    assert!(sets.contains(&vec![pair("mountpoint", "/merged"), pair("cause", "chown")]), "{sets:?}");
+    assert!(sets.contains(&vec![
+        pair("mountpoint", "/merged"),
+        pair("mntns", "4026532174"),
+        pair("cause", "chown")
+    ]));
+    assert!(sets.contains(&vec![pair("mountpoint", "/next"), pair("cause", "open")]), "{sets:?}");
+}

@@ -5,6 +5,7 @@
 mod counts;
 mod histograms;
 mod lifecycle;
+mod preflight;
 mod protobuf;
 
 use std::time::Instant;
@@ -86,6 +87,7 @@ const CHECKS: &[Check] = &[
     ("io_uring", counts::check_io_uring),
     ("no_runs_without_copy_up", lifecycle::check_churn),
     ("no_lost_returns", lifecycle::check_parallel),
+    ("preflight_check", preflight::check_preflight),
 ];
 
 fn check_kernel(version: &str) -> Result<String, String> {
