@@ -1,5 +1,11 @@
 //! Small helpers shared by the hooks: the config, kernel memory (helper reads
 //! and BTF-checked direct loads), windows of a struct read at once.
+//!
+//! The one place with architecture-specific register access: [`arg_at`] names
+//! x86_64's argument registers (another architecture adds its variant here).
+//! Everything else reaches registers through aya's `ProbeContext::arg` or
+//! through offsets the agent writes into [`CONFIG`] (the user registers of the
+//! system call: overlay_agent_common::syscall::Abi).
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
 use aya_ebpf::programs::ProbeContext;
