@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn exit_codes_follow_the_features() {
         let ok = Finding::new("overlay", Feature::MountDiscovery, Status::Ok, "built in");
-        let warn = Finding::new("tracefs", Feature::CopyUpProbes, Status::Warn, "none");
+        let warn = Finding::new("btf", Feature::CopyUpProbes, Status::Warn, "no overlay module BTF");
         assert_eq!(Report::new(kernel(), vec![ok.clone(), warn.clone()]).exit_code, EXIT_OK);
         let kprobes = Finding::new("kprobes", Feature::CopyUpProbes, Status::Fail, "no")
             .reason("kprobes_unavailable")
