@@ -9,7 +9,7 @@
 //! holds `idmapped` at all. Runtimes detach their binds once the overlay is
 //! mounted, so the path rules are what finds theirs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -53,18 +53,27 @@ pub fn on_idmapped_mount(mounts: &[(PathBuf, bool)], lower: &Path) -> bool {
         .is_some_and(|(_, idmapped)| *idmapped)
 }
 
-/// The devices of `table` whose overlay has an idmapped lower layer.
-pub fn idmapped_lowers(table: &MountTable, procfs: &Path) -> BTreeSet<Device> {
+/// Whether each overlay of `table` that has lowers has an idmapped one, by
+/// device, with the mount id it was decided for. A mount decided in
+/// `previous` (same device, same mount id) keeps its answer: the lowers of a
+/// mounted overlay do not change, and a runtime detaches its idmapped binds
+/// once the overlay is mounted, so a namespace's mountinfo is read only for
+/// mounts not seen before.
+pub fn idmapped_lowers(table: &MountTable, procfs: &Path, previous: Option<&Decided>) -> Decided {
     let mut by_ns: BTreeMap<Option<NsId>, Vec<(PathBuf, bool)>> = BTreeMap::new();
-    let mut out = BTreeSet::new();
+    let mut out = Decided::new();
     for (dev, m) in &table.mounts {
-        let lowers: Vec<&Path> =
-            m.options.lower.iter().chain(&m.options.data).filter_map(LayerPath::absolute).collect();
-        if lowers.iter().any(|l| runtime_idmapped(l)) {
-            out.insert(*dev);
+        if let Some(&(id, known)) = previous.and_then(|p| p.get(dev)).filter(|(id, _)| *id == m.mount_id) {
+            out.insert(*dev, (id, known));
             continue;
         }
+        let lowers: Vec<&Path> =
+            m.options.lower.iter().chain(&m.options.data).filter_map(LayerPath::absolute).collect();
         if lowers.is_empty() {
+            continue;
+        }
+        if lowers.iter().any(|l| runtime_idmapped(l)) {
+            out.insert(*dev, (m.mount_id, true));
             continue;
         }
         let ns = m.namespace;
@@ -75,12 +84,13 @@ pub fn idmapped_lowers(table: &MountTable, procfs: &Path) -> BTreeSet<Device> {
             };
             read_capped(&path).map(|t| mountpoints(&t)).unwrap_or_default()
         });
-        if lowers.iter().any(|l| on_idmapped_mount(mounts, l)) {
-            out.insert(*dev);
-        }
+        out.insert(*dev, (m.mount_id, lowers.iter().any(|l| on_idmapped_mount(mounts, l))));
     }
     out
 }
+
+/// By device: the mount id the answer was decided for, and whether a lower is idmapped.
+pub type Decided = BTreeMap<Device, (i32, bool)>;
 
 fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();

@@ -100,7 +100,7 @@ fn containerd_reads_the_bundles_spec_and_kubernetes_names_the_pod() {
     write(&format!("/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/{pod}/cri-containerd-{id}.scope/cgroup.procs"), "");
     write(&format!("/var/log/pods/web_front-0_{uid}/c/0.log"), "");
     let t = table(&[(&format!("{bundle}/rootfs"), "/l")]);
-    let inv = Resolver::new(dir.path(), Path::new("/proc"), &[]).inventory(&t);
+    let inv = Resolver::new(dir.path(), Path::new("/proc"), &[]).inventory(&t, None);
     let (_, i) = inv.iter().next().expect("identified");
     assert_eq!(
         (i.image.as_str(), i.userns, i.pod_namespace.as_str(), i.pod_name.as_str()),
@@ -126,7 +126,18 @@ fn idmapped_lowers_from_runtime_paths_and_the_kernels_mount_options() {
         ("/srv/c", "/srv/idm/lower"),
         ("/srv/d", "/srv/plain/lower:/srv/other"),
     ]);
-    let inv = Resolver::new(Path::new("/nonexistent"), procfs.path(), &[]).inventory(&t);
+    let resolver = Resolver::new(Path::new("/nonexistent"), procfs.path(), &[]);
+    let inv = resolver.inventory(&t, None);
     let idmapped: Vec<bool> = t.mounts.keys().map(|d| inv.idmapped_lowers(d)).collect();
     assert_eq!(idmapped, [true, true, true, false]);
+    // Decided once per mount: the idmapped bind detached after the overlay was
+    // mounted does not change the answer; a new mount of the device is read again.
+    write("/1/mountinfo", "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n");
+    let again = resolver.inventory(&t, Some(&inv));
+    assert_eq!(t.mounts.keys().map(|d| again.idmapped_lowers(d)).collect::<Vec<_>>(), idmapped);
+    let mut remounted = t.clone();
+    remounted.mounts.values_mut().for_each(|m| m.mount_id += 100);
+    let fresh = resolver.inventory(&remounted, Some(&again));
+    let idmapped: Vec<bool> = remounted.mounts.keys().map(|d| fresh.idmapped_lowers(d)).collect();
+    assert_eq!(idmapped, [true, true, false, false]);
 }

@@ -121,7 +121,7 @@ mod tests {
         };
         let identities =
             Resolver::new(std::path::Path::new("/nonexistent"), std::path::Path::new("/proc"), &[])
-                .inventory(&table);
+                .inventory(&table, None);
         let view = MountView { table, identities };
         let mut reading = MapReading::default();
         let v = CountValue { copy_ups: 3, data_bytes: 3000, latency_ns: 3_000_000_000, ..Default::default() };

@@ -23,7 +23,6 @@ pub(super) fn findings(config: &Config, k: &KernelFeatures, caps: Option<u64>) -
     let btf_dir = ProbeOptions::default().btf_dir;
     let mut out = vec![kernel(k), overlay(k), kprobes(k), btf(k, &btf_dir), privileges(k, caps)];
     out.extend(lockdown());
-    out.push(tracefs());
     out.push(attempt(config, Disabled::predict(k, btf_dir.join("vmlinux").exists(), caps)));
     out
 }
@@ -160,35 +159,6 @@ fn lockdown() -> Option<Finding> {
     } else {
         f(Status::Ok, format!("lockdown={mode}"))
     })
-}
-
-fn tracefs() -> Finding {
-    let f = |s, d: String| Finding::new("tracefs", Feature::CopyUpProbes, s, d);
-    match probes::retprobe::tracefs() {
-        Some(t) if rustix::fs::access(t.join("kprobe_events"), rustix::fs::Access::WRITE_OK).is_ok() => {
-            f(Status::Ok, format!("{}: return probes with maxactive {}", t.display(), probes::retprobe::MAXACTIVE))
-        }
-        Some(t) => f(
-            Status::Warn,
-            format!("{}/kprobe_events is not writable: return probes at the kernel's default maxactive", t.display()),
-        )
-        .remedy("run as uid 0 (tracefs belongs to root); concurrent copy-ups beyond max(10, 2 x CPUs) are missed otherwise"),
-        None if Path::new("/sys/kernel/tracing/available_events").exists() => {
-            let d = Disabled::KprobesUnavailable(String::new());
-            f(
-                Status::Warn,
-                "tracefs at /sys/kernel/tracing has no kprobe_events (CONFIG_KPROBE_EVENTS is not set)".into(),
-            )
-            .remedy(d.remedy())
-        }
-        None => f(
-            Status::Warn,
-            "no tracefs with kprobe_events (/sys/kernel/tracing, /sys/kernel/debug/tracing): return probes at \
-             the kernel's default maxactive, max(10, 2 x CPUs); more concurrent copy-ups are missed"
-                .into(),
-        )
-        .remedy("`mount -t tracefs nodev /sys/kernel/tracing`; in a container, mount the host's /sys/kernel/tracing"),
-    }
 }
 
 /// Loads and attaches the probes as the daemon would, then detaches them.
