@@ -16,7 +16,7 @@ pub struct Figures {
     pub data_bytes: u64,
     pub latency_ns: u64,
     /// Of `copy_ups`, those by a chown, chmod or utimes that set what the file
-    /// had (the kernel's no-op count; 0 where the probes do not count them).
+    /// had (the kernel's no-op count, `overlayfs_copy_up_noop_total`).
     pub noop: u64,
 }
 

@@ -60,7 +60,7 @@ pub fn avoidable_families(reading: &MapReading, view: &MountView) -> Vec<Family>
         f.copy_ups += v.copy_ups;
         f.data_bytes += v.data_bytes;
         f.latency_ns += v.latency_ns;
-        f.noop += noop_count(v);
+        f.noop += v.noop;
     }
     let kernel = OverlayFeatures::running();
     let mut savings: BTreeMap<(MountLabel, &'static str), (u64, u64)> = BTreeMap::new();
@@ -83,12 +83,6 @@ pub fn avoidable_families(reading: &MapReading, view: &MountView) -> Vec<Family>
     vec![seconds, bytes]
 }
 
-/// The no-op copy-ups of a counter value: the probes of this build do not
-/// count them yet (the skip_noop input stays 0 until they do).
-fn noop_count(_v: &overlay_agent_common::CountValue) -> u64 {
-    0
-}
-
 /// `overlayfs_kernel_feature_info`, read at each scrape (two stats).
 pub struct KernelFeatureCollector;
 
@@ -109,8 +103,9 @@ mod tests {
     use crate::identity::Resolver;
     use overlay_agent_common::{cause, kind, CountKey, CountValue};
 
-    /// A BuildKit step's mount and a metacopy=on Docker layer: the families
-    /// carry each mount's labels and only the fixes that apply.
+    /// A BuildKit step's mount and a metacopy=on mount with one no-op chown
+    /// of three: the families carry each mount's labels and only the fixes
+    /// that apply; skip_noop takes the kernel's no-op count.
     #[test]
     fn families_join_the_reading_to_the_mounts_facts() {
         let lines = "1 2 0:50 / /var/lib/buildkit/runc-overlayfs/executor/ab/rootfs rw - overlay overlay rw,lowerdir=/l,upperdir=/var/lib/buildkit/runc-overlayfs/snapshots/snapshots/12/fs,workdir=/w\n\
@@ -126,6 +121,7 @@ mod tests {
         let mut reading = MapReading::default();
         let v = CountValue { copy_ups: 3, data_bytes: 3000, latency_ns: 3_000_000_000, ..Default::default() };
         for dev in [50u32, 51, 99] {
+            let v = if dev == 51 { CountValue { noop: 1, ..v } } else { v };
             reading.counts.insert(CountKey { dev, cause: cause::CHOWN, kind: kind::DATA, _pad: [0; 2] }, v);
         }
         struct Fixed(MapReading, MountView);
@@ -151,7 +147,15 @@ mod tests {
             )),
             "{text:#?}"
         );
-        assert!(!text.iter().any(|l| l.contains("/srv/m")), "metacopy=on, not a build: {text:#?}");
+        let srv_m: Vec<&String> = text.iter().filter(|l| l.contains("/srv/m")).collect();
+        assert_eq!(
+            srv_m,
+            [
+                "overlayfs_copy_up_avoidable_data_bytes_total{mountpoint=\"/srv/m\",fix=\"skip_noop\"} 1000",
+                "overlayfs_copy_up_avoidable_seconds_total{mountpoint=\"/srv/m\",fix=\"skip_noop\"} 1",
+            ],
+            "metacopy=on, not a build: only the no-op share"
+        );
         assert!(!text.iter().any(|l| l.contains("unknown")), "no facts, no saving: {text:#?}");
     }
 }
