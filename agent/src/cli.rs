@@ -71,6 +71,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Per container or volume: time lost in copy-ups, the fix that avoids it, its saving,
+    /// the setting and the runbook. Reads a running agent (default: this host's) or a
+    /// Prometheus. Exit 0 nothing to fix, 3 fixes shown, 1 the metrics could not be read.
+    Explain {
+        /// The agent's metrics URL [default: http://localhost:<listen port>/metrics].
+        #[arg(long, value_name = "URL", conflicts_with = "prometheus")]
+        url: Option<String>,
+        /// Read from this Prometheus (its HTTP API) instead, every node it scrapes.
+        #[arg(long, value_name = "URL")]
+        prometheus: Option<String>,
+        /// Only what happened in this period (e.g. 1h). Prometheus: increase() over it
+        /// [default: 1h]; an agent: two scrapes this far apart [default: since it started].
+        #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
+        since: Option<std::time::Duration>,
+    },
     /// Validate a config file: exit 0 when valid, 2 with file:line:column otherwise.
     CheckConfig {
         /// The file to check.

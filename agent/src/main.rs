@@ -61,6 +61,11 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Explain { url, prometheus, since }) = &cli.command {
+        let port = config.web.listen_address.0.port();
+        let source = cmd::explain::Source::new(url.as_deref(), prometheus.as_deref(), *since, port);
+        return explain(&source);
+    }
     if matches!(cli.command, None | Some(Command::Serve)) {
         raise_open_files_limit();
         overlay_agent::memory::tune_malloc();
@@ -85,6 +90,24 @@ fn raise_open_files_limit() {
         }
         Ok(Raised::AlreadyMax(_)) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
+}
+
+/// `overlay-agent explain`: its exit code (cmd::explain), 1 when the metrics cannot be read.
+fn explain(source: &cmd::explain::Source) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("overlay-agent explain: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(cmd::explain::run(source, &mut std::io::stdout().lock())) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("overlay-agent explain: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -114,6 +137,7 @@ fn run(cli: &Cli, config: Config, web: WebConfigFile) -> anyhow::Result<()> {
         }
         Some(Command::CheckConfig { .. }) => unreachable!("handled before logging starts"),
         Some(Command::Check { .. }) => unreachable!("handled before the run"),
+        Some(Command::Explain { .. }) => unreachable!("handled before the run"),
     }
     Ok(())
 }

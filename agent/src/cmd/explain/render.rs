@@ -1,0 +1,139 @@
+//! The text people read: per workload, the time lost, the bytes, the causes,
+//! and each fix with its saving, its setting, its caveats and its runbook; one
+//! calm line when there is nothing to fix.
+
+use std::io::{self, Write};
+
+use super::advice;
+use super::model::{Overview, Workload, AVOIDABLE_BYTES, AVOIDABLE_SECONDS, BYTES, NOOP, SECONDS};
+
+/// A fix is shown when it would have saved at least this much time...
+pub const MIN_SECONDS: f64 = 1.0;
+/// ... or this much copied data (64 MiB).
+pub const MIN_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
+
+fn worth_it(seconds: f64, bytes: f64) -> bool {
+    seconds >= MIN_SECONDS || bytes >= MIN_BYTES
+}
+
+/// The fixes of `w` worth showing, largest saving first.
+fn fixes(w: &Workload) -> Vec<(&str, f64, f64)> {
+    let mut names: Vec<&str> = w.by(AVOIDABLE_SECONDS).chain(w.by(AVOIDABLE_BYTES)).map(|(k, _)| k).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut out: Vec<_> = names
+        .into_iter()
+        .map(|f| (f, w.get(AVOIDABLE_SECONDS, f), w.get(AVOIDABLE_BYTES, f)))
+        .filter(|(_, s, b)| worth_it(*s, *b))
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.2.total_cmp(&a.2)));
+    out
+}
+
+/// Seconds: "340 ms", "4.2 s", "125 s".
+pub fn seconds(s: f64) -> String {
+    match s {
+        s if s >= 100.0 => format!("{s:.0} s"),
+        s if s >= 1.0 => format!("{s:.1} s"),
+        s => format!("{:.0} ms", s * 1000.0),
+    }
+}
+
+/// Bytes in binary units: "512 B", "3.2 GiB".
+pub fn bytes(b: f64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if b < 1024.0 {
+        return format!("{b:.0} B");
+    }
+    let mut v = b / 1024.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+fn percent(part: f64, whole: f64) -> String {
+    if whole > 0.0 {
+        format!(" ({:.0}%)", (100.0 * part / whole).min(100.0))
+    } else {
+        String::new()
+    }
+}
+
+/// Writes the report; returns whether any fix was worth showing.
+pub fn report(o: &Overview, period: &str, out: &mut impl Write) -> io::Result<bool> {
+    let shown: Vec<_> = o.workloads.iter().filter(|w| !fixes(w).is_empty()).collect();
+    if shown.is_empty() {
+        writeln!(out, "{}", calm(o, period))?;
+        return Ok(false);
+    }
+    let noun = if shown.len() == 1 { "workload" } else { "workloads" };
+    writeln!(out, "{} {noun} lost time to copy-ups that a fix avoids ({period}).", shown.len())?;
+    for w in shown {
+        writeln!(out)?;
+        workload(w, out)?;
+    }
+    Ok(true)
+}
+
+fn calm(o: &Overview, period: &str) -> String {
+    let mounts = format!("{} overlay mount{}", o.mounts, if o.mounts == 1 { "" } else { "s" });
+    if !o.probes_off.is_empty() {
+        let why: Vec<_> = o.probes_off.iter().map(String::as_str).collect();
+        return format!(
+            "Nothing to fix: {mounts}; copy-ups are not counted on this host ({}), overlay-agent check tells more.",
+            why.join(", ")
+        );
+    }
+    let avoidable = o.total(AVOIDABLE_SECONDS);
+    let tail = if avoidable > 0.0 {
+        format!("{} avoidable, under the {} worth a change", seconds(avoidable), seconds(MIN_SECONDS))
+    } else {
+        "none avoidable".to_owned()
+    };
+    format!("Nothing to fix: {mounts}, {} in copy-ups {period}, {tail}.", seconds(o.total(SECONDS)))
+}
+
+fn workload(w: &Workload, out: &mut impl Write) -> io::Result<()> {
+    let image = if w.image.is_empty() { String::new() } else { format!(", image {}", w.image) };
+    writeln!(out, "{}{image}", w.title)?;
+    let lost = w.total(SECONDS);
+    let mut causes: Vec<_> = w.by(SECONDS).collect();
+    causes.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let causes: Vec<_> = causes.iter().map(|(c, s)| format!("{c} {}", seconds(*s))).collect();
+    writeln!(
+        out,
+        "  lost {} in copy-ups, {} copied; by cause: {}",
+        seconds(lost),
+        bytes(w.total(BYTES)),
+        causes.join(", ")
+    )?;
+    let noop: Vec<_> = w.by(NOOP).map(|(c, n)| format!("{c} {n:.0}")).collect();
+    if !noop.is_empty() {
+        writeln!(out, "  copy-ups that changed nothing: {}", noop.join(", "))?;
+    }
+    let mounts: Vec<_> = w.mounts.iter().map(String::as_str).collect();
+    if !w.title.starts_with("mount ") {
+        writeln!(out, "  mount{}: {}", if mounts.len() == 1 { "" } else { "s" }, mounts.join(", "))?;
+    }
+    for (fix, s, b) in fixes(w) {
+        let data = if b > 0.0 { format!(" and {} of copying", bytes(b)) } else { String::new() };
+        writeln!(out, "  fix {fix}: saves {}{}{data}", seconds(s), percent(s, lost))?;
+        let Some(a) = advice::lookup(fix) else {
+            writeln!(out, "    (this build of overlay-agent has no advice for {fix})")?;
+            continue;
+        };
+        writeln!(out, "    {}", a.title)?;
+        writeln!(out, "    do: {}", a.how_for(&w.runtime))?;
+        for caveat in a.caveats_for(&w.runtime) {
+            writeln!(out, "    do not when {caveat}")?;
+        }
+        writeln!(out, "    runbook: {}", a.runbook())?;
+    }
+    Ok(())
+}
