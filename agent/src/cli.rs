@@ -75,10 +75,12 @@ pub enum Command {
     /// the setting and the runbook. Reads a running agent (default: this host's) or a
     /// Prometheus. Exit 0 nothing to fix, 3 fixes shown, 1 the metrics could not be read.
     Explain {
-        /// The agent's metrics URL [default: http://localhost:<listen port>/metrics].
+        /// The agent's metrics URL; http:// when no scheme is given, /metrics when no
+        /// path [default: http://localhost:<listen port>/metrics].
         #[arg(long, value_name = "URL", conflicts_with = "prometheus")]
         url: Option<String>,
-        /// Read from this Prometheus (its HTTP API) instead, every node it scrapes.
+        /// Read from this Prometheus (its HTTP API, http:// when no scheme is given)
+        /// instead, every node it scrapes.
         #[arg(long, value_name = "URL")]
         prometheus: Option<String>,
         /// Only what happened in this period (e.g. 1h). Prometheus: increase() over it

@@ -49,15 +49,16 @@ pub enum Source {
 
 impl Source {
     /// From the command line: `--prometheus` wins; else `--url`, else the local
-    /// agent on `port`. A URL without a path gets /metrics.
+    /// agent on `port`. A URL without a scheme (`localhost:9864`) is http; one
+    /// without a path gets /metrics.
     pub fn new(url: Option<&str>, prometheus: Option<&str>, since: Option<Duration>, port: u16) -> Source {
         if let Some(p) = prometheus {
             return Source::Prometheus {
-                url: p.to_owned(),
+                url: with_scheme(p),
                 since: since.unwrap_or(DEFAULT_PROMETHEUS_SINCE),
             };
         }
-        let url = url.map_or_else(|| format!("http://localhost:{port}/metrics"), str::to_owned);
+        let url = url.map_or_else(|| format!("http://localhost:{port}/metrics"), with_scheme);
         let has_path =
             url.split_once("://").is_some_and(|(_, rest)| rest.trim_end_matches('/').contains('/'));
         let url = if has_path { url } else { format!("{}/metrics", url.trim_end_matches('/')) };
@@ -84,6 +85,15 @@ impl Source {
             }
             Source::Prometheus { url, since } => fetch::from_prometheus(url, *since).await,
         }
+    }
+}
+
+/// `url` with `http://` in front when it names no scheme.
+fn with_scheme(url: &str) -> String {
+    if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
     }
 }
 

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use super::advice::TABLE;
-use super::{exposition, model, render};
+use super::{exposition, model, render, Source};
 
 fn report(name: &str) -> (String, bool) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/cmd/explain/testdata");
@@ -75,4 +75,23 @@ fn figures_are_formatted_in_base_units() {
     assert_eq!(render::seconds(125.0), "125 s");
     assert_eq!(render::bytes(512.0), "512 B");
     assert_eq!(render::bytes(3435973836.0), "3.2 GiB");
+}
+
+#[test]
+fn urls_without_a_scheme_are_http() {
+    let agent = |url: Option<&str>| match Source::new(url, None, None, 9864) {
+        Source::Agent { url, .. } => url,
+        s => panic!("{s:?}"),
+    };
+    assert_eq!(agent(None), "http://localhost:9864/metrics");
+    assert_eq!(agent(Some("localhost:9861")), "http://localhost:9861/metrics");
+    assert_eq!(agent(Some("localhost:9861/")), "http://localhost:9861/metrics");
+    assert_eq!(agent(Some("10.0.0.7:9864/custom")), "http://10.0.0.7:9864/custom");
+    assert_eq!(agent(Some("[::1]:9864")), "http://[::1]:9864/metrics");
+    assert_eq!(agent(Some("http://node-3:9864")), "http://node-3:9864/metrics");
+    assert_eq!(agent(Some("https://node-3:9864")), "https://node-3:9864/metrics", "refused when fetched");
+    match Source::new(None, Some("prometheus:9090"), None, 9864) {
+        Source::Prometheus { url, .. } => assert_eq!(url, "http://prometheus:9090"),
+        s => panic!("{s:?}"),
+    }
 }
