@@ -3,7 +3,9 @@
 //! The code that applies a rule names it by id ([`rule`]); docs/metrics.md
 //! lists the same table (a unit test keeps the two in step). A leaf module:
 //! it imports nothing of the agent, so identity may use it as well as the
-//! metrics.
+//! metrics. The three kernel commits cited were checked against public copies
+//! of the kernel's history (subject and hash): 9caccd41541a (5.12),
+//! d5791044d2e5 (4.19), bc70682a497c (5.19).
 
 /// One rule: an id the code names, the rule, and its source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +30,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         id: "idmapped_lowers.kernel",
         rule: "a lower layer on a mount whose mountinfo options include idmapped (the longest mountpoint that holds the lower decides)",
-        source: "Linux 5.12, fs/proc_namespace.c show_mnt_opts (\",idmapped\" for is_idmapped_mnt); commit 9caccd41541a \"fs: introduce MOUNT_ATTR_IDMAP\"",
+        source: "Linux 5.12, fs/proc_namespace.c show_mnt_opts (\",idmapped\" when the mount's user namespace is not the initial one, later is_idmapped_mnt); commit 9caccd41541a \"fs: introduce MOUNT_ATTR_IDMAP\"",
     },
     // Kernel facts: overlayfs_kernel_feature_info{feature,supported}.
     Rule {
