@@ -63,6 +63,16 @@ local leMatch(n) =
   assert std.isNumber(n) && n == std.floor(n) && n > 0 && exp < 21 : 'a whole le bound below 1e21: %s' % n;
   if exp < 6 then d else '%s|%s' % [d, esc(sci)];
 
+// The end of a storm alert's description: the fix that would have avoided most
+// of the copy-up time `query` finds (a PromQL format, printf'd with `args`),
+// with its runbook section; nothing when no fix applies (probes off, or no rule
+// covers the copy-ups).
+local biggestFix(c, query, args, what) =
+  '{{ with printf `topk(1, %s > 0)` %s | query }}{{ with first . }}' % [query, args] +
+  ' The biggest avoidable fix%s: {{ .Labels.fix }}, {{ .Value | humanizeDuration }} of it ' % what +
+  '(`overlay-agent explain` on the node; %s).{{ end }}{{ end }}' %
+  (c.runbookURLPattern % 'fix-{{ reReplaceAll "_" "-" .Labels.fix }}');
+
 local annotations(c, name, summary, description) = {
   summary: summary,
   description: description,
@@ -165,6 +175,11 @@ local annotations(c, name, summary, description) = {
             expr: robustIncrease('overlayfs_copy_up_bytes_bucket', 'job, instance, cause, le', w, c.agentSelector),
           },
           {
+            // What each fix would have avoided on each mount: the storm alerts name the biggest.
+            record: 'instance_mountpoint_fix:overlayfs_copy_up_avoidable_seconds:increase%s' % w,
+            expr: robustIncrease('overlayfs_copy_up_avoidable_seconds_total', 'job, instance, mountpoint, mntns, fix', w, c.agentSelector, perMount=true),
+          },
+          {
             alert: 'OverlayfsCopyUpStorm',
             expr: 'instance_mountpoint:overlayfs_copy_up_seconds:increase%s > %g' % [w, c.copyUpStormBlockedSeconds],
             labels: { severity: 'warning' },
@@ -175,7 +190,13 @@ local annotations(c, name, summary, description) = {
               ('Work on {{ $labels.mountpoint }} ({{ $labels.instance }}) was blocked in copy-ups for ' +
                '{{ $value | humanizeDuration }} within %s (threshold %gs): a chown -R, a package manager ' +
                'or a build rewriting lower-layer files. `overlay-agent trace` on the node shows which ' +
-               'process and which files.') % [w, c.copyUpStormBlockedSeconds],
+               'process and which files.') % [w, c.copyUpStormBlockedSeconds] +
+              biggestFix(
+                c,
+                'instance_mountpoint_fix:overlayfs_copy_up_avoidable_seconds:increase%s{job=%%q,instance=%%q,mountpoint=%%q,mntns=%%q}' % w,
+                '$labels.job $labels.instance $labels.mountpoint $labels.mntns',
+                ''
+              ),
             ),
           },
           {
@@ -194,7 +215,13 @@ local annotations(c, name, summary, description) = {
                'than %gs within %s during the last %s (threshold %d mounts). Every new container or volume ' +
                'on this node pays the storm again: a CI worker chowning each task volume, or an image whose ' +
                'files belong to the wrong user. Fix it once, in the image or the mount options.') %
-              [c.copyUpStormBlockedSeconds, w, c.nodeStormWindow, c.nodeStormMounts],
+              [c.copyUpStormBlockedSeconds, w, c.nodeStormWindow, c.nodeStormMounts] +
+              biggestFix(
+                c,
+                'sum by (fix) (max_over_time(instance_mountpoint_fix:overlayfs_copy_up_avoidable_seconds:increase%s{job=%%q,instance=%%q}[%s]))' % [w, c.nodeStormWindow],
+                '$labels.job $labels.instance',
+                ' on the node (the largest %s figure of each mount within %s, added up)' % [w, c.nodeStormWindow]
+              ),
             ),
           },
           {

@@ -269,7 +269,12 @@ local annotated = [
     local i = 60,
     name: 'storm alerts: labels and annotations',
     interval: '60s',
+    // Each storm a chown on a metacopy=off mount (fix metacopy); /w/0's partly no-op (fix skip_noop).
+    local avoidable(mp, fix, total, k) = { series: agent('overlayfs_copy_up_avoidable_seconds_total', { instance: 'n1', mountpoint: mp, fix: fix }), values: fresh(total, 600 + 300 * k, 840 + 300 * k, i) },
     input_series: [up('n1', end, i)] + std.flattenArrays([stormSeries('n1', '/w/%d' % k, 600 + 300 * k, 840 + 300 * k, i) for k in std.range(0, 2)]) + [
+      avoidable('/w/%d' % k, 'metacopy', 50, k)
+      for k in std.range(0, 2)
+    ] + [avoidable('/w/0', 'skip_noop', 20, 0)] + [
       { series: agent('overlayfs_copy_up_bytes_bucket', { instance: 'n1', cause: 'chown', le: b[0] }), values: event(b[1], s, end, i) }
       for b in [['268435456', 0], ['+Inf', 1]]
     ],
@@ -281,7 +286,7 @@ local annotated = [
           exp_labels: { severity: 'warning', job: 'overlay-agent', instance: 'n1', mountpoint: '/w/0' },
           exp_annotations: {
             summary: 'Copy-up storm on /w/0: 50s blocked in 5m',
-            description: 'Work on /w/0 (n1) was blocked in copy-ups for 50s within 5m (threshold 10s): a chown -R, a package manager or a build rewriting lower-layer files. `overlay-agent trace` on the node shows which process and which files.',
+            description: 'Work on /w/0 (n1) was blocked in copy-ups for 50s within 5m (threshold 10s): a chown -R, a package manager or a build rewriting lower-layer files. `overlay-agent trace` on the node shows which process and which files. The biggest avoidable fix: metacopy, 50s of it (`overlay-agent explain` on the node; %s).' % (c.runbookURLPattern % 'fix-metacopy'),
             runbook_url: runbook('OverlayfsCopyUpStorm'),
           },
         }],
@@ -293,7 +298,7 @@ local annotated = [
           exp_labels: { severity: 'warning', job: 'overlay-agent', instance: 'n1' },
           exp_annotations: {
             summary: 'Copy-up storms on 3 mounts of n1 within 1h',
-            description: '3 different mounts of n1 were each blocked in copy-ups for more than 10s within 5m during the last 1h (threshold 3 mounts). Every new container or volume on this node pays the storm again: a CI worker chowning each task volume, or an image whose files belong to the wrong user. Fix it once, in the image or the mount options.',
+            description: '3 different mounts of n1 were each blocked in copy-ups for more than 10s within 5m during the last 1h (threshold 3 mounts). Every new container or volume on this node pays the storm again: a CI worker chowning each task volume, or an image whose files belong to the wrong user. Fix it once, in the image or the mount options. The biggest avoidable fix on the node (the largest 5m figure of each mount within 1h, added up): metacopy, 2m 30s of it (`overlay-agent explain` on the node; %s).' % (c.runbookURLPattern % 'fix-metacopy'),
             runbook_url: runbook('OverlayfsCopyUpStormsOnNode'),
           },
         }],

@@ -97,6 +97,8 @@ fn committed_rules_and_dashboard_are_the_mixins_output() {
         "tests.jsonnet",
         "dashboards.jsonnet",
         "dashboards/dashboards.libsonnet",
+        "dashboards/lib.libsonnet",
+        "dashboards/fixes.libsonnet",
         "tests/existing.libsonnet",
     ]
     .iter()
