@@ -2,6 +2,7 @@
 //! (qemu-workload run, uring, parallel) counted exactly, and the probes' life
 //! (trace, restart, capabilities, detach), one named check each.
 
+mod avoidable;
 mod counts;
 mod histograms;
 mod lifecycle;
@@ -86,6 +87,7 @@ const CHECKS: &[Check] = &[
     ("data_bytes", counts::check_bytes),
     ("no_errors", counts::check_no_errors),
     ("noop_copy_ups", counts::check_noop),
+    ("avoidable_copy_ups", avoidable::check_avoidable),
     ("histograms", histograms::check_histograms),
     ("forgotten_mount", histograms::check_forgotten_mount),
     ("protobuf_native_histograms", protobuf::check_protobuf),
