@@ -25,7 +25,7 @@ fn rules_pass_promtool_check_and_unit_tests() {
     let dir = repo_root().join("config/prometheus");
     let check = common::promtool(&dir, &["check", "rules", "overlay-agent.rules.yml"], None)
         .unwrap_or_else(|e| panic!("promtool check rules failed: {e}"));
-    assert!(check.contains("SUCCESS: 29 rules found"), "{check}");
+    assert!(check.contains("SUCCESS: 30 rules found"), "{check}");
     let mut args = vec!["test", "rules"];
     args.extend(RULE_TESTS);
     let test =
@@ -263,28 +263,33 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     std::fs::rename(&broken.upper, broken.base.join("upper.moved")).expect("move the upper dir away");
     let cfg = config_for(tmp.path(), "");
     let agent = Agent::start(tmp.path(), &["--config", cfg.to_str().expect("utf8")]);
-    // The eBPF panels: a real guest's scrape (Debian 6.1 under QEMU), replayed.
+    // The eBPF panels: a real guest's scrape (Debian 6.1 under QEMU), replayed;
+    // the "What to fix" panel: a newer one's, with the avoidable families.
     let capture =
         std::fs::read_to_string(repo_root().join("tests/fixtures/qemu-6.1-metrics.prom")).expect("capture");
     let replay = replay_server(capture);
+    let newer =
+        std::fs::read_to_string(repo_root().join("tests/fixtures/native/guest-6.1.prom")).expect("capture");
+    let replay_newer = replay_server(newer);
 
     let prom = Prometheus::start(
         Path::new("prometheus"),
         &format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files: ['{}']\nscrape_configs:\n  - job_name: overlay-agent\n    static_configs:\n      - targets: ['{}', '{}']\n",
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nrule_files: ['{}']\nscrape_configs:\n  - job_name: overlay-agent\n    static_configs:\n      - targets: ['{}', '{}', '{}']\n",
             repo_root().join("config/prometheus/overlay-agent.rules.yml").display(),
             agent.addr,
-            replay
+            replay,
+            replay_newer
         ),
         tmp.path(),
     );
-    // Ready when both targets are up, the scan error is in, and rates have samples.
-    common::wait_for("both targets scraped, with history", Duration::from_secs(90), || {
+    // Ready when the three targets are up, the scan error is in, and rates have samples.
+    common::wait_for("the three targets scraped, with history", Duration::from_secs(90), || {
         let up = prom.query("sum(up{job=\"overlay-agent\"})")?;
         let n: f64 = up.first()?["value"][1].as_str()?.parse().ok()?;
         let errs = prom.query("overlayfs_upper_scan_errors_total{reason=\"missing\"}")?;
         let hist = prom.query("count_over_time(overlayfs_upper_bytes[1m]) >= 5")?;
-        (n == 2.0 && !errs.is_empty() && !hist.is_empty()).then_some(())
+        (n == 3.0 && !errs.is_empty() && !hist.is_empty()).then_some(())
     });
     let d = dashboard();
     let mut empty = Vec::new();
@@ -313,9 +318,14 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
     empty.extend(native_empty.join().expect("the native check"));
     assert!(empty.is_empty(), "dashboard queries without data:\n{}", empty.join("\n"));
-    // "This chown took 787 ms for 1 GB": the per-copy-up panel gives, for the
-    // guest's chown on /t/a/merged (one copy-up of 10,000 bytes), that copy-up's
-    // seconds and bytes, as the replayed exposition has them.
+    per_copy_up_and_what_to_fix_panels(&prom, &d, &replay, &replay_newer);
+}
+
+/// "This chown took 787 ms for 1 GB": the per-copy-up panel gives, for the
+/// guest's chown on /t/a/merged (10,000 bytes a copy-up), the seconds and bytes
+/// the replayed exposition has; the "What to fix" panel names fix metacopy for
+/// that mount, with the data the newer capture counts.
+fn per_copy_up_and_what_to_fix_panels(prom: &Prometheus, d: &Value, older: &str, newer_addr: &str) {
     let m = common::Metrics::parse(
         &std::fs::read_to_string(repo_root().join("tests/fixtures/qemu-6.1-metrics.prom")).expect("capture"),
     );
@@ -329,7 +339,11 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         let e = substitute(panel["targets"][i]["expr"].as_str().expect("expr"));
         let r = prom.query(&e).unwrap_or_default();
         r.iter()
-            .find(|s| s["metric"]["mountpoint"] == "/t/a/merged" && s["metric"]["cause"] == "chown")
+            .find(|s| {
+                s["metric"]["instance"] == older
+                    && s["metric"]["mountpoint"] == "/t/a/merged"
+                    && s["metric"]["cause"] == "chown"
+            })
             .and_then(|s| s["value"][1].as_str()?.parse().ok())
             .unwrap_or_else(|| panic!("no /t/a/merged chown row for {e}: {r:?}"))
     };
@@ -338,6 +352,27 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         (secs - want_secs).abs() < 1e-9 && bytes == 10_000.0,
         "per copy-up: {secs} s and {bytes} bytes, want {want_secs} s and 10000 bytes"
     );
+    let panel = d["panels"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["title"].as_str().is_some_and(|t| t.starts_with("What to fix"))))
+        .expect("the what-to-fix panel");
+    let newer = common::Metrics::parse(
+        &std::fs::read_to_string(repo_root().join("tests/fixtures/native/guest-6.1.prom")).expect("capture"),
+    );
+    let labels = [("mountpoint", "/t/a/merged"), ("fix", "metacopy")];
+    let want =
+        newer.get("overlayfs_copy_up_avoidable_data_bytes_total", &labels).expect("avoidable in the capture");
+    let e = substitute(panel["targets"][1]["expr"].as_str().expect("expr"));
+    let r = prom.query(&e).unwrap_or_default();
+    let got = r
+        .iter()
+        .find(|s| {
+            s["metric"]["instance"] == newer_addr
+                && s["metric"]["mountpoint"] == "/t/a/merged"
+                && s["metric"]["fix"] == "metacopy"
+        })
+        .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok());
+    assert_eq!(got, Some(want), "what to fix, /t/a/merged metacopy data: {e}\n{r:?}");
 }
 
 /// The native panels' queries, and the native recording rules, against
