@@ -1,10 +1,55 @@
-//! Small helpers shared by the hooks.
+//! Small helpers shared by the hooks: the config, kernel memory (helper reads
+//! and BTF-checked direct loads), windows of a struct read at once.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
 use aya_ebpf::programs::ProbeContext;
-use overlay_agent_common::{stat, HistKey, ProgramConfig};
+use overlay_agent_common::{stat, ProgramConfig};
 
-use crate::maps::{CONFIG, HIST, STATS};
+use crate::maps::STATS;
+
+/// The agent's config, written before load into .rodata and frozen: the
+/// verifier reads every field as a constant.
+#[unsafe(no_mangle)]
+pub static CONFIG: ProgramConfig = ProgramConfig {
+    dentry_d_inode: 0,
+    dentry_d_sb: 0,
+    dentry_name_ptr: 0,
+    sb_s_dev: 0,
+    inode_i_mode: 0,
+    inode_i_uid: 0,
+    inode_i_gid: 0,
+    inode_times: [0; 4],
+    ovl_upper: 0,
+    ovl_flags_back: 0,
+    upperdata_bit: 0,
+    copy_len_arg: 0,
+    task_stack: 0,
+    stack_regs_offset: 0,
+    regs_nr: 0,
+    regs_native: 0,
+    regs_args: [0; 6],
+    task_real_cred: 0,
+    task_comm: 0,
+    cred_user_ns: 0,
+    userns_level: 0,
+    userns_uid_map: 0,
+    userns_gid_map: 0,
+    idmap_extent: 0,
+    _pad: 0,
+    native_value: 0,
+    nr_mask_off: 0,
+    trace_min_latency_ns: u64::MAX,
+};
+
+/// A field of [`CONFIG`], read so that the compiler cannot fold the value the
+/// object was built with (the loader writes the real one).
+macro_rules! conf {
+    ($($field:tt)+) => {
+        // SAFETY: a read of a static.
+        unsafe { core::ptr::read_volatile(&$crate::util::CONFIG.$($field)+) }
+    };
+}
+pub(crate) use conf;
 
 #[inline(always)]
 pub fn tid() -> u32 {
@@ -12,10 +57,8 @@ pub fn tid() -> u32 {
 }
 
 /// Argument `i` (0-based) of the probed function, for a position known only at
-/// run time (read from BTF by the agent). Every argument register is loaded with
-/// a volatile read at a constant offset and one is picked by value: the verifier
-/// rejects a ctx access at a variable offset, which a plain `ctx.arg(i)` with a
-/// run-time `i` compiles to. x86_64 calling convention.
+/// load (read from BTF by the agent): every argument register is loaded at a
+/// constant offset and one is picked. x86_64 calling convention.
 #[inline(always)]
 pub fn arg_at(ctx: &ProbeContext, i: u32) -> Option<u64> {
     let regs = ctx.regs;
@@ -42,12 +85,6 @@ pub fn arg_at(ctx: &ProbeContext, i: u32) -> Option<u64> {
     }
 }
 
-/// The agent's config, once it has been written.
-#[inline(always)]
-pub fn config() -> Option<&'static ProgramConfig> {
-    CONFIG.get(0).filter(|c| c.ready != 0)
-}
-
 #[inline(always)]
 pub fn bump(slot: u32) {
     if let Some(p) = STATS.get_ptr_mut(slot) {
@@ -56,6 +93,7 @@ pub fn bump(slot: u32) {
     }
 }
 
+/// A helper read of a `T` at `addr`; failures are counted.
 #[inline(always)]
 pub fn read<T>(addr: u64) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an error.
@@ -68,57 +106,72 @@ pub fn read<T>(addr: u64) -> Option<T> {
     }
 }
 
-/// Updates `key`'s value in place (`|p| ...` gets a `*mut V`), or inserts
-/// `init` when the key is new, counting a full map in stat::MAP_FULL. The
-/// update runs on this CPU's value (per-CPU maps) or this thread's entry
-/// (maps keyed by thread id), so nothing else writes it meanwhile.
-macro_rules! upsert {
-    ($map:expr, $key:expr, $init:expr, |$p:ident| $update:expr) => {
-        match $map.get_ptr_mut($key) {
-            // SAFETY: see above; the pointer is valid while the program runs.
-            Some($p) => unsafe { $update },
-            None => {
-                if $map.insert($key, &$init, 0).is_err() {
-                    $crate::util::bump(overlay_agent_common::stat::MAP_FULL);
-                }
-            }
-        }
-    };
-}
-pub(crate) use upsert;
-
-/// Counts `v` in its native histogram bucket (the sums are kept in COUNTS).
-/// HIST is one map shared by all CPUs (its memory does not grow with them), so
-/// the count is an atomic add (BPF_XADD: the result is unused, which 5.10's
-/// verifier needs). A new key is inserted with BPF_NOEXIST: of two CPUs that
-/// insert the same key at once, one inserts and the other adds to its entry,
-/// so no observation is lost.
-#[inline(always)]
-pub fn observe(dev: u32, cause: u8, hist: u8, v: u64) {
-    let key = HistKey { dev, cause, hist, bucket: overlay_agent_common::bucket(v) };
-    if add_one(&key) {
-        return;
-    }
-    const BPF_NOEXIST: u64 = 1;
-    if HIST.insert(&key, &1u64, BPF_NOEXIST).is_ok() || add_one(&key) {
-        return;
-    }
-    bump(stat::MAP_FULL);
+/// Up to 64 bytes of kernel memory from `addr`, `len` of them (a config
+/// constant: the verifier knows which bytes are written), in one helper call.
+pub struct Window {
+    buf: [u64; 8],
 }
 
-#[inline(always)]
-fn add_one(key: &HistKey) -> bool {
-    match HIST.get_ptr_mut(key) {
-        Some(p) => {
-            // SAFETY: a valid, aligned u64 of the map's value while the program
-            // runs; every writer adds atomically. The bpf target has no
-            // AtomicU64::fetch_add (no compare-and-swap before v3), so the
-            // intrinsic: with its result unused LLVM emits BPF_XADD.
-            unsafe {
-                core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, 1)
-            };
-            true
+impl Window {
+    #[inline(always)]
+    pub fn read(addr: u64, len: u32) -> Option<Window> {
+        let mut w = Window { buf: [0; 8] };
+        let len = if len > 64 { 64 } else { len };
+        // SAFETY: the helper writes at most `len` <= 64 bytes into the buffer
+        // and checks the source address.
+        let rc = unsafe {
+            aya_ebpf::helpers::r#gen::bpf_probe_read_kernel(
+                w.buf.as_mut_ptr() as *mut _,
+                len,
+                addr as *const _,
+            )
+        };
+        if rc != 0 {
+            bump(stat::READ_ERRORS);
+            return None;
         }
-        None => false,
+        Some(w)
     }
+
+    /// The 8 bytes at `off` (a multiple of 4; read as two aligned words when
+    /// it is not a multiple of 8).
+    #[inline(always)]
+    pub fn u64_at(&self, off: u32) -> u64 {
+        let i = (off >> 3) as usize & 7;
+        if off & 7 == 0 {
+            self.buf[i]
+        } else {
+            self.u32_at(off) as u64 | (self.u32_at(off + 4) as u64) << 32
+        }
+    }
+
+    /// The 4 bytes at `off` (a multiple of 4), little-endian.
+    #[inline(always)]
+    pub fn u32_at(&self, off: u32) -> u32 {
+        let w = self.buf[(off >> 3) as usize & 7];
+        (if off & 4 == 0 { w } else { w >> 32 }) as u32
+    }
+
+    /// The 2 bytes at `off` (a multiple of 2), little-endian.
+    #[inline(always)]
+    pub fn u16_at(&self, off: u32) -> u16 {
+        let w = self.buf[(off >> 3) as usize & 7];
+        (w >> ((off & 6) * 8)) as u16
+    }
+}
+
+/// Kernel memory through a pointer the verifier knows by its BTF type
+/// (bpf_get_current_task_btf, bpf_task_pt_regs): a plain load it makes fault
+/// tolerant, no helper call. `off` must be a verifier constant (a CONFIG field).
+#[inline(always)]
+pub fn load_u64(btf_ptr: u64, off: u32) -> u64 {
+    // SAFETY: the verifier checks the access against the BTF type and turns
+    // it into a fault-tolerant load (BPF_PROBE_MEM).
+    unsafe { core::ptr::read_volatile((btf_ptr + off as u64) as *const u64) }
+}
+
+#[inline(always)]
+pub fn load_u32(btf_ptr: u64, off: u32) -> u32 {
+    // SAFETY: as load_u64.
+    unsafe { core::ptr::read_volatile((btf_ptr + off as u64) as *const u32) }
 }

@@ -88,6 +88,30 @@ impl KernelBtf {
         Err(missing())
     }
 
+    /// The value of `variant` in the overlay module's `enum name` (its split
+    /// BTF, else vmlinux's when overlay is built in).
+    pub fn module_enum_value(&self, name: &str, variant: &str) -> Result<u32, BtfError> {
+        let missing = || BtfError::Missing { what: format!("enum {name} value {variant}") };
+        let btf = self.overlay.as_ref().unwrap_or(&self.vmlinux);
+        let types = btf.resolve_types_by_name(name).map_err(|_| missing())?;
+        types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Enum(e) => e
+                    .members
+                    .iter()
+                    .find(|m| btf.resolve_name(*m).is_ok_and(|n| n == variant))
+                    .map(|m| m.val()),
+                _ => None,
+            })
+            .ok_or_else(missing)
+    }
+
+    /// Whether `struct name` has `member` (vmlinux).
+    pub fn has_member(&self, name: &str, member: &str) -> bool {
+        self.member_offset(name, member).is_ok()
+    }
+
     /// Parameter names of function `func`: from the overlay module's BTF, else
     /// vmlinux's (overlay built in). None when no BTF describes the function.
     pub fn params(&self, func: &str) -> Option<Vec<String>> {

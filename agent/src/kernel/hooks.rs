@@ -13,17 +13,17 @@
 
 use super::btf::KernelBtf;
 
+/// How a program attaches. Only kprobes: every count is taken at function
+/// entries, so no return probe (and its missed returns) is needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
     Kprobe,
-    Kretprobe,
 }
 
 impl Mechanism {
     pub fn as_str(self) -> &'static str {
         match self {
             Mechanism::Kprobe => "kprobe",
-            Mechanism::Kretprobe => "kretprobe",
         }
     }
 }
@@ -75,31 +75,30 @@ const fn prog(name: &'static str, mechanism: Mechanism) -> Program {
     Program { name, mechanism, since: (0, 0) }
 }
 
-use Mechanism::{Kprobe, Kretprobe};
+use Mechanism::Kprobe;
 
 pub const HOOKS: &[Hooked] = &[
     Hooked {
         function: "ovl_copy_up_one",
         group: Group::CopyUpOne,
-        role: "start of one copy-up: mount, entry type, cause (from the thread's system call and `flags`); its return gives errors",
+        role: "start of one copy-up: start time, inode, mount, upper dentry (kind), open flags (cause)",
         core: true,
-        programs: &[
-            Program { name: "one_entry_stack", mechanism: Kprobe, since: (0, 0) },
-            // bpf_task_pt_regs (5.15+) reads the user registers.
-            Program { name: "one_entry", mechanism: Kprobe, since: (5, 15) },
-            prog("one_exit", Kretprobe),
-        ],
+        programs: &[prog("one_entry", Kprobe)],
         prototypes: &[Proto { since: (4, 19), params: Some(&["parent", "dentry", "flags"]) }],
         reads: &["dentry", "flags"],
     },
     Hooked {
         function: "ovl_copy_up_end",
         group: Group::CopyUpEnd,
-        role: "the copy-up happened on this thread: counted here (an entry probe, never missed)",
+        role: "the copy-up happened on this thread: counted here (an entry probe, never missed); cause and no-op from the thread's system call, errors from the inode's state",
         core: true,
-        programs: &[prog("end_entry", Kprobe)],
+        programs: &[
+            Program { name: "end_entry_stack", mechanism: Kprobe, since: (0, 0) },
+            // bpf_task_pt_regs (5.15+): the user registers and the task through BTF pointers.
+            Program { name: "end_entry", mechanism: Kprobe, since: (5, 15) },
+        ],
         prototypes: &[Proto { since: (4, 19), params: Some(&["dentry"]) }],
-        reads: &[],
+        reads: &["dentry"],
     },
     Hooked {
         function: "ovl_copy_up_file",
@@ -129,22 +128,75 @@ pub const HOOKS: &[Hooked] = &[
     },
 ];
 
-/// Struct members the programs read (offsets from vmlinux BTF at start).
+/// Struct members the programs read (offsets from vmlinux BTF at start). The
+/// user registers' members (the system call number, its arguments, the
+/// native-caller test) are the arch's, in overlay_agent_common::syscall::Abi;
+/// `abi_members` lists them. The inode's times have one of three layouts
+/// (probes::config: `i_atime`, `__i_atime` (6.7), `i_atime_sec` (6.11)).
 pub const MEMBERS: &[(&str, &str, &str)] = &[
     ("dentry", "d_sb", "the copy-up's mount: dentry -> d_sb -> s_dev"),
-    ("dentry", "d_inode", "directory or not: d_inode -> i_mode"),
+    ("dentry", "d_inode", "the overlay inode: type, owner, mode, upper dentry, flags"),
     ("dentry", "d_name", "file name for `overlay-agent trace`"),
     ("qstr", "name", "file name for `overlay-agent trace`"),
     ("super_block", "s_dev", "major:minor of the overlay, joined to mountinfo"),
-    ("inode", "i_mode", "directory or not"),
+    ("inode", "i_mode", "type (directory or not) and mode (chmod no-op)"),
+    ("inode", "i_uid", "owner (chown no-op)"),
+    ("inode", "i_gid", "group (chown no-op)"),
     ("task_struct", "stack", "user registers at the stack top (before 5.15)"),
-    ("pt_regs", "orig_ax", "the system call number (the cause)"),
-    ("pt_regs", "cs", "64-bit caller or not"),
+    ("task_struct", "real_cred", "the caller's user namespace (chown no-op)"),
+    ("task_struct", "comm", "who copied (5.15+; before, bpf_get_current_comm)"),
+    ("cred", "user_ns", "the caller's user namespace (chown no-op)"),
+    ("user_namespace", "level", "0 for the initial namespace: ids are kernel ids"),
+    ("user_namespace", "uid_map", "a chown's uid as a kernel id"),
+    ("user_namespace", "gid_map", "a chown's gid as a kernel id"),
+    ("uid_gid_map", "nr_extents", "extents held inline (up to 5)"),
+    ("uid_gid_map", "extent", "the inline extents"),
 ];
 
+/// The layouts of an inode's access and modification times, newest first:
+/// (atime seconds, atime nanoseconds, mtime seconds, mtime nanoseconds), each
+/// (member, offset within it). 6.11 split them into seconds and nanoseconds,
+/// 6.7 renamed the timespec64s, before they were `i_atime`, `i_mtime`.
+const INODE_TIMES: &[[(&str, u32); 4]] = &[
+    [("i_atime_sec", 0), ("i_atime_nsec", 0), ("i_mtime_sec", 0), ("i_mtime_nsec", 0)],
+    [("__i_atime", 0), ("__i_atime", 8), ("__i_mtime", 0), ("__i_mtime", 8)],
+    [("i_atime", 0), ("i_atime", 8), ("i_mtime", 0), ("i_mtime", 8)],
+];
+
+/// Offsets of an inode's atime and mtime (seconds, nanoseconds each), from the
+/// first layout of [`INODE_TIMES`] this kernel's BTF has.
+pub fn inode_times(btf: &KernelBtf) -> Result<[u32; 4], super::btf::BtfError> {
+    let mut last = None;
+    for layout in INODE_TIMES {
+        let offs: Result<Vec<u32>, _> =
+            layout.iter().map(|(m, extra)| btf.member_offset("inode", m).map(|o| o + extra)).collect();
+        match offs {
+            Ok(o) => return Ok([o[0], o[1], o[2], o[3]]),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(super::btf::BtfError::Missing { what: "inode times".into() }))
+}
+
+/// The user-register members of `abi` the programs read.
+pub fn abi_members(
+    abi: &overlay_agent_common::syscall::Abi,
+) -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut v = vec![
+        ("pt_regs", abi.nr, "the system call number (the cause)"),
+        ("pt_regs", abi.native.0, "native 64-bit caller or not"),
+    ];
+    for (m, _) in abi.args {
+        if !v.iter().any(|x| x.1 == m) {
+            v.push(("pt_regs", m, "a system call argument (no-op copy-ups)"));
+        }
+    }
+    v
+}
+
 /// Overlay module struct members read (offsets from the module's BTF; where it
-/// has none, 5.10, the fallback in probes::program_config: __upperdentry
-/// follows vfs_inode, as in every ovl_entry.h from 4.19 to 7.2).
+/// has none, 5.10, the fallback in probes::config: __upperdentry follows
+/// vfs_inode and flags precedes it, as in every ovl_entry.h from 4.19 to 7.2).
 pub const MODULE_MEMBERS: &[(&str, &str, &str)] = &[
     ("ovl_inode", "vfs_inode", "the overlay inode a dentry points to"),
     (
@@ -152,7 +204,12 @@ pub const MODULE_MEMBERS: &[(&str, &str, &str)] = &[
         "__upperdentry",
         "already on the upper layer: deferred data copy or link-up, not a full copy",
     ),
+    ("ovl_inode", "flags", "OVL_UPPERDATA after the copy-up: it succeeded"),
 ];
+
+/// Overlay module enum values read: (enum, value, fallback where the module has
+/// no BTF (5.10): the value in every fs/overlayfs/overlayfs.h from 4.19 to 7.2).
+pub const MODULE_ENUMS: &[(&str, &str, u32)] = &[("ovl_inode_flag", "OVL_UPPERDATA", 3)];
 
 impl Hooked {
     /// The prototype on kernel `version`.
@@ -210,7 +267,20 @@ pub struct Checked {
 /// major.minor). Prototypes are compared where BTF describes overlayfs (module
 /// BTF, or overlay built in); members always.
 pub fn check(btf: &KernelBtf, release: &str, version: (u32, u32)) -> (Checked, Vec<Drift>) {
-    check_rows(btf, release, version, HOOKS, MEMBERS)
+    let mut members = MEMBERS.to_vec();
+    if let Some(abi) = overlay_agent_common::syscall::NATIVE {
+        members.extend(abi_members(abi));
+    }
+    let (mut checked, mut drifts) = check_rows(btf, release, version, HOOKS, &members);
+    checked.members += 1;
+    if inode_times(btf).is_err() {
+        drifts.push(Drift {
+            function: "struct inode".into(),
+            kernel: release.to_owned(),
+            problem: "none of the atime/mtime layouts (i_atime, __i_atime, i_atime_sec)".into(),
+        });
+    }
+    (checked, drifts)
 }
 
 /// `check` for given rows (tests pass deliberately wrong ones).
@@ -262,11 +332,12 @@ pub fn check_rows(
                 drifts.push(drift(&format!("struct {s}"), e.to_string()));
             }
         }
-        // The 5.10 fallback assumes __upperdentry right after vfs_inode: check it
-        // where BTF can tell.
-        if let (Ok(vfs), Ok(upper), Ok(size)) = (
+        // The 5.10 fallbacks assume __upperdentry right after vfs_inode, flags
+        // right before it, and the enum values: check them where BTF can tell.
+        if let (Ok(vfs), Ok(upper), Ok(flags), Ok(size)) = (
             btf.module_member_offset("ovl_inode", "vfs_inode"),
             btf.module_member_offset("ovl_inode", "__upperdentry"),
+            btf.module_member_offset("ovl_inode", "flags"),
             btf.struct_size("inode"),
         ) {
             if upper != vfs + size.next_multiple_of(8) {
@@ -274,6 +345,21 @@ pub fn check_rows(
                     "struct ovl_inode",
                     format!("__upperdentry at {upper}, not right after vfs_inode ({vfs} + {size})"),
                 ));
+            }
+            if flags + 8 != vfs {
+                drifts.push(drift(
+                    "struct ovl_inode",
+                    format!("flags at {flags}, not right before vfs_inode ({vfs})"),
+                ));
+            }
+        }
+        for (e, v, fallback) in MODULE_ENUMS {
+            checked.members += 1;
+            match btf.module_enum_value(e, v) {
+                Ok(n) if n == *fallback => {}
+                Ok(n) => drifts
+                    .push(drift(&format!("enum {e}"), format!("{v} = {n}, the fallback says {fallback}"))),
+                Err(err) => drifts.push(drift(&format!("enum {e}"), err.to_string())),
             }
         }
     }
@@ -300,10 +386,10 @@ mod tests {
         let file = find("ovl_copy_up_file").expect("row");
         assert_eq!(file.param_index("len", (6, 12)), Some(3));
         assert_eq!(file.prototype((5, 10)), None);
-        let one = find("ovl_copy_up_one").expect("row");
-        assert_eq!(one.program(Kprobe, (5, 10)), Some("one_entry_stack"));
-        assert_eq!(one.program(Kprobe, (6, 1)), Some("one_entry"));
-        assert_eq!(one.program(Kretprobe, (6, 1)), Some("one_exit"));
+        let end = find("ovl_copy_up_end").expect("row");
+        assert_eq!(end.program(Kprobe, (5, 10)), Some("end_entry_stack"));
+        assert_eq!(end.program(Kprobe, (6, 1)), Some("end_entry"));
+        assert_eq!(find("ovl_copy_up_one").expect("row").program(Kprobe, (6, 1)), Some("one_entry"));
     }
 
     /// A drift names the struct or function and the kernel (the host's vmlinux

@@ -1,6 +1,6 @@
 //! The eBPF probes' own families: whether they count (enabled, why not), what
-//! is attached where, and their self-monitoring counters (calls, returns,
-//! return-probe misses, map full, read errors). The copy-up collector writes
+//! is attached where, and their self-monitoring counters (calls, map full,
+//! read errors). The copy-up collector writes
 //! them beside the copy-up counts, from the same status and map reading.
 
 use overlay_agent_common::stat;
@@ -34,18 +34,6 @@ static CALLS: Def = Def {
     kind: MetricType::COUNTER,
     labels: &[],
 };
-static RETURNS: Def = Def {
-    name: "overlayfs_ebpf_copy_up_returns_total",
-    help: "ovl_copy_up_one returns seen; calls minus returns (minus copy-ups in flight) were missed by the kretprobe.",
-    kind: MetricType::COUNTER,
-    labels: &[],
-};
-static RETURN_MISSES: Def = Def {
-    name: "overlayfs_ebpf_return_probe_misses_total",
-    help: "Returns the kernel could not report to a return probe (its maxactive instances all in use), by program (tracefs kprobe_profile).",
-    kind: MetricType::COUNTER,
-    labels: &["probe"],
-};
 static MAP_FULL: Def = Def {
     name: "overlayfs_ebpf_map_full_total",
     help: "Updates dropped because an eBPF map was full.",
@@ -78,19 +66,12 @@ pub(super) fn status_families(status: &ProbeStatus) -> Vec<Family> {
     out
 }
 
-/// The programs' own counters and the kernel's return-probe misses.
-pub(super) fn self_stat_families(reading: &MapReading, misses: &[(String, u64)]) -> Vec<Family> {
-    let mut f = Family::new(&RETURN_MISSES);
-    for (program, n) in misses {
-        f.add(&[program], *n as f64);
-    }
-    let mut out = vec![f];
-    for (def, slot) in [
-        (&CALLS, stat::ONE_ENTRIES),
-        (&RETURNS, stat::ONE_RETURNS),
-        (&MAP_FULL, stat::MAP_FULL),
-        (&READ_ERRORS, stat::READ_ERRORS),
-    ] {
+/// The programs' own counters.
+pub(super) fn self_stat_families(reading: &MapReading) -> Vec<Family> {
+    let mut out = Vec::new();
+    for (def, slot) in
+        [(&CALLS, stat::ONE_ENTRIES), (&MAP_FULL, stat::MAP_FULL), (&READ_ERRORS, stat::READ_ERRORS)]
+    {
         let mut f = Family::new(def);
         f.add(&[], reading.stats.get(slot as usize).copied().unwrap_or(0) as f64);
         out.push(f);

@@ -21,24 +21,25 @@ pub struct Retained {
 
 impl Retained {
     /// Adds a deleted COUNTS entry: its bytes and latency are histogram sums.
-    fn add_counts(&mut self, k: &CountKey, v: &CountValue) {
+    pub(super) fn add_counts(&mut self, k: &CountKey, v: &CountValue) {
         *self.sums.entry((HIST_BYTES, k.cause)).or_default() += v.data_bytes;
         *self.sums.entry((HIST_LATENCY, k.cause)).or_default() += v.latency_ns;
     }
 
     /// Adds a deleted HIST entry.
-    fn add_bucket(&mut self, k: &HistKey, n: u64) {
+    pub(super) fn add_bucket(&mut self, k: &HistKey, n: u64) {
         *self.buckets.entry((k.hist, k.cause, k.bucket)).or_default() += n;
     }
 }
 
+/// The programs' counting maps: the per-CPU slots and the shared maps behind
+/// them (overflow), read together.
 pub struct CopyUpMaps {
     pub(super) counts: PerCpuHashMap<MapData, CountKey, CountValue>,
     pub(super) hist: HashMap<MapData, HistKey, u64>,
     pub(super) stats: PerCpuArray<MapData, u64>,
     pub(super) processes: PerCpuHashMap<MapData, ProcessKey, ProcessValue>,
-    /// Return probes defined in tracefs: (program, event, its kprobe_profile).
-    pub(super) returns: Vec<(String, String, std::path::PathBuf)>,
+    pub(super) slots: super::slots::Slots,
     pub(super) retained: Retained,
 }
 
@@ -76,19 +77,20 @@ impl CopyUpMaps {
         }
     }
 
-    /// Reads every map once (see `probes::reading::read` for the scrape's entry point).
+    /// Reads every map and slot once (see `probes::reading::read` for the
+    /// scrape's entry point).
     pub fn read(&self) -> MapReading {
         let mut s = MapReading::default();
         for (k, per_cpu) in entries(&self.counts) {
             let e = s.counts.entry(k).or_default();
             for v in per_cpu.iter() {
-                e.copy_ups += v.copy_ups;
-                e.data_bytes += v.data_bytes;
-                e.errors += v.errors;
-                e.latency_ns += v.latency_ns;
+                e.add(v);
             }
         }
-        for (k, n) in self.hist_entries() {
+        for (k, v) in self.slots.counts() {
+            s.counts.entry(k).or_default().add(&v);
+        }
+        for (k, n) in self.hist_entries().into_iter().chain(self.slots.hist()) {
             *s.hist.entry(k).or_default() += n;
         }
         s.retained = self.retained.clone();
@@ -104,31 +106,21 @@ impl CopyUpMaps {
     /// kernel's NUL-padded thread name; invalid UTF-8 is replaced, not dropped.
     pub fn processes(&self) -> BTreeMap<String, ProcessValue> {
         let mut out: BTreeMap<String, ProcessValue> = BTreeMap::new();
-        for (k, per_cpu) in entries(&self.processes) {
+        let shared = entries(&self.processes)
+            .into_iter()
+            .flat_map(|(k, per_cpu)| per_cpu.into_iter().map(move |v| (k, v)));
+        for (k, v) in shared.chain(self.slots.processes()) {
             let comm = String::from_utf8_lossy(overlay_agent_common::until_nul(&k)).into_owned();
             let e = out.entry(comm).or_default();
-            for v in per_cpu.iter() {
-                e.copy_ups += v.copy_ups;
-                e.data_bytes += v.data_bytes;
-            }
+            e.copy_ups += v.copy_ups;
+            e.data_bytes += v.data_bytes;
         }
         out
     }
 
-    /// The kernel's missed returns of each tracefs return probe, by program
-    /// (kprobe_profile).
-    pub fn return_misses(&self) -> Vec<(String, u64)> {
-        self.returns
-            .iter()
-            .filter_map(|(program, event, profile)| {
-                Some((program.clone(), super::retprobe::profile(profile, event)?.1))
-            })
-            .collect()
-    }
-
     /// Drops the counters of devices no longer mounted, so that vanished mounts
-    /// leave /metrics. What they counted stays in the node-wide histograms
-    /// (`Retained`). The maps are read in batches, as a scrape reads them (a few
+    /// leave /metrics: their slots are released, their map entries deleted.
+    /// What they counted stays in the node-wide histograms (`Retained`). The maps are read in batches, as a scrape reads them (a few
     /// syscalls, not two per key under the maps mutex), then each stale key is
     /// deleted (one syscall each).
     ///
@@ -138,6 +130,7 @@ impl CopyUpMaps {
     /// discovery interval) keeps the old mount's counts, or loses its own first
     /// ones when the old number is forgotten.
     pub fn forget(&mut self, mut keep: impl FnMut(u32) -> bool) {
+        self.slots.release(&mut keep, &mut self.retained);
         for (k, per_cpu) in entries(&self.counts) {
             if keep(k.dev) {
                 continue;
@@ -165,8 +158,8 @@ mod tests {
     fn retained_adds_up_deleted_entries() {
         let mut r = Retained::default();
         let k = CountKey { dev: 7, cause: 2, kind: 0, _pad: [0; 2] };
-        r.add_counts(&k, &CountValue { copy_ups: 1, data_bytes: 100, errors: 0, latency_ns: 5 });
-        r.add_counts(&k, &CountValue { copy_ups: 2, data_bytes: 50, errors: 0, latency_ns: 7 });
+        r.add_counts(&k, &CountValue { copy_ups: 1, data_bytes: 100, latency_ns: 5, ..Default::default() });
+        r.add_counts(&k, &CountValue { copy_ups: 2, data_bytes: 50, latency_ns: 7, ..Default::default() });
         r.add_bucket(&HistKey { dev: 7, cause: 2, hist: HIST_LATENCY, bucket: 3 }, 2);
         r.add_bucket(&HistKey { dev: 8, cause: 2, hist: HIST_LATENCY, bucket: 3 }, 1);
         assert_eq!(r.sums.get(&(HIST_BYTES, 2)), Some(&150));

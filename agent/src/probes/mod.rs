@@ -5,22 +5,22 @@
 
 mod attach;
 pub mod batch;
+mod config;
 pub mod forget;
 pub mod maps;
 pub mod plan;
 pub mod reading;
-pub mod retprobe;
+mod slots;
 mod status;
 
 use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
 
 use aya::maps::{Array, PerCpuArray, PerCpuHashMap};
-use aya::Ebpf;
-use overlay_agent_common::{syscall, ProgramConfig};
+use aya::{Ebpf, EbpfLoader};
+use overlay_agent_common::{syscall, ProgramConfig, COUNT_SLOTS, HIST_SLOTS};
 
 use crate::kernel::btf::KernelBtf;
-use crate::kernel::hooks::{self, Group};
 use crate::kernel::symbols::Symbols;
 use attach::Attacher;
 use maps::CopyUpMaps;
@@ -53,8 +53,6 @@ impl Default for ProbeOptions {
 
 /// Loaded and attached programs. Dropping it detaches every probe.
 pub struct Probes {
-    /// Declared first: dropped (detached, events removed) before the programs.
-    _retprobes: Vec<retprobe::Retprobe>,
     ebpf: Ebpf,
 }
 
@@ -65,13 +63,9 @@ impl Probes {
     }
 
     /// Turns the per-mount histogram keys on or off in the running programs (a
-    /// reload of `ebpf.per_mount_histograms`): rewrites that field of CONFIG.
+    /// reload of `ebpf.per_mount_histograms`).
     pub fn set_per_mount_histograms(&mut self, on: bool) -> Result<(), String> {
-        let map = self.ebpf.map_mut("CONFIG").ok_or("map CONFIG not in object")?;
-        let mut array: Array<_, ProgramConfig> = Array::try_from(map).map_err(|e| e.to_string())?;
-        let mut cfg = array.get(&0, 0).map_err(|e| format!("reading CONFIG: {e}"))?;
-        cfg.per_mount_histograms = on as u32;
-        array.set(0, cfg, 0).map_err(|e| format!("writing CONFIG: {e}"))
+        write_settings(&mut self.ebpf, on)
     }
 }
 
@@ -83,71 +77,6 @@ pub struct ProbeHandle {
     /// Copy-up counts by device, published at each read of the maps
     /// (`reading::read`) for the scan pool.
     pub activity: std::sync::Arc<crate::activity::Activity>,
-}
-
-/// x86_64 THREAD_SIZE: 16 KiB, 32 KiB with KASAN (arch/x86/include/asm/page_64_types.h).
-fn thread_size(symbols: &Symbols) -> u32 {
-    if symbols.kasan {
-        32 << 10
-    } else {
-        16 << 10
-    }
-}
-
-/// Where the upper dentry sits from the overlay inode's address: from the
-/// module's BTF, else (5.10) right after the VFS inode, as in every
-/// fs/overlayfs/ovl_entry.h from 4.19 to 7.2 (the QEMU suite checks that
-/// layout on the kernels with module BTF).
-fn ovl_inode_upper(btf: &KernelBtf) -> Result<u32, String> {
-    match (
-        btf.module_member_offset("ovl_inode", "vfs_inode"),
-        btf.module_member_offset("ovl_inode", "__upperdentry"),
-    ) {
-        (Ok(vfs), Ok(upper)) if upper > vfs => Ok(upper - vfs),
-        _ => Ok(btf.struct_size("inode").map_err(|e| e.to_string())?.next_multiple_of(8)),
-    }
-}
-
-/// Computes the programs' config from BTF and the table in kernel::hooks.
-/// Errors name what is missing.
-fn program_config(
-    btf: &KernelBtf,
-    symbols: &Symbols,
-    version: (u32, u32),
-    opts: &ProbeOptions,
-) -> Result<ProgramConfig, String> {
-    let off = |s: &str, m: &str| btf.member_offset(s, m).map_err(|e| e.to_string());
-    // The length's position: from the module's BTF where the kernel has it,
-    // else from the table's prototype for this kernel (5.10 has no module BTF).
-    let copy_len_arg = match plan::chosen(symbols, Group::DataCopy) {
-        Some(f) => btf
-            .param_index(f, "len")
-            .or_else(|| hooks::find(f)?.param_index("len", version))
-            .ok_or_else(|| format!("no parameter len of {f} on {version:?}"))? as u32,
-        None => 0,
-    };
-    let regs_size = btf.struct_size("pt_regs").map_err(|e| e.to_string())?;
-    Ok(ProgramConfig {
-        dentry_d_sb: off("dentry", "d_sb")?,
-        dentry_d_inode: off("dentry", "d_inode")?,
-        sb_s_dev: off("super_block", "s_dev")?,
-        inode_i_mode: off("inode", "i_mode")?,
-        copy_len_arg,
-        per_mount_histograms: opts.per_mount_histograms as u32,
-        ready: 1,
-        dentry_name_ptr: off("dentry", "d_name")? + off("qstr", "name")?,
-        task_stack: off("task_struct", "stack")?,
-        // Before 5.15 (the only kernels that use it) x86_64 has no padding above
-        // the registers (TOP_OF_KERNEL_STACK_PADDING is 0 until FRED, 6.9).
-        stack_regs_offset: thread_size(symbols).saturating_sub(regs_size),
-        regs_orig_ax: off("pt_regs", "orig_ax")?,
-        regs_cs: off("pt_regs", "cs")?,
-        ovl_inode_upper: ovl_inode_upper(btf)?,
-        trace_min_latency_ns: opts
-            .trace_min_latency
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-            .unwrap_or(u64::MAX),
-    })
 }
 
 /// Loads and attaches the probes. Always returns a status; `Some(Probes)` only
@@ -181,23 +110,23 @@ fn start_inner(opts: &ProbeOptions) -> (Option<(Probes, CopyUpMaps)>, ProbeStatu
         Err(e) => return (None, disabled(Disabled::NoBtf(e.to_string()))),
     };
     let version = crate::kernel::version().unwrap_or((0, 0));
-    let cfg = match program_config(&btf, &symbols, version, opts) {
+    let cfg = match config::program_config(&btf, &symbols, version, opts) {
         Ok(c) => c,
         Err(e) => return (None, disabled(Disabled::NoBtf(e))),
     };
     tracing::debug!(?cfg, overlay_btf = btf.has_overlay_btf(), "eBPF program config");
     raise_memlock();
-    let mut ebpf = match Ebpf::load(OBJECT) {
+    let mut ebpf = match load(&cfg) {
         Ok(e) => e,
         Err(e) => {
             return (None, disabled(Disabled::from_error(&e, format!("loading eBPF maps: {}", chain(&e)))))
         }
     };
-    if let Err(e) = write_config(&mut ebpf, cfg) {
+    if let Err(e) = write_tables(&mut ebpf, opts.per_mount_histograms) {
         return (None, disabled(Disabled::LoadFailed(e)));
     }
     let mut status = ProbeStatus { per_mount_histograms: opts.per_mount_histograms, ..Default::default() };
-    let mut att = Attacher::new(true);
+    let mut att = Attacher::default();
     for p in plan::plan(&symbols, version) {
         status.attachments.push(att.attach(&mut ebpf, &p));
     }
@@ -216,13 +145,7 @@ fn start_inner(opts: &ProbeOptions) -> (Option<(Probes, CopyUpMaps)>, ProbeStatu
     match take_maps(&mut ebpf) {
         Ok(maps) => {
             status.enabled = true;
-            let returns = att
-                .returns
-                .iter()
-                .map(|r| (r.program.clone(), r.event.clone(), r.tracefs_profile()))
-                .collect();
-            let maps = CopyUpMaps { returns, ..maps };
-            (Some((Probes { _retprobes: att.returns, ebpf }, maps)), status)
+            (Some((Probes { ebpf }, maps)), status)
         }
         Err(e) => (None, disabled(Disabled::LoadFailed(e))),
     }
@@ -241,16 +164,35 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Writes CONFIG and the SYSCALL_CAUSE table (cause + 1 by call number).
-fn write_config(ebpf: &mut Ebpf, cfg: ProgramConfig) -> Result<(), String> {
+/// Loads the object with the config as its frozen global, and the released-slot
+/// arrays sized to the possible CPUs.
+fn load(cfg: &ProgramConfig) -> Result<Ebpf, aya::EbpfError> {
+    let cpus = aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1).max(1);
+    EbpfLoader::new()
+        .set_global("CONFIG", cfg, true)
+        .set_max_entries("COUNT_DEAD", COUNT_SLOTS * cpus)
+        .set_max_entries("HIST_DEAD", HIST_SLOTS * cpus)
+        .load(OBJECT)
+}
+
+/// Writes the SYSCALL_CAUSE table (encoded entries by call number) and SETTINGS.
+fn write_tables(ebpf: &mut Ebpf, per_mount_histograms: bool) -> Result<(), String> {
+    let abi = syscall::NATIVE.ok_or("no system-call table for this arch")?;
     let map = ebpf.map_mut("SYSCALL_CAUSE").ok_or("map SYSCALL_CAUSE not in object")?;
-    let mut table: Array<_, u8> = Array::try_from(map).map_err(|e| e.to_string())?;
-    for (name, nr, cause) in syscall::X86_64 {
-        table.set(*nr, cause + 1, 0).map_err(|e| format!("writing SYSCALL_CAUSE[{name}]: {e}"))?;
+    let mut table: Array<_, u16> = Array::try_from(map).map_err(|e| e.to_string())?;
+    for (name, nr) in abi.numbers {
+        let call = syscall::find(name).ok_or_else(|| format!("{name}: not in the call table"))?;
+        table
+            .set(*nr, syscall::encode(call), 0)
+            .map_err(|e| format!("writing SYSCALL_CAUSE[{name}]: {e}"))?;
     }
-    let map = ebpf.map_mut("CONFIG").ok_or("map CONFIG not in object")?;
-    let mut array: Array<_, ProgramConfig> = Array::try_from(map).map_err(|e| e.to_string())?;
-    array.set(0, cfg, 0).map_err(|e| format!("writing CONFIG: {e}"))
+    write_settings(ebpf, per_mount_histograms)
+}
+
+fn write_settings(ebpf: &mut Ebpf, per_mount_histograms: bool) -> Result<(), String> {
+    let map = ebpf.map_mut("SETTINGS").ok_or("map SETTINGS not in object")?;
+    let mut array: Array<_, u32> = Array::try_from(map).map_err(|e| e.to_string())?;
+    array.set(0, per_mount_histograms as u32, 0).map_err(|e| format!("writing SETTINGS: {e}"))
 }
 
 fn take_maps(ebpf: &mut Ebpf) -> Result<CopyUpMaps, String> {
@@ -259,7 +201,15 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<CopyUpMaps, String> {
     let hist = aya::maps::HashMap::try_from(take("HIST")?).map_err(|e| e.to_string())?;
     let stats = PerCpuArray::try_from(take("STATS")?).map_err(|e| e.to_string())?;
     let processes = PerCpuHashMap::try_from(take("PROCESSES")?).map_err(|e| e.to_string())?;
-    Ok(CopyUpMaps { counts, hist, stats, processes, returns: Vec::new(), retained: Default::default() })
+    let slots = slots::Slots {
+        counts: PerCpuArray::try_from(take("COUNT_SLOTS_MAP")?).map_err(|e| e.to_string())?,
+        count_dead: Array::try_from(take("COUNT_DEAD")?).map_err(|e| e.to_string())?,
+        hist: PerCpuArray::try_from(take("HIST_SLOTS_MAP")?).map_err(|e| e.to_string())?,
+        hist_dead: Array::try_from(take("HIST_DEAD")?).map_err(|e| e.to_string())?,
+        processes: PerCpuArray::try_from(take("PROCESS_SLOTS_MAP")?).map_err(|e| e.to_string())?,
+        released: Default::default(),
+    };
+    Ok(CopyUpMaps { counts, hist, stats, processes, slots, retained: Default::default() })
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
@@ -279,11 +229,27 @@ mod tests {
     #[test]
     fn object_has_every_planned_program_and_map() {
         let obj = aya_obj::Object::parse(OBJECT).expect("parse the embedded eBPF object");
-        for p in hooks::program_names() {
+        for p in crate::kernel::hooks::program_names() {
             assert!(obj.programs.contains_key(p), "program {p} missing from the eBPF object");
         }
         assert!(!obj.programs.contains_key("meta_entry"), "no probe on the metadata copy");
-        for m in ["CONFIG", "SYSCALL_CAUSE", "COUNTS", "HIST", "STATS", "PROCESSES", "TRACE", "INFLIGHT"] {
+        assert!(!obj.programs.contains_key("one_exit"), "no return probe");
+        for m in [
+            "SETTINGS",
+            "SYSCALL_CAUSE",
+            "THREADS",
+            "SPILL",
+            "COUNT_SLOTS_MAP",
+            "COUNTS",
+            "COUNT_DEAD",
+            "HIST_SLOTS_MAP",
+            "HIST",
+            "HIST_DEAD",
+            "PROCESS_SLOTS_MAP",
+            "PROCESSES",
+            "STATS",
+            "TRACE",
+        ] {
             assert!(obj.maps.contains_key(m), "map {m} missing from the eBPF object");
         }
     }

@@ -30,10 +30,8 @@ pub fn plan(symbols: &Symbols, version: (u32, u32)) -> Vec<Planned> {
         let Some(first) = rows.first() else { continue };
         let row = chosen(symbols, group).and_then(crate::kernel::hooks::find).unwrap_or(first);
         let function = chosen(symbols, group);
-        for mechanism in [Mechanism::Kprobe, Mechanism::Kretprobe] {
-            if let Some(program) = row.program(mechanism, version) {
-                out.push(Planned { program, mechanism, function, core: row.core });
-            }
+        if let Some(program) = row.program(Mechanism::Kprobe, version) {
+            out.push(Planned { program, mechanism: Mechanism::Kprobe, function, core: row.core });
         }
     }
     out
@@ -63,9 +61,9 @@ mod tests {
             |prog: &str| p.iter().filter(|x| x.program == prog).map(|x| x.function).collect::<Vec<_>>();
         assert_eq!(find("data_entry"), vec![Some("ovl_copy_up_file")]);
         assert_eq!(find("one_entry"), vec![Some("ovl_copy_up_one")]);
-        assert_eq!(find("one_exit"), vec![Some("ovl_copy_up_one")]);
-        assert!(find("one_entry_stack").is_empty());
-        assert_eq!(p.len(), 4, "no hook on operations that do not copy up: {p:?}");
+        assert_eq!(find("end_entry"), vec![Some("ovl_copy_up_end")]);
+        assert!(find("end_entry_stack").is_empty());
+        assert_eq!(p.len(), 3, "three programs, none on operations that do not copy up: {p:?}");
         assert!(p.iter().all(|x| x.function.is_some()), "{p:?}");
     }
 
@@ -75,8 +73,8 @@ mod tests {
         let p = plan(&s, (5, 10));
         let find = |prog: &str| p.iter().find(|x| x.program == prog).map(|x| x.function);
         assert_eq!(find("data_entry"), Some(Some("ovl_copy_up_data")));
-        assert_eq!(find("one_entry_stack"), Some(Some("ovl_copy_up_one")));
-        assert_eq!(find("one_entry"), None);
+        assert_eq!(find("end_entry_stack"), Some(Some("ovl_copy_up_end")));
+        assert_eq!(find("end_entry"), None);
         let s = syms(&["ovl_copy_up_one", "ovl_copy_up_end"]);
         let p = plan(&s, (5, 10));
         let find = |prog: &str| p.iter().find(|x| x.program == prog).map(|x| x.function);

@@ -17,8 +17,6 @@ use crate::sync::LockExt;
 pub struct Reading {
     /// The maps' contents.
     pub maps: MapReading,
-    /// The kernel's missed returns of each tracefs return probe, by program.
-    pub return_misses: Vec<(String, u64)>,
 }
 
 /// Reads the maps (`None` while the probes do not run), then publishes the
@@ -27,7 +25,7 @@ pub fn read(handle: &ProbeHandle) -> Option<Reading> {
     let reading = {
         let maps = handle.maps.locked();
         let m = maps.as_ref()?;
-        Reading { maps: m.read(), return_misses: m.return_misses() }
+        Reading { maps: m.read() }
     };
     publish(&handle.activity, &reading.maps, Instant::now());
     Some(reading)

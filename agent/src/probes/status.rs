@@ -149,8 +149,6 @@ pub struct AttachState {
     pub errno: Option<i32>,
     /// Without it nothing can be counted.
     pub core: bool,
-    /// A return probe's maxactive, when set explicitly (tracefs).
-    pub maxactive: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -54,7 +54,7 @@ retprobe_events() { grep -c overlay_agent /sys/kernel/tracing/kprobe_events 2>/d
 
 # bpfstats is bench without the timed storms.
 script=/modes/$mode.sh
-[ "$mode" = bpfstats ] && script=/modes/bench.sh
+[ "$mode" = bpfstats ] || [ "$mode" = micro ] && script=/modes/bench.sh
 if [ -f "$script" ]; then . "$script"; else echo "=== NO MODE $mode"; fi
 echo "=== DONE"
 poweroff -f

@@ -38,6 +38,12 @@ static SECONDS: Def = Def {
     kind: MetricType::COUNTER,
     labels: &["mountpoint", "mntns", "cause"],
 };
+static NOOP: Def = Def {
+    name: "overlayfs_copy_up_noop_total",
+    help: "Copy-ups by a chown, chmod or utimes that set what the file already had (owner, group, mode, times), by cause; also in overlayfs_copy_up_total.",
+    kind: MetricType::COUNTER,
+    labels: &["mountpoint", "mntns", "cause"],
+};
 static ERRORS: Def = Def {
     name: "overlayfs_copy_up_errors_total",
     help: "Copy-ups that returned an error, by cause.",
@@ -66,7 +72,7 @@ impl Collector for CopyUpCollector {
     fn collect(&self) -> Vec<Family> {
         let status = self.probes.status.read_now().clone();
         let mut out = ebpf::status_families(&status);
-        let Some(Reading { maps, return_misses }) = reading::read(&self.probes) else {
+        let Some(Reading { maps }) = reading::read(&self.probes) else {
             return out;
         };
         let labels = MountLabels::new(&self.mounts.get().table, &maps);
@@ -77,7 +83,7 @@ impl Collector for CopyUpCollector {
             status.per_mount_histograms,
             *self.classic.read_now(),
         ));
-        out.extend(ebpf::self_stat_families(&maps, &return_misses));
+        out.extend(ebpf::self_stat_families(&maps));
         out
     }
 }
@@ -117,12 +123,17 @@ fn counter_families(reading: &MapReading, labels: &MountLabels) -> Vec<Family> {
     let mut bytes: ByCause = BTreeMap::new();
     let mut errors: ByCause = BTreeMap::new();
     let mut seconds: ByCause = BTreeMap::new();
+    let mut noop: ByCause = BTreeMap::new();
     for (k, v) in &reading.counts {
         let (l, c) = (labels.get(k.dev), cause::name(k.cause));
         *copy_ups.entry((l, c, kind::name(k.kind))).or_default() += v.copy_ups;
         *bytes.entry((l, c)).or_default() += v.data_bytes;
         *errors.entry((l, c)).or_default() += v.errors;
         *seconds.entry((l, c)).or_default() += v.latency_ns;
+        // Only the causes that can set what the file has: no series of zeros for the others.
+        if NOOP_CAUSES.contains(&k.cause) {
+            *noop.entry((l, c)).or_default() += v.noop;
+        }
     }
     let mut f_copy_ups = Family::new(&COPY_UPS);
     for ((l, c, k), n) in &copy_ups {
@@ -141,5 +152,9 @@ fn counter_families(reading: &MapReading, labels: &MountLabels) -> Vec<Family> {
         // Time blocked in copy-ups per mount: the latency sums the kernel keeps per key.
         by_mount_cause(&SECONDS, &seconds, 1e-9),
         by_mount_cause(&ERRORS, &errors, 1.0),
+        by_mount_cause(&NOOP, &noop, 1.0),
     ]
 }
+
+/// The causes of `overlayfs_copy_up_noop_total`.
+const NOOP_CAUSES: [u8; 3] = [cause::CHOWN, cause::CHMOD, cause::UTIMES];

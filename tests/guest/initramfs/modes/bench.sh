@@ -3,8 +3,10 @@
 # ready, runs, kprobes and retprobe_events); tests/guest (overhead.rs) reads the
 # output. bench: the timed storms, then the BPF statistics; bpfstats: the
 # statistics only.
-rounds="1 2 3 4 5 6 7"; churn_rounds="1 2 3 4 5"
+rounds="1 2 3 4 5 6 7"; churn_rounds="1 2 3 4 5"; stat_cfgs="bare agent bare agent bare agent bare agent bare agent"
 [ "$mode" = bpfstats ] && { rounds=""; churn_rounds=""; }
+# micro: the cost model (one program per operation), one storm.
+[ "$mode" = micro ] && { rounds=""; churn_rounds=""; stat_cfgs="micro"; }
 # Copy-up storm: lchown of every entry of a fresh overlay over 10,000 lower
 # files (each a data copy-up), with no probes, the bare counting pair, and the
 # agent; then the same storm on a plain tmpfs tree (no overlay), without and
@@ -22,8 +24,8 @@ fresh() {
 start() {
   pid=
   case $1 in
-    bare)
-      /qemu-bare-probe > /bare.log 2>&1 &
+    bare|micro)
+      /qemu-bare-probe $([ $1 = micro ] && echo micro) > /bare.log 2>&1 &
       pid=$!
       until grep -q attached /bare.log; do usleep 50000; done ;;
     agent)
@@ -52,14 +54,16 @@ done
 # Five alternating rounds: a busy host preempts the vCPUs inside programs,
 # which inflates single figures; the test takes the medians.
 sysctl -w kernel.bpf_stats_enabled=1 > /dev/null
-for cfg in bare agent bare agent bare agent bare agent bare agent; do
+for cfg in $stat_cfgs; do
   fresh; start $cfg; uid=$((uid + 1))
   /qemu-workload storm /t/s/merged $uid > /dev/null
   runs=0; ns=0
-  for f in /proc/$pid/fdinfo/*; do
-    c=$(awk '/^run_cnt:/ {print $2}' $f); t=$(awk '/^run_time_ns:/ {print $2}' $f)
-    [ -n "$c" ] && { runs=$((runs + c)); ns=$((ns + t)); echo "=== PROG $cfg fd ${f##*/} $c runs $t ns"; }
-  done
+  # Every loaded program is this configuration's (the previous one has exited).
+  /qemu-bare-probe stats > /progs.txt
+  while read -r _ name c t; do
+    runs=$((runs + c)); ns=$((ns + t)); echo "=== PROG $cfg $name $c runs $t ns"
+  done < /progs.txt
+  [ $cfg = micro ] && cat /bare.log
   echo "=== BENCH bpfstats $cfg $runs runs $ns ns"
   stop
 done
@@ -75,6 +79,7 @@ for round in $churn_rounds; do
     stop
   done
 done
+[ "$mode" = micro ] && return
 sysctl -w kernel.bpf_stats_enabled=1 > /dev/null
 fresh; start agent
 before=$(runs $pid)

@@ -115,7 +115,7 @@ fn probe_overhead() {
         // OVERLAY_AGENT_BENCH=bpfstats: only the in-program statistics (no timed storms).
         let mode = std::env::var("OVERLAY_AGENT_BENCH").unwrap_or_else(|_| "bench".into());
         let (console, log) = run_guest(&version, &mode, "qemu-bench");
-        if mode == "bpfstats" {
+        if mode == "bpfstats" || mode == "micro" {
             for l in console.lines().filter(|l| {
                 l.starts_with("=== PROG ") || l.starts_with("=== BENCH ") || l.starts_with("=== CLOCKSOURCE")
             }) {

@@ -21,7 +21,13 @@ fn reading() -> MapReading {
         let k = CountKey { dev, cause: cause::CHOWN, kind: kind::DATA, _pad: [0; 2] };
         s.counts.insert(
             k,
-            CountValue { copy_ups: 2, data_bytes: 4096 + (1 << 20), errors: 0, latency_ns: 1_501_000_000 },
+            CountValue {
+                copy_ups: 2,
+                data_bytes: 4096 + (1 << 20),
+                errors: 0,
+                latency_ns: 1_501_000_000,
+                noop: 0,
+            },
         );
         for (hist, v) in [
             (HIST_BYTES, 4096),

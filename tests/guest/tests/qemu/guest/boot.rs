@@ -4,14 +4,36 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// OVERLAY_AGENT_QEMU_ICOUNT=SHIFT: the guest's clocks advance by 2^SHIFT ns per
+/// instruction executed instead of with the host's time (QEMU `-icount`, one
+/// vCPU). In-program times (bpf_stats) then count the
+/// guest instructions run, whatever the host's load: the benchmarks' steady
+/// measure. Unset: real time, as a native machine runs.
+fn icount() -> Vec<String> {
+    match std::env::var("OVERLAY_AGENT_QEMU_ICOUNT") {
+        Ok(shift) if !shift.is_empty() => vec!["-icount".into(), format!("shift={shift},sleep=off")],
+        _ => Vec::new(),
+    }
+}
+
+fn default_smp() -> &'static str {
+    if icount().is_empty() {
+        "2"
+    } else {
+        "1"
+    }
+}
+
 /// Boots the kernel under TCG and returns the serial console output.
 pub fn boot(kernel: &Path, initrd: &Path, log: &Path, memory_mib: u32) -> String {
     let out = std::fs::File::create(log).expect("create console log");
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-cpu", "max", "-nographic", "-no-reboot"])
         // OVERLAY_AGENT_QEMU_SMP: more vCPUs for the benchmarks (how per-CPU maps scale).
-        .args(["-smp", &std::env::var("OVERLAY_AGENT_QEMU_SMP").unwrap_or_else(|_| "2".into())])
+        // Under -icount a second vCPU never comes up (QEMU 7.2): one vCPU there.
+        .args(["-smp", &std::env::var("OVERLAY_AGENT_QEMU_SMP").unwrap_or_else(|_| default_smp().into())])
         .args(["-m", &memory_mib.to_string()])
+        .args(icount())
         .arg("-kernel")
         .arg(kernel.join("vmlinuz"))
         .arg("-initrd")
