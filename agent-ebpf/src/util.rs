@@ -59,6 +59,7 @@ pub fn tid() -> u32 {
 /// Argument `i` (0-based) of the probed function, for a position known only at
 /// load (read from BTF by the agent): every argument register is loaded at a
 /// constant offset and one is picked. x86_64 calling convention.
+#[cfg(not(bpf_target_arch = "aarch64"))]
 #[inline(always)]
 pub fn arg_at(ctx: &ProbeContext, i: u32) -> Option<u64> {
     let regs = ctx.regs;
@@ -74,6 +75,31 @@ pub fn arg_at(ctx: &ProbeContext, i: u32) -> Option<u64> {
             core::ptr::read_volatile(&(*regs).r9),
         )
     };
+    pick(i, [a0, a1, a2, a3, a4, a5])
+}
+
+/// The same on aarch64: the arguments are x0..x5, `regs[0..5]` of the
+/// user_pt_regs aya gives kprobes there.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+pub fn arg_at(ctx: &ProbeContext, i: u32) -> Option<u64> {
+    let regs = ctx.regs;
+    // SAFETY: as above; regs[0..5] are within the 31 saved registers.
+    let (a0, a1, a2, a3, a4, a5) = unsafe {
+        (
+            core::ptr::read_volatile(&(*regs).regs[0]),
+            core::ptr::read_volatile(&(*regs).regs[1]),
+            core::ptr::read_volatile(&(*regs).regs[2]),
+            core::ptr::read_volatile(&(*regs).regs[3]),
+            core::ptr::read_volatile(&(*regs).regs[4]),
+            core::ptr::read_volatile(&(*regs).regs[5]),
+        )
+    };
+    pick(i, [a0, a1, a2, a3, a4, a5])
+}
+
+#[inline(always)]
+fn pick(i: u32, [a0, a1, a2, a3, a4, a5]: [u64; 6]) -> Option<u64> {
     match i {
         0 => Some(a0),
         1 => Some(a1),
