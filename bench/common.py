@@ -8,7 +8,9 @@ import socket
 import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AGENT = os.path.join(ROOT, "target/release/overlay-agent")
+# OVERLAY_AGENT_BIN: another build of the agent (the test command's smoke runs
+# use its static release build).
+AGENT = os.environ.get("OVERLAY_AGENT_BIN", os.path.join(ROOT, "target/release/overlay-agent"))
 TICK = os.sysconf("SC_CLK_TCK")
 
 

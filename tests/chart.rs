@@ -205,15 +205,11 @@ fn daemonset_matches_the_unit_and_the_agent() {
         .iter()
         .filter_map(|m| m["mountPath"].as_str())
         .collect();
-    for want in [
-        "/host/proc",
-        "/host",
-        "/sys/kernel/btf",
-        "/sys/kernel/tracing",
-        "/etc/overlay-agent/overlay-agent.yaml",
-    ] {
+    for want in ["/host/proc", "/host", "/sys/kernel/btf", "/etc/overlay-agent/overlay-agent.yaml"] {
         assert!(mounts.contains(&want), "mount {want}: {mounts:?}");
     }
+    // No return probe, so nothing is defined in tracefs: the pod does not mount it.
+    assert!(!mounts.contains(&"/sys/kernel/tracing"), "tracefs mounted: {mounts:?}");
     assert_eq!(c["ports"][0]["containerPort"], 9864);
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     let svc = kind(&d, "Service");

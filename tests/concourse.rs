@@ -212,6 +212,7 @@ fn lifecycle(worker: &Worker) {
     let m = wait_state(&agent, &volumes, "init", kind, None);
     let info = info_of(&m).expect("mount_info");
     let mntns = worker.mntns();
+    eprintln!("the volume in init/: {info}");
     assert_eq!(info.contains(&format!("mntns=\"{mntns}\"")), !mntns.is_empty(), "{info}");
     assert!(info.contains(&format!("metacopy=\"{}\"", if metacopy { "on" } else { "" })), "{info}");
     let id = MAPPED_ROOT.to_string();

@@ -122,22 +122,7 @@ fn upper_dirs_built_to_hurt() {
 
     // Something keeps renaming, deleting and copying up in `churn` meanwhile.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let churner = {
-        let (merged, stop) = (churn.merged.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut i = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let d = merged.join(format!("dir{}", i % 7));
-                let _ = std::fs::create_dir_all(d.join("sub"));
-                let _ = std::fs::write(d.join("sub/file"), b"x");
-                let _ = std::fs::rename(&d, merged.join(format!("moved{}", i % 5)));
-                let _ = std::fs::remove_dir_all(merged.join(format!("moved{}", (i + 2) % 5)));
-                let _ = std::os::unix::fs::chown(merged.join(format!("f{}", i % 200)), Some(1), Some(1));
-                let _ = std::fs::remove_file(merged.join(format!("f{}", (i + 100) % 200)));
-                i += 1;
-            }
-        })
-    };
+    let churner = churn_in(churn.merged.clone(), stop.clone());
 
     let cfg = config_for(base, "");
     let agent = Agent::start(base, &["--config", cfg.to_str().expect("utf8")]);
@@ -199,6 +184,26 @@ fn upper_dirs_built_to_hurt() {
     assert!(!agent.log().contains("panicked"), "{}", agent.log());
 }
 
+/// A thread that renames, deletes and copies up in `merged` until `stop`.
+fn churn_in(
+    merged: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut i = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let d = merged.join(format!("dir{}", i % 7));
+            let _ = std::fs::create_dir_all(d.join("sub"));
+            let _ = std::fs::write(d.join("sub/file"), b"x");
+            let _ = std::fs::rename(&d, merged.join(format!("moved{}", i % 5)));
+            let _ = std::fs::remove_dir_all(merged.join(format!("moved{}", (i + 2) % 5)));
+            let _ = std::os::unix::fs::chown(merged.join(format!("f{}", i % 200)), Some(1), Some(1));
+            let _ = std::fs::remove_file(merged.join(format!("f{}", (i + 100) % 200)));
+            i += 1;
+        }
+    })
+}
+
 /// A FUSE filesystem (bindfs) mounted over one upper dir's path, its daemon then
 /// stopped: every call into it hangs. The scan of that upper dir times out and is
 /// marked stale; the other mount keeps being measured by a replacement worker,
@@ -215,31 +220,7 @@ fn a_hung_filesystem_marks_one_mount_stale_and_blocks_nothing() {
     // bindfs over the upper dir's path: the agent's lookups go through FUSE.
     let src = base.join("fuse-src");
     std::fs::create_dir_all(&src).expect("mkdir");
-    // The upper dir is not empty: libfuse 2 needs -o nonempty, libfuse 3 refuses it.
-    let mounted = |bindfs: &mut std::process::Child| {
-        wait_for("the FUSE mount", Duration::from_secs(10), || {
-            if let Ok(Some(_)) = bindfs.try_wait() {
-                return Some(false);
-            }
-            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            mounts.contains(&format!(" {} ", hung.upper.display())).then_some(true)
-        })
-    };
-    let spawn = |extra: &[&str]| {
-        Command::new("bindfs")
-            .args(["-f", "--no-allow-other"])
-            .args(extra)
-            .arg(&src)
-            .arg(&hung.upper)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("bindfs (the README's test command installs it)")
-    };
-    let mut bindfs = spawn(&["-o", "nonempty"]);
-    if !mounted(&mut bindfs) {
-        bindfs = spawn(&[]);
-        assert!(mounted(&mut bindfs), "bindfs did not mount");
-    }
+    let mut bindfs = bindfs_over(&src, &hung.upper);
     let cfg = config_for(base, "  timeout: 1s\n  concurrency: 1\n");
     let agent = Agent::start(base, &["--config", cfg.to_str().expect("utf8")]);
     let (ok_mp, hung_mp) = (mp_label(&ok.merged), mp_label(&hung.merged));
@@ -295,6 +276,36 @@ fn a_hung_filesystem_marks_one_mount_stale_and_blocks_nothing() {
     let _ = Command::new("umount").arg(&hung.upper).status();
     let _ = bindfs.kill();
     let _ = bindfs.wait();
+}
+
+/// bindfs of `src` over `upper`, in the foreground, once mounted. The upper dir
+/// is not empty: libfuse 2 needs -o nonempty, libfuse 3 refuses it.
+fn bindfs_over(src: &std::path::Path, upper: &std::path::Path) -> std::process::Child {
+    let mounted = |bindfs: &mut std::process::Child| {
+        wait_for("the FUSE mount", Duration::from_secs(10), || {
+            if let Ok(Some(_)) = bindfs.try_wait() {
+                return Some(false);
+            }
+            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            mounts.contains(&format!(" {} ", upper.display())).then_some(true)
+        })
+    };
+    let spawn = |extra: &[&str]| {
+        Command::new("bindfs")
+            .args(["-f", "--no-allow-other"])
+            .args(extra)
+            .arg(src)
+            .arg(upper)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bindfs (the README's test command installs it)")
+    };
+    let mut bindfs = spawn(&["-o", "nonempty"]);
+    if !mounted(&mut bindfs) {
+        bindfs = spawn(&[]);
+        assert!(mounted(&mut bindfs), "bindfs did not mount");
+    }
+    bindfs
 }
 
 /// Sends SIGCONT when dropped, so a failing test never leaves a stopped FUSE daemon.

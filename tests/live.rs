@@ -60,34 +60,8 @@ fn upper_dir_contents_are_counted_exactly_and_follow_the_mount() {
         metrics.get("overlayfs_upper_copied_up_bytes", &[("mountpoint", &mp)]),
         Some(200_000.0 + 11.0 + 20.0)
     );
-    // Bytes and inodes agree with du on the same tree.
-    let upper = &ov.upper;
-    assert_eq!(
-        metrics.get("overlayfs_upper_bytes", &[("mountpoint", &mp)]),
-        Some(common::du(&["-s", "-B1"], upper))
-    );
-    assert_eq!(
-        metrics.get("overlayfs_upper_apparent_bytes", &[("mountpoint", &mp)]),
-        Some(common::du(&["-s", "-b"], upper))
-    );
-    assert_eq!(
-        metrics.get("overlayfs_upper_inodes", &[("mountpoint", &mp)]),
-        Some(common::du(&["-s", "--inodes"], upper))
-    );
+    agrees_with_du_and_statfs(&metrics, &mp, &ov.upper);
     assert_eq!(metrics.get("overlayfs_upper_inodes", &[("mountpoint", &mp)]), Some(13.0));
-    // The upper dir's filesystem, as stat -f sees it (size is fixed; free space moves).
-    let statfs = common::run(Command::new("stat").args(["-f", "-c", "%b %S"]).arg(upper));
-    let f: Vec<f64> = statfs.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    assert_eq!(
-        metrics.get("overlayfs_upper_filesystem_size_bytes", &[("mountpoint", &mp)]),
-        Some(f[0] * f[1])
-    );
-    assert!(
-        metrics.get("overlayfs_upper_filesystem_avail_bytes", &[("mountpoint", &mp)]).unwrap_or(0.0) > 0.0
-    );
-    assert!(
-        metrics.get("overlayfs_upper_scan_timestamp_seconds", &[("mountpoint", &mp)]).unwrap_or(0.0) > 1.7e9
-    );
     common::promtool_check(&metrics.text);
 
     // A later copy-up shows in a later scan.
@@ -105,6 +79,35 @@ fn upper_dir_contents_are_counted_exactly_and_follow_the_mount() {
     ov.unmount();
     let metrics = scrape_until(&agent, "the mount's series to go", |x| !x.text.contains(&mp));
     assert_eq!(metrics.get("overlayfs_mounts", &[]), Some(0.0));
+}
+
+/// The upper dir's bytes and inodes agree with du on the same tree, and its
+/// filesystem's size with stat -f (free space moves, so only its sign is checked).
+fn agrees_with_du_and_statfs(metrics: &common::Metrics, mp: &str, upper: &std::path::Path) {
+    assert_eq!(
+        metrics.get("overlayfs_upper_bytes", &[("mountpoint", mp)]),
+        Some(common::du(&["-s", "-B1"], upper))
+    );
+    assert_eq!(
+        metrics.get("overlayfs_upper_apparent_bytes", &[("mountpoint", mp)]),
+        Some(common::du(&["-s", "-b"], upper))
+    );
+    assert_eq!(
+        metrics.get("overlayfs_upper_inodes", &[("mountpoint", mp)]),
+        Some(common::du(&["-s", "--inodes"], upper))
+    );
+    let statfs = common::run(Command::new("stat").args(["-f", "-c", "%b %S"]).arg(upper));
+    let f: Vec<f64> = statfs.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    assert_eq!(
+        metrics.get("overlayfs_upper_filesystem_size_bytes", &[("mountpoint", mp)]),
+        Some(f[0] * f[1])
+    );
+    assert!(
+        metrics.get("overlayfs_upper_filesystem_avail_bytes", &[("mountpoint", mp)]).unwrap_or(0.0) > 0.0
+    );
+    assert!(
+        metrics.get("overlayfs_upper_scan_timestamp_seconds", &[("mountpoint", mp)]).unwrap_or(0.0) > 1.7e9
+    );
 }
 
 #[test]

@@ -77,6 +77,11 @@ fn another_users_namespace_is_seen_measured_in_place_and_forgotten() {
     assert!(host_apparent < 100_000.0, "the host's upper dir: {host_apparent}");
     let namespaces = m.get("overlayfs_discovery_namespaces", &[]).expect("namespaces gauge");
     assert!(namespaces >= 2.0, "the host's and the user's: {namespaces}");
+    // Both opened beneath a detached clone: the user's clone made in the user's
+    // namespace, so their unmount there never finds it busy.
+    let plain: f64 =
+        m.matching("overlayfs_scan_upper_opens_total", &[("via", "plain")]).map(|s| s.value).sum();
+    assert_eq!(plain, 0.0, "no upper dir opened on the user's mount:\n{}", agent.log());
 
     // The namespace ends: its series go, the host's stay.
     ns.end();
@@ -181,6 +186,7 @@ fn rootless_podman_containers_are_seen_identified_and_measured() {
         .find(|s| s.name == "overlayfs_mount_info" && s.label("container_id") == Some(id.as_str()))
         .unwrap_or_else(|| panic!("no mount of container {id}:\n{}", common::grep(&out, "mount_info")))
         .clone();
+    eprintln!("a rootless podman container: {}", info.key);
     assert_eq!(info.label("runtime"), Some("podman"));
     assert_eq!(info.label("container_name"), Some("oa-rootless-c"));
     assert_eq!(info.label("userxattr"), Some("true"), "rootless overlay mounts with userxattr");

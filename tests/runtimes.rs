@@ -442,6 +442,7 @@ fn a_dockerd_in_a_private_mount_namespace_is_seen_identified_and_measured() {
 
     let m = agent_once(d);
     let (info, mp) = mount_of(&m, &id);
+    eprintln!("the inner container of a dockerd in a private namespace: {info}");
     for want in
         ["runtime=\"docker\"", "container_name=\"oa-inner\"", "mntns_process=\"sh\"", "mntns_uid=\"0\""]
     {

@@ -1,5 +1,15 @@
 //! Small helpers shared by the hooks: the config, kernel memory (helper reads
 //! and BTF-checked direct loads), windows of a struct read at once.
+//!
+//! Architecture-specific register access is in two places, each with an x86_64
+//! and an aarch64 variant chosen by aya-build's `bpf_target_arch`: [`arg_at`]
+//! here names the argument registers of the probed function (rdi..r9;
+//! regs[0..5]), and syscall.rs compares the native-caller register (all of
+//! `cs`; the mode bits of `pstate`) and reads the call number (8 bytes of
+//! `orig_ax`; the s32 `syscallno`). Everything else reaches registers through
+//! aya's `ProbeContext::arg` (arch-aware itself) or through offsets the agent
+//! writes into [`CONFIG`] (the user registers of the system call:
+//! overlay_agent_common::syscall::Abi).
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
 use aya_ebpf::programs::ProbeContext;

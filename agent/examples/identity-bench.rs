@@ -63,7 +63,7 @@ fn main() {
     let mut named = 0;
     for _ in 0..rounds {
         let t = Instant::now();
-        let inv = resolver.inventory(&table);
+        let inv = resolver.inventory(&table, None);
         times.push(t.elapsed().as_secs_f64() * 1e3);
         named = inv.iter().filter(|(_, i)| !i.container_name.is_empty()).count();
     }

@@ -38,7 +38,25 @@ impl Drop for Mounted {
 
 /// `umount [-l] path`; the error message on failure ("target is busy").
 pub fn umount(path: &Path, lazy: bool) -> Result<(), String> {
-    let mut c = Command::new("umount");
+    umount_in(None, path, lazy)
+}
+
+/// `prog`, run in the mount namespace of process `ns` (`nsenter`), or in the
+/// test's own.
+pub fn command_in(ns: Option<u32>, prog: &str) -> Command {
+    match ns {
+        None => Command::new(prog),
+        Some(pid) => {
+            let mut c = Command::new("nsenter");
+            c.args(["-t", &pid.to_string(), "-m", "--", prog]);
+            c
+        }
+    }
+}
+
+/// [`umount`] in the mount namespace of process `ns`.
+pub fn umount_in(ns: Option<u32>, path: &Path, lazy: bool) -> Result<(), String> {
+    let mut c = command_in(ns, "umount");
     if lazy {
         c.arg("-l");
     }
@@ -100,9 +118,13 @@ impl Rng {
 }
 
 pub fn mount_overlay(lower: &Path, upper: &Path, work: &Path, merged: &Path) {
+    mount_overlay_in(None, lower, upper, work, merged);
+}
+
+pub fn mount_overlay_in(ns: Option<u32>, lower: &Path, upper: &Path, work: &Path, merged: &Path) {
     let opts =
         format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
-    run(Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(merged));
+    run(command_in(ns, "mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(merged));
 }
 
 /// The stage of the unmount cycles: a tmpfs (`store`) holding a tree of tens of
@@ -115,6 +137,9 @@ pub struct Stage {
     pub merged: PathBuf,
     /// The tmpfs's device: what the agent must not hold after a cycle.
     pub dev: u64,
+    /// The process in whose mount namespace the cycles mount and unmount (the
+    /// test's own when `None`).
+    pub ns: Option<u32>,
     _store: Mounted,
 }
 
@@ -137,7 +162,7 @@ impl Stage {
         let merged = base.join("merged");
         std::fs::create_dir_all(&merged).expect("mkdir merged");
         eprintln!("upper dir: {entries} entries");
-        Stage { lower, dev: dev_of(&store.0), tree, t: base.join("T"), merged, _store: store }
+        Stage { lower, dev: dev_of(&store.0), tree, t: base.join("T"), merged, ns: None, _store: store }
     }
 
     /// `n` cycles: bind the tree at `t`, mount the overlay (its upper dir in `t`),
@@ -148,20 +173,20 @@ impl Stage {
         let mut out = Outcome::default();
         std::fs::create_dir_all(&self.t).expect("mkdir T");
         for cycle in 0..n {
-            run(Command::new("mount").arg("--bind").arg(&self.tree).arg(&self.t));
-            mount_overlay(&self.lower, &self.t.join("upper"), &self.t.join("work"), &self.merged);
+            run(command_in(self.ns, "mount").arg("--bind").arg(&self.tree).arg(&self.t));
+            mount_overlay_in(self.ns, &self.lower, &self.t.join("upper"), &self.t.join("work"), &self.merged);
             std::thread::sleep(Duration::from_millis(rng.below(DWELL_MS)));
             out.overlapped += usize::from(holds(pid, self.dev));
-            if let Err(e) = umount(&self.merged, false) {
+            if let Err(e) = umount_in(self.ns, &self.merged, false) {
                 out.failures.push(format!("cycle {cycle}: umount of the overlay: {e}"));
-                let _ = umount(&self.merged, true);
+                let _ = umount_in(self.ns, &self.merged, true);
             }
-            if let Err(e) = umount(&self.t, false) {
+            if let Err(e) = umount_in(self.ns, &self.t, false) {
                 out.failures.push(format!(
                     "cycle {cycle}: umount of the upper dir's filesystem: {e}; {}",
                     diag(pid, self.dev)
                 ));
-                let _ = umount(&self.t, true);
+                let _ = umount_in(self.ns, &self.t, true);
             }
             if let Some(e) = check() {
                 out.failures.push(format!("cycle {cycle}: {e}"));

@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use common::{
     config_for, free_port, http_get, podman, repo_root, require_root, run, wait_for, Agent, Metrics,
 };
-use fixture::{run_status, umount, walked_tmpfs, Mounted, Stage, CYCLES, FS_CYCLES};
+use fixture::{
+    command_in, dev_of, mount_overlay_in, populate, run_status, umount, walked_tmpfs, Mounted, Stage, CYCLES,
+    FS_CYCLES,
+};
 use holders::{diag, holds, lets_go};
 
 /// The agent's own figures: scans cancelled, and opens on the user's mount.
@@ -45,6 +48,118 @@ fn unmounts_during_scans_never_find_the_upper_filesystem_busy() {
     out.assert_clean(CYCLES, || agent.log());
     assert!(lets_go(pid, stage.dev, Duration::from_secs(5)), "the agent still holds the filesystem");
     assert_detached(&agent.metrics());
+}
+
+/// The same cycles in another mount namespace (a CI worker's or dind's, in its
+/// container): the mounts and unmounts happen there (`nsenter`), the host never
+/// sees them, and the agent reaches the upper dir through the namespace. Its
+/// clone is made there, so no unmount in it finds the filesystem busy.
+#[test]
+fn unmounts_in_another_mount_namespace_never_find_the_upper_filesystem_busy() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut stage = Stage::new(tmp.path());
+    let ns = PrivateNs::start();
+    stage.ns = Some(ns.pid());
+    let cfg = config_for(tmp.path(), "");
+    let agent = Agent::start(tmp.path(), &["--config", &cfg.display().to_string()]);
+    let pid = agent.child.id();
+    let out = stage.cycles(pid, CYCLES, || None);
+    out.assert_clean(CYCLES, || agent.log());
+    assert!(lets_go(pid, stage.dev, Duration::from_secs(5)), "the agent still holds the filesystem");
+    let m = agent.metrics();
+    assert_detached(&m);
+    // Every cycle's overlay was the namespace's: the host never had one on the tree.
+    assert!(m.get("overlayfs_discovery_namespaces", &[]).unwrap_or(0.0) >= 2.0, "{}", agent.log());
+}
+
+/// A namespace that ends in the middle of a walk of its upper dir (its only
+/// process killed, the namespace and its mounts with it): the walk stops,
+/// counted as cancelled and not as an error, the namespace's series go, nothing
+/// louder than debug is logged, and the agent lets go of the filesystem. A tight
+/// scan budget stretches the walk.
+#[test]
+fn a_namespace_that_ends_during_a_walk_ends_the_walk_cleanly() {
+    require_root();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config_for(tmp.path(), "  max_cpu: 0.01\n");
+    let agent = Agent::start(tmp.path(), &["--config", &cfg.display().to_string()]);
+    let ns = PrivateNs::start();
+    let base = tmp.path().join("ns");
+    std::fs::create_dir_all(&base).expect("mkdir");
+    let in_ns = |p: &std::path::Path| {
+        PathBuf::from(format!("/proc/{}/root", ns.pid())).join(p.strip_prefix("/").expect("absolute"))
+    };
+    run(command_in(Some(ns.pid()), "mount")
+        .args(["-t", "tmpfs", "-o", "nr_inodes=400k", "tmpfs"])
+        .arg(&base));
+    let entries = populate(&in_ns(&base.join("upper")), 20, 30, 20);
+    std::fs::create_dir_all(in_ns(&base.join("work"))).expect("mkdir work");
+    std::fs::create_dir_all(in_ns(&base.join("lower"))).expect("mkdir lower");
+    std::fs::create_dir_all(in_ns(&base.join("merged"))).expect("mkdir merged");
+    let dev = dev_of(&in_ns(&base));
+    let mntns = std::fs::read_link(format!("/proc/{}/ns/mnt", ns.pid())).expect("ns");
+    let mntns = mntns.to_string_lossy().trim_start_matches("mnt:[").trim_end_matches(']').to_owned();
+    let at = |d: &str| base.join(d);
+    mount_overlay_in(Some(ns.pid()), &at("lower"), &at("upper"), &at("work"), &at("merged"));
+    let pid = agent.child.id();
+    wait_for("a walk of the namespace's upper dir", Duration::from_secs(30), || {
+        holds(pid, dev).then_some(())
+    });
+    let (skip, _) = log_lines(&agent, 0);
+    drop(ns);
+    wait_for("the namespace's series to go", Duration::from_secs(20), || {
+        let m = agent.metrics();
+        (m.all().filter(|s| s.label("mntns") == Some(mntns.as_str())).count() == 0).then_some(())
+    });
+    assert!(lets_go(pid, dev, Duration::from_secs(5)), "the agent still holds the filesystem");
+    // The walk counts itself cancelled as it returns: after its next check of the
+    // stop signal, which a throttled walk makes when its pause ends.
+    let m = wait_for(
+        &format!("the walk of {entries} entries to be counted cancelled"),
+        Duration::from_secs(10),
+        || {
+            let m = agent.metrics();
+            (m.get("overlayfs_scan_cancelled_total", &[]).unwrap_or(0.0) >= 1.0).then_some(m)
+        },
+    );
+    assert!(m.all().all(|s| s.label("mntns") != Some(mntns.as_str())), "the namespace's series came back");
+    let errors: f64 = m.matching("overlayfs_upper_scan_errors_total", &[]).map(|s| s.value).sum();
+    assert_eq!(errors, 0.0, "no error counted");
+    let (_, loud) = log_lines(&agent, skip);
+    assert!(loud.is_empty(), "nothing above debug: {loud:?}");
+    assert_eq!(http_get(&agent.addr, "/readyz").expect("readyz").status, 200);
+}
+
+/// A root process in a mount namespace of its own (private propagation): killed
+/// on drop, which ends the namespace.
+struct PrivateNs(std::process::Child);
+
+impl PrivateNs {
+    fn start() -> PrivateNs {
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "1000000"])
+            .spawn()
+            .expect("unshare");
+        let ns = PrivateNs(child);
+        let mine = std::fs::read_link("/proc/self/ns/mnt").expect("own ns");
+        wait_for("the namespace", Duration::from_secs(10), || {
+            let theirs = std::fs::read_link(format!("/proc/{}/ns/mnt", ns.pid())).ok()?;
+            (theirs != mine).then_some(())
+        });
+        ns
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for PrivateNs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The agent's log lines after the first `skip`, and those of them at WARN or ERROR.

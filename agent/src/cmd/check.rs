@@ -1,7 +1,7 @@
 //! `overlay-agent check`: a preflight, as `bpftool feature probe` or `tetra probe`
 //! are. It tells what will work on this host and what will not, why, and the
 //! remedy for each missing piece: the kernel and overlayfs ([`probes`]: kprobes,
-//! BTF, tracefs, lockdown, privileges, and a real load and attach of the probes),
+//! BTF, lockdown, privileges, and a real load and attach of the probes),
 //! and the host as the agent sees it ([`host`]: mount table, mount namespaces,
 //! the capabilities the scans need, quota support). Copy-up reasons are the
 //! probes' own (`probes::Disabled`, the `reason` of `overlayfs_ebpf_disabled_info`),
@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn exit_codes_follow_the_features() {
         let ok = Finding::new("overlay", Feature::MountDiscovery, Status::Ok, "built in");
-        let warn = Finding::new("tracefs", Feature::CopyUpProbes, Status::Warn, "none");
+        let warn = Finding::new("btf", Feature::CopyUpProbes, Status::Warn, "no overlay module BTF");
         assert_eq!(Report::new(kernel(), vec![ok.clone(), warn.clone()]).exit_code, EXIT_OK);
         let kprobes = Finding::new("kprobes", Feature::CopyUpProbes, Status::Fail, "no")
             .reason("kprobes_unavailable")

@@ -21,7 +21,8 @@ pub fn discover(config: &Config) -> Result<MountView, DiscoveryError> {
     let d = &config.discovery;
     let select = |mp: &str| config.mountpoint_selected(mp);
     let (table, _) = node.read(&d.procfs, config.reach(), &Dirty::all(), true, select, None)?;
-    let identities = resolver(config).inventory(&table);
+    let table = table.unwrap_or_default();
+    let identities = resolver(config).inventory(&table, None);
     Ok(MountView { table, identities })
 }
 
@@ -86,6 +87,7 @@ impl Pipeline {
     /// that left stop at once (`ScanPool::follow`).
     pub fn rediscover(&self, config: &Config, dirty: &Dirty, census: bool) -> Result<(), DiscoveryError> {
         self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        let start = std::time::Instant::now();
         let previous = self.mounts.get();
         let d = &config.discovery;
         let select = |mp: &str| config.mountpoint_selected(mp);
@@ -98,7 +100,11 @@ impl Pipeline {
                 return Err(e);
             }
         };
-        if let Some(n) = self.stats.record(node.census(), &read, table.namespaces_read) {
+        if let Some(n) = self.stats.record(
+            node.census(),
+            &read,
+            table.as_ref().map_or(previous.table.namespaces_read, |t| t.namespaces_read),
+        ) {
             tracing::warn!(
                 over_cap = n,
                 max = d.max_namespaces,
@@ -106,6 +112,11 @@ impl Pipeline {
             );
         }
         drop(node);
+        let read_at = start.elapsed();
+        let Some(table) = table else {
+            tracing::trace!(read_us = read_at.as_micros() as u64, "mount tables unchanged");
+            return Ok(());
+        };
         self.pool.follow(&table);
         // Log a bad line once, not at every re-read while it stays.
         if table.bad_lines != previous.table.bad_lines {
@@ -113,7 +124,16 @@ impl Pipeline {
                 tracing::warn!(file = %table.source.display(), line = bad.line, error = %bad.message, "unparsable mountinfo line");
             }
         }
-        let identities = resolver(config).inventory(&table);
+        let followed_at = start.elapsed();
+        let identities = resolver(config).inventory(&table, Some(&previous.identities));
+        tracing::trace!(
+            census,
+            mounts = table.mounts.len(),
+            read_us = read_at.as_micros() as u64,
+            follow_us = (followed_at - read_at).as_micros() as u64,
+            identify_us = (start.elapsed() - followed_at).as_micros() as u64,
+            "mount tables read"
+        );
         // Table and identities in one value: a scrape sees both old or both new.
         self.mounts.set(MountView { table, identities });
         Ok(())

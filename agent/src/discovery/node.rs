@@ -41,6 +41,8 @@ impl NodeDiscovery {
     /// Reads what `dirty` says changed (all of it for a first read), taking a
     /// new census first when `reach.census_every` has passed or `census` is set, and
     /// returns the merged table; `previous` keeps primary mountpoints stable.
+    /// `None`: nothing was read and no namespace went (a census that found the
+    /// namespaces it knew, through the same processes), so `previous` stands.
     pub fn read(
         &mut self,
         procfs: &Path,
@@ -49,9 +51,9 @@ impl NodeDiscovery {
         census: bool,
         select: impl Fn(&str) -> bool,
         previous: Option<&MountTable>,
-    ) -> Result<(MountTable, ReadStats), DiscoveryError> {
+    ) -> Result<(Option<MountTable>, ReadStats), DiscoveryError> {
         if !reach.namespaces {
-            return Ok((super::discover(procfs, select)?, ReadStats::default()));
+            return Ok((Some(super::discover(procfs, select)?), ReadStats::default()));
         }
         let mut stats = ReadStats::default();
         let due = census || self.census_at.is_none_or(|t| t.elapsed() >= reach.census_every);
@@ -61,7 +63,7 @@ impl NodeDiscovery {
             match Census::take(procfs, reach.max_namespaces) {
                 Ok(c) => c,
                 // procfs unlistable: the reference table alone (its error names the file).
-                Err(_) => return Ok((super::discover(procfs, select)?, stats)),
+                Err(_) => return Ok((Some(super::discover(procfs, select)?), stats)),
             }
         } else {
             self.tables.census().clone()
@@ -69,11 +71,11 @@ impl NodeDiscovery {
         if census.reference.is_none() {
             // No namespace link readable (a fixture procfs, or pid 1 not ours
             // to inspect): the reference table alone, as without namespaces.
-            return Ok((super::discover(procfs, select)?, stats));
+            return Ok((Some(super::discover(procfs, select)?), stats));
         }
         let all = Dirty::all();
         let dirty = if self.tables.namespaces() == 0 { &all } else { dirty };
-        stats.refresh = self.tables.refresh(procfs, census, dirty);
+        stats.refresh = self.tables.refresh(procfs, census, dirty, &select);
         let reference_failed = self.tables.census().reference.and_then(|r| {
             stats.refresh.failed.iter().find(|(id, _)| *id == r.id).map(|(_, e)| (r, e.clone()))
         });
@@ -84,11 +86,55 @@ impl NodeDiscovery {
                 source: std::io::Error::other(e),
             });
         }
-        Ok((self.tables.table(select, previous), stats))
+        let r = &stats.refresh;
+        if previous.is_some() && r.read == 0 && r.removed == 0 && r.failed.is_empty() {
+            return Ok((None, stats));
+        }
+        Ok((Some(self.tables.table(previous)), stats))
     }
 
     /// The namespaces of the last census.
     pub fn census(&self) -> &Census {
         self.tables.census()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake procfs: pid 1 (the host) and pid 20 (another namespace), each with
+    /// one overlay.
+    fn fake(dir: &Path) {
+        let host = "70 27 0:60 / /a rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n";
+        let other = "80 79 0:61 / /b rw - overlay overlay rw,lowerdir=/l,upperdir=/u2,workdir=/w2\n";
+        for (pid, ns, table) in [(1, 100, host), (20, 200, other)] {
+            let d = dir.join(pid.to_string());
+            std::fs::create_dir_all(d.join("ns")).expect("mkdir");
+            std::os::unix::fs::symlink(format!("mnt:[{ns}]"), d.join("ns/mnt")).expect("symlink");
+            std::fs::write(d.join("mountinfo"), table).expect("write");
+        }
+    }
+
+    /// A census that finds the namespaces it knew, through the same processes,
+    /// rebuilds nothing; one that finds a namespace gone does.
+    #[test]
+    fn a_census_that_changes_nothing_leaves_the_table_as_it_was() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        fake(tmp.path());
+        let reach = Reach { namespaces: true, max_namespaces: 10, census_every: Duration::ZERO };
+        let mut node = NodeDiscovery::default();
+        let read = |node: &mut NodeDiscovery, previous: Option<&MountTable>| {
+            node.read(tmp.path(), reach, &Dirty::default(), true, |_| true, previous).expect("read")
+        };
+        let (first, stats) = read(&mut node, None);
+        let first = first.expect("a first read builds the table");
+        assert_eq!((first.mounts.len(), stats.refresh.read), (2, 2));
+        let (again, stats) = read(&mut node, Some(&first));
+        assert!(again.is_none() && stats.census, "same namespaces, same processes: {stats:?}");
+        std::fs::remove_dir_all(tmp.path().join("20")).expect("rm");
+        let (after, stats) = read(&mut node, Some(&first));
+        assert_eq!(stats.refresh.removed, 1);
+        assert_eq!(after.expect("a namespace went: rebuilt").mounts.len(), 1);
     }
 }

@@ -188,7 +188,7 @@ impl Thread {
             }
             let wanted = self.shared.wanted.locked().take();
             if let Some(wanted) = wanted {
-                self.follow(wanted);
+                any |= self.follow(wanted);
             }
             self.shared.watched.store(self.slots.iter().flatten().count(), Ordering::Relaxed);
             if any {
@@ -224,8 +224,12 @@ impl Thread {
         }
     }
 
-    /// Watches exactly `wanted` (namespace -> process to open it through).
-    fn follow(&mut self, mut wanted: BTreeMap<NsId, i32>) {
+    /// Watches exactly `wanted` (namespace -> process to open it through). A
+    /// namespace newly watched is marked changed (true: something was): its table
+    /// was read before its watch began, and a mount made in between would raise
+    /// no POLLPRI, and show only at the next resync.
+    fn follow(&mut self, mut wanted: BTreeMap<NsId, i32>) -> bool {
+        let mut opened = false;
         for i in 0..self.slots.len() {
             let keep = self.slots[i].as_ref().is_some_and(|s| wanted.get(&s.ns) == Some(&s.pid));
             if keep {
@@ -241,6 +245,8 @@ impl Thread {
                 Ok(slot) => {
                     let i = self.slots.iter().position(Option::is_none).unwrap_or(self.slots.len());
                     if self.register(i, &slot).is_ok() {
+                        self.shared.changes.locked().namespaces.insert(ns);
+                        opened = true;
                         if i == self.slots.len() {
                             self.slots.push(Some(slot));
                         } else {
@@ -253,6 +259,7 @@ impl Thread {
                 Err(e) => tracing::debug!(ns = %ns, pid, error = %e, "cannot watch mount namespace"),
             }
         }
+        opened
     }
 
     fn open(&self, ns: NsId, pid: i32) -> std::io::Result<Slot> {
@@ -320,7 +327,12 @@ mod tests {
         assert_eq!(w.mechanism(), Mechanism::Notify);
         w.watch([MountNs { id: ns, pid }]);
         wait_until("the namespace to be watched", || (w.watched() == 1).then_some(()));
-        assert!(w.take().is_empty(), "nothing changed yet");
+        let first = w.take();
+        assert!(
+            first.namespaces.contains(&ns) && !first.exited,
+            "a namespace newly watched is read once more"
+        );
+        assert!(w.take().is_empty(), "nothing changed since");
         let mut stdin = child.stdin.take().expect("stdin");
         stdin.write_all(b"\n").expect("write");
         wait_until("the mount in the other namespace", || w.take().namespaces.contains(&ns).then_some(()));

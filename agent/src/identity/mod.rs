@@ -21,13 +21,13 @@ mod kubernetes;
 pub mod root;
 mod storage;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 
-use crate::discovery::{Device, Dirty, LayerPath, Mount, MountNs, MountTable, NsId};
+use crate::discovery::{Device, Dirty, LayerPath, Mount, MountNs, MountTable};
 use crate::pattern::PathRegex;
 use crate::sync::RwLockExt;
 pub use holder::Holder;
@@ -83,13 +83,14 @@ impl Identity {
 pub struct Inventory {
     by_device: BTreeMap<Device, Identity>,
     /// Who holds each mount namespace that has an overlay (not the host's).
-    holders: BTreeMap<NsId, Holder>,
+    /// By namespace and the process it is read through.
+    holders: BTreeMap<MountNs, Holder>,
 }
 
 impl Inventory {
     /// Who holds the namespace of mount `m` (None for the host's).
     pub fn holder(&self, m: &Mount) -> Option<&Holder> {
-        self.holders.get(&m.namespace?.id)
+        self.holders.get(&m.namespace?)
     }
 
     pub fn get(&self, device: &Device) -> Option<&Identity> {
@@ -249,7 +250,11 @@ impl Resolver {
 
     /// Identifies every mount of a table; the Kubernetes index is built once, and
     /// only when some mount belongs to a container.
-    pub fn inventory(&self, table: &MountTable) -> Inventory {
+    /// The identity of every mount of `table`, and the holder of every namespace
+    /// with a mount. A holder found in `previous` for the same namespace and
+    /// process is kept: it is read once per namespace process (its cgroup, comm
+    /// and owner), not at every change of the node's mount tables.
+    pub fn inventory(&self, table: &MountTable, previous: Option<&Inventory>) -> Inventory {
         self.forget();
         let mut by_device: BTreeMap<Device, Identity> =
             table.mounts.iter().filter_map(|(dev, m)| Some((*dev, self.identify_mount(m)?))).collect();
@@ -260,15 +265,17 @@ impl Resolver {
                 pods.label(i);
             }
         }
-        Inventory { by_device, holders: self.holders(table) }
+        Inventory { by_device, holders: self.holders(table, previous) }
     }
 
     /// The holder of every namespace that has a mount in `table`.
-    fn holders(&self, table: &MountTable) -> BTreeMap<NsId, Holder> {
-        let namespaces: BTreeMap<NsId, MountNs> =
-            table.mounts.values().filter_map(|m| m.namespace).map(|ns| (ns.id, ns)).collect();
-        let mut holders: BTreeMap<NsId, Holder> =
-            namespaces.into_iter().map(|(id, ns)| (id, holder::holder_of(&self.procfs, ns))).collect();
+    fn holders(&self, table: &MountTable, previous: Option<&Inventory>) -> BTreeMap<MountNs, Holder> {
+        let namespaces: BTreeSet<MountNs> = table.mounts.values().filter_map(|m| m.namespace).collect();
+        let known = |ns: &MountNs| previous.and_then(|p| p.holders.get(ns)).cloned();
+        let mut holders: BTreeMap<MountNs, Holder> = namespaces
+            .into_iter()
+            .map(|ns| (ns, known(&ns).unwrap_or_else(|| holder::holder_of(&self.procfs, ns))))
+            .collect();
         if holders.values().any(|h| !h.pod_uid.is_empty()) {
             let names = kubernetes::pod_names(&self.rootfs);
             for h in holders.values_mut() {

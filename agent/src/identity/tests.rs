@@ -183,10 +183,10 @@ fn concourse_init_volume_settles_once_privileged_json_is_read() {
         ..Default::default()
     };
     let resolver = Resolver::new(root.path(), std::path::Path::new("/proc"), &[]);
-    let ids = resolver.inventory(&table());
+    let ids = resolver.inventory(&table(), None);
     assert!(ids.watched() && outdated(&ids), "no privileged.json yet: re-read every second");
     write(&format!("/worker/volumes/init/{h}/privileged.json"), "true\n");
-    let ids = resolver.inventory(&table());
+    let ids = resolver.inventory(&table(), None);
     assert_eq!(
         ids.iter().map(|(_, i)| (i.privileged.as_str(), i.settling)).collect::<Vec<_>>(),
         [("true", false)]
@@ -260,7 +260,7 @@ fn kubernetes_pods_from_cgroup_paths() {
         mounts: group_by_superblock(mountinfo::parse(lines.as_bytes()).0, |_| true, None),
         ..Default::default()
     };
-    let ids = Resolver::new(r, std::path::Path::new("/proc"), &[]).inventory(&t);
+    let ids = Resolver::new(r, std::path::Path::new("/proc"), &[]).inventory(&t, None);
     assert!(!ids.watched() && !outdated(&ids));
     let mut got: Vec<(String, String, String, String)> = ids
         .iter()
@@ -299,4 +299,39 @@ fn user_rules_come_first() {
 
 fn outdated(ids: &Inventory) -> bool {
     ids.iter().any(|(_, i)| i.outdated())
+}
+
+/// The holder of a namespace is read once per namespace process: a later
+/// inventory keeps it (even when the process's files say otherwise, as a fake
+/// procfs can), and reads it again for another process of the namespace.
+#[test]
+fn a_namespace_holder_is_read_once_per_process() {
+    let proc = tempfile::tempdir().expect("tempdir");
+    let write_comm = |pid: i32, comm: &str| {
+        let d = proc.path().join(pid.to_string());
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join("comm"), comm).expect("write");
+        std::fs::write(d.join("cgroup"), "0::/user.slice\n").expect("write");
+    };
+    write_comm(40, "dockerd\n");
+    let table_via = |pid: i32| {
+        let mut m = mount(&line("/merged", "/u"));
+        m.namespace = Some(MountNs { id: crate::discovery::NsId(7), pid });
+        MountTable { mounts: [(m.device, m)].into_iter().collect(), ..Default::default() }
+    };
+    let resolver = Resolver::new(proc.path(), proc.path(), &[]);
+    let t = table_via(40);
+    let first = resolver.inventory(&t, None);
+    let process = |ids: &Inventory, t: &MountTable| {
+        let m = t.mounts.values().next().expect("mount");
+        ids.holder(m).map(|h| h.process.clone())
+    };
+    assert_eq!(process(&first, &t).as_deref(), Some("dockerd"));
+    write_comm(40, "changed\n");
+    let again = resolver.inventory(&t, Some(&first));
+    assert_eq!(process(&again, &t).as_deref(), Some("dockerd"), "kept, not read again");
+    write_comm(41, "containerd\n");
+    let t41 = table_via(41);
+    let other = resolver.inventory(&t41, Some(&again));
+    assert_eq!(process(&other, &t41).as_deref(), Some("containerd"), "another process: read");
 }

@@ -326,44 +326,56 @@ pub fn check_rows(
         }
     }
     if btf.has_overlay_btf() {
-        for (s, m, _) in MODULE_MEMBERS {
-            checked.members += 1;
-            if let Err(e) = btf.module_member_offset(s, m) {
-                drifts.push(drift(&format!("struct {s}"), e.to_string()));
-            }
-        }
-        // The 5.10 fallbacks assume __upperdentry right after vfs_inode, flags
-        // right before it, and the enum values: check them where BTF can tell.
-        if let (Ok(vfs), Ok(upper), Ok(flags), Ok(size)) = (
-            btf.module_member_offset("ovl_inode", "vfs_inode"),
-            btf.module_member_offset("ovl_inode", "__upperdentry"),
-            btf.module_member_offset("ovl_inode", "flags"),
-            btf.struct_size("inode"),
-        ) {
-            if upper != vfs + size.next_multiple_of(8) {
-                drifts.push(drift(
-                    "struct ovl_inode",
-                    format!("__upperdentry at {upper}, not right after vfs_inode ({vfs} + {size})"),
-                ));
-            }
-            if flags + 8 != vfs {
-                drifts.push(drift(
-                    "struct ovl_inode",
-                    format!("flags at {flags}, not right before vfs_inode ({vfs})"),
-                ));
-            }
-        }
-        for (e, v, fallback) in MODULE_ENUMS {
-            checked.members += 1;
-            match btf.module_enum_value(e, v) {
-                Ok(n) if n == *fallback => {}
-                Ok(n) => drifts
-                    .push(drift(&format!("enum {e}"), format!("{v} = {n}, the fallback says {fallback}"))),
-                Err(err) => drifts.push(drift(&format!("enum {e}"), err.to_string())),
-            }
-        }
+        check_module(btf, &mut checked, &mut drifts, &drift);
     }
     (checked, drifts)
+}
+
+/// The overlay module's members and enum values the programs' fallbacks assume,
+/// where the module has BTF to check them against.
+fn check_module(
+    btf: &KernelBtf,
+    checked: &mut Checked,
+    drifts: &mut Vec<Drift>,
+    drift: &dyn Fn(&str, String) -> Drift,
+) {
+    for (s, m, _) in MODULE_MEMBERS {
+        checked.members += 1;
+        if let Err(e) = btf.module_member_offset(s, m) {
+            drifts.push(drift(&format!("struct {s}"), e.to_string()));
+        }
+    }
+    // The 5.10 fallbacks assume __upperdentry right after vfs_inode, flags
+    // right before it, and the enum values: check them where BTF can tell.
+    if let (Ok(vfs), Ok(upper), Ok(flags), Ok(size)) = (
+        btf.module_member_offset("ovl_inode", "vfs_inode"),
+        btf.module_member_offset("ovl_inode", "__upperdentry"),
+        btf.module_member_offset("ovl_inode", "flags"),
+        btf.struct_size("inode"),
+    ) {
+        if upper != vfs + size.next_multiple_of(8) {
+            drifts.push(drift(
+                "struct ovl_inode",
+                format!("__upperdentry at {upper}, not right after vfs_inode ({vfs} + {size})"),
+            ));
+        }
+        if flags + 8 != vfs {
+            drifts.push(drift(
+                "struct ovl_inode",
+                format!("flags at {flags}, not right before vfs_inode ({vfs})"),
+            ));
+        }
+    }
+    for (e, v, fallback) in MODULE_ENUMS {
+        checked.members += 1;
+        match btf.module_enum_value(e, v) {
+            Ok(n) if n == *fallback => {}
+            Ok(n) => {
+                drifts.push(drift(&format!("enum {e}"), format!("{v} = {n}, the fallback says {fallback}")))
+            }
+            Err(err) => drifts.push(drift(&format!("enum {e}"), err.to_string())),
+        }
+    }
 }
 
 fn show(p: Option<String>) -> String {

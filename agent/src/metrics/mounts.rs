@@ -188,8 +188,8 @@ mod tests {
             mounts: group_by_superblock(mountinfo::parse(lines.as_bytes()).0, |_| true, None),
             ..Default::default()
         };
-        let identities =
-            Resolver::new(std::path::Path::new("/"), std::path::Path::new("/proc"), &[]).inventory(&table);
+        let identities = Resolver::new(std::path::Path::new("/"), std::path::Path::new("/proc"), &[])
+            .inventory(&table, None);
         MountView { table, identities }
     }
 

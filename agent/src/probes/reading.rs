@@ -1,8 +1,8 @@
 //! The one entry point for reading the copy-up maps at scrape time: one read of
-//! every map (a [`MapReading`]) with the return probes' misses, and the copy-up
-//! counts it holds published to the scan pool's activity signal
-//! ([`crate::activity`]). Every scrape reads the maps anyway, so the signal costs
-//! nothing more and has the scrape interval's resolution.
+//! every map (a [`MapReading`]), and the copy-up counts it holds published to
+//! the scan pool's activity signal ([`crate::activity`]). Every scrape reads the
+//! maps anyway, so the signal costs nothing more and has the scrape interval's
+//! resolution.
 
 use std::time::Instant;
 

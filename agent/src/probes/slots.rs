@@ -37,7 +37,11 @@ fn all<V: Pod>(map: &PerCpuArray<MapData, V>, slots: u32) -> Vec<(u32, Vec<V>)> 
     match super::batch::per_cpu_entries(map, slots as usize) {
         Ok(e) => e,
         Err(e) => {
-            tracing::debug!(error = %e, "BPF_MAP_LOOKUP_BATCH failed on an array; reading slot by slot");
+            // Per-CPU arrays have no batch lookup before 5.13 (ENOTSUPP on 5.10): said once.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::debug!(error = %e, "BPF_MAP_LOOKUP_BATCH failed on an array; reading slot by slot")
+            });
             (0..slots).filter_map(|i| Some((i, map.get(&i, 0).ok()?.iter().copied().collect()))).collect()
         }
     }

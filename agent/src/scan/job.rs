@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::queue::{changed_since, Job};
 use super::quota::{self, QuotaSettings, QuotaTarget, Reading, Unavailable, Usage};
-use super::reach::{open_upper, MountNs};
+use super::reach::open_upper;
 use super::store::{RootStamp, ScanRecord, ScanStore};
 use super::{ErrorReason, OwnCwd, ScanError, ScanOptions, ScanResult};
 
@@ -45,7 +45,7 @@ pub(super) fn run_job(store: &ScanStore, own_cwd: Option<&OwnCwd>, mut job: Job)
     // Opened beneath a detached clone of its mount (reach.rs): its path is looked
     // up here, and the upper dir is closed as the walk ends, before the quota
     // reading after it.
-    let upper = open_upper(&job.open_at, MountNs::Own).map_err(|e| ScanError::open(&job.open_at, e));
+    let upper = open_upper(&job.open_at).map_err(|e| ScanError::open(&job.open_at.path, e));
     // Before the walk: a change during the walk shows at the next check.
     let stamp = upper.as_ref().ok().and_then(|u| RootStamp::of_fd(u.dir()));
     let opts = ScanOptions {
@@ -57,7 +57,11 @@ pub(super) fn run_job(store: &ScanStore, own_cwd: Option<&OwnCwd>, mut job: Job)
     };
     // Quota mode: readings just before and after the walk check its figures.
     let quota = store.quota();
-    let target = quota.probe(&job.open_at, job.work_at.as_deref());
+    let target = match job.open_at.join {
+        None => quota.probe(&job.open_at.path, job.work_at.as_deref()),
+        Some(_) if quota.enabled => Err(Unavailable::OtherNamespace),
+        Some(_) => Err(Unavailable::Disabled),
+    };
     let before = target.as_ref().map_err(|u| *u).and_then(|t| quota.read_raw(t));
     let outcome = upper.and_then(|upper| super::scan_upper(&upper, &opts, &mut job.cache));
     let duration = start.elapsed();

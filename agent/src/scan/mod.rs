@@ -28,7 +28,7 @@ use std::path::PathBuf;
 pub use budget::Budget;
 pub use cancel::Cancel;
 pub use pool::{Roots, ScanPool};
-pub use reach::{open_upper, MountNs, UpperHandle};
+pub use reach::{open_upper, Join, Place, UpperHandle};
 pub use store::{ActivitySignal, ScanRecord, ScanStore};
 pub use walk::{scan, scan_upper, OwnCwd, ScanCache, ScanOptions, XattrNamespace};
 

@@ -30,6 +30,7 @@ use super::cancel::Cancel;
 use super::prioritize::watch_activity;
 use super::queue::{Job, Priority};
 use super::quota_refresh::quota_reader;
+use super::reach::{Join, Place};
 use super::sched::IdleSetting;
 use super::workers::{Crew, InFlight, Workers};
 use super::XattrNamespace;
@@ -60,15 +61,22 @@ impl Drop for ScanPool {
 /// The upper dirs of a mount table: by upper dir (with its namespace), the
 /// xattr namespace, the devices and mount ids of its mounts, and where the agent
 /// opens it and its work dir.
-type Wanted = HashMap<UpperDir, (XattrNamespace, Vec<(Device, i32)>, PathBuf, Option<PathBuf>)>;
+type Wanted = HashMap<UpperDir, (XattrNamespace, Vec<(Device, i32)>, Place, Option<PathBuf>)>;
 
 /// Where the agent reaches the files of mount `m`'s namespace: the host's root
 /// (`rootfs`), or another namespace's root through one of its processes
-/// (`<procfs>/<pid>/root`).
-fn root_of(m: &Mount, roots: &Roots<'_>) -> PathBuf {
+/// (`<procfs>/<pid>/root`), with that namespace to join (`<procfs>/<pid>/ns/mnt`).
+fn root_of(m: &Mount, roots: &Roots<'_>) -> (PathBuf, Option<Join>) {
     match m.namespace {
-        None => roots.rootfs.to_owned(),
-        Some(ns) => ns.proc_path(roots.procfs, "root"),
+        None => (roots.rootfs.to_owned(), None),
+        Some(ns) => (
+            ns.proc_path(roots.procfs, "root"),
+            Some(Join {
+                root: ns.proc_path(roots.procfs, "root"),
+                ns_file: ns.proc_path(roots.procfs, "ns/mnt"),
+                id: ns.id.0,
+            }),
+        ),
     }
 }
 
@@ -76,11 +84,11 @@ fn upper_dirs_of(table: &MountTable, roots: &Roots<'_>) -> Wanted {
     let mut wanted: Wanted = HashMap::new();
     for (dev, m) in &table.mounts {
         let Some(upper) = m.upper() else { continue };
-        let root = root_of(m, roots);
+        let (root, join) = root_of(m, roots);
         let under_root = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
         let ns = if m.options.userxattr { XattrNamespace::User } else { XattrNamespace::Trusted };
         let work = m.options.work.as_ref().and_then(|w| w.absolute()).map(under_root);
-        let open_at = under_root(&upper.path);
+        let open_at = Place { path: under_root(&upper.path), join };
         let w = wanted.entry(upper).or_insert((ns, Vec::new(), open_at, None));
         w.0 = ns;
         w.1.push((*dev, m.mount_id));
@@ -276,9 +284,17 @@ mod tests {
         let wanted = upper_dirs_of(&table, &roots);
         assert_eq!(wanted.len(), 3, "{wanted:?}");
         let open_at = |mntns| &wanted[&UpperDir { mntns, path: path.into() }].2;
-        assert_eq!(open_at(None), Path::new("/host/var/lib/containerd/snapshots/1/fs"));
-        assert_eq!(open_at(Some(NsId(7))), Path::new("/hostproc/40/root/var/lib/containerd/snapshots/1/fs"));
-        assert_eq!(open_at(Some(NsId(8))), Path::new("/hostproc/50/root/var/lib/containerd/snapshots/1/fs"));
+        assert_eq!(open_at(None), &Place::own("/host/var/lib/containerd/snapshots/1/fs"));
+        let joined = |pid, id| Place {
+            path: format!("/hostproc/{pid}/root/var/lib/containerd/snapshots/1/fs").into(),
+            join: Some(Join {
+                root: format!("/hostproc/{pid}/root").into(),
+                ns_file: format!("/hostproc/{pid}/ns/mnt").into(),
+                id,
+            }),
+        };
+        assert_eq!(open_at(Some(NsId(7))), &joined(40, 7));
+        assert_eq!(open_at(Some(NsId(8))), &joined(50, 8));
     }
 
     /// The ids of this process's threads.

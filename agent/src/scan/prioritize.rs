@@ -109,7 +109,7 @@ fn check_activity(queue: &Queue, store: &ScanStore, due_by: Instant) {
     let found: Vec<_> = candidates
         .into_iter()
         .filter_map(|(upper, open_at, (scans, then), now, stamp)| {
-            activity_since_scan(then, now, stamp, || RootStamp::of(&open_at)).map(|s| (upper, scans, s))
+            activity_since_scan(then, now, stamp, || RootStamp::of(&open_at.path)).map(|s| (upper, scans, s))
         })
         .collect();
     if found.is_empty() {
@@ -185,7 +185,7 @@ mod tests {
             rec.devices = vec![dev(i as u32)];
             rec.copy_ups_at_scan = 4;
             rec.root_stamp = RootStamp::of(&dir);
-            rec.open_at = dir.clone();
+            rec.open_at = crate::scan::Place::own(&dir);
             assert!(rec.root_stamp.is_some());
             store.lock().insert(crate::discovery::UpperDir::host(name), rec);
             if name == "not-due" {

@@ -12,6 +12,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::cancel::Cancel;
+use super::reach::Place;
 use super::store::ActivitySignal;
 use super::{ScanCache, ScanResult, XattrNamespace};
 use crate::discovery::UpperDir;
@@ -21,8 +22,8 @@ use std::sync::Arc;
 pub(super) struct Job {
     /// The upper dir as mountinfo names it (the store's key).
     pub(super) upper: UpperDir,
-    /// Where to open it: `upper` under the host root filesystem.
-    pub(super) open_at: PathBuf,
+    /// Where to open it: `upper` under the host root filesystem, or its namespace's.
+    pub(super) open_at: Place,
     /// Its work dir, likewise (quota mode).
     pub(super) work_at: Option<PathBuf>,
     pub(super) ns: XattrNamespace,
@@ -161,7 +162,7 @@ pub(super) mod tests {
     pub(in crate::scan) fn job_at(name: &str, open_at: &Path, priority: Priority) -> Job {
         Job {
             upper: UpperDir::host(name),
-            open_at: open_at.to_owned(),
+            open_at: Place::own(open_at),
             work_at: None,
             ns: XattrNamespace::Trusted,
             interval: Duration::from_secs(60),

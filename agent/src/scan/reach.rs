@@ -25,17 +25,20 @@
 //!
 //! Where `open_tree` cannot be used, the directory is opened as before, on the
 //! user's mount, and an unmount during a scan can fail: ENOSYS (before 5.2, or a
-//! seccomp filter), EPERM (no CAP_SYS_ADMIN over the agent's mount namespace),
-//! EINVAL (an unbindable mount, or a path in another mount namespace).
+//! seccomp filter), EPERM (no CAP_SYS_ADMIN over the mount's namespace, or no
+//! CAP_SYS_CHROOT to join it), EINVAL (an unbindable mount).
 //! `overlayfs_scan_upper_opens_total{via="plain"}` counts those opens by reason,
 //! and each reason is logged once.
 //!
-//! Mount namespaces: [`MountNs::Own`] resolves paths in the agent's own namespace
-//! (under `--path.rootfs`). `open_tree` only clones mounts of the caller's
-//! namespace, so an upper dir of another namespace is reached by a thread with its
-//! own filesystem context (a scan worker, see `OwnCwd`) that joins that namespace
-//! (`setns(CLONE_NEWNS)`), clones there and goes back: such a namespace is another
-//! variant of [`MountNs`], handled in [`open_upper`].
+//! Mount namespaces: `open_tree` only clones mounts of the caller's namespace, so
+//! an upper dir of another namespace ([`Place::join`]) is cloned by a short-lived
+//! thread with its own filesystem context that joins that namespace
+//! (`setns(CLONE_NEWNS)`, which a thread sharing its filesystem context with
+//! others may not do), clones the mount there and ends. The path is looked up
+//! beneath the root of a process of that namespace (`<procfs>/<pid>/root`, opened
+//! `O_PATH` before: it pins that root only), and the namespace file's inode is
+//! checked against the namespace's id, so a pid reused meanwhile is never joined. The clone, like any, belongs to
+//! no namespace: an unmount in the user's namespace never finds it busy.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -44,12 +47,34 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rustix::fs::{openat, Mode, OFlags, CWD};
 use rustix::io::Errno;
 use rustix::mount::{open_tree, OpenTreeFlags};
+use rustix::thread::LinkNameSpaceType;
 
-/// Which mount namespace a path is resolved in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MountNs {
-    /// The agent's own: the path is under `--path.rootfs`.
-    Own,
+/// Where the scan threads open an upper dir.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Place {
+    /// Its path in the agent's own mount namespace: under `--path.rootfs`, or,
+    /// for another namespace, under `<procfs>/<pid>/root`.
+    pub path: PathBuf,
+    /// For another namespace: the namespace to join to clone its mount.
+    pub join: Option<Join>,
+}
+
+/// Another mount namespace, as a scan thread joins it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    /// `<procfs>/<pid>/root` of a process in it: [`Place::path`] is beneath.
+    pub root: PathBuf,
+    /// `<procfs>/<pid>/ns/mnt` of that process.
+    pub ns_file: PathBuf,
+    /// The namespace's id (the inode of its nsfs file).
+    pub id: u64,
+}
+
+impl Place {
+    /// A path in the agent's own mount namespace.
+    pub fn own(path: impl Into<PathBuf>) -> Place {
+        Place { path: path.into(), join: None }
+    }
 }
 
 /// How a directory was opened; a bounded label set.
@@ -66,10 +91,10 @@ pub enum Via {
 pub enum Fallback {
     /// ENOSYS: no `open_tree` (before 5.2, or a seccomp filter).
     NoOpenTree = 0,
-    /// EPERM: no CAP_SYS_ADMIN over the agent's mount namespace.
+    /// EPERM: no CAP_SYS_ADMIN over the mount's namespace (or, for another
+    /// namespace, no right to join it).
     NoPrivileges,
-    /// EINVAL: the kernel refused to clone that mount (unbindable, or not in the
-    /// agent's mount namespace).
+    /// EINVAL: the kernel refused to clone that mount (unbindable).
     Refused,
 }
 
@@ -133,13 +158,61 @@ impl UpperHandle {
     }
 }
 
-/// Opens the upper dir at `path` in `ns` for a walk (see the module doc).
-pub fn open_upper(path: &Path, ns: MountNs) -> Result<UpperHandle, Errno> {
-    match ns {
-        MountNs::Own => {}
-    }
-    let (dir, clone, via) = open_dir_in(path, true)?;
+/// Opens the upper dir at `place` for a walk (see the module doc).
+pub fn open_upper(place: &Place) -> Result<UpperHandle, Errno> {
+    let path = &place.path;
+    let (dir, clone, via) = match &place.join {
+        None => open_dir_in(path, true)?,
+        Some(join) => open_joined(path, join)?,
+    };
     Ok(UpperHandle { dir, _clone: clone, via, path: path.to_owned() })
+}
+
+/// [`open_dir_in`] for a directory of another mount namespace: the clone is made
+/// by a thread that joins it; the fallback is as in [`clone_or`].
+fn open_joined(path: &Path, join: &Join) -> Result<(OwnedFd, Option<OwnedFd>, Via), Errno> {
+    let dir = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let opened = match clone_joined(path, join) {
+        Ok(clone) => (openat(&clone, ".", dir, Mode::empty())?, Some(clone), Via::Detached),
+        Err(e) => {
+            let reason = fallback_for(e)?;
+            let fd = rustix::fs::open(path, dir, Mode::empty())?;
+            note_fallback(reason, path, e);
+            (fd, None, Via::Plain(reason))
+        }
+    };
+    OPENS[opened.2.index()].fetch_add(1, Ordering::Relaxed);
+    Ok(opened)
+}
+
+/// The detached clone of the mount of the directory at `path`, made in namespace
+/// `join`: the process's root is opened here (`O_PATH`: it pins that root, which
+/// nobody unmounts), and `path` is looked up beneath it by `open_tree` itself, in
+/// the namespace, as in the agent's own. ESTALE: the namespace file is no longer
+/// that namespace's (it ended, and the pid was reused).
+fn clone_joined(path: &Path, join: &Join) -> Result<OwnedFd, Errno> {
+    let rel = path.strip_prefix(&join.root).map_err(|_| Errno::INVAL)?;
+    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    let root =
+        rustix::fs::open(&join.root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let ns = rustix::fs::open(&join.ns_file, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    if rustix::fs::fstat(&ns)?.st_ino != join.id {
+        return Err(Errno::STALE);
+    }
+    let flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    // A thread of its own: it changes its filesystem context and namespace, and
+    // ends with them. A panic there (none is expected) is an I/O error here.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: CLONE_FS gives this thread its own cwd/root/umask, which
+            // setns(CLONE_NEWNS) requires; no descriptor table is unshared.
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }?;
+            rustix::thread::move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Mount))?;
+            open_tree(&root, rel, flags)
+        })
+        .join()
+        .unwrap_or(Err(Errno::IO))
+    })
 }
 
 /// Opens the directory at `path` (in the agent's own mount namespace) for reading,
@@ -182,16 +255,22 @@ fn clone_or(path: &Path, follow: bool, mut plain: OFlags) -> Result<(OwnedFd, Vi
     match open_tree(CWD, path, flags) {
         Ok(clone) => Ok((clone, Via::Detached)),
         Err(e) => {
-            let reason = match e {
-                Errno::NOSYS => Fallback::NoOpenTree,
-                Errno::PERM => Fallback::NoPrivileges,
-                Errno::INVAL => Fallback::Refused,
-                _ => return Err(e),
-            };
+            let reason = fallback_for(e)?;
             let fd = rustix::fs::open(path, plain, Mode::empty())?;
             note_fallback(reason, path, e);
             Ok((fd, Via::Plain(reason)))
         }
+    }
+}
+
+/// Why a clone could not be made, where a plain open still can be: other errors
+/// (the directory is gone, the namespace ended) are the open's.
+fn fallback_for(e: Errno) -> Result<Fallback, Errno> {
+    match e {
+        Errno::NOSYS => Ok(Fallback::NoOpenTree),
+        Errno::PERM => Ok(Fallback::NoPrivileges),
+        Errno::INVAL => Ok(Fallback::Refused),
+        _ => Err(e),
     }
 }
 
@@ -219,7 +298,7 @@ mod tests {
         let u = tmp.path().join("upper");
         std::fs::create_dir_all(u.join("d")).expect("mkdir");
         std::fs::write(u.join("f"), b"x").expect("write");
-        let h = open_upper(&u, MountNs::Own).expect("open");
+        let h = open_upper(&Place::own(&u)).expect("open");
         if rustix::process::geteuid().is_root() {
             assert_eq!(h.via(), Via::Detached, "root may clone mounts");
         }
@@ -231,7 +310,30 @@ mod tests {
             .filter(|n| n != b"." && n != b"..")
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
-        assert!(open_upper(&tmp.path().join("absent"), MountNs::Own).is_err_and(|e| e == Errno::NOENT));
+        assert!(open_upper(&Place::own(tmp.path().join("absent"))).is_err_and(|e| e == Errno::NOENT));
+    }
+
+    /// Joining a namespace (here the test's own, through /proc/self): the clone is
+    /// made by the joining thread; a namespace file that is not the namespace's
+    /// any more (a pid reused) is never joined.
+    #[test]
+    fn a_namespace_is_joined_only_when_it_is_still_the_same() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = PathBuf::from("/proc/self/root");
+        let path = root.join(tmp.path().strip_prefix("/").expect("absolute"));
+        let ns_file = PathBuf::from("/proc/self/ns/mnt");
+        let id = rustix::fs::stat(&ns_file).expect("ns").st_ino;
+        let stale = Place {
+            path: path.clone(),
+            join: Some(Join { root: root.clone(), ns_file: ns_file.clone(), id: id + 1 }),
+        };
+        assert!(open_upper(&stale).is_err_and(|e| e == Errno::STALE));
+        let h = open_upper(&Place { path, join: Some(Join { root, ns_file, id }) }).expect("open");
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(h.via(), Via::Detached, "root may join and clone");
+        }
+        let st = rustix::fs::fstat(h.dir()).expect("fstat");
+        assert_eq!(st.st_ino, rustix::fs::stat(tmp.path()).expect("stat").st_ino);
     }
 
     /// Without CAP_SYS_ADMIN (dropped from this thread's effective set) the clone
@@ -246,7 +348,7 @@ mod tests {
             caps.effective.remove(CapabilitySet::SYS_ADMIN);
             set_capabilities(None, caps).expect("capset");
             let before = opens()[2].1;
-            let h = open_upper(&path, MountNs::Own).expect("open");
+            let h = open_upper(&Place::own(&path)).expect("open");
             assert!(opens()[2].1 > before, "counted as no_privileges");
             h.via()
         })

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::BorrowedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::budget::Budget;
 use super::cancel::Cancel;
 use super::quota::{QuotaSettings, QuotaTarget, Unavailable, Usage};
+use super::reach::Place;
 use super::{ErrorReason, ScanCache, ScanResult};
 use crate::activity::Activity;
 use crate::config::ScanConfig;
@@ -59,8 +60,8 @@ pub struct ScanRecord {
     pub(super) copy_ups_at_scan: u64,
     /// The upper dir's own inode when the last scan started.
     pub(super) root_stamp: Option<RootStamp>,
-    /// Where the upper dir is opened (under `rootfs`).
-    pub(super) open_at: PathBuf,
+    /// Where the upper dir is opened (under `rootfs`, or its namespace's root).
+    pub(super) open_at: Place,
     /// Activity seen since the last scan started, and by which signal.
     pub(super) activity: Option<ActivitySignal>,
 }
@@ -136,7 +137,7 @@ impl ScanRecord {
             devices: Vec::new(),
             copy_ups_at_scan: 0,
             root_stamp: None,
-            open_at: PathBuf::new(),
+            open_at: Place::default(),
             activity: None,
         }
     }

@@ -47,10 +47,7 @@ runs() {
 }
 # Overlay kprobes registered in the kernel (kprobe and kretprobe lines).
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
-# A tracefs return probe whose perf event is closed stays defined but DISABLED.
 kprobes() { grep ' ovl_' /sys/kernel/debug/kprobes/list 2>/dev/null | grep -vc DISABLED; }
-# The agent's return-probe events defined in tracefs.
-retprobe_events() { grep -c overlay_agent /sys/kernel/tracing/kprobe_events 2>/dev/null; }
 
 # bpfstats is bench without the timed storms.
 script=/modes/$mode.sh

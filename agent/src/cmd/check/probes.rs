@@ -23,7 +23,6 @@ pub(super) fn findings(config: &Config, k: &KernelFeatures, caps: Option<u64>) -
     let btf_dir = ProbeOptions::default().btf_dir;
     let mut out = vec![kernel(k), overlay(k), kprobes(k), btf(k, &btf_dir), privileges(k, caps)];
     out.extend(lockdown());
-    out.push(tracefs());
     out.push(attempt(config, Disabled::predict(k, btf_dir.join("vmlinux").exists(), caps)));
     out
 }
@@ -160,24 +159,6 @@ fn lockdown() -> Option<Finding> {
     } else {
         f(Status::Ok, format!("lockdown={mode}"))
     })
-}
-
-/// tracefs shows the probes to a person (kprobes/list, kprobe_profile); the
-/// probes themselves attach through perf events (no return probe, so no
-/// maxactive to set in kprobe_events) and need none of it.
-fn tracefs() -> Finding {
-    let f = |d: String| Finding::new("tracefs", Feature::CopyUpProbes, Status::Ok, d);
-    match ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .map(Path::new)
-        .find(|p| p.join("kprobe_events").exists())
-    {
-        Some(t) => f(format!(
-            "{}: kprobe_events, to inspect the probes by hand (they attach through perf events)",
-            t.display()
-        )),
-        None => f("no tracefs with kprobe_events: not needed, the probes attach through perf events".into()),
-    }
 }
 
 /// Loads and attaches the probes as the daemon would, then detaches them.

@@ -81,12 +81,16 @@ pub enum Unavailable {
     SharedProjectId,
     /// A walk of an unchanged tree and the quota disagreed.
     Mismatch,
+    /// The upper dir is in another mount namespace: quota mode's readings open
+    /// the upper dir and its neighbours by path, which there would be on the
+    /// user's mount (reach.rs), so the walk measures it.
+    OtherNamespace,
     /// The upper dir or its quota could not be read (permissions, I/O).
     Error,
 }
 
 impl Unavailable {
-    pub const ALL: [Unavailable; 9] = [
+    pub const ALL: [Unavailable; 10] = [
         Unavailable::Disabled,
         Unavailable::Unknown,
         Unavailable::NoProjectIds,
@@ -95,6 +99,7 @@ impl Unavailable {
         Unavailable::NotAccounted,
         Unavailable::SharedProjectId,
         Unavailable::Mismatch,
+        Unavailable::OtherNamespace,
         Unavailable::Error,
     ];
 
@@ -108,6 +113,7 @@ impl Unavailable {
             Unavailable::NotAccounted => "not_accounted",
             Unavailable::SharedProjectId => "shared_project_id",
             Unavailable::Mismatch => "mismatch",
+            Unavailable::OtherNamespace => "other_namespace",
             Unavailable::Error => "error",
         }
     }

@@ -67,7 +67,7 @@ use rustix::io::Errno;
 
 use super::budget::{Budget, CpuMeter};
 use super::cancel::Cancel;
-use super::reach::{open_upper, MountNs, UpperHandle};
+use super::reach::{open_upper, Place, UpperHandle};
 use super::{EntryKind, ErrorReason, ScanError, ScanResult};
 use cache::{ctime, mtime};
 
@@ -171,7 +171,7 @@ struct Walker<'a> {
 /// Opens the upper dir at `upper` in the agent's own mount namespace and scans it
 /// ([`scan_upper`]).
 pub fn scan(upper: &Path, opts: &ScanOptions<'_>, cache: &mut ScanCache) -> Result<ScanResult, ScanError> {
-    let h = open_upper(upper, MountNs::Own).map_err(|e| ScanError::open(upper, e))?;
+    let h = open_upper(&Place::own(upper)).map_err(|e| ScanError::open(upper, e))?;
     scan_upper(&h, opts, cache)
 }
 

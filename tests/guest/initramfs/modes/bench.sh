@@ -1,6 +1,6 @@
 # Modes `bench` and `bpfstats` of the QEMU test guests, sourced by /init
 # (tests/guest/initramfs/init.sh, which has mounted A, B and C and defines scrape,
-# ready, runs, kprobes and retprobe_events); tests/guest (overhead.rs) reads the
+# ready, runs and kprobes); tests/guest (overhead.rs) reads the
 # output. bench: the timed storms, then the BPF statistics; bpfstats: the
 # statistics only.
 rounds="1 2 3 4 5 6 7"; churn_rounds="1 2 3 4 5"; stat_cfgs="bare agent bare agent bare agent bare agent bare agent"

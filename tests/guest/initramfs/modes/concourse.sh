@@ -1,6 +1,6 @@
 # Mode `concourse` of the QEMU test guests, sourced by /init (tests/guest/initramfs/init.sh,
-# which has mounted A, B and C and defines scrape, ready, runs, kprobes and
-# retprobe_events); tests/guest checks the output.
+# which has mounted A, B and C and defines scrape, ready, runs and
+# kprobes); tests/guest checks the output.
 # A Concourse volume's life as baggageclaim lives it (tests/guest, concourse.rs),
 # by a worker that runs in a container of its own: every mount, the chown and
 # the unmount happen in the worker's private mount namespace (held by `w`),

@@ -1,6 +1,6 @@
 # Mode `maps` of the QEMU test guests, sourced by /init (tests/guest/initramfs/init.sh,
-# which has mounted A, B and C and defines scrape, ready, runs, kprobes and
-# retprobe_events); tests/guest checks the output.
+# which has mounted A, B and C and defines scrape, ready, runs and
+# kprobes); tests/guest checks the output.
 # Cost of reading the eBPF maps per scrape: 1000 overlays, one copy-up of
 # every cause on each (about 11,000 COUNTS keys and 22,000 HIST keys), scraped
 # with eBPF off and on, in text and in protobuf; the maps' memlock.

@@ -1,6 +1,6 @@
 # Mode `storm` of the QEMU test guests, sourced by /init (tests/guest/initramfs/init.sh,
-# which has mounted A, B and C and defines scrape, ready, runs, kprobes and
-# retprobe_events); tests/guest checks the output.
+# which has mounted A, B and C and defines scrape, ready, runs and
+# kprobes); tests/guest checks the output.
 # Recorded storms (tests/guest, storm.rs): the agent is
 # scraped every second (qemu-workload record) through steady background traffic
 # (10 mounts, 2 chowns/s each, 30 s), then real busybox `chown -R`s: 4 at

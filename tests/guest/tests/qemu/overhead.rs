@@ -29,6 +29,28 @@ fn bpf_medians(console: &str) -> BTreeMap<String, (f64, f64)> {
         .collect()
 }
 
+/// Each program's figures per probe set ("=== PROG agent one_entry 10100 runs
+/// 45000000 ns", one line per program and storm): (probe set, program) ->
+/// (runs, ns) of the median storm by time inside that program.
+fn program_medians(console: &str) -> BTreeMap<(String, String), (f64, f64)> {
+    let mut rounds: BTreeMap<(String, String), Vec<(f64, f64)>> = BTreeMap::new();
+    for line in console.lines().filter_map(|l| l.strip_prefix("=== PROG ")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if let (Some(cfg), Some(name), Some(Ok(runs)), Some(Ok(ns))) =
+            (f.first(), f.get(1), f.get(2).map(|s| s.parse::<f64>()), f.get(4).map(|s| s.parse::<f64>()))
+        {
+            rounds.entry((cfg.to_string(), name.to_string())).or_default().push((runs, ns));
+        }
+    }
+    rounds
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(|a, b| a.1.total_cmp(&b.1));
+            (k, v[v.len() / 2])
+        })
+        .collect()
+}
+
 /// The timed runs by (place, probe set) ("=== BENCH overlay bare storm 10100
 /// entries 1.234567 s", "=== BENCH churn none churn 100000 ops 1.2 s"), and the
 /// entries of the overlay storm.
@@ -103,6 +125,16 @@ fn print_table(version: &str, console: &str, log: &Path) {
         "| non-overlay: {plain_entries} lchowns on plain tmpfs (7 runs) | {plain_none:.3} s | | {plain_agent:.3} s ({:.3}x) |",
         plain_agent / plain_none
     );
+    println!(
+        "\nper program (bpf_stats, median of 5 storms): runs per copy-up, time per run, time per copy-up"
+    );
+    for ((cfg, name), (runs, ns)) in program_medians(console) {
+        let (per_cu, per_run) = (runs / entries as f64, if runs > 0.0 { ns / runs / 1e3 } else { 0.0 });
+        println!(
+            "  {cfg} {name}: {per_cu:.2} runs, {per_run:.2} us/run, {:.2} us/copy-up",
+            ns / entries as f64 / 1e3
+        );
+    }
 }
 
 /// Probe overhead, a benchmark that prints figures (not part of the test suite):
@@ -114,7 +146,7 @@ fn probe_overhead() {
     for version in kernels() {
         // OVERLAY_AGENT_BENCH=bpfstats: only the in-program statistics (no timed storms).
         let mode = std::env::var("OVERLAY_AGENT_BENCH").unwrap_or_else(|_| "bench".into());
-        let (console, log) = run_guest(&version, &mode, "qemu-bench");
+        let (console, log) = run_guest(&version, &mode, &format!("qemu-{mode}"));
         if mode == "bpfstats" || mode == "micro" {
             for l in console.lines().filter(|l| {
                 l.starts_with("=== PROG ") || l.starts_with("=== BENCH ") || l.starts_with("=== CLOCKSOURCE")

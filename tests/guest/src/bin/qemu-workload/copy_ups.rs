@@ -23,6 +23,9 @@ pub fn prepare(a: &Path, b: &Path, c: &Path) {
         ("link.dat", 8_000),
         ("rename.dat", 9_000),
         ("shared.dat", 11_000),
+        ("noop_chown.dat", 9_500),
+        ("noop_chgrp.dat", 10_500),
+        ("noop_chmod.dat", 21_000),
         ("d1/d2/keep", 1),
         ("r1/r2/gone", 1),
     ] {
@@ -47,6 +50,7 @@ fn step(what: &str, r: std::io::Result<()>) {
 pub fn run(a: &Path, b: &Path, c: &Path) {
     step("chown", chown(a.join("chown.dat"), Some(1), Some(1)));
     step("chmod", fs::set_permissions(a.join("chmod.dat"), fs::Permissions::from_mode(0o600)));
+    noops(a);
     // SAFETY: a valid NUL-terminated path.
     step("truncate(2)", check(unsafe { libc::truncate(cpath(&a.join("trunc.dat")).as_ptr(), 5) }));
     step(
@@ -97,6 +101,29 @@ pub fn run(a: &Path, b: &Path, c: &Path) {
     step(
         "append on mount C (deferred data)",
         OpenOptions::new().append(true).open(c.join("meta.dat")).and_then(|mut f| f.write_all(b"+")),
+    );
+}
+
+/// Copy-ups that set what the file already has (overlayfs_copy_up_noop_total):
+/// a chown to its owner and group, a chown of the group alone (uid -1), a
+/// chmod to its mode, each read first through the merged path (a stat copies
+/// nothing up).
+fn noops(a: &Path) {
+    use std::os::unix::fs::{lchown, MetadataExt};
+    let attrs = |name: &str| fs::metadata(a.join(name)).map(|m| (m.uid(), m.gid(), m.mode() & 0o7777));
+    step(
+        "no-op chown (same owner and group)",
+        attrs("noop_chown.dat").and_then(|(u, g, _)| chown(a.join("noop_chown.dat"), Some(u), Some(g))),
+    );
+    step(
+        "no-op lchown (uid -1, same group)",
+        attrs("noop_chgrp.dat").and_then(|(_, g, _)| lchown(a.join("noop_chgrp.dat"), None, Some(g))),
+    );
+    step(
+        "no-op chmod (same mode)",
+        attrs("noop_chmod.dat").and_then(|(_, _, m)| {
+            fs::set_permissions(a.join("noop_chmod.dat"), fs::Permissions::from_mode(m))
+        }),
     );
 }
 

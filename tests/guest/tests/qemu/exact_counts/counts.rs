@@ -1,7 +1,7 @@
 //! The copy-up counters of a guest run: by mount, cause and kind; data bytes;
-//! no errors; by process; through io_uring.
+//! no errors; no-op copy-ups; by process; through io_uring.
 
-use super::{Guest, EXPECTED, EXPECTED_BYTES};
+use super::{Guest, EXPECTED, EXPECTED_BYTES, EXPECTED_NOOP};
 use crate::common::{grep, Metrics};
 use crate::guest::section_of;
 
@@ -45,6 +45,28 @@ pub fn check_no_errors(g: &Guest) -> Vec<String> {
     } else {
         vec![]
     }
+}
+
+/// The no-op copy-ups, exact, and one series per (mount, cause) of a chown,
+/// chmod or utimes copy-up: none for other causes, none more.
+pub fn check_noop(g: &Guest) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (mp, cause, want) in EXPECTED_NOOP {
+        let got = g.m.get("overlayfs_copy_up_noop_total", &[("mountpoint", mp), ("cause", cause)]);
+        if got != Some(*want) {
+            problems.push(format!("copy_up_noop_total{{{mp},{cause}}} = {got:?}, want {want}"));
+        }
+    }
+    let series = g.m.series("overlayfs_copy_up_noop_total");
+    if series.len() != EXPECTED_NOOP.len() {
+        problems.push(format!(
+            "{} overlayfs_copy_up_noop_total series, want {}:\n{}",
+            series.len(),
+            EXPECTED_NOOP.len(),
+            grep(&g.text, "overlayfs_copy_up_noop_total")
+        ));
+    }
+    problems
 }
 
 /// Who copied up: the workload's main threads for all but mount B's chown,

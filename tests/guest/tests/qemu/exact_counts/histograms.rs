@@ -130,19 +130,19 @@ fn histogram_problems(m: &Metrics) -> Vec<String> {
 pub fn check_histograms(g: &Guest) -> Vec<String> {
     let mut problems = histogram_problems(&g.m);
     let chown_bytes = g.m.get("overlayfs_copy_up_bytes_count", &[("cause", "chown")]);
-    if chown_bytes != Some(2.0) {
-        problems.push(format!("overlayfs_copy_up_bytes_count{{cause=chown}} = {chown_bytes:?}, want 2 (A and B; C is metadata-only)"));
+    if chown_bytes != Some(4.0) {
+        problems.push(format!("overlayfs_copy_up_bytes_count{{cause=chown}} = {chown_bytes:?}, want 4 (3 on A, 1 on B; C is metadata-only)"));
     }
     let chown_sum = g.m.get("overlayfs_copy_up_bytes_sum", &[("cause", "chown")]);
-    if chown_sum != Some(22_000.0) {
-        problems.push(format!("overlayfs_copy_up_bytes_sum{{cause=chown}} = {chown_sum:?}, want 22000"));
+    if chown_sum != Some(42_000.0) {
+        problems.push(format!("overlayfs_copy_up_bytes_sum{{cause=chown}} = {chown_sum:?}, want 42000"));
     }
     let lat = g.m.get("overlayfs_copy_up_duration_seconds_count", &[("cause", "create")]);
     if lat != Some(2.0) {
         problems.push(format!("overlayfs_copy_up_duration_seconds_count{{cause=create}} = {lat:?}, want 2"));
     }
-    // 10,000 and 12,000 bytes: both in (2^13, 2^14] = (8192, 16384].
-    for (le, want) in [("4096", 0.0), ("16384", 2.0)] {
+    // 9,500, 10,000, 10,500 and 12,000 bytes: all in (2^13, 2^14] = (8192, 16384].
+    for (le, want) in [("4096", 0.0), ("16384", 4.0)] {
         let got = g.m.get("overlayfs_copy_up_bytes_bucket", &[("cause", "chown"), ("le", le)]);
         if got != Some(want) {
             problems.push(format!(

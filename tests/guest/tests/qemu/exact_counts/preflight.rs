@@ -1,5 +1,5 @@
 //! `overlay-agent check --json` in a guest whose kernel has everything the agent
-//! needs (kprobes, BTF, tracefs, the overlay module loaded, root): every feature
+//! needs (kprobes, BTF, the overlay module loaded, root): every feature
 //! works, exit 0, and the probes it attached for the check are the plan's.
 
 use super::Guest;
@@ -24,7 +24,7 @@ pub fn check_preflight(g: &Guest) -> Vec<String> {
             .cloned()
             .unwrap_or_default()
     };
-    for name in ["kernel", "kprobes", "privileges_ebpf", "tracefs", "probes_attach", "mount_table"] {
+    for name in ["kernel", "kprobes", "privileges_ebpf", "probes_attach", "mount_table"] {
         let c = find(name);
         if c["status"] != "ok" {
             problems.push(format!("check {name}: {c}"));
