@@ -124,13 +124,15 @@ ensure_packaging_tools() {
 }
 
 ensure_arm64_cross() {
-    # The static aarch64 binary: Rust's musl target (its own libc and start
-    # files) linked by the GNU cross compiler, which also compiles ring's C;
-    # qemu-system-aarch64 boots Debian's arm64 kernel. Not run by the test command:
-    # nothing there builds for arm64 yet (the eBPF programs are x86_64 only;
-    # docs/install.md). tests/guest/arm64/smoke.sh needs it.
+    # The static aarch64 binaries (the agent, the arm64 QEMU guests' helpers):
+    # Rust's musl target (its own libc and start files) linked by the GNU cross
+    # compiler, which also compiles ring's C; qemu-system-aarch64 boots Debian's
+    # arm64 kernels (tests/guest). The eBPF programs for aarch64 need nothing
+    # more: aya-build builds them for the bpf target with the aarch64 cfg.
     rustup target list --installed | grep -qx aarch64-unknown-linux-musl || rustup target add aarch64-unknown-linux-musl
     apt_install gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-arm
+    export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=${CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER:-aarch64-linux-gnu-gcc}
+    export CC_aarch64_unknown_linux_musl=${CC_aarch64_unknown_linux_musl:-aarch64-linux-gnu-gcc}
 }
 
 ensure_cargo_deb() {

@@ -13,12 +13,11 @@
 # ARCHES lists the architectures as Rust targets. One is built when its target is
 # installed (rustup target add TRIPLE, plus its C cross compiler for ring), else
 # skipped with a note; PACKAGE_ARCHES="TRIPLE..." demands exactly those (a missing
-# one is then an error). aarch64-unknown-linux-musl is not in ARCHES yet: its
-# toolchain is installed (scripts/deps.sh) but the eBPF programs do not build for
-# arm64 yet (x86_64 registers in agent-ebpf); PACKAGE_ARCHES can still demand it.
+# one is then an error). scripts/deps.sh ensure_arm64_cross installs aarch64's
+# (the test command runs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ARCHES=(x86_64-unknown-linux-musl)
+ARCHES=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
 # The static aarch64 binary links with the GNU cross compiler (Rust's musl target
 # brings its own libc and start files); ring's C is compiled with it too.
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=${CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER:-aarch64-linux-gnu-gcc}

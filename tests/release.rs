@@ -58,6 +58,17 @@ fn package_sh_builds_every_artefact_offline() {
         .filter(|a| got.contains(&format!("overlay-agent-{VERSION}-linux-{a}")))
         .collect();
     assert!(arches.contains(&"amd64"), "no amd64 binary: {got:?}");
+    // package.sh builds every architecture whose Rust target is installed, and
+    // scripts/test.sh installs aarch64's: then both arches' artefacts are required.
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    if installed
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l == "aarch64-unknown-linux-musl"))
+    {
+        assert!(
+            arches.contains(&"arm64"),
+            "aarch64-unknown-linux-musl is installed but no arm64 binary: {got:?}"
+        );
+    }
     let mut want: BTreeSet<String> = ["SHA256SUMS".to_owned(), format!("overlay-agent-{VERSION}.tgz")].into();
     want.insert(format!("overlay-agent_{VERSION}_oci-image.tar"));
     for a in &arches {

@@ -23,6 +23,10 @@ use crate::util::{conf, load_u32, load_u64, read, Window};
 pub trait Task {
     /// The 8 bytes at `off` in the user registers.
     fn reg(&self, off: u32) -> u64;
+    /// The 4 bytes at `off` in the user registers (aarch64's s32 `syscallno`:
+    /// the verifier refuses a wider load of it through the BTF pointer).
+    #[cfg_attr(not(bpf_target_arch = "aarch64"), allow(dead_code))]
+    fn reg32(&self, off: u32) -> u32;
     /// The user namespace of the task's credentials (real_cred: overlayfs
     /// runs the copy-up with the mounter's).
     fn user_ns(&self) -> u64;
@@ -54,6 +58,11 @@ impl Task for BtfTask {
     #[inline(always)]
     fn reg(&self, off: u32) -> u64 {
         load_u64(self.regs, off)
+    }
+
+    #[inline(always)]
+    fn reg32(&self, off: u32) -> u32 {
+        load_u32(self.regs, off)
     }
 
     #[inline(always)]
@@ -111,6 +120,14 @@ impl Task for StackTask {
     }
 
     #[inline(always)]
+    fn reg32(&self, off: u32) -> u32 {
+        if self.regs == 0 {
+            return 0;
+        }
+        read(self.regs + off as u64).unwrap_or(0)
+    }
+
+    #[inline(always)]
     fn user_ns(&self) -> u64 {
         let cred: u64 = read(self.task + conf!(task_real_cred) as u64).unwrap_or(0);
         if cred == 0 {
@@ -137,14 +154,26 @@ impl Task for StackTask {
     }
 }
 
+/// The bits of the native-caller register compared with `native_value`: all
+/// of x86_64's `cs`; the mode bits (PSR_MODE_MASK) of aarch64's `pstate`, whose
+/// condition flags change with every compare (overlay_agent_common::syscall::AARCH64).
+#[cfg(not(bpf_target_arch = "aarch64"))]
+const NATIVE_MASK: u64 = u64::MAX;
+#[cfg(bpf_target_arch = "aarch64")]
+const NATIVE_MASK: u64 = 0x1f;
+
 /// The encoded table entry of the call the thread is in (0: none of the
 /// table's, a kernel thread (zeroed registers), a 32-bit caller).
 #[inline(always)]
 pub fn entry<T: Task>(t: &T) -> u16 {
-    if t.reg(conf!(regs_native)) != conf!(native_value) {
+    if t.reg(conf!(regs_native)) & NATIVE_MASK != conf!(native_value) {
         return 0;
     }
+    #[cfg(not(bpf_target_arch = "aarch64"))]
     let nr = t.reg(conf!(regs_nr)) & !conf!(nr_mask_off);
+    // An s32: NO_SYSCALL (-1) reads as 0xffffffff, beyond the table.
+    #[cfg(bpf_target_arch = "aarch64")]
+    let nr = t.reg32(conf!(regs_nr)) as u64;
     if nr >= syscall::TABLE_SIZE as u64 {
         return 0;
     }

@@ -1,11 +1,15 @@
 //! Small helpers shared by the hooks: the config, kernel memory (helper reads
 //! and BTF-checked direct loads), windows of a struct read at once.
 //!
-//! The one place with architecture-specific register access: [`arg_at`] names
-//! x86_64's argument registers (another architecture adds its variant here).
-//! Everything else reaches registers through aya's `ProbeContext::arg` or
-//! through offsets the agent writes into [`CONFIG`] (the user registers of the
-//! system call: overlay_agent_common::syscall::Abi).
+//! Architecture-specific register access is in two places, each with an x86_64
+//! and an aarch64 variant chosen by aya-build's `bpf_target_arch`: [`arg_at`]
+//! here names the argument registers of the probed function (rdi..r9;
+//! regs[0..5]), and syscall.rs compares the native-caller register (all of
+//! `cs`; the mode bits of `pstate`) and reads the call number (8 bytes of
+//! `orig_ax`; the s32 `syscallno`). Everything else reaches registers through
+//! aya's `ProbeContext::arg` (arch-aware itself) or through offsets the agent
+//! writes into [`CONFIG`] (the user registers of the system call:
+//! overlay_agent_common::syscall::Abi).
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel};
 use aya_ebpf::programs::ProbeContext;
@@ -65,6 +69,7 @@ pub fn tid() -> u32 {
 /// Argument `i` (0-based) of the probed function, for a position known only at
 /// load (read from BTF by the agent): every argument register is loaded at a
 /// constant offset and one is picked. x86_64 calling convention.
+#[cfg(not(bpf_target_arch = "aarch64"))]
 #[inline(always)]
 pub fn arg_at(ctx: &ProbeContext, i: u32) -> Option<u64> {
     let regs = ctx.regs;
@@ -80,6 +85,31 @@ pub fn arg_at(ctx: &ProbeContext, i: u32) -> Option<u64> {
             core::ptr::read_volatile(&(*regs).r9),
         )
     };
+    pick(i, [a0, a1, a2, a3, a4, a5])
+}
+
+/// The same on aarch64: the arguments are x0..x5, `regs[0..5]` of the
+/// user_pt_regs aya gives kprobes there.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+pub fn arg_at(ctx: &ProbeContext, i: u32) -> Option<u64> {
+    let regs = ctx.regs;
+    // SAFETY: as above; regs[0..5] are within the 31 saved registers.
+    let (a0, a1, a2, a3, a4, a5) = unsafe {
+        (
+            core::ptr::read_volatile(&(*regs).regs[0]),
+            core::ptr::read_volatile(&(*regs).regs[1]),
+            core::ptr::read_volatile(&(*regs).regs[2]),
+            core::ptr::read_volatile(&(*regs).regs[3]),
+            core::ptr::read_volatile(&(*regs).regs[4]),
+            core::ptr::read_volatile(&(*regs).regs[5]),
+        )
+    };
+    pick(i, [a0, a1, a2, a3, a4, a5])
+}
+
+#[inline(always)]
+fn pick(i: u32, [a0, a1, a2, a3, a4, a5]: [u64; 6]) -> Option<u64> {
     match i {
         0 => Some(a0),
         1 => Some(a1),

@@ -3,6 +3,7 @@
 # uses, for other Debian suites. Packages are downloaded, never installed.
 #
 #   private_apt DIR SUITE...   sets the array apt_opts and runs apt-get update
+#   PRIVATE_APT_ARCH=arm64     another architecture's packages (default: this machine's)
 private_apt() {
     local dir=$1
     shift
@@ -29,5 +30,8 @@ private_apt() {
               -o "Dir::State::Lists=$dir/lists" -o "Dir::Cache=$dir/cache"
               -o Acquire::Check-Valid-Until=false -o APT::Get::AllowUnauthenticated=true
               -o APT::Sandbox::User=root)
+    if [ -n "${PRIVATE_APT_ARCH:-}" ]; then
+      apt_opts+=(-o "APT::Architecture=$PRIVATE_APT_ARCH" -o "APT::Architectures=$PRIVATE_APT_ARCH")
+    fi
     apt-get "${apt_opts[@]}" -qq update >&2
 }

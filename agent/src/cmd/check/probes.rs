@@ -12,7 +12,7 @@ use crate::probes::{self, Disabled, ProbeOptions};
 
 /// Architectures the probes are built for (the syscall table and pt_regs
 /// offsets of agent-common and agent-ebpf).
-pub const PROBE_ARCHES: &[&str] = &["x86_64"];
+pub const PROBE_ARCHES: &[&str] = &["x86_64", "aarch64"];
 
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_SYS_RESOURCE: u32 = 24;
@@ -36,7 +36,7 @@ fn kernel(k: &KernelFeatures) -> Finding {
             format!("{} {arch}: the probes are built for {} only", k.release, PROBE_ARCHES.join(", ")),
         )
         .reason("load_failed")
-        .remedy("run the agent on x86_64; everything but the copy-up counts works here");
+        .remedy("run the agent on x86_64 or aarch64; everything but the copy-up counts works here");
     }
     let version = k.version().unwrap_or((0, 0));
     if version < (5, 8) || k.ring_buffers() == Presence::Missing {

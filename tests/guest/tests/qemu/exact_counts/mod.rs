@@ -12,7 +12,7 @@ mod protobuf;
 use std::time::Instant;
 
 use crate::common::{repo_root, require_root, Metrics};
-use crate::guest::{kernels, run_guest, section};
+use crate::guest::{arm64_kernels, kernels, run_guest_on, section, Arch};
 
 /// What the workload does, and what the agent must count: (mount, cause, kind, copy-ups).
 pub const EXPECTED: &[(&str, &str, &str, f64)] = &[
@@ -61,6 +61,7 @@ pub const EXPECTED_NOOP: &[(&str, &str, f64)] = &[
 
 /// One guest run of mode `agent`: the console and the main scrape.
 pub struct Guest {
+    pub arch: Arch,
     pub version: String,
     pub console: String,
     pub text: String,
@@ -104,11 +105,13 @@ const CHECKS: &[Check] = &[
     ("preflight_check", preflight::check_preflight),
 ];
 
-fn check_kernel(version: &str) -> Result<String, String> {
+fn check_kernel(arch: Arch, version: &str) -> Result<String, String> {
     let started = Instant::now();
-    let (console, log) = run_guest(version, "agent", "qemu");
+    let (console, log) = run_guest_on(arch, version, "agent", "qemu");
     let secs = started.elapsed().as_secs_f64();
-    let fail = |what: String| Err(format!("kernel {version}: {what} (console: {})", log.display()));
+    let fail = |what: String| {
+        Err(format!("kernel {version} ({}): {what} (console: {})", arch.debian(), log.display()))
+    };
     for marker in [
         "INSMOD FAILED",
         "PREPARE FAILED",
@@ -131,6 +134,7 @@ fn check_kernel(version: &str) -> Result<String, String> {
         return fail("no metrics in the console output".into());
     };
     let g = Guest {
+        arch,
         version: version.to_owned(),
         m: Metrics::parse(text),
         text: text.to_owned(),
@@ -153,9 +157,10 @@ fn check_kernel(version: &str) -> Result<String, String> {
 fn summary(g: &Guest, secs: f64) -> String {
     let attached = g.m.matching("overlayfs_ebpf_probe_attached", &[]).filter(|s| s.value == 1.0).count();
     format!(
-        "kernel {}: all {} copy-ups exact, {} checks passed, boot+test {secs:.1}s, {attached} probes attached; \
+        "kernel {} ({}): all {} copy-ups exact, {} checks passed, boot+test {secs:.1}s, {attached} probes attached; \
          64 parallel copy-ups: {} program runs each",
         g.version,
+        g.arch.debian(),
         Guest::want_total(),
         CHECKS.len(),
         lifecycle::parallel_runs(&g.console)
@@ -166,18 +171,30 @@ fn summary(g: &Guest, secs: f64) -> String {
     )
 }
 
-#[test]
-fn copy_ups_are_counted_exactly_on_real_kernels() {
+/// Every check on each kernel of `arch`; the summary goes to target/`summary_file`.
+fn check_kernels(arch: Arch, versions: Vec<String>, summary_file: &str) {
     require_root();
     let mut failures = Vec::new();
     let mut summary = String::new();
-    for v in kernels() {
-        match check_kernel(&v) {
+    for v in versions {
+        match check_kernel(arch, &v) {
             Ok(line) => summary.push_str(&format!("{line}\n")),
             Err(e) => failures.push(e),
         }
     }
     // scripts/test.sh prints this after the run (cargo captures a passing test's output).
-    std::fs::write(repo_root().join("target/qemu-summary.txt"), &summary).expect("write summary");
+    std::fs::write(repo_root().join("target").join(summary_file), &summary).expect("write summary");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn copy_ups_are_counted_exactly_on_real_kernels() {
+    check_kernels(Arch::Amd64, kernels(), "qemu-summary.txt");
+}
+
+/// The same workload and checks on Debian's arm64 kernels (qemu-system-aarch64,
+/// TCG): its own test, so that it runs beside the x86_64 guests.
+#[test]
+fn copy_ups_are_counted_exactly_on_arm64_kernels() {
+    check_kernels(Arch::Arm64, arm64_kernels(), "qemu-arm64-summary.txt");
 }

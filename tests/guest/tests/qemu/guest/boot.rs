@@ -4,6 +4,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::arch::Arch;
+
 /// OVERLAY_AGENT_QEMU_ICOUNT=SHIFT: the guest's clocks advance by 2^SHIFT ns per
 /// instruction executed instead of with the host's time (QEMU `-icount`, one
 /// vCPU). In-program times (bpf_stats) then count the
@@ -25,10 +27,12 @@ fn default_smp() -> &'static str {
 }
 
 /// Boots the kernel under TCG and returns the serial console output.
-pub fn boot(kernel: &Path, initrd: &Path, log: &Path, memory_mib: u32) -> String {
+pub fn boot(arch: Arch, kernel: &Path, initrd: &Path, log: &Path, memory_mib: u32) -> String {
     let out = std::fs::File::create(log).expect("create console log");
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-nographic", "-no-reboot"])
+    let (qemu, machine, cmdline) = arch.qemu();
+    let mut child = Command::new(qemu)
+        .args(machine)
+        .args(["-nographic", "-no-reboot"])
         // OVERLAY_AGENT_QEMU_SMP: more vCPUs for the benchmarks (how per-CPU maps scale).
         // Under -icount a second vCPU never comes up (QEMU 7.2): one vCPU there.
         .args(["-smp", &std::env::var("OVERLAY_AGENT_QEMU_SMP").unwrap_or_else(|_| default_smp().into())])
@@ -38,15 +42,14 @@ pub fn boot(kernel: &Path, initrd: &Path, log: &Path, memory_mib: u32) -> String
         .arg(kernel.join("vmlinuz"))
         .arg("-initrd")
         .arg(initrd)
-        // tsc=reliable: under TCG the kernel's watchdog otherwise moves to hpet
-        // when the host is busy, and every clock read (bpf_ktime_get_ns) becomes
-        // an emulated MMIO access of ~15 us: native machines keep the TSC.
-        .args(["-append", "console=ttyS0 panic=-1 loglevel=3 rdinit=/init tsc=reliable"])
+        .args(["-append", cmdline])
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("dup"))
         .stderr(out)
         .spawn()
-        .expect("qemu-system-x86_64 not found: scripts/test.sh installs qemu-system-x86");
+        .unwrap_or_else(|e| {
+            panic!("{qemu}: {e} (scripts/test.sh installs qemu-system-x86 and qemu-system-arm)")
+        });
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         if let Ok(Some(_)) = child.try_wait() {

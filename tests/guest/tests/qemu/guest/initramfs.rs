@@ -5,31 +5,21 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::arch::Arch;
 use crate::common::repo_root;
-
-/// A static (musl) binary that scripts/test.sh builds.
-fn musl(name: &str) -> PathBuf {
-    let p = repo_root().join("target/x86_64-unknown-linux-musl/release").join(name);
-    assert!(
-        p.exists(),
-        "{} missing: scripts/test.sh builds it (cargo build --release --target x86_64-unknown-linux-musl)",
-        p.display()
-    );
-    p
-}
 
 fn copy(from: &Path, to: &Path) {
     std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
 }
 
 /// Builds the initramfs for one kernel and mode in `dir`; returns its path.
-pub fn build(dir: &Path, kernel: &Path, mode: &str) -> PathBuf {
+pub fn build(arch: Arch, dir: &Path, kernel: &Path, mode: &str) -> PathBuf {
     let root = dir.join("root");
     for d in ["bin", "proc", "sys", "dev", "t", "tmp", "modes"] {
         std::fs::create_dir_all(root.join(d)).expect("mkdir");
     }
     let files = repo_root().join("tests/guest/initramfs");
-    copy(Path::new("/bin/busybox"), &root.join("bin/busybox"));
+    copy(&arch.busybox(kernel), &root.join("bin/busybox"));
     copy(&files.join("init.sh"), &root.join("init"));
     for f in std::fs::read_dir(files.join("modes")).expect("tests/guest/initramfs/modes").flatten() {
         copy(&f.path(), &root.join("modes").join(f.file_name()));
@@ -38,11 +28,11 @@ pub fn build(dir: &Path, kernel: &Path, mode: &str) -> PathBuf {
         copy(&files.join(f), &root.join(f));
     }
     for bin in ["overlay-agent", "qemu-workload", "qemu-bare-probe", "qemu-btf-check"] {
-        copy(&musl(bin), &root.join(bin));
+        copy(&arch.musl(bin), &root.join(bin));
     }
     copy(&kernel.join("overlay.ko"), &root.join("overlay.ko"));
     if mode == "quota" {
-        quota_files(&root, kernel);
+        quota_files(arch, &root, kernel);
     }
     std::fs::write(root.join("mode"), mode).expect("write mode");
     let cpio = dir.join("initramfs.cpio");
@@ -58,7 +48,8 @@ pub fn build(dir: &Path, kernel: &Path, mode: &str) -> PathBuf {
 /// What mode `quota` adds to the initramfs: its configs and helper, the loop
 /// and quota modules, and an ext4 image with project quotas made here
 /// (e2fsprogs; this host's kernel cannot mount it read-write: no CONFIG_QUOTA).
-fn quota_files(root: &Path, kernel: &Path) {
+fn quota_files(arch: Arch, root: &Path, kernel: &Path) {
+    assert_eq!(arch, Arch::Amd64, "mode quota runs on x86_64 guests only (fetch-quota-modules.sh)");
     let version = kernel.file_name().and_then(|v| v.to_str()).expect("kernel version dir");
     let out = Command::new(repo_root().join("tests/guest/fetch-quota-modules.sh"))
         .arg(version)
@@ -69,7 +60,7 @@ fn quota_files(root: &Path, kernel: &Path) {
     for f in ["agent-quota.yaml", "agent-walk.yaml"] {
         copy(&repo_root().join("tests/guest/initramfs").join(f), &root.join(f));
     }
-    copy(&musl("qemu-quota"), &root.join("qemu-quota"));
+    copy(&arch.musl("qemu-quota"), &root.join("qemu-quota"));
     std::fs::create_dir_all(root.join("quota")).expect("mkdir");
     for m in std::fs::read_dir(kernel.join("quota")).expect("quota modules").flatten() {
         if m.path().extension().is_some_and(|e| e == "ko") {
