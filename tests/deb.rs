@@ -28,6 +28,11 @@ fn build_deb(out: &Path) -> PathBuf {
 
 /// Builds the package of Rust target `triple` into `out`; returns its path.
 fn build_deb_for(triple: &str, out: &Path) -> PathBuf {
+    // One build at a time: the tests run in parallel, and cargo-deb writes its
+    // stripped copy of the binary and the man page to shared paths under target/
+    // (two builds at once packaged a half-written binary: lintian saw no ELF).
+    static BUILDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
     let bin = repo_root().join("target").join(triple).join("release/overlay-agent");
     assert!(bin.exists(), "{} missing: scripts/test.sh builds it", bin.display());
     run(Command::new(repo_root().join("packaging/deb/build.sh")).arg(triple).arg(out));
