@@ -130,7 +130,10 @@ ensure_arm64_cross() {
     # arm64 kernels (tests/guest). The eBPF programs for aarch64 need nothing
     # more: aya-build builds them for the bpf target with the aarch64 cfg.
     rustup target list --installed | grep -qx aarch64-unknown-linux-musl || rustup target add aarch64-unknown-linux-musl
-    apt_install gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu qemu-system-arm
+    # libc6-dev-arm64-cross: the aarch64 C headers ring's C includes
+    # (bits/libc-header-start.h). gcc-aarch64-linux-gnu only recommends it, and
+    # apt_install installs no recommends: a fresh host had the compiler without them.
+    apt_install gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm
     export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=${CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER:-aarch64-linux-gnu-gcc}
     export CC_aarch64_unknown_linux_musl=${CC_aarch64_unknown_linux_musl:-aarch64-linux-gnu-gcc}
 }

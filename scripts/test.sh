@@ -20,6 +20,11 @@ ensure_arm64_cross
 # the chart, dashboard-schema, package and release tests (and scripts/package.sh).
 ensure_packaging_tools
 
+# No incremental caches: the suite builds each crate once, and they would only
+# fill the disk (CI machines share theirs).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+df -h --output=avail,target "$PWD" | tail -1 | awk '{ print "disk: " $1 " free on " $2 }'
+
 cargo fmt --all --check
 # The eBPF crate builds only for the bpf target (through agent/build.rs).
 cargo clippy --workspace --exclude overlay-agent-ebpf --all-targets --locked --features overlay-agent/e2e,overlay-agent-guest-tests/qemu -- -D warnings
