@@ -120,11 +120,10 @@ pub fn check_outcomes(g: &Guest) -> Vec<String> {
     } else {
         // Refused at one of the two steps: no mount_setattr system call before
         // 5.12 (ENOSYS), or overlay refusing the idmapped lower until 5.19 (EINVAL).
-        let refused = match (setattr.as_deref(), volume.as_deref()) {
-            (Some("ENOSYS"), None) => true,
-            (Some("ok"), Some("EINVAL")) => true,
-            _ => false,
-        };
+        let refused = matches!(
+            (setattr.as_deref(), volume.as_deref()),
+            (Some("ENOSYS"), None) | (Some("ok"), Some("EINVAL"))
+        );
         if !refused {
             problems.push(format!(
                 "kernel {} (no idmapped layers in overlay): mount_setattr {setattr:?}, overlay {volume:?}; \
@@ -181,7 +180,7 @@ pub fn summary(g: &Guest) -> String {
     let said = |what: &str| outcome(g, what).unwrap_or_else(|| "-".into());
     format!(
         "userxattr,metacopy=on {}, userxattr {}, mount_setattr idmap {}, overlay on the idmapped lower {}; \
-         {} copy-ups on these mounts",
+         copy-ups on these mounts: {}",
         said("userxattr,metacopy=on"),
         said("userxattr"),
         said("mount_setattr-idmap"),
