@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fetch-kernel.sh VERSION CACHE_DIR [ARCH]
 # Downloads a Debian cloud kernel (5.10, 6.1, 6.12 or 7.2) into CACHE_DIR/VERSION/
-# and extracts what the QEMU tests boot: vmlinuz and overlay.ko (uncompressed).
+# and extracts what the QEMU tests boot: vmlinuz, overlay.ko and loop.ko
+# (uncompressed; mode agent's ext4 image is on a loop device).
 # ARCH is amd64 (the default) or arm64: arm64 kernels go to CACHE_DIR/arm64/VERSION/,
 # with the arm64 busybox (busybox-static) their initramfs needs.
 # Nothing is installed: packages are fetched with `apt-get download` under a
@@ -25,7 +26,8 @@ esac
 mkdir -p "$cache"
 exec 9>"$lock"
 flock 9
-[ -f "$out/ok" ] && exit 0
+# A cache made before loop.ko was extracted is fetched again.
+[ -f "$out/ok" ] && [ -f "$out/loop.ko" ] && exit 0
 
 case "$version" in
   5.10) suites="bullseye bullseye-security"; meta=linux-image-cloud-$arch ;;
@@ -66,11 +68,15 @@ if [ "$arch" != amd64 ]; then
   [ -f "$work/root/bin/busybox" ] || { echo "no bin/busybox in busybox-static:$arch" >&2; exit 1; }
   cp "$work/root/bin/busybox" "$out/busybox"
 fi
-case "$ko" in
-  *.xz) xz -dc "$ko" > "$out/overlay.ko" ;;
-  *.zst) zstd -qdc "$ko" > "$out/overlay.ko" ;;
-  *) cp "$ko" "$out/overlay.ko" ;;
-esac
+loop=$(find "$work/root" -name 'loop.ko*' -type f | head -1)
+[ -n "$loop" ] || { echo "no loop.ko in $pkgs" >&2; exit 1; }
+for m in "$ko:overlay.ko" "$loop:loop.ko"; do
+  case "${m%%:*}" in
+    *.xz) xz -dc "${m%%:*}" > "$out/${m#*:}" ;;
+    *.zst) zstd -qdc "${m%%:*}" > "$out/${m#*:}" ;;
+    *) cp "${m%%:*}" "$out/${m#*:}" ;;
+  esac
+done
 basename "$(dirname "$(dirname "$(dirname "$(dirname "$ko")")")")" > "$out/release" 2>/dev/null || true
 echo "$pkgs" > "$out/packages"
 touch "$out/ok"

@@ -21,6 +21,28 @@ echo "=== CHECK EXIT $?"
 echo "=== CHECK BEGIN"
 cat /check.json
 echo "=== CHECK END"
+# What each fix would have avoided, on mounts made the way the fixes' rules read
+# them (exact_counts/layers.rs), after the check (its table is A to E):
+# U (/t/u/merged), the userxattr option of rootless mounts, tried with
+# metacopy=on first (refused); two unprivileged Concourse volumes, over a plain
+# lower and over an idmapped one (ext4 on a loop device, /t/x, idmapped at
+# /t/i/lower). The workload prints each mount's answer (=== OUTCOME lines) and
+# the host asserts it for the kernel: a refusal is checked, never skipped.
+insmod /loop.ko || echo "=== INSMOD FAILED"
+mkdir -p /t/x
+dd if=/dev/zero of=/t/x.img bs=1024 count=2048 2> /dev/null
+{ losetup /dev/loop0 /t/x.img && mke2fs /dev/loop0 > /dev/null && mount -t ext4 /dev/loop0 /t/x; } \
+  || echo "=== PREPARE FAILED"
+/qemu-workload userxattr-mount /t/u || echo "=== PREPARE FAILED"
+/qemu-workload idmapped-mount /t || echo "=== PREPARE FAILED"
+# The agent has every overlay under /t in its table before the copy-ups.
+for mp in $(awk '$3 == "overlay" && $2 ~ /^\/t\// {print $2}' /proc/mounts); do
+  i=0
+  until scrape | grep -q "^overlayfs_mount_info{mountpoint=\"$mp\""; do
+    i=$((i + 1)); [ $i -gt 300 ] && { echo "=== DISCOVERY TIMEOUT $mp"; break; }
+    usleep 100000
+  done
+done
 # A second, independent load of the programs: the live trace of every copy-up.
 /overlay-agent trace --min-latency 0s > /trace.log 2> /trace.err &
 tracer=$!
@@ -30,6 +52,8 @@ until grep -q '^TIME' /trace.log 2>/dev/null; do
   usleep 100000
 done
 /qemu-workload run /t/a/merged /t/b/merged /t/c/merged || echo "=== WORKLOAD FAILED"
+/qemu-workload userxattr-run /t/u/merged || echo "=== WORKLOAD FAILED"
+/qemu-workload idmapped-run /t || echo "=== WORKLOAD FAILED"
 kill -INT $tracer
 wait $tracer
 echo "=== TRACE EXIT $?"

@@ -37,7 +37,7 @@ pub fn prepare(a: &Path, b: &Path, c: &Path) {
     file(c, "meta.dat", 13_000);
 }
 
-fn step(what: &str, r: std::io::Result<()>) {
+pub fn step(what: &str, r: std::io::Result<()>) {
     match r {
         Ok(()) => println!("workload: {what}: ok"),
         Err(e) => {

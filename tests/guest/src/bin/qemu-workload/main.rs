@@ -7,6 +7,10 @@
 //! host's checks and asserted from the agent's /metrics. Uses the exact syscalls:
 //! busybox `truncate` is open+ftruncate (cause open), not truncate(2).
 //! `qemu-workload uring MERGED_D`: copy-ups issued through io_uring.
+//! `qemu-workload userxattr-mount ROOT` and `userxattr-run MERGED`: a userxattr
+//! mount (userxattr.rs); `idmapped-mount T` and `idmapped-run T`: volumes over
+//! a plain and an idmapped lower (idmapped.rs). Each mount attempt's answer is
+//! printed for the host to assert.
 //! `qemu-workload churn DIR N`: overlay work that copies nothing up.
 //! The others (parallel, storm, tree, links, steady, record, scrape, metric,
 //! causes-*, caps-exec) are documented in their modules.
@@ -14,10 +18,12 @@
 mod caps;
 mod copy_ups;
 mod files;
+mod idmapped;
 mod load;
 mod parallel;
 mod scrape;
 mod uring;
+mod userxattr;
 
 use std::path::Path;
 
@@ -25,6 +31,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("caps-exec") => caps::caps_exec(&args[2..]),
+        Some("userxattr-mount") => return userxattr::userxattr_mount(Path::new(&args[2])),
+        Some("userxattr-run") => return userxattr::userxattr_run(Path::new(&args[2])),
+        Some("idmapped-mount") => return idmapped::idmapped_mount(Path::new(&args[2])),
+        Some("idmapped-run") => return idmapped::idmapped_run(Path::new(&args[2])),
         Some("uring") => return uring::uring_ops(Path::new(&args[2])),
         Some("uring-prepare") => {
             files::file(Path::new(&args[2]), "uring.dat", 16_000);

@@ -1,13 +1,13 @@
 //! The copy-up counters of a guest run: by mount, cause and kind; data bytes;
 //! no errors; no-op copy-ups; by process; through io_uring.
 
-use super::{Guest, EXPECTED, EXPECTED_BYTES, EXPECTED_NOOP};
+use super::Guest;
 use crate::common::{grep, Metrics};
 use crate::guest::section_of;
 
 pub fn check_counts(g: &Guest) -> Vec<String> {
     let mut problems = Vec::new();
-    for (mp, cause, kind, want) in EXPECTED {
+    for (mp, cause, kind, want) in &g.expected() {
         let got = g.m.get("overlayfs_copy_up_total", &[("mountpoint", mp), ("cause", cause), ("kind", kind)]);
         if got != Some(*want) {
             problems.push(format!("copy_up_total{{{mp},{cause},{kind}}} = {got:?}, want {want}"));
@@ -15,7 +15,7 @@ pub fn check_counts(g: &Guest) -> Vec<String> {
     }
     let total: f64 =
         g.m.samples.iter().filter(|(k, _)| k.starts_with("overlayfs_copy_up_total{")).map(|(_, v)| v).sum();
-    let want_total = Guest::want_total();
+    let want_total = g.want_total();
     if total != want_total {
         problems.push(format!(
             "{total} copy-ups in all, want {want_total}:\n{}",
@@ -30,7 +30,7 @@ pub fn check_counts(g: &Guest) -> Vec<String> {
 
 pub fn check_bytes(g: &Guest) -> Vec<String> {
     let mut problems = Vec::new();
-    for (mp, cause, want) in EXPECTED_BYTES {
+    for (mp, cause, want) in &g.expected_bytes() {
         let got = g.m.get("overlayfs_copy_up_data_bytes_total", &[("mountpoint", mp), ("cause", cause)]);
         if got != Some(*want) {
             problems.push(format!("copy_up_data_bytes_total{{{mp},{cause}}} = {got:?}, want {want}"));
@@ -51,18 +51,19 @@ pub fn check_no_errors(g: &Guest) -> Vec<String> {
 /// chmod or utimes copy-up: none for other causes, none more.
 pub fn check_noop(g: &Guest) -> Vec<String> {
     let mut problems = Vec::new();
-    for (mp, cause, want) in EXPECTED_NOOP {
+    let expected = g.expected_noop();
+    for (mp, cause, want) in &expected {
         let got = g.m.get("overlayfs_copy_up_noop_total", &[("mountpoint", mp), ("cause", cause)]);
         if got != Some(*want) {
             problems.push(format!("copy_up_noop_total{{{mp},{cause}}} = {got:?}, want {want}"));
         }
     }
     let series = g.m.series("overlayfs_copy_up_noop_total");
-    if series.len() != EXPECTED_NOOP.len() {
+    if series.len() != expected.len() {
         problems.push(format!(
             "{} overlayfs_copy_up_noop_total series, want {}:\n{}",
             series.len(),
-            EXPECTED_NOOP.len(),
+            expected.len(),
             grep(&g.text, "overlayfs_copy_up_noop_total")
         ));
     }
@@ -73,8 +74,8 @@ pub fn check_noop(g: &Guest) -> Vec<String> {
 /// done by thread actor-b, which with top_processes: 1 lands in comm="other".
 pub fn check_processes(g: &Guest) -> Vec<String> {
     let mut problems = Vec::new();
-    let want_total = Guest::want_total();
-    let want_bytes: f64 = EXPECTED_BYTES.iter().map(|e| e.2).sum();
+    let want_total = g.want_total();
+    let want_bytes: f64 = g.expected_bytes().iter().map(|e| e.2).sum();
     for (comm, n, bytes) in
         [("qemu-workload", want_total - 1.0, want_bytes - 12_000.0), ("other", 1.0, 12_000.0)]
     {

@@ -27,7 +27,7 @@ pub fn check_lifecycle(g: &Guest) -> Vec<String> {
 /// The live trace: one line per copy-up, with the process, the file and the mount.
 pub fn check_trace(g: &Guest) -> Vec<String> {
     let mut problems = Vec::new();
-    let want_total = Guest::want_total();
+    let want_total = g.want_total();
     let trace = section(&g.console, "=== TRACE BEGIN\n", "=== TRACE END").unwrap_or("");
     let events: Vec<&str> = trace.lines().filter(|l| !l.starts_with('#') && !l.starts_with("TIME")).collect();
     if events.len() as f64 != want_total {

@@ -5,6 +5,7 @@
 mod avoidable;
 mod counts;
 mod histograms;
+mod layers;
 mod lifecycle;
 mod preflight;
 mod protobuf;
@@ -14,7 +15,9 @@ use std::time::Instant;
 use crate::common::{repo_root, require_root, Metrics};
 use crate::guest::{arm64_kernels, kernels, run_guest_on, section, Arch};
 
-/// What the workload does, and what the agent must count: (mount, cause, kind, copy-ups).
+/// What the workload does, and what the agent must count: (mount, cause, kind,
+/// copy-ups); with the rows of the mounts the kernel accepted, layers.rs
+/// ([`Guest::expected`]). The same for the tables below.
 pub const EXPECTED: &[(&str, &str, &str, f64)] = &[
     ("/t/a/merged", "chown", "data", 3.0), // chown.dat; noop_chown.dat, noop_chgrp.dat (no-ops)
     ("/t/a/merged", "chmod", "data", 2.0), // chmod.dat; noop_chmod.dat (a no-op)
@@ -69,8 +72,23 @@ pub struct Guest {
 }
 
 impl Guest {
-    pub fn want_total() -> f64 {
-        EXPECTED.iter().map(|e| e.3).sum()
+    /// EXPECTED, and the copy-ups of layers.rs's mounts this kernel accepted.
+    pub fn expected(&self) -> Vec<(&'static str, &'static str, &'static str, f64)> {
+        EXPECTED.iter().copied().chain(layers::expected(self)).collect()
+    }
+
+    /// EXPECTED_BYTES, and layers.rs's for this kernel.
+    pub fn expected_bytes(&self) -> Vec<(&'static str, &'static str, f64)> {
+        EXPECTED_BYTES.iter().copied().chain(layers::expected_bytes(self)).collect()
+    }
+
+    /// EXPECTED_NOOP, and layers.rs's for this kernel.
+    pub fn expected_noop(&self) -> Vec<(&'static str, &'static str, f64)> {
+        EXPECTED_NOOP.iter().copied().chain(layers::expected_noop(self)).collect()
+    }
+
+    pub fn want_total(&self) -> f64 {
+        self.expected().iter().map(|e| e.3).sum()
     }
 
     pub fn version(&self) -> (u32, u32) {
@@ -89,6 +107,8 @@ const CHECKS: &[Check] = &[
     ("no_errors", counts::check_no_errors),
     ("noop_copy_ups", counts::check_noop),
     ("avoidable_copy_ups", avoidable::check_avoidable),
+    ("mount_outcomes", layers::check_outcomes),
+    ("mount_info_userxattr_idmapped", layers::check_mount_info),
     ("histograms", histograms::check_histograms),
     ("forgotten_mount", histograms::check_forgotten_mount),
     ("protobuf_native_histograms", protobuf::check_protobuf),
@@ -124,6 +144,7 @@ fn check_kernel(arch: Arch, version: &str) -> Result<String, String> {
         "CAPS_BOOTED NOT READY",
         "PARALLEL FAILED",
         "FORGET TIMEOUT",
+        "DISCOVERY TIMEOUT",
     ] {
         if console.contains(&format!("=== {marker}")) {
             let agent_log = section(&console, "=== AGENT LOG BEGIN", "=== AGENT LOG END").unwrap_or("");
@@ -158,16 +179,17 @@ fn summary(g: &Guest, secs: f64) -> String {
     let attached = g.m.matching("overlayfs_ebpf_probe_attached", &[]).filter(|s| s.value == 1.0).count();
     format!(
         "kernel {} ({}): all {} copy-ups exact, {} checks passed, boot+test {secs:.1}s, {attached} probes attached; \
-         64 parallel copy-ups: {} program runs each",
+         64 parallel copy-ups: {} program runs each; {}",
         g.version,
         g.arch.debian(),
-        Guest::want_total(),
+        g.want_total(),
         CHECKS.len(),
         lifecycle::parallel_runs(&g.console)
             .iter()
             .map(|(p, n)| format!("{p} {n}"))
             .collect::<Vec<_>>()
             .join(", "),
+        layers::summary(g),
     )
 }
 

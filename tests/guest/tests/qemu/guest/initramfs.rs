@@ -1,6 +1,7 @@
 //! The guests' initramfs (newc cpio): busybox, /init and the mode scripts
 //! (tests/guest/initramfs), the configs, the static agent and helpers, the
-//! overlay module; for mode `quota` its helper, modules and ext4 image too.
+//! overlay and loop modules; for mode `quota` its helper, modules and ext4
+//! image too.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,6 +32,7 @@ pub fn build(arch: Arch, dir: &Path, kernel: &Path, mode: &str) -> PathBuf {
         copy(&arch.musl(bin), &root.join(bin));
     }
     copy(&kernel.join("overlay.ko"), &root.join("overlay.ko"));
+    copy(&kernel.join("loop.ko"), &root.join("loop.ko"));
     if mode == "quota" {
         quota_files(arch, &root, kernel);
     }
