@@ -27,11 +27,13 @@
 //! file importing only from this one and the files after it: `conn.rs` (admission at the cap,
 //! shedding, the per-connection driver), `io.rs` (reading the opening, write
 //! deadlines, the response body), `routes.rs` (auth, routing, `handle`),
-//! `render.rs` (render sharing per format), `web_config.rs` (the web config
+//! `render.rs` (render sharing per format), `gzip.rs` (`Accept-Encoding` and the
+//! compression), `web_config.rs` (the web config
 //! file: TLS, basic auth, headers). The server's figures (`ServerStats`) live
 //! with their collector in `metrics::server`.
 
 mod conn;
+pub mod gzip;
 mod io;
 mod render;
 mod routes;
