@@ -14,7 +14,9 @@
 //!   `Accept` header prefers it: `metrics::Format::negotiate`): scrapes that arrive
 //!   during a render wait for the next one of their format and share it, so 100
 //!   clients scraping back to back cost one render at a time, not 100, and every
-//!   answer is at least as fresh as its request.
+//!   answer is at least as fresh as its request. Scrapes whose `Accept-Encoding`
+//!   takes gzip (Prometheus' always does) get it, and those of one render share
+//!   one compression of it.
 //! - A connection costs its socket, a small task and the bytes it sent until it
 //!   has sent a whole request head or first TLS record: only then do hyper (about
 //!   16 KiB of buffers) and rustls get it (`read_opening`).
