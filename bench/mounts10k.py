@@ -2,6 +2,7 @@
 """10,000 overlay mounts: discovery, scrape cost, RSS and series lag, beside node_exporter.
 
   sudo python3 bench/mounts10k.py [--counts 1000,3000,10000] [--scrapes 100] [--changes 20]
+                                  [--gzip] [--gzip-counts 1000,10000]
 
 Needs prometheus-node-exporter from apt for the comparison (skipped when missing).
 
@@ -17,9 +18,15 @@ scrape p50/p99 and size, CPU per scrape, agent RSS, the lag from mount(2) /
 umount2(2) to the mount's series appearing / leaving in /metrics, the agent's CPU per
 mount change without scrapes, and node_exporter's filesystem collector with overlay
 included, scraped the same way.
+
+With --gzip, at the counts of --gzip-counts: scrapes with and without
+`Accept-Encoding: gzip` (what Prometheus sends), in alternating batches of 10 so
+that both see the same host load: response bytes, p50/p99 and the agent's CPU per
+scrape in each encoding (the gzip bodies are checked to decompress to an exposition).
 """
 import argparse
 import ctypes
+import gzip
 import os
 import shutil
 import subprocess
@@ -48,6 +55,15 @@ def sys_umount(target):
 
 def get(url, timeout=30):
     with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read()
+
+
+def get_gzip(url, timeout=30):
+    """GET with `Accept-Encoding: gzip`, as Prometheus does: the body as sent (compressed)."""
+    req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        if r.headers.get("Content-Encoding") != "gzip":
+            sys.exit(f"asked for gzip, got Content-Encoding {r.headers.get('Content-Encoding')!r}")
         return r.read()
 
 
@@ -86,6 +102,24 @@ def scrape_stats(url, pid, n):
         size = len(body)
     return {"p50": pct(lat, 50) * 1e3, "p99": pct(lat, 99) * 1e3, "max": max(lat) * 1e3, "size": size,
             "cpu": (cpu_seconds(pid) - cpu0) / n * 1e3, "rss": rss_mib(pid)}
+
+
+def gzip_stats(url, pid, n, batch=10):
+    """n scrapes plain and n with gzip, in alternating batches: per encoding, latency
+    p50/p99, response bytes and the agent's CPU per scrape."""
+    lat, size, cpu = {"identity": [], "gzip": []}, {}, {"identity": 0.0, "gzip": 0.0}
+    if b"\n# TYPE overlayfs_mount_info gauge" not in gzip.decompress(get_gzip(url)):
+        sys.exit("the gzip body is no exposition")
+    for _ in range(0, n, batch):
+        for enc, fetch in (("identity", get), ("gzip", get_gzip)):
+            cpu0 = cpu_seconds(pid)
+            for _ in range(batch):
+                t0 = time.perf_counter()
+                size[enc] = len(fetch(url))
+                lat[enc].append(time.perf_counter() - t0)
+            cpu[enc] += cpu_seconds(pid) - cpu0
+    return {enc: {"p50": pct(v, 50) * 1e3, "p99": pct(v, 99) * 1e3, "size": size[enc],
+                  "cpu": cpu[enc] / len(v) * 1e3} for enc, v in lat.items()}
 
 
 def lag(url, base, count, changes):
@@ -141,6 +175,8 @@ def run_count(count, args):
              lambda: get(url + "/metrics").count(b"\noverlayfs_upper_scans_total{") >= count, period=0.5)
         row["scanned_s"] = time.perf_counter() - t0
         row["agent"] = scrape_stats(url + "/metrics", agent.pid, args.scrapes)
+        if args.gzip and str(count) in args.gzip_counts.split(","):
+            row["gzip"] = gzip_stats(url + "/metrics", agent.pid, args.scrapes)
         appear, gone = lag(url + "/metrics", base, count, args.changes)
         row["appear"] = (pct(appear, 50) * 1e3, pct(appear, 99) * 1e3)
         row["gone"] = (pct(gone, 50) * 1e3, pct(gone, 99) * 1e3)
@@ -183,6 +219,15 @@ def report(rows):
         print(f"| {r['count']:,} | {r['mount_s']:.1f} s | {r['ready_s'] * 1e3:.0f} ms | {r['scanned_s']:.1f} s | "
               f"{r['appear'][0]:.0f} / {r['appear'][1]:.0f} ms | {r['gone'][0]:.0f} / {r['gone'][1]:.0f} ms | "
               f"{r['change_cpu']:.1f} ms | {r['agent_rss_end']:.1f} MiB |")
+    if any("gzip" in r for r in rows):
+        print("\n| mounts | Accept-Encoding | response | p50 | p99 | agent CPU per scrape |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            for enc, what in (("identity", "none (plain)"), ("gzip", "gzip")):
+                s = r.get("gzip", {}).get(enc)
+                if s:
+                    print(f"| {r['count']:,} | {what} | {s['size'] / 1048576:.2f} MiB | {s['p50']:.1f} ms | "
+                          f"{s['p99']:.1f} ms | {s['cpu']:.1f} ms |")
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         k = b["count"] / a["count"]
@@ -212,9 +257,11 @@ def inner(args):
     if inherited:
         print(f"(detached {len(inherited)} overlay mounts inherited from the host's namespace)")
     rows = [run_count(int(c), args) for c in args.counts.split(",")]
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\noverlay-agent with 1k-10k mounts, {time.strftime('%Y-%m-%d')}, kernel {os.uname().release}, "
           f"{os.cpu_count()} CPUs, {args.scrapes} sequential scrapes per agent row ({args.node_scrapes} for "
-          f"node_exporter), {args.changes} mount changes\n")
+          f"node_exporter), {args.changes} mount changes, load average {load} "
+          f"(1 / 5 / 15 min) at the end\n")
     report(rows)
 
 
@@ -226,6 +273,8 @@ def main():
     ap.add_argument("--node-scrapes", type=int, default=20, help="node_exporter takes seconds per scrape at 10k")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--gzip", action="store_true", help="also scrape with and without Accept-Encoding: gzip")
+    ap.add_argument("--gzip-counts", default="1000,10000", help="the mount counts of the gzip comparison")
     args = ap.parse_args()
     if args.inner:
         return inner(args)
@@ -237,7 +286,8 @@ def main():
     cmd = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private",
            sys.executable, os.path.abspath(__file__), "--inner",
            "--counts", args.counts, "--scrapes", str(args.scrapes), "--changes", str(args.changes),
-           "--node-scrapes", str(args.node_scrapes)]
+           "--node-scrapes", str(args.node_scrapes), "--gzip-counts", args.gzip_counts]
+    cmd += ["--gzip"] if args.gzip else []
     sys.exit(subprocess.run(cmd).returncode)
 
 

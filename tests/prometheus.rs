@@ -8,7 +8,8 @@
 //! native histograms of a replayed exposition (tests/fixtures/native, see
 //! tests/native.rs) whose counts, sums and quantiles must agree with the
 //! classic series and the counters. Without the feature, and with 2.x, the
-//! same server is asked for text and serves it.
+//! same server is asked for text and serves it. In every case Prometheus asks
+//! for gzip and gets it (the agent's own counters, as Prometheus scraped them).
 
 mod common;
 
@@ -139,6 +140,7 @@ fn scrape_with(prometheus: &Path, flags: &[&str]) {
             "Prometheus was served text: {text} text, {protobuf} protobuf scrapes"
         );
     }
+    served_gzip(&prom);
     if flags.contains(&NATIVE) {
         // The agent's protobuf, fetched by the test, has the same figure.
         let (content_type, body) = get_accepting(&agent.addr, "/metrics", ACCEPT_3_NATIVE);
@@ -158,6 +160,24 @@ fn scrape_with(prometheus: &Path, flags: &[&str]) {
             .expect("family count");
         assert_eq!(in_prometheus, families, "every family served arrived");
     }
+}
+
+/// Prometheus always asks for gzip: every scrape it made was answered
+/// compressed (both counters from one sample), and no plain byte was sent.
+fn served_gzip(prom: &Prometheus) {
+    let job = "{job=\"overlay-agent\"}";
+    let gzip = format!("overlayfs_http_gzip_scrapes_total{job}");
+    let plain = format!("sum(overlayfs_http_scrapes_total{job}) - sum({gzip})");
+    assert_eq!(prom.value(&plain).as_deref(), Some("0"), "scrapes without gzip");
+    let gzip: f64 = prom.value(&gzip).and_then(|v| v.parse().ok()).expect("gzip scrapes");
+    assert!(gzip >= 2.0, "{gzip} gzip scrapes");
+    let sent = |encoding: &str| -> Option<f64> {
+        let q =
+            format!("overlayfs_http_response_bytes_total{{job=\"overlay-agent\",encoding=\"{encoding}\"}}");
+        prom.value(&q)?.parse().ok()
+    };
+    let (gz, identity) = (sent("gzip").expect("gzip bytes"), sent("identity").expect("identity bytes"));
+    assert!(gz > 0.0 && identity == 0.0, "bytes sent: {gz} gzip, {identity} identity");
 }
 
 /// Serves tests/fixtures/native in the format each request's Accept prefers

@@ -8,6 +8,9 @@
 //! protobuf format; bench/node.py measures the same through HTTP against
 //! node_exporter.
 //!
+//! Then the cost of gzip-compressing each body (what a scrape that takes gzip
+//! adds, once per render) at levels 1, 2, 3 and 6, and the compressed size.
+//!
 //!     cargo run --release --example render-bench -- 1000 200 classic|native
 //!
 //! adds synthetic per-mount copy-up histograms (latency and bytes, every one of
@@ -71,13 +74,13 @@ fn main() {
         String::from_utf8_lossy(&exposition.render()).lines().filter(|l| !l.starts_with('#')).count();
     for format in [metrics::Format::Text, metrics::Format::Protobuf] {
         let mut times = Vec::with_capacity(rounds);
-        let mut size = 0;
+        let mut body = Vec::new();
         for _ in 0..rounds {
             let t = Instant::now();
-            let body = exposition.render_as(format);
+            body = exposition.render_as(format);
             times.push(t.elapsed().as_secs_f64() * 1e3);
-            size = body.len();
         }
+        let size = body.len();
         times.sort_by(f64::total_cmp);
         let pct = |p: f64| times[((times.len() - 1) as f64 * p) as usize];
         println!(
@@ -85,6 +88,28 @@ fn main() {
             pct(0.5),
             pct(0.99),
             size / 1024,
+        );
+        gzip_levels(format, &body, rounds);
+    }
+}
+
+/// gzip `body` at levels 1, 2, 3 and 6: time p50 and compressed size.
+fn gzip_levels(format: metrics::Format, body: &[u8], rounds: usize) {
+    for level in [1, 2, 3, 6] {
+        let mut times = Vec::with_capacity(rounds);
+        let mut size = 0;
+        for _ in 0..rounds {
+            let t = Instant::now();
+            size = overlay_agent::server::gzip::compress(body, level).expect("gzip").len();
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "  {format:?}, gzip level {level}{}: p50 {:.2} ms, {} KiB ({:.1}x smaller)",
+            if level == overlay_agent::server::gzip::LEVEL { " (served)" } else { "" },
+            times[times.len() / 2],
+            size / 1024,
+            body.len() as f64 / size.max(1) as f64,
         );
     }
 }

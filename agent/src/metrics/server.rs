@@ -1,4 +1,5 @@
-//! Collector for the HTTP server: connections, the cap, shedding, requests in flight;
+//! Collector for the HTTP server: connections, the cap, shedding, requests in flight,
+//! scrapes, renders and their gzip compression;
 //! and `ServerStats`, the figures the server fills for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,24 @@ static SCRAPES: Def = Def {
     kind: MetricType::COUNTER,
     labels: &["format"],
 };
+static GZIP_SCRAPES: Def = Def {
+    name: "overlayfs_http_gzip_scrapes_total",
+    help: "Requests to /metrics whose Accept-Encoding takes gzip (Prometheus' always does), answered with the exposition gzip-compressed; included in overlayfs_http_scrapes_total.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
+static RESPONSE_BYTES: Def = Def {
+    name: "overlayfs_http_response_bytes_total",
+    help: "Bytes of /metrics response bodies sent, by content encoding: gzip or identity (not compressed); HEAD requests send none.",
+    kind: MetricType::COUNTER,
+    labels: &["encoding"],
+};
+static COMPRESSIONS: Def = Def {
+    name: "overlayfs_http_compressions_total",
+    help: "gzip compressions of a render of the exposition; the scrapes of one render that take gzip share one compression, so this grows slower than overlayfs_http_gzip_scrapes_total under concurrent scrapes.",
+    kind: MetricType::COUNTER,
+    labels: &[],
+};
 static RENDERS: Def = Def {
     name: "overlayfs_http_renders_total",
     help: "Renders of the exposition; scrapes that arrive during a render share the next one, so this grows slower than overlayfs_http_scrapes_total under concurrent scrapes.",
@@ -74,6 +93,14 @@ pub struct ServerStats {
     pub scrapes_protobuf: AtomicU64,
     /// Renders of the exposition for them (fewer when concurrent scrapes shared one).
     pub renders: AtomicU64,
+    /// `/metrics` requests that take gzip (in either format), counted as they arrive.
+    pub scrapes_gzip: AtomicU64,
+    /// Bytes of `/metrics` bodies sent gzip-compressed.
+    pub bytes_gzip: AtomicU64,
+    /// Bytes of `/metrics` bodies sent plain.
+    pub bytes_identity: AtomicU64,
+    /// gzip compressions of renders (fewer than gzip scrapes when concurrent ones shared one).
+    pub compressions: AtomicU64,
 }
 
 pub struct ServerCollector {
@@ -105,6 +132,9 @@ impl Collector for ServerCollector {
         let mut scrapes = Family::new(&SCRAPES);
         scrapes.add(&["protobuf"], s.scrapes_protobuf.load(Ordering::Relaxed) as f64);
         scrapes.add(&["text"], s.scrapes_text.load(Ordering::Relaxed) as f64);
+        let mut bytes = Family::new(&RESPONSE_BYTES);
+        bytes.add(&["gzip"], s.bytes_gzip.load(Ordering::Relaxed) as f64);
+        bytes.add(&["identity"], s.bytes_identity.load(Ordering::Relaxed) as f64);
         vec![
             one(&OPEN, &s.open),
             one(&LIMIT, &s.limit),
@@ -113,6 +143,9 @@ impl Collector for ServerCollector {
             one(&IN_FLIGHT, &s.in_flight),
             scrapes,
             one(&RENDERS, &s.renders),
+            one(&GZIP_SCRAPES, &s.scrapes_gzip),
+            bytes,
+            one(&COMPRESSIONS, &s.compressions),
         ]
     }
 }

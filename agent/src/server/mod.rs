@@ -14,7 +14,9 @@
 //!   `Accept` header prefers it: `metrics::Format::negotiate`): scrapes that arrive
 //!   during a render wait for the next one of their format and share it, so 100
 //!   clients scraping back to back cost one render at a time, not 100, and every
-//!   answer is at least as fresh as its request.
+//!   answer is at least as fresh as its request. Scrapes whose `Accept-Encoding`
+//!   takes gzip (Prometheus' always does) get it, and those of one render share
+//!   one compression of it.
 //! - A connection costs its socket, a small task and the bytes it sent until it
 //!   has sent a whole request head or first TLS record: only then do hyper (about
 //!   16 KiB of buffers) and rustls get it (`read_opening`).
@@ -27,11 +29,13 @@
 //! file importing only from this one and the files after it: `conn.rs` (admission at the cap,
 //! shedding, the per-connection driver), `io.rs` (reading the opening, write
 //! deadlines, the response body), `routes.rs` (auth, routing, `handle`),
-//! `render.rs` (render sharing per format), `web_config.rs` (the web config
+//! `render.rs` (render sharing per format), `gzip.rs` (`Accept-Encoding` and the
+//! compression), `web_config.rs` (the web config
 //! file: TLS, basic auth, headers). The server's figures (`ServerStats`) live
 //! with their collector in `metrics::server`.
 
 mod conn;
+pub mod gzip;
 mod io;
 mod render;
 mod routes;

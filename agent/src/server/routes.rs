@@ -1,6 +1,6 @@
 //! Requests: basic auth, routing (`/metrics`, `/healthz`, `/readyz`, the landing
-//! page `/`), methods (GET and HEAD only), readiness, the format a scrape asks
-//! for, and the web config's extra headers.
+//! page `/`), methods (GET and HEAD only), readiness, the format and the
+//! encoding (gzip or not) a scrape asks for, and the web config's extra headers.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,9 +8,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CONTENT_TYPE, VARY, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, VARY, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 
+use super::gzip;
 use super::web_config::WebConfigFile;
 use super::ServerState;
 use crate::metrics;
@@ -47,32 +50,49 @@ pub async fn handle(state: &ServerState, req: &Request<impl Sized>) -> Response<
             // No exposition rather than one that says "no mounts".
             response(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready: no mount table yet\n")
         }
-        "/metrics" => {
-            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
-            let format = metrics::Format::negotiate(accept);
-            match format {
-                metrics::Format::Text => &state.stats.scrapes_text,
-                metrics::Format::Protobuf => &state.stats.scrapes_protobuf,
-            }
-            .fetch_add(1, Ordering::Relaxed);
-            let renders = match format {
-                metrics::Format::Text => &state.renders.0,
-                metrics::Format::Protobuf => &state.renders.1,
-            };
-            match renders.get(&state.exposition, format, &state.stats).await {
-                Some(body) => {
-                    let mut r = response(StatusCode::OK, format.content_type(), body);
-                    r.headers_mut().insert(VARY, HeaderValue::from_static("Accept"));
-                    r
-                }
-                None => response(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "rendering failed\n"),
-            }
-        }
+        "/metrics" => metrics(state, req).await,
         "/healthz" => response(StatusCode::OK, TEXT, "ok\n"),
         "/readyz" if ready => response(StatusCode::OK, TEXT, "ready\n"),
         "/readyz" => response(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready: no mount table yet\n"),
         _ => response(StatusCode::OK, "text/html; charset=utf-8", LANDING),
     }
+}
+
+/// A scrape: the exposition in the format its `Accept` prefers, gzip-compressed
+/// when its `Accept-Encoding` takes gzip.
+async fn metrics(state: &ServerState, req: &Request<impl Sized>) -> Response<Full<Bytes>> {
+    let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+    let format = metrics::Format::negotiate(accept);
+    let stats = &state.stats;
+    match format {
+        metrics::Format::Text => &stats.scrapes_text,
+        metrics::Format::Protobuf => &stats.scrapes_protobuf,
+    }
+    .fetch_add(1, Ordering::Relaxed);
+    let renders = match format {
+        metrics::Format::Text => &state.renders.0,
+        metrics::Format::Protobuf => &state.renders.1,
+    };
+    // Counted before the render, as the format is: a scrape's own exposition counts it.
+    let gzip = gzip::accepts(req.headers());
+    if gzip {
+        stats.scrapes_gzip.fetch_add(1, Ordering::Relaxed);
+    }
+    let Some(body) = renders.get(&state.exposition, format, gzip, stats).await else {
+        return response(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "rendering failed\n");
+    };
+    let sent = if body.gzip { &stats.bytes_gzip } else { &stats.bytes_identity };
+    // HEAD: the same head, Content-Length included; hyper sends no body.
+    if req.method() != Method::HEAD {
+        sent.fetch_add(body.bytes.len() as u64, Ordering::Relaxed);
+    }
+    let mut r = response(StatusCode::OK, format.content_type(), body.bytes);
+    let h = r.headers_mut();
+    h.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+    if body.gzip {
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    r
 }
 
 /// Basic auth: a cached credential at once; a bcrypt check off the async threads,
@@ -175,7 +195,7 @@ mod tests {
             (head.status(), ct(&head).as_str()),
             (StatusCode::OK, metrics::encode::proto::CONTENT_TYPE)
         );
-        assert_eq!(head.headers().get(VARY).map(|v| v.as_bytes()), Some(&b"Accept"[..]));
+        assert_eq!(head.headers().get(VARY).map(|v| v.as_bytes()), Some(&b"Accept, Accept-Encoding"[..]));
 
         let (text_req, proto_req) = (get("/metrics"), with(Method::GET, proto_accept));
         let before = s.stats.renders.load(Ordering::Relaxed);
@@ -210,5 +230,97 @@ mod tests {
             (2..=4).contains(&renders),
             "10 + 10 concurrent scrapes: at most 2 renders per format: {renders}"
         );
+    }
+
+    /// 500 series that do not change: two renders differ only in the process metrics.
+    struct Fixed;
+    impl metrics::Collector for Fixed {
+        fn collect(&self) -> Vec<metrics::Family> {
+            static D: metrics::Def = metrics::Def {
+                name: "t_total",
+                help: "t",
+                kind: prometheus::proto::MetricType::COUNTER,
+                labels: &["i"],
+            };
+            let mut f = metrics::Family::new(&D);
+            for i in 0..500 {
+                f.add(&[&i.to_string()], 3.0);
+            }
+            vec![f]
+        }
+    }
+
+    fn req(method: &Method, path: &str, accept: &str, encoding: Option<&str>) -> Request<()> {
+        let mut b = Request::builder().method(method.clone()).uri(path).header("accept", accept);
+        if let Some(e) = encoding {
+            b = b.header("accept-encoding", e);
+        }
+        b.body(()).expect("request")
+    }
+
+    /// gzip only on /metrics and only when `Accept-Encoding` takes it; HEAD
+    /// answers the same head; the body decompresses to the plain exposition,
+    /// in both formats; what was sent is counted by encoding.
+    #[tokio::test]
+    async fn gzip_when_the_scraper_takes_it() {
+        use std::io::Read as _;
+
+        use http_body_util::BodyExt as _;
+        let s = state(false);
+        s.exposition.register(Box::new(Fixed));
+        let r = handle(&s, &req(&Method::GET, "/metrics", "*/*", Some("gzip"))).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().get(CONTENT_ENCODING).is_none(), "a 503 is plain");
+        s.ready.store(true, Ordering::Release);
+        for path in ["/", "/healthz", "/readyz", "/nope"] {
+            let r = handle(&s, &req(&Method::GET, path, "*/*", Some("gzip"))).await;
+            assert!(r.headers().get(CONTENT_ENCODING).is_none(), "{path} is plain");
+        }
+        let encoding = |r: &Response<Full<Bytes>>| r.headers().get(CONTENT_ENCODING).cloned();
+        let vary = |r: &Response<Full<Bytes>>| r.headers().get(VARY).cloned();
+        let proto = metrics::encode::proto::CONTENT_TYPE;
+        let mut protobufs = 0;
+        for (accept, encodings) in [("text/plain", "gzip"), (proto, "deflate, gzip;q=0.8"), ("*/*", "*")] {
+            let accept = format!("{accept};proto=io.prometheus.client.MetricFamily;encoding=delimited");
+            let head = handle(&s, &req(&Method::HEAD, "/metrics", &accept, Some(encodings))).await;
+            let get = handle(&s, &req(&Method::GET, "/metrics", &accept, Some(encodings))).await;
+            let plain = handle(&s, &req(&Method::GET, "/metrics", &accept, Some("gzip;q=0"))).await;
+            for (what, r) in [("HEAD", &head), ("GET", &get)] {
+                assert_eq!(
+                    encoding(r).as_ref().map(|v| v.as_bytes()),
+                    Some(&b"gzip"[..]),
+                    "{what} {encodings}"
+                );
+            }
+            assert_eq!(encoding(&plain), None, "gzip;q=0 refuses gzip");
+            for r in [&head, &get, &plain] {
+                assert_eq!(r.status(), StatusCode::OK);
+                assert_eq!(vary(r).as_ref().map(|v| v.as_bytes()), Some(&b"Accept, Accept-Encoding"[..]));
+                assert_eq!(r.headers().get(CONTENT_TYPE), get.headers().get(CONTENT_TYPE));
+            }
+            let protobuf = get.headers().get(CONTENT_TYPE).is_some_and(|v| v == proto);
+            let gz = get.into_body().collect().await.expect("body").to_bytes();
+            let plain = plain.into_body().collect().await.expect("body").to_bytes();
+            let mut text = Vec::new();
+            flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut text).expect("gzip");
+            // Two renders: the process metrics may differ, the collector's may not.
+            let upto = |b: &[u8]| b.split(|c| *c == b'\n').take(502).map(<[u8]>::to_vec).collect::<Vec<_>>();
+            protobufs += usize::from(protobuf);
+            if !protobuf {
+                assert_eq!(upto(&text), upto(&plain), "gzip decompresses to the text");
+            } else {
+                let mut buf = &text[..];
+                let f: metrics::encode::proto::MetricFamily =
+                    prost::Message::decode_length_delimited(&mut buf).expect("delimited protobuf");
+                assert_eq!((f.name.as_str(), f.metric.len()), ("t_total", 500), "{accept}");
+            }
+            assert!(gz.len() * 4 < plain.len(), "{} bytes compressed from {}", gz.len(), plain.len());
+        }
+        assert_eq!(protobufs, 1, "one format each: text, protobuf, text");
+        let st = &s.stats;
+        assert_eq!(st.scrapes_gzip.load(Ordering::Relaxed), 6, "3 GET and 3 HEAD");
+        assert_eq!(st.compressions.load(Ordering::Relaxed), 6, "sequential: one compression each");
+        let (gz, plain) = (st.bytes_gzip.load(Ordering::Relaxed), st.bytes_identity.load(Ordering::Relaxed));
+        assert!(gz > 0 && gz * 4 < plain, "bytes sent: {gz} gzip, {plain} identity (HEAD sends none)");
     }
 }
