@@ -130,7 +130,7 @@ fn workload(w: &Workload, out: &mut impl Write) -> io::Result<()> {
         };
         writeln!(out, "    {}", a.title)?;
         writeln!(out, "    do: {}", a.how_for(&w.runtime))?;
-        for caveat in a.caveats_for(&w.runtime) {
+        for caveat in a.caveats_for(&w.runtime, &w.facts) {
             writeln!(out, "    do not when {caveat}")?;
         }
         writeln!(out, "    runbook: {}", a.runbook())?;

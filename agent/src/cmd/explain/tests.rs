@@ -55,6 +55,16 @@ fn quiet_cases_print_one_calm_line() {
 }
 
 #[test]
+fn caveats_about_a_mount_option_follow_the_mount_info() {
+    // metacopy.prom's mount says userxattr="false": no caveat about userxattr
+    // mounts; copy_chown.prom's says nothing (""), so the caveat stays.
+    let (out, _) = report("metacopy");
+    assert!(!out.contains("the mount has userxattr"), "{out}");
+    let (out, _) = report("copy_chown");
+    assert!(out.contains("the mount has userxattr"), "{out}");
+}
+
+#[test]
 fn mounts_of_other_namespaces_join_their_mount_info() {
     let (out, _) = report("idmapped_mounts");
     assert!(
