@@ -109,13 +109,20 @@ fn calm(o: &Overview, period: &str) -> String {
             why.join(", ")
         );
     }
-    let avoidable = o.total(AVOIDABLE_SECONDS);
-    let tail = if avoidable > 0.0 {
-        format!("{} avoidable, under the {} worth a change", seconds(avoidable), seconds(MIN_SECONDS))
+    // The best single fix: one copy-up can be avoidable by two fixes, so their
+    // savings do not add up (their sum can exceed the time lost).
+    let best = o.workloads.iter().map(Workload::best_saving).fold(0.0, f64::max);
+    let lost = seconds(o.total(SECONDS));
+    if best > 0.0 {
+        format!(
+            "Nothing to fix: {mounts}, {lost} in copy-ups {period}; the best fix would save {}, under the {} \
+             worth a change.",
+            seconds(best),
+            seconds(MIN_SECONDS)
+        )
     } else {
-        "none avoidable".to_owned()
-    };
-    format!("Nothing to fix: {mounts}, {} in copy-ups {period}, {tail}.", seconds(o.total(SECONDS)))
+        format!("Nothing to fix: {mounts}, {lost} in copy-ups {period}, none avoidable.")
+    }
 }
 
 fn workload(w: &Workload, shown: Shown, out: &mut impl Write) -> io::Result<()> {

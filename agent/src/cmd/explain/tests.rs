@@ -60,6 +60,16 @@ fn quiet_cases_print_one_calm_line() {
 }
 
 #[test]
+fn the_calm_line_names_the_best_fix_not_a_sum_of_overlapping_ones() {
+    // metacopy 300 ms and skip_noop 260 ms of the same 350 ms of chowns.
+    let (out, _) = report("quiet-small");
+    assert!(
+        out.contains(", 350 ms in copy-ups since the agent started; the best fix would save 300 ms,"),
+        "{out}"
+    );
+}
+
+#[test]
 fn all_shows_the_fixes_under_the_threshold() {
     let (out, shown) = report_as("quiet-small", Shown::All, "quiet-small-all");
     assert!(shown, "{out}");
