@@ -87,6 +87,10 @@ pub enum Command {
         /// [default: 1h]; an agent: two scrapes this far apart [default: since it started].
         #[arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)]
         since: Option<std::time::Duration>,
+        /// Every fix that would have avoided anything, however small [default: those
+        /// that would have saved at least 1 s or 64 MiB].
+        #[arg(long)]
+        all: bool,
     },
     /// Validate a config file: exit 0 when valid, 2 with file:line:column otherwise.
     CheckConfig {

@@ -61,10 +61,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(Command::Explain { url, prometheus, since }) = &cli.command {
+    if let Some(Command::Explain { url, prometheus, since, all }) = &cli.command {
         let port = config.web.listen_address.0.port();
         let source = cmd::explain::Source::new(url.as_deref(), prometheus.as_deref(), *since, port);
-        return explain(&source);
+        let shown = if *all { cmd::explain::Shown::All } else { cmd::explain::Shown::WorthAChange };
+        return explain(&source, shown);
     }
     if matches!(cli.command, None | Some(Command::Serve)) {
         raise_open_files_limit();
@@ -94,7 +95,7 @@ fn raise_open_files_limit() {
 }
 
 /// `overlay-agent explain`: its exit code (cmd::explain), 1 when the metrics cannot be read.
-fn explain(source: &cmd::explain::Source) -> ExitCode {
+fn explain(source: &cmd::explain::Source, shown: cmd::explain::Shown) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -102,7 +103,7 @@ fn explain(source: &cmd::explain::Source) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(cmd::explain::run(source, &mut std::io::stdout().lock())) {
+    match rt.block_on(cmd::explain::run(source, shown, &mut std::io::stdout().lock())) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("overlay-agent explain: {e}");

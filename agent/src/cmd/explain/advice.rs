@@ -4,6 +4,8 @@
 //! and when not to apply it. docs/runbooks.md has the same sections, with their
 //! sources, under the anchors named here.
 
+pub use super::model::Facts;
+
 /// Where the runbook sections live (the mixin's `runbookURLPattern`).
 pub const RUNBOOK_BASE: &str = "https://github.com/overlay-agent/overlay-agent/blob/main/docs/runbooks.md";
 
@@ -16,11 +18,19 @@ pub struct How {
 /// When not to apply a fix, for the mounts of some runtimes (empty: all).
 pub struct Caveat {
     pub runtimes: &'static [&'static str],
+    /// The `overlayfs_mount_info` label and value the caveat is about: it is
+    /// left out where every mount of the workload is known to have another.
+    pub about: Option<(&'static str, &'static str)>,
     pub text: &'static str,
 }
 
 const fn all(text: &'static str) -> Caveat {
-    Caveat { runtimes: &[], text }
+    Caveat { runtimes: &[], about: None, text }
+}
+
+/// A caveat about mounts whose `overlayfs_mount_info` has `label="value"`.
+const fn about(label: &'static str, value: &'static str, text: &'static str) -> Caveat {
+    Caveat { runtimes: &[], about: Some((label, value)), text }
 }
 
 pub struct Advice {
@@ -42,11 +52,17 @@ impl Advice {
         specific.or(fallback).map_or("", |h| h.text)
     }
 
-    /// The caveats that concern a mount of `runtime`.
-    pub fn caveats_for<'a>(&'a self, runtime: &'a str) -> impl Iterator<Item = &'static str> + 'a {
+    /// The caveats that concern a workload of `runtime` whose mounts have
+    /// `facts` ([`Facts`]).
+    pub fn caveats_for<'a>(
+        &'a self,
+        runtime: &'a str,
+        facts: &'a Facts,
+    ) -> impl Iterator<Item = &'static str> + 'a {
         self.do_not_when
             .iter()
             .filter(move |c| c.runtimes.is_empty() || c.runtimes.contains(&runtime))
+            .filter(move |c| c.about.is_none_or(|(label, value)| facts.may_have(label, value)))
             .map(|c| c.text)
     }
 
@@ -91,11 +107,16 @@ pub const TABLE: &[Advice] = &[
             },
         ],
         do_not_when: &[
-            all("the mount has userxattr (rootless, unprivileged): the kernel refuses metacopy there; \
-             see fuse_overlayfs or idmapped_mounts"),
+            about(
+                "userxattr",
+                "true",
+                "the mount has userxattr (rootless, unprivileged): the kernel refuses metacopy there; \
+                 see fuse_overlayfs",
+            ),
             all(UNTRUSTED),
             Caveat {
                 runtimes: &["docker"],
+                about: None,
                 text: "Docker builds or commits on this node: with metacopy on, overlay2 falls back to the naive \
              diff, which reads whole files; measure docker build and docker commit first",
             },
@@ -156,7 +177,9 @@ pub const TABLE: &[Advice] = &[
                    mount_program = \"/usr/bin/fuse-overlayfs\", then podman system reset (podman's rootless docs)",
         }],
         do_not_when: &[
-            all("the kernel supports idmapped overlay on this mount: prefer idmapped_mounts, in the kernel"),
+            all("the containers can run as root in a user namespace (podman --userns=auto) on a kernel with \
+             idmapped overlay (5.19+): idmapped_mounts then maps the ids in the kernel; a rootless \
+             (userxattr) mount cannot be idmapped by its unprivileged owner"),
             all("the container is I/O heavy: every read and write goes through FUSE"),
             all("the user's images and containers must stay: the switch needs podman system reset, which removes them"),
         ],
@@ -212,7 +235,8 @@ mod tests {
         );
         for a in TABLE {
             assert!(!a.how_for("no-such-runtime").is_empty(), "{}: no default setting", a.fix);
-            assert!(a.caveats_for("no-such-runtime").next().is_some(), "{}: no caveat", a.fix);
+            let unknown = Facts::default();
+            assert!(a.caveats_for("no-such-runtime", &unknown).next().is_some(), "{}: no caveat", a.fix);
         }
         let metacopy = lookup("metacopy").map(|a| a.how_for("podman"));
         assert!(metacopy.is_some_and(|h| h.contains("mountopt")));

@@ -6,6 +6,9 @@
 //! `overlayfs_mount_info` ([`model`]), and writes text ([`render`]) from the
 //! one advice table ([`advice`]).
 //!
+//! A fix is shown when it would have saved at least 1 s or 64 MiB; `--all`
+//! shows every fix that would have avoided anything ([`Shown`]).
+//!
 //! Exit codes: 0 nothing to fix (one calm line); 3 fixes were shown; 1 the
 //! metrics could not be read (and 2, from the argument parser, bad usage).
 
@@ -21,6 +24,7 @@ use std::io::Write;
 use std::time::Duration;
 
 pub use fetch::FetchError;
+pub use render::Shown;
 
 /// Nothing to fix.
 pub const EXIT_NOTHING_TO_FIX: u8 = 0;
@@ -97,11 +101,11 @@ fn with_scheme(url: &str) -> String {
     }
 }
 
-/// Reads `source`, writes the report; the exit code.
-pub async fn run(source: &Source, out: &mut impl Write) -> Result<u8, ExplainError> {
+/// Reads `source`, writes the report with the fixes `shown` asks for; the exit code.
+pub async fn run(source: &Source, shown: Shown, out: &mut impl Write) -> Result<u8, ExplainError> {
     let samples = source.samples().await?;
     let overview = model::build(&samples);
-    let shown = render::report(&overview, &source.period(), out)?;
+    let shown = render::report(&overview, &source.period(), shown, out)?;
     out.flush()?;
     Ok(if shown { EXIT_FIXES_SHOWN } else { EXIT_NOTHING_TO_FIX })
 }

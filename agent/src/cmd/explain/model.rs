@@ -34,6 +34,39 @@ pub fn wanted(name: &str) -> bool {
     name == MOUNT_INFO || name == EBPF_DISABLED || COUNTERS.iter().any(|(n, _)| *n == name)
 }
 
+/// The `overlayfs_mount_info` labels a caveat may be about ([`Facts`]).
+pub const FACT_LABELS: &[&str] = &["userxattr", "idmapped_lowers", "metacopy"];
+
+/// What the `overlayfs_mount_info` of a workload's mounts says, for the
+/// caveats: per label of [`FACT_LABELS`], the values seen.
+#[derive(Debug, Default)]
+pub struct Facts {
+    values: BTreeMap<&'static str, BTreeSet<String>>,
+    /// Some mount had no `overlayfs_mount_info`: nothing is known of it.
+    unknown: bool,
+}
+
+impl Facts {
+    fn add(&mut self, info: Option<&Labels>) {
+        let Some(info) = info else {
+            self.unknown = true;
+            return;
+        };
+        for l in FACT_LABELS {
+            self.values.entry(l).or_default().insert(label(info, l).to_owned());
+        }
+    }
+
+    /// Whether a mount may have `label="value"`: unless every mount is known
+    /// (with a value, from an agent that exports the label) to have another.
+    pub fn may_have(&self, label: &str, value: &str) -> bool {
+        match self.values.get(label) {
+            Some(seen) if !self.unknown && !seen.contains("") => seen.contains(value),
+            _ => true,
+        }
+    }
+}
+
 /// A container, pod or volume, with the figures of all its mounts.
 #[derive(Debug, Default)]
 pub struct Workload {
@@ -41,6 +74,7 @@ pub struct Workload {
     pub runtime: String,
     pub image: String,
     pub mounts: BTreeSet<String>,
+    pub facts: Facts,
     /// Per metric, per `fix` or `cause`.
     pub figures: BTreeMap<&'static str, BTreeMap<String, f64>>,
 }
@@ -141,7 +175,9 @@ pub fn build(samples: &[Sample]) -> Overview {
             w.runtime = label(i, "runtime").to_owned();
             w.image = label(i, "image").to_owned();
         }
-        w.mounts.insert(label(&s.labels, "mountpoint").to_owned());
+        if w.mounts.insert(label(&s.labels, "mountpoint").to_owned()) {
+            w.facts.add(info);
+        }
         let slot = w.figures.entry(metric).or_default().entry(label(&s.labels, by).to_owned()).or_default();
         *slot += s.value;
     }

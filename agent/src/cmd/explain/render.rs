@@ -12,30 +12,49 @@ pub const MIN_SECONDS: f64 = 1.0;
 /// ... or this much copied data (64 MiB).
 pub const MIN_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
 
-fn worth_it(seconds: f64, bytes: f64) -> bool {
-    seconds >= MIN_SECONDS || bytes >= MIN_BYTES
+/// Which fixes are worth showing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shown {
+    /// Those that would have saved at least [`MIN_SECONDS`] or [`MIN_BYTES`].
+    #[default]
+    WorthAChange,
+    /// Every fix that would have avoided anything (`--all`).
+    All,
+}
+
+impl Shown {
+    fn worth_it(self, seconds: f64, bytes: f64) -> bool {
+        match self {
+            Shown::WorthAChange => seconds >= MIN_SECONDS || bytes >= MIN_BYTES,
+            Shown::All => seconds > 0.0 || bytes > 0.0,
+        }
+    }
 }
 
 /// The fixes of `w` worth showing, largest saving first.
-fn fixes(w: &Workload) -> Vec<(&str, f64, f64)> {
+fn fixes(w: &Workload, shown: Shown) -> Vec<(&str, f64, f64)> {
     let mut names: Vec<&str> = w.by(AVOIDABLE_SECONDS).chain(w.by(AVOIDABLE_BYTES)).map(|(k, _)| k).collect();
     names.sort_unstable();
     names.dedup();
     let mut out: Vec<_> = names
         .into_iter()
         .map(|f| (f, w.get(AVOIDABLE_SECONDS, f), w.get(AVOIDABLE_BYTES, f)))
-        .filter(|(_, s, b)| worth_it(*s, *b))
+        .filter(|(_, s, b)| shown.worth_it(*s, *b))
         .collect();
     out.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.2.total_cmp(&a.2)));
     out
 }
 
-/// Seconds: "340 ms", "4.2 s", "125 s".
+/// Seconds: "420 µs", "3.4 ms", "340 ms", "4.2 s", "125 s" (never "0 ms"
+/// for a time that is not zero).
 pub fn seconds(s: f64) -> String {
     match s {
         s if s >= 100.0 => format!("{s:.0} s"),
         s if s >= 1.0 => format!("{s:.1} s"),
-        s => format!("{:.0} ms", s * 1000.0),
+        s if s >= 0.01 => format!("{:.0} ms", s * 1000.0),
+        s if s >= 0.001 => format!("{:.1} ms", s * 1000.0),
+        s if s > 0.0 => format!("{:.0} µs", s * 1e6),
+        _ => "0 ms".to_owned(),
     }
 }
 
@@ -66,17 +85,17 @@ fn percent(part: f64, whole: f64) -> String {
 }
 
 /// Writes the report; returns whether any fix was worth showing.
-pub fn report(o: &Overview, period: &str, out: &mut impl Write) -> io::Result<bool> {
-    let shown: Vec<_> = o.workloads.iter().filter(|w| !fixes(w).is_empty()).collect();
-    if shown.is_empty() {
+pub fn report(o: &Overview, period: &str, shown: Shown, out: &mut impl Write) -> io::Result<bool> {
+    let listed: Vec<_> = o.workloads.iter().filter(|w| !fixes(w, shown).is_empty()).collect();
+    if listed.is_empty() {
         writeln!(out, "{}", calm(o, period))?;
         return Ok(false);
     }
-    let noun = if shown.len() == 1 { "workload" } else { "workloads" };
-    writeln!(out, "{} {noun} lost time to copy-ups that a fix avoids ({period}).", shown.len())?;
-    for w in shown {
+    let noun = if listed.len() == 1 { "workload" } else { "workloads" };
+    writeln!(out, "{} {noun} lost time to copy-ups that a fix avoids ({period}).", listed.len())?;
+    for w in listed {
         writeln!(out)?;
-        workload(w, out)?;
+        workload(w, shown, out)?;
     }
     Ok(true)
 }
@@ -90,16 +109,23 @@ fn calm(o: &Overview, period: &str) -> String {
             why.join(", ")
         );
     }
-    let avoidable = o.total(AVOIDABLE_SECONDS);
-    let tail = if avoidable > 0.0 {
-        format!("{} avoidable, under the {} worth a change", seconds(avoidable), seconds(MIN_SECONDS))
+    // The best single fix: one copy-up can be avoidable by two fixes, so their
+    // savings do not add up (their sum can exceed the time lost).
+    let best = o.workloads.iter().map(Workload::best_saving).fold(0.0, f64::max);
+    let lost = seconds(o.total(SECONDS));
+    if best > 0.0 {
+        format!(
+            "Nothing to fix: {mounts}, {lost} in copy-ups {period}; the best fix would save {}, under the {} \
+             worth a change.",
+            seconds(best),
+            seconds(MIN_SECONDS)
+        )
     } else {
-        "none avoidable".to_owned()
-    };
-    format!("Nothing to fix: {mounts}, {} in copy-ups {period}, {tail}.", seconds(o.total(SECONDS)))
+        format!("Nothing to fix: {mounts}, {lost} in copy-ups {period}, none avoidable.")
+    }
 }
 
-fn workload(w: &Workload, out: &mut impl Write) -> io::Result<()> {
+fn workload(w: &Workload, shown: Shown, out: &mut impl Write) -> io::Result<()> {
     let image = if w.image.is_empty() { String::new() } else { format!(", image {}", w.image) };
     writeln!(out, "{}{image}", w.title)?;
     let lost = w.total(SECONDS);
@@ -121,7 +147,7 @@ fn workload(w: &Workload, out: &mut impl Write) -> io::Result<()> {
     if !w.title.starts_with("mount ") {
         writeln!(out, "  mount{}: {}", if mounts.len() == 1 { "" } else { "s" }, mounts.join(", "))?;
     }
-    for (fix, s, b) in fixes(w) {
+    for (fix, s, b) in fixes(w, shown) {
         let data = if b > 0.0 { format!(" and {} of copying", bytes(b)) } else { String::new() };
         writeln!(out, "  fix {fix}: saves {}{}{data}", seconds(s), percent(s, lost))?;
         let Some(a) = advice::lookup(fix) else {
@@ -130,7 +156,7 @@ fn workload(w: &Workload, out: &mut impl Write) -> io::Result<()> {
         };
         writeln!(out, "    {}", a.title)?;
         writeln!(out, "    do: {}", a.how_for(&w.runtime))?;
-        for caveat in a.caveats_for(&w.runtime) {
+        for caveat in a.caveats_for(&w.runtime, &w.facts) {
             writeln!(out, "    do not when {caveat}")?;
         }
         writeln!(out, "    runbook: {}", a.runbook())?;

@@ -6,17 +6,22 @@
 use std::path::PathBuf;
 
 use super::advice::TABLE;
-use super::{exposition, model, render, Source};
+use super::{exposition, model, render, Shown, Source};
 
 fn report(name: &str) -> (String, bool) {
+    report_as(name, Shown::WorthAChange, name)
+}
+
+/// Fixture `name` rendered with `shown`, against testdata/`golden`.txt.
+fn report_as(name: &str, shown: Shown, golden: &str) -> (String, bool) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/cmd/explain/testdata");
     let text = std::fs::read_to_string(dir.join(format!("{name}.prom"))).expect("fixture");
     let samples = exposition::parse(&text, model::wanted).expect("fixture parses");
     let mut out = Vec::new();
     let shown =
-        render::report(&model::build(&samples), "since the agent started", &mut out).expect("renders");
+        render::report(&model::build(&samples), "since the agent started", shown, &mut out).expect("renders");
     let out = String::from_utf8(out).expect("utf-8");
-    let golden = dir.join(format!("{name}.txt"));
+    let golden = dir.join(format!("{golden}.txt"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         // Through a rename: two tests may read the same golden file meanwhile.
         let tmp = golden.with_extension(format!("txt.{}", std::process::id()));
@@ -55,6 +60,37 @@ fn quiet_cases_print_one_calm_line() {
 }
 
 #[test]
+fn the_calm_line_names_the_best_fix_not_a_sum_of_overlapping_ones() {
+    // metacopy 300 ms and skip_noop 260 ms of the same 350 ms of chowns.
+    let (out, _) = report("quiet-small");
+    assert!(
+        out.contains(", 350 ms in copy-ups since the agent started; the best fix would save 300 ms,"),
+        "{out}"
+    );
+}
+
+#[test]
+fn all_shows_the_fixes_under_the_threshold() {
+    let (out, shown) = report_as("quiet-small", Shown::All, "quiet-small-all");
+    assert!(shown, "{out}");
+    assert_eq!(first_fix(&out), Some("metacopy"), "{out}");
+    assert!(out.contains("saves 300 ms (86%) and 1.0 MiB of copying"), "{out}");
+    // Nothing avoidable at all stays calm, --all or not.
+    let (out, shown) = report_as("quiet", Shown::All, "quiet");
+    assert!(!shown && out.starts_with("Nothing to fix: "), "{out}");
+}
+
+#[test]
+fn caveats_about_a_mount_option_follow_the_mount_info() {
+    // metacopy.prom's mount says userxattr="false": no caveat about userxattr
+    // mounts; copy_chown.prom's says nothing (""), so the caveat stays.
+    let (out, _) = report("metacopy");
+    assert!(!out.contains("the mount has userxattr"), "{out}");
+    let (out, _) = report("copy_chown");
+    assert!(out.contains("the mount has userxattr"), "{out}");
+}
+
+#[test]
 fn mounts_of_other_namespaces_join_their_mount_info() {
     let (out, _) = report("idmapped_mounts");
     assert!(
@@ -70,6 +106,9 @@ fn mounts_of_other_namespaces_join_their_mount_info() {
 
 #[test]
 fn figures_are_formatted_in_base_units() {
+    assert_eq!(render::seconds(0.0), "0 ms");
+    assert_eq!(render::seconds(0.000_42), "420 µs");
+    assert_eq!(render::seconds(0.003_44), "3.4 ms");
     assert_eq!(render::seconds(0.0125), "12 ms");
     assert_eq!(render::seconds(41.25), "41.2 s");
     assert_eq!(render::seconds(125.0), "125 s");

@@ -63,6 +63,18 @@ echo "=== TRACE END"
 echo "=== METRICS BEGIN"
 scrape
 echo "=== METRICS END"
+# What explain makes of these figures (exact_counts/explain.rs): by default
+# (fixes worth 1 s or 64 MiB) and with --all, each with its exit code.
+for how in DEFAULT ALL; do
+  flag=
+  [ $how = ALL ] && flag=--all
+  /overlay-agent explain $flag --url 127.0.0.1:9864 > /explain.txt 2> /explain.err
+  echo "=== EXPLAIN $how EXIT $?"
+  echo "=== EXPLAIN $how BEGIN"
+  cat /explain.txt
+  echo "=== EXPLAIN $how END"
+  [ -s /explain.err ] && { echo "=== EXPLAIN $how STDERR"; cat /explain.err; }
+done
 # The same, as Prometheus asks for it with native histograms on (delimited
 # protobuf), base64 on the console (tests/guest, exact_counts/protobuf.rs).
 echo "=== PROTO BEGIN"

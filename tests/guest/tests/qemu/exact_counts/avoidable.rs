@@ -34,10 +34,14 @@ fn fixes(g: &Guest, name: &str) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// EXPECTED_AVOIDABLE_BYTES, and layers.rs's for this kernel.
+pub fn expected(g: &Guest) -> Vec<(&'static str, &'static str, f64)> {
+    EXPECTED_AVOIDABLE_BYTES.iter().copied().chain(layers::expected_avoidable(g)).collect()
+}
+
 pub fn check_avoidable(g: &Guest) -> Vec<String> {
     let mut problems = Vec::new();
-    let expected: Vec<(&str, &str, f64)> =
-        EXPECTED_AVOIDABLE_BYTES.iter().copied().chain(layers::expected_avoidable(g)).collect();
+    let expected = expected(g);
     let want: BTreeSet<(String, String)> =
         expected.iter().map(|(mp, fix, _)| (mp.to_string(), fix.to_string())).collect();
     for name in ["overlayfs_copy_up_avoidable_seconds_total", "overlayfs_copy_up_avoidable_data_bytes_total"]

@@ -1,9 +1,11 @@
 //! Mode `agent` on every kernel: the workload's known copy-ups
-//! (qemu-workload run, uring, parallel) counted exactly, and the probes' life
-//! (trace, restart, capabilities, detach), one named check each.
+//! (qemu-workload run, uring, parallel) counted exactly, what `explain` makes
+//! of them, and the probes' life (trace, restart, capabilities, detach), one
+//! named check each.
 
 mod avoidable;
 mod counts;
+mod explain;
 mod histograms;
 mod layers;
 mod lifecycle;
@@ -107,6 +109,7 @@ const CHECKS: &[Check] = &[
     ("no_errors", counts::check_no_errors),
     ("noop_copy_ups", counts::check_noop),
     ("avoidable_copy_ups", avoidable::check_avoidable),
+    ("explain", explain::check_explain),
     ("mount_outcomes", layers::check_outcomes),
     ("mount_info_userxattr_idmapped", layers::check_mount_info),
     ("histograms", histograms::check_histograms),
@@ -161,6 +164,7 @@ fn check_kernel(arch: Arch, version: &str) -> Result<String, String> {
         text: text.to_owned(),
         console: console.clone(),
     };
+    explain::save(&g);
     let mut problems = Vec::new();
     for (name, check) in CHECKS {
         for p in check(&g) {
