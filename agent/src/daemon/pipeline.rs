@@ -168,8 +168,9 @@ impl Pipeline {
         let view = self.mounts.get();
         {
             let mut last = self.scheduled.locked();
-            let recent =
-                |(at, seen): &(Instant, Arc<MountView>)| Arc::ptr_eq(seen, &view) && at.elapsed() < SCHEDULE_EVERY;
+            let recent = |(at, seen): &(Instant, Arc<MountView>)| {
+                Arc::ptr_eq(seen, &view) && at.elapsed() < SCHEDULE_EVERY
+            };
             if last.as_ref().is_some_and(recent) {
                 return;
             }
