@@ -178,6 +178,10 @@ pub struct MountTable {
     pub source: PathBuf,
     /// Other mount namespaces' tables were read too.
     pub namespaces_read: bool,
+    /// By namespace read (`None`: the reference one), its mounts with whether
+    /// each is idmapped, from the same text as the lines
+    /// ([`mountinfo::idmapped_mounts`]; empty when none is).
+    pub idmapped_mounts: BTreeMap<Option<NsId>, mountinfo::IdmappedMounts>,
 }
 
 /// The `mountpoint` label of counts whose device is not in the mount table: the
@@ -264,12 +268,14 @@ pub fn group_by_superblock(
 /// agent's own), as the agent did before it read other namespaces.
 pub fn discover(procfs: &Path, select: impl Fn(&str) -> bool) -> Result<MountTable, DiscoveryError> {
     let source = mountinfo::mountinfo_path(procfs);
-    let (lines, bad_lines) = mountinfo::read(&source)?;
+    let text = mountinfo::read_text(&source)?;
+    let (lines, bad_lines) = mountinfo::parse(&text);
     Ok(MountTable {
         mounts: group_by_superblock(lines, select, None),
         bad_lines,
         source,
         namespaces_read: false,
+        idmapped_mounts: [(None, mountinfo::idmapped_mounts(&text))].into(),
     })
 }
 

@@ -52,6 +52,11 @@ pub fn mountinfo_path(procfs: &Path) -> PathBuf {
 pub const MAX_BYTES: u64 = 64 << 20;
 
 pub fn read(path: &Path) -> Result<(Vec<OverlayLine>, Vec<BadLine>), DiscoveryError> {
+    Ok(parse(&read_text(path)?))
+}
+
+/// The text of a mount table, at most [`MAX_BYTES`].
+pub fn read_text(path: &Path) -> Result<Vec<u8>, DiscoveryError> {
     use std::io::Read;
     let err = |source| DiscoveryError::Read { path: path.to_owned(), source };
     let mut bytes = Vec::new();
@@ -59,8 +64,30 @@ pub fn read(path: &Path) -> Result<(Vec<OverlayLine>, Vec<BadLine>), DiscoveryEr
     if bytes.len() as u64 > MAX_BYTES {
         return Err(DiscoveryError::TooLarge { path: path.to_owned(), max: MAX_BYTES });
     }
-    Ok(parse(&bytes))
+    Ok(bytes)
 }
+
+/// Every mountpoint of a table, each with whether the mount is idmapped (the
+/// kernel's `idmapped` mount option, Linux 5.12+, never an option's first);
+/// empty when no line says `,idmapped` (the common case: nothing is parsed). Taken from the text
+/// discovery reads, so that deciding whether an overlay's lowers are idmapped
+/// reads no mount table again (10,000 mounts: 40 ms per new mount).
+pub fn idmapped_mounts(text: &[u8]) -> IdmappedMounts {
+    if !contains(text, b",idmapped") {
+        return Vec::new();
+    }
+    text.split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let (mp, opts) = (f.get(4)?, f.get(5)?);
+            let idmapped = opts.split(|&b| b == b',').any(|o| o == b"idmapped");
+            Some((PathBuf::from(OsStr::from_bytes(&unescape_octal_bytes(mp))), idmapped))
+        })
+        .collect()
+}
+
+/// A table's mountpoints with whether each is idmapped ([`idmapped_mounts`]).
+pub type IdmappedMounts = Vec<(PathBuf, bool)>;
 
 /// Parses mountinfo text, keeping overlay lines only.
 pub fn parse(bytes: &[u8]) -> (Vec<OverlayLine>, Vec<BadLine>) {

@@ -23,6 +23,8 @@ struct NsLines {
     pid: i32,
     lines: Vec<OverlayLine>,
     bad: Vec<BadLine>,
+    /// Read from the same text ([`mountinfo::idmapped_mounts`]).
+    idmapped: mountinfo::IdmappedMounts,
 }
 
 /// What one refresh did: namespaces read, and those that failed (a process gone
@@ -130,6 +132,11 @@ impl Tables {
             bad_lines: reference.map(|r| r.bad.clone()).unwrap_or_default(),
             source: self.census.reference.map(|r| r.proc_path(&self.procfs, "mountinfo")).unwrap_or_default(),
             namespaces_read: true,
+            idmapped_mounts: self
+                .by_ns
+                .iter()
+                .map(|(id, n)| ((!self.census.is_reference(*id)).then_some(*id), n.idmapped.clone()))
+                .collect(),
         }
     }
 
@@ -152,14 +159,15 @@ fn read_ns(
     select: impl Fn(&str) -> bool,
 ) -> Result<NsLines, DiscoveryError> {
     let path: PathBuf = ns.proc_path(procfs, "mountinfo");
-    let (mut lines, bad) = mountinfo::read(&path)?;
+    let text = mountinfo::read_text(&path)?;
+    let (mut lines, bad) = mountinfo::parse(&text);
     lines.retain(|l| select(&super::path_label(&l.mountpoint)));
     if !reference {
         for l in &mut lines {
             l.namespace = Some(ns);
         }
     }
-    Ok(NsLines { pid: ns.pid, lines, bad })
+    Ok(NsLines { pid: ns.pid, lines, bad, idmapped: mountinfo::idmapped_mounts(&text) })
 }
 
 #[cfg(test)]

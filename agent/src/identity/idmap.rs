@@ -4,9 +4,9 @@
 //! holds a lower (mountinfo, Linux 5.12+). Rules: diagnosis::rules
 //! (`idmapped_lowers.*`).
 //!
-//! The kernel's view is read from the mountinfo of each namespace that has a
-//! mount with lowers, once per inventory, and looked at only when the text
-//! holds `idmapped` at all. Runtimes detach their binds once the overlay is
+//! The kernel's view is taken from the mountinfo text discovery read for the
+//! namespace of each new mount with lowers (read here only for a table without
+//! it), and looked at only when the text holds `idmapped` at all. Runtimes detach their binds once the overlay is
 //! mounted, so the path rules are what finds theirs.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::discovery::{mountinfo, options::unescape_octal_bytes, Device, LayerPath, MountTable, NsId};
+use crate::discovery::{mountinfo, Device, LayerPath, MountTable, NsId};
 
 /// Whether a lower path is one of a runtime's idmapped binds.
 pub fn runtime_idmapped(p: &Path) -> bool {
@@ -27,21 +27,7 @@ pub fn runtime_idmapped(p: &Path) -> bool {
         })
 }
 
-/// The mountpoints of a mountinfo text, each with whether it is idmapped;
-/// empty when no line says `idmapped` (the common case: nothing is parsed).
-pub fn mountpoints(text: &[u8]) -> Vec<(PathBuf, bool)> {
-    if !text.windows(8).any(|w| w == b"idmapped") {
-        return Vec::new();
-    }
-    text.split(|&b| b == b'\n')
-        .filter_map(|line| {
-            let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-            let (mp, opts) = (f.get(4)?, f.get(5)?);
-            let idmapped = opts.split(|&b| b == b',').any(|o| o == b"idmapped");
-            Some((PathBuf::from(std::ffi::OsStr::from_bytes(&unescape_octal_bytes(mp))), idmapped))
-        })
-        .collect()
-}
+pub use crate::discovery::mountinfo::idmapped_mounts as mountpoints;
 
 /// Whether `lower` lies on an idmapped mount of `mounts`: the longest
 /// mountpoint that holds it decides (idmapped_lowers.kernel).
@@ -78,6 +64,11 @@ pub fn idmapped_lowers(table: &MountTable, procfs: &Path, previous: Option<&Deci
         }
         let ns = m.namespace;
         let mounts = by_ns.entry(ns.map(|n| n.id)).or_insert_with(|| {
+            // The lists discovery took from the text it read; a table made
+            // otherwise (tests, `identity-bench`) has none: read it here.
+            if let Some(known) = table.idmapped_mounts.get(&ns.map(|n| n.id)) {
+                return known.clone();
+            }
             let path = match ns {
                 Some(ns) => ns.proc_path(procfs, "mountinfo"),
                 None => mountinfo::mountinfo_path(procfs),

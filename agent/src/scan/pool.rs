@@ -59,9 +59,8 @@ impl Drop for ScanPool {
 }
 
 /// The upper dirs of a mount table: by upper dir (with its namespace), the
-/// xattr namespace, the devices and mount ids of its mounts, and where the agent
-/// opens it and its work dir.
-type Wanted = HashMap<UpperDir, (XattrNamespace, Vec<(Device, i32)>, Place, Option<PathBuf>)>;
+/// xattr namespace and the mounts that use it.
+type Wanted<'t> = HashMap<UpperDir, (XattrNamespace, Vec<&'t Mount>)>;
 
 /// Where the agent reaches the files of mount `m`'s namespace: the host's root
 /// (`rootfs`), or another namespace's root through one of its processes
@@ -80,23 +79,29 @@ fn root_of(m: &Mount, roots: &Roots<'_>) -> (PathBuf, Option<Join>) {
     }
 }
 
-fn upper_dirs_of(table: &MountTable, roots: &Roots<'_>) -> Wanted {
+fn upper_dirs_of<'t>(table: &'t MountTable) -> Wanted<'t> {
     let mut wanted: Wanted = HashMap::new();
-    for (dev, m) in &table.mounts {
+    for m in table.mounts.values() {
         let Some(upper) = m.upper() else { continue };
-        let (root, join) = root_of(m, roots);
-        let under_root = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
         let ns = if m.options.userxattr { XattrNamespace::User } else { XattrNamespace::Trusted };
-        let work = m.options.work.as_ref().and_then(|w| w.absolute()).map(under_root);
-        let open_at = Place { path: under_root(&upper.path), join };
-        let w = wanted.entry(upper).or_insert((ns, Vec::new(), open_at, None));
+        let w = wanted.entry(upper).or_insert((ns, Vec::new()));
         w.0 = ns;
-        w.1.push((*dev, m.mount_id));
-        if w.3.is_none() {
-            w.3 = work;
-        }
+        w.1.push(m);
     }
     wanted
+}
+
+/// Where the agent opens an upper dir (under the first of its `mounts`' root)
+/// and its work dir (the first mount's that has one): built only for the
+/// scans queued, not for every mount at every schedule.
+fn places_of(upper: &UpperDir, mounts: &[&Mount], roots: &Roots<'_>) -> (Place, Option<PathBuf>) {
+    let under = |m: &Mount, p: &Path| root_of(m, roots).0.join(p.strip_prefix("/").unwrap_or(p));
+    let work = mounts.iter().find_map(|m| Some(under(m, m.options.work.as_ref()?.absolute()?)));
+    let Some(first) = mounts.first() else {
+        return (Place { path: upper.path.clone(), join: None }, work);
+    };
+    let (root, join) = root_of(first, roots);
+    (Place { path: root.join(upper.path.strip_prefix("/").unwrap_or(&upper.path)), join }, work)
 }
 
 /// The roots paths are reached under: the host's root filesystem as the agent
@@ -185,7 +190,7 @@ impl ScanPool {
     pub fn schedule(&self, table: &MountTable, interval: Duration, timeout: Duration, roots: Roots<'_>) {
         let now = Instant::now();
         self.crew.check_hung(now);
-        let wanted = upper_dirs_of(table, &roots);
+        let wanted = upper_dirs_of(table);
         let activity = self.crew.store.activity.snapshot();
         let mut store = self.crew.store.lock();
         store.retain(|upper, rec| {
@@ -195,17 +200,20 @@ impl ScanPool {
             }
             keep
         });
-        for (upper, (ns, mounts, open_at, work_at)) in wanted {
-            let rec = store.entry(upper.clone()).or_insert_with(|| ScanRecord::new(now));
-            let devices: Vec<Device> = mounts.iter().map(|(d, _)| *d).collect();
-            if rec.devices != devices {
-                rec.devices = devices;
+        for (upper, (ns, mounts)) in wanted {
+            if !store.contains_key(&upper) {
+                store.insert(upper.clone(), ScanRecord::new(now));
+            }
+            let Some(rec) = store.get_mut(&upper) else { continue };
+            if !rec.devices.iter().copied().eq(mounts.iter().map(|m| m.device)) {
+                rec.devices = mounts.iter().map(|m| m.device).collect();
             }
             if rec.in_flight || rec.next_due > now {
                 continue;
             }
             rec.in_flight = true;
             self.crew.in_flight.add();
+            let (open_at, work_at) = places_of(&upper, &mounts, &roots);
             if rec.open_at != open_at {
                 rec.open_at = open_at.clone();
             }
@@ -224,7 +232,7 @@ impl ScanPool {
             let cache = rec.cache.take().unwrap_or_default();
             let cancel = Arc::new(Cancel::default());
             rec.cancel = cancel.clone();
-            rec.job_mounts = mounts;
+            rec.job_mounts = mounts.iter().map(|m| (m.device, m.mount_id)).collect();
             self.crew.queue.push(Job {
                 upper,
                 open_at,
@@ -281,10 +289,13 @@ mod tests {
         let table =
             MountTable { mounts: mounts.into_iter().map(|m| (m.device, m)).collect(), ..Default::default() };
         let roots = Roots { rootfs: Path::new("/host"), procfs: Path::new("/hostproc") };
-        let wanted = upper_dirs_of(&table, &roots);
-        assert_eq!(wanted.len(), 3, "{wanted:?}");
-        let open_at = |mntns| &wanted[&UpperDir { mntns, path: path.into() }].2;
-        assert_eq!(open_at(None), &Place::own("/host/var/lib/containerd/snapshots/1/fs"));
+        let wanted = upper_dirs_of(&table);
+        assert_eq!(wanted.len(), 3);
+        let open_at = |mntns| {
+            let upper = UpperDir { mntns, path: path.into() };
+            places_of(&upper, &wanted[&upper].1, &roots).0
+        };
+        assert_eq!(open_at(None), Place::own("/host/var/lib/containerd/snapshots/1/fs"));
         let joined = |pid, id| Place {
             path: format!("/hostproc/{pid}/root/var/lib/containerd/snapshots/1/fs").into(),
             join: Some(Join {
@@ -293,8 +304,8 @@ mod tests {
                 id,
             }),
         };
-        assert_eq!(open_at(Some(NsId(7))), &joined(40, 7));
-        assert_eq!(open_at(Some(NsId(8))), &joined(50, 8));
+        assert_eq!(open_at(Some(NsId(7))), joined(40, 7));
+        assert_eq!(open_at(Some(NsId(8))), joined(50, 8));
     }
 
     /// The ids of this process's threads.
