@@ -174,6 +174,11 @@ def run_count(count, args):
         wait("every upper dir scanned", 600,
              lambda: get(url + "/metrics").count(b"\noverlayfs_upper_scans_total{") >= count, period=0.5)
         row["scanned_s"] = time.perf_counter() - t0
+        # Idle: no scrapes, no mount changes. What the agent does then must not
+        # grow with the mounts (its periodic work: the census, the scan schedule).
+        cpu0 = cpu_seconds(agent.pid)
+        time.sleep(args.idle)
+        row["idle_cpu"] = (cpu_seconds(agent.pid) - cpu0) / args.idle * 1e3
         row["agent"] = scrape_stats(url + "/metrics", agent.pid, args.scrapes)
         if args.gzip and str(count) in args.gzip_counts.split(","):
             row["gzip"] = gzip_stats(url + "/metrics", agent.pid, args.scrapes)
@@ -213,11 +218,12 @@ def report(rows):
                       f"{s['size'] / 1048576:.2f} MiB | {s['cpu']:.1f} ms | {s['rss']:.1f} MiB |")
     print()
     print("| mounts | mount(2) x N | start -> /readyz (first mount table) | start -> all scanned | "
-          "mount -> series, p50 / p99 | unmount -> series gone, p50 / p99 | agent CPU per mount change | RSS at the end |")
-    print("|---|---|---|---|---|---|---|---|")
+          "idle CPU per second | mount -> series, p50 / p99 | unmount -> series gone, p50 / p99 | "
+          "agent CPU per mount change | RSS at the end |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['count']:,} | {r['mount_s']:.1f} s | {r['ready_s'] * 1e3:.0f} ms | {r['scanned_s']:.1f} s | "
-              f"{r['appear'][0]:.0f} / {r['appear'][1]:.0f} ms | {r['gone'][0]:.0f} / {r['gone'][1]:.0f} ms | "
+              f"{r['idle_cpu']:.1f} ms | {r['appear'][0]:.0f} / {r['appear'][1]:.0f} ms | {r['gone'][0]:.0f} / {r['gone'][1]:.0f} ms | "
               f"{r['change_cpu']:.1f} ms | {r['agent_rss_end']:.1f} MiB |")
     if any("gzip" in r for r in rows):
         print("\n| mounts | Accept-Encoding | response | p50 | p99 | agent CPU per scrape |")
@@ -273,6 +279,8 @@ def main():
     ap.add_argument("--node-scrapes", type=int, default=20, help="node_exporter takes seconds per scrape at 10k")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--idle", type=float, default=10.0,
+                    help="seconds of the idle CPU measurement (no scrapes, no changes) after the first scans")
     ap.add_argument("--gzip", action="store_true", help="also scrape with and without Accept-Encoding: gzip")
     ap.add_argument("--gzip-counts", default="1000,10000", help="the mount counts of the gzip comparison")
     args = ap.parse_args()
@@ -286,7 +294,7 @@ def main():
     cmd = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private",
            sys.executable, os.path.abspath(__file__), "--inner",
            "--counts", args.counts, "--scrapes", str(args.scrapes), "--changes", str(args.changes),
-           "--node-scrapes", str(args.node_scrapes), "--gzip-counts", args.gzip_counts]
+           "--node-scrapes", str(args.node_scrapes), "--idle", str(args.idle), "--gzip-counts", args.gzip_counts]
     cmd += ["--gzip"] if args.gzip else []
     sys.exit(subprocess.run(cmd).returncode)
 
