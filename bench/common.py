@@ -58,3 +58,20 @@ def start_agent(base, config="", discovery="", include=None, agent=AGENT, name="
                 f"discovery:\n  include_mountpoints: ['{include}']\n{discovery}{config}")
     out = open(os.path.join(base, f"{name}.log"), "w") if log else subprocess.DEVNULL
     return subprocess.Popen([agent, "--config", cfg, "serve"], stdout=out, stderr=out), addr
+
+
+def detach_inherited_overlays(umount):
+    """Inside a new private mount namespace (unshare --mount): makes every mount
+    private, so nothing propagates back to the host, and detaches, with
+    `umount(path)`, the copies of the overlays inherited from the host's
+    namespace (other running tests'; the host's own are not touched), so that
+    they are not kept alive by the namespace. Returns how many were detached."""
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    inherited = [line.split(" - ")[0].split()[4] for line in open("/proc/self/mountinfo")
+                 if line.split(" - ")[-1].startswith("overlay ")]
+    for m in reversed(inherited):
+        try:
+            umount(m.encode().decode("unicode_escape"))
+        except OSError as e:
+            print(f"(could not detach the inherited overlay {m}: {e})")
+    return len(inherited)
