@@ -36,7 +36,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, cpu_seconds, free_port, pct, rss_mib, start_agent  # noqa: E402
+from common import ROOT, cpu_seconds, detach_inherited_overlays, free_port, pct, rss_mib, start_agent  # noqa: E402
 libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
 
@@ -247,21 +247,11 @@ def report(rows):
 
 def inner(args):
     assert os.getpid() == 1, "run inside the namespace"
-    # The namespace's /proc is private; make every mount private too, so nothing
-    # propagates back to the host.
-    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
-    # The namespace starts as a copy of the host's mounts, overlays of other running
-    # tests included: detach those copies (the host's own are not touched), so that
-    # both exporters see only the benchmark's mounts.
-    inherited = [line.split(" - ")[0].split()[4] for line in open("/proc/self/mountinfo")
-                 if line.split(" - ")[-1].startswith("overlay ")]
-    for m in reversed(inherited):
-        try:
-            sys_umount(m.encode().decode("unicode_escape"))
-        except OSError as e:
-            print(f"(could not detach the inherited overlay {m}: {e})")
-    if inherited:
-        print(f"(detached {len(inherited)} overlay mounts inherited from the host's namespace)")
+    # Private mounts, and the host's other overlays (other running tests') detached
+    # from this namespace's copy: both exporters see only the benchmark's mounts.
+    detached = detach_inherited_overlays(sys_umount)
+    if detached:
+        print(f"(detached {detached} overlay mounts inherited from the host's namespace)")
     rows = [run_count(int(c), args) for c in args.counts.split(",")]
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\noverlay-agent with 1k-10k mounts, {time.strftime('%Y-%m-%d')}, kernel {os.uname().release}, "
