@@ -1,7 +1,7 @@
 //! The native-histogram replay fixture (tests/fixtures/native/): one agent
 //! exposition in both formats, `exposition.pb` (delimited protobuf, native
 //! histograms with their classic buckets) and `exposition.prom` (text), which
-//! tests/prometheus.rs serves to a real Prometheus.
+//! tests/prometheus/native.rs serves to a real Prometheus.
 //!
 //! The fixture is synthetic, for what a guest run does not produce (empty
 //! histograms, observations at known places); a real guest's capture in both
@@ -161,7 +161,7 @@ fn per_mount(families: &[Parsed]) -> Vec<Parsed> {
         let mut p = Parsed { def: Box::leak(Box::new(def)), plain: Vec::new(), hists };
         // One histogram without observations (a mount and cause that had
         // none), with the classic bounds of the others: Prometheus must ingest
-        // it as a native one too (tests/prometheus.rs).
+        // it as a native one too (tests/prometheus/native.rs).
         if let Some((_, (buckets, _, _))) = p.hists.iter().next() {
             let empty = buckets.iter().map(|b| (b.0, 0)).collect();
             let key = vec![EMPTY[0].to_owned(), EMPTY[1].to_owned()];

@@ -31,7 +31,7 @@ pub const CONTENT_TYPE: &str =
 /// one by a positive threshold, a zero count or a span, and an empty one has
 /// only the no-op span to show, which not every reader counts (prometheus#12584,
 /// 2.46). Measured: Prometheus 2.42 stores the fixture's empty histograms as
-/// native with either threshold (tests/prometheus.rs), so the threshold is a
+/// native with either threshold (tests/prometheus/native.rs), so the threshold is a
 /// second marker, the one client_golang writes.
 pub const ZERO_THRESHOLD: f64 = 2.938_735_877_055_719e-39;
 

@@ -56,7 +56,7 @@ pub fn check_protobuf(g: &Guest) -> Vec<String> {
     if natives == 0 {
         problems.push("no native histogram in the protobuf scrape".into());
     }
-    // The capture of one kernel is the replay fixture of tests/prometheus.rs.
+    // The capture of one kernel is the replay fixture of tests/prometheus/native.rs.
     if g.version == "6.1" && problems.is_empty() && std::env::var_os("UPDATE_NATIVE_FIXTURE").is_some() {
         let dir = repo_root().join("tests/fixtures/native");
         std::fs::write(dir.join("guest-6.1.pb"), &pb).expect("write guest-6.1.pb");
