@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # OVERLAY_AGENT_BIN: another build of the agent (the test command's smoke runs
@@ -75,3 +76,18 @@ def detach_inherited_overlays(umount):
         except OSError as e:
             print(f"(could not detach the inherited overlay {m}: {e})")
     return len(inherited)
+
+
+def run_inside_private_namespace(script, inner_args, what, no_build):
+    """Re-runs `script --inner INNER_ARGS` as PID 1 of a new private mount and PID
+    namespace (`unshare`), after checking for root and, unless `no_build`,
+    building the release agent; exits with its exit code. `what` names the
+    benchmark in the error for a non-root user."""
+    if os.geteuid() != 0:
+        sys.exit(f"run as root: {what} mounts overlays (in a private namespace)")
+    if not no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "overlay-agent"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private",
+           sys.executable, os.path.abspath(script), "--inner", *inner_args]
+    sys.exit(subprocess.run(cmd).returncode)

@@ -36,7 +36,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, cpu_seconds, detach_inherited_overlays, free_port, pct, rss_mib, start_agent  # noqa: E402
+from common import cpu_seconds, detach_inherited_overlays, free_port, pct, rss_mib, run_inside_private_namespace, start_agent  # noqa: E402
 libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
 
@@ -276,17 +276,10 @@ def main():
     args = ap.parse_args()
     if args.inner:
         return inner(args)
-    if os.geteuid() != 0:
-        sys.exit("run as root: the benchmark mounts overlays (in a private namespace)")
-    if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "overlay-agent"], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cmd = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private",
-           sys.executable, os.path.abspath(__file__), "--inner",
-           "--counts", args.counts, "--scrapes", str(args.scrapes), "--changes", str(args.changes),
-           "--node-scrapes", str(args.node_scrapes), "--idle", str(args.idle), "--gzip-counts", args.gzip_counts]
-    cmd += ["--gzip"] if args.gzip else []
-    sys.exit(subprocess.run(cmd).returncode)
+    run_inside_private_namespace(__file__, [
+        "--counts", args.counts, "--scrapes", str(args.scrapes), "--changes", str(args.changes),
+        "--node-scrapes", str(args.node_scrapes), "--idle", str(args.idle), "--gzip-counts", args.gzip_counts,
+        *(["--gzip"] if args.gzip else [])], "the benchmark", args.no_build)
 
 
 if __name__ == "__main__":

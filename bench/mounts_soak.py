@@ -29,14 +29,13 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import AGENT, ROOT, cpu_seconds, detach_inherited_overlays, pct, rss_mib, start_agent  # noqa: E402
+from common import AGENT, cpu_seconds, detach_inherited_overlays, pct, rss_mib, run_inside_private_namespace, start_agent  # noqa: E402
 from mounts10k import get, mount_one, sys_mount, sys_umount, wait  # noqa: E402
 
 MOUNTPOINT = re.compile(r'[{,]mountpoint="((?:[^"\\]|\\.)*)"')
@@ -263,16 +262,10 @@ def main():
     args = ap.parse_args()
     if args.inner:
         sys.exit(inner(args))
-    if os.geteuid() != 0:
-        sys.exit("run as root: the soak mounts overlays (in a private namespace)")
-    if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "overlay-agent"], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cmd = ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "--propagation", "private",
-           sys.executable, os.path.abspath(__file__), "--inner", "--agent", os.path.abspath(args.agent),
-           "--mounts", str(args.mounts), "--minutes", str(args.minutes), "--replace-every", str(args.replace_every),
-           "--scrape-every", str(args.scrape_every), "--table-every", str(args.table_every)]
-    sys.exit(subprocess.run(cmd).returncode)
+    run_inside_private_namespace(__file__, [
+        "--agent", os.path.abspath(args.agent),
+        "--mounts", str(args.mounts), "--minutes", str(args.minutes), "--replace-every", str(args.replace_every),
+        "--scrape-every", str(args.scrape_every), "--table-every", str(args.table_every)], "the soak", args.no_build)
 
 
 if __name__ == "__main__":
