@@ -48,9 +48,9 @@ pub(crate) struct Pipeline {
     scheduled: Mutex<Option<(Instant, Arc<MountView>)>>,
 }
 
-/// How often the scans are scheduled while the mount table stays the same: a
-/// schedule walks every mount (10,000 mounts: about 30 ms), and the daemon's
-/// loop wakes every 100 ms for the namespace census.
+/// How often the scans that came due are queued while the mount table stays the
+/// same (the daemon's loop wakes every 100 ms for the namespace census; a pass
+/// that finds nothing due costs a look at the due index and the scans in flight).
 const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
 
 impl Pipeline {
@@ -162,27 +162,30 @@ impl Pipeline {
         self.node.locked().census().others.values().copied().collect()
     }
 
-    /// Queues the scans that are due: at once for a new mount table, else at
-    /// most every [`SCHEDULE_EVERY`].
+    /// Queues the scans that are due: at once for a new mount table (a pass over
+    /// every mount), else at most every [`SCHEDULE_EVERY`] (a pass over the upper
+    /// dirs that came due, [`ScanPool::schedule_due`]).
     pub fn schedule_scans(&self, config: &Config) {
         let view = self.mounts.get();
-        {
+        let new_table = {
             let mut last = self.scheduled.locked();
-            let recent = |(at, seen): &(Instant, Arc<MountView>)| {
-                Arc::ptr_eq(seen, &view) && at.elapsed() < SCHEDULE_EVERY
-            };
-            if last.as_ref().is_some_and(recent) {
+            let same = last.as_ref().is_some_and(|(_, seen)| Arc::ptr_eq(seen, &view));
+            if same && last.as_ref().is_some_and(|(at, _)| at.elapsed() < SCHEDULE_EVERY) {
+                return;
+            }
+            if !config.scan.enabled {
+                *last = None; // scans turned on by a reload start with a full pass
                 return;
             }
             *last = Some((Instant::now(), view.clone()));
-        }
-        if config.scan.enabled {
-            self.pool.schedule(
-                &view.table,
-                config.scan.interval,
-                config.scan.timeout,
-                crate::scan::Roots { rootfs: &config.discovery.rootfs, procfs: &config.discovery.procfs },
-            );
+            !same
+        };
+        let roots = crate::scan::Roots { rootfs: &config.discovery.rootfs, procfs: &config.discovery.procfs };
+        let (interval, timeout) = (config.scan.interval, config.scan.timeout);
+        if new_table {
+            self.pool.schedule(&view.table, interval, timeout, roots);
+        } else {
+            self.pool.schedule_due(&view.table, interval, timeout, roots);
         }
     }
 }

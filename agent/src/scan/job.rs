@@ -96,7 +96,7 @@ fn record_cancelled(store: &ScanStore, job: Job) {
     rec.in_flight = false;
     rec.started = None;
     rec.hung = Arc::default();
-    rec.next_due = Instant::now();
+    store.set_due(&job.upper, rec, Instant::now());
     rec.cache = None;
     rec.root_stamp = None;
 }
@@ -142,7 +142,7 @@ fn record(store: &ScanStore, job: Job, done: Finished) {
         Ok(_) => store.quota().classify_interval.max(job.interval),
         Err(_) => job.interval,
     };
-    rec.next_due = Instant::now() + interval;
+    store.set_due(&job.upper, rec, Instant::now() + interval);
     match done.quota_state {
         Ok((t, u)) => {
             rec.quota = Ok(t);

@@ -10,6 +10,7 @@
 
 pub mod budget;
 pub mod cancel;
+mod due;
 mod job;
 pub mod pool;
 mod prioritize;
@@ -20,6 +21,7 @@ pub mod reach;
 pub mod sched;
 mod store;
 pub mod walk;
+mod wanted;
 mod workers;
 
 use std::collections::BTreeMap;
@@ -27,10 +29,11 @@ use std::path::PathBuf;
 
 pub use budget::Budget;
 pub use cancel::Cancel;
-pub use pool::{Roots, ScanPool};
+pub use pool::ScanPool;
 pub use reach::{open_upper, Join, Place, UpperHandle};
 pub use store::{ActivitySignal, ScanRecord, ScanStore};
 pub use walk::{scan, scan_upper, OwnCwd, ScanCache, ScanOptions, XattrNamespace};
+pub use wanted::Roots;
 
 /// The kind of an upper-dir entry; every entry but the upper dir itself gets one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -18,8 +18,7 @@
 //! [`ScanCache`]: super::ScanCache
 
 use std::cmp::Reverse;
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -30,11 +29,11 @@ use super::cancel::Cancel;
 use super::prioritize::watch_activity;
 use super::queue::{Job, Priority};
 use super::quota_refresh::quota_reader;
-use super::reach::{Join, Place};
 use super::sched::IdleSetting;
+use super::wanted::{places_of, upper_dirs_of, Roots};
 use super::workers::{Crew, InFlight, Workers};
 use super::XattrNamespace;
-use crate::activity::Activity;
+use crate::activity::{Activity, ActivityCounts};
 use crate::config::ScanConfig;
 use crate::discovery::{Device, Mount, MountTable, UpperDir};
 use crate::sync::LockExt;
@@ -58,59 +57,12 @@ impl Drop for ScanPool {
     }
 }
 
-/// The upper dirs of a mount table: by upper dir (with its namespace), the
-/// xattr namespace and the mounts that use it.
-type Wanted<'t> = HashMap<UpperDir, (XattrNamespace, Vec<&'t Mount>)>;
-
-/// Where the agent reaches the files of mount `m`'s namespace: the host's root
-/// (`rootfs`), or another namespace's root through one of its processes
-/// (`<procfs>/<pid>/root`), with that namespace to join (`<procfs>/<pid>/ns/mnt`).
-fn root_of(m: &Mount, roots: &Roots<'_>) -> (PathBuf, Option<Join>) {
-    match m.namespace {
-        None => (roots.rootfs.to_owned(), None),
-        Some(ns) => (
-            ns.proc_path(roots.procfs, "root"),
-            Some(Join {
-                root: ns.proc_path(roots.procfs, "root"),
-                ns_file: ns.proc_path(roots.procfs, "ns/mnt"),
-                id: ns.id.0,
-            }),
-        ),
-    }
-}
-
-fn upper_dirs_of<'t>(table: &'t MountTable) -> Wanted<'t> {
-    let mut wanted: Wanted = HashMap::new();
-    for m in table.mounts.values() {
-        let Some(upper) = m.upper() else { continue };
-        let ns = if m.options.userxattr { XattrNamespace::User } else { XattrNamespace::Trusted };
-        let w = wanted.entry(upper).or_insert((ns, Vec::new()));
-        w.0 = ns;
-        w.1.push(m);
-    }
-    wanted
-}
-
-/// Where the agent opens an upper dir (under the first of its `mounts`' root)
-/// and its work dir (the first mount's that has one): built only for the
-/// scans queued, not for every mount at every schedule.
-fn places_of(upper: &UpperDir, mounts: &[&Mount], roots: &Roots<'_>) -> (Place, Option<PathBuf>) {
-    let under = |m: &Mount, p: &Path| root_of(m, roots).0.join(p.strip_prefix("/").unwrap_or(p));
-    let work = mounts.iter().find_map(|m| Some(under(m, m.options.work.as_ref()?.absolute()?)));
-    let Some(first) = mounts.first() else {
-        return (Place { path: upper.path.clone(), join: None }, work);
-    };
-    let (root, join) = root_of(first, roots);
-    (Place { path: root.join(upper.path.strip_prefix("/").unwrap_or(&upper.path)), join }, work)
-}
-
-/// The roots paths are reached under: the host's root filesystem as the agent
-/// sees it (`discovery.rootfs`), and the procfs through which other mount
-/// namespaces' roots are reached (`discovery.procfs`).
-#[derive(Debug, Clone, Copy)]
-pub struct Roots<'a> {
-    pub rootfs: &'a Path,
-    pub procfs: &'a Path,
+/// What a scheduling pass gives each scan it queues.
+struct Plan<'a> {
+    interval: Duration,
+    timeout: Duration,
+    roots: Roots<'a>,
+    activity: &'a ActivityCounts,
 }
 
 impl ScanPool {
@@ -186,7 +138,9 @@ impl ScanPool {
 
     /// Queues every upper dir of `table` that is due and not already being scanned;
     /// forgets upper dirs that no mount uses any more (stopping their scans). Upper
-    /// dirs are opened under `roots`: the host's root, or their namespace's.
+    /// dirs are opened under `roots`: the host's root, or their namespace's. A pass
+    /// over every mount: for a new mount table ([`ScanPool::schedule_due`] between
+    /// two).
     pub fn schedule(&self, table: &MountTable, interval: Duration, timeout: Duration, roots: Roots<'_>) {
         let now = Instant::now();
         self.crew.check_hung(now);
@@ -200,52 +154,97 @@ impl ScanPool {
             }
             keep
         });
+        // Rebuilt from the records (under their lock): the ones not queued below
+        // are noted at their due time, the others when their scan ends.
+        let mut due = self.crew.store.due.locked();
+        due.clear();
+        let plan = Plan { interval, timeout, roots, activity: &activity };
         for (upper, (ns, mounts)) in wanted {
-            if !store.contains_key(&upper) {
-                store.insert(upper.clone(), ScanRecord::new(now));
-            }
-            let Some(rec) = store.get_mut(&upper) else { continue };
+            let rec = store.entry(upper.clone()).or_insert_with(|| ScanRecord::new(now));
             if !rec.devices.iter().copied().eq(mounts.iter().map(|m| m.device)) {
                 rec.devices = mounts.iter().map(|m| m.device).collect();
             }
-            if rec.in_flight || rec.next_due > now {
+            if rec.in_flight {
                 continue;
             }
-            rec.in_flight = true;
-            self.crew.in_flight.add();
-            let (open_at, work_at) = places_of(&upper, &mounts, &roots);
-            if rec.open_at != open_at {
-                rec.open_at = open_at.clone();
+            if rec.next_due > now {
+                due.insert(rec.next_due, &upper);
+                continue;
             }
-            let never_scanned = rec.scans_total == 0;
-            // The counts are at hand: no need to wait for the activity thread.
-            if !never_scanned
-                && rec.activity.is_none()
-                && activity.copy_ups(&rec.devices) != rec.copy_ups_at_scan
-            {
-                rec.activity = Some(ActivitySignal::CopyUps);
-                self.crew.store.prioritized[ActivitySignal::CopyUps as usize].fetch_add(1, Ordering::Relaxed);
-            }
-            let active = rec.activity.is_some();
-            let priority =
-                Priority { never_scanned, active, changed: rec.changed, due: Reverse(rec.next_due) };
-            let cache = rec.cache.take().unwrap_or_default();
-            let cancel = Arc::new(Cancel::default());
-            rec.cancel = cancel.clone();
-            rec.job_mounts = mounts.iter().map(|m| (m.device, m.mount_id)).collect();
-            self.crew.queue.push(Job {
-                upper,
-                open_at,
-                work_at,
-                ns,
-                interval,
-                timeout,
-                cache,
-                cancel,
-                priority,
-                passed_over: 0,
-            });
+            self.queue_scan(upper, rec, ns, &mounts, &plan);
         }
+    }
+
+    /// Queues the upper dirs of `table` that have come due since the last pass,
+    /// looking only at them ([`DueIndex`](super::due::DueIndex)), not at every
+    /// mount: for the table the last [`ScanPool::schedule`] was given. What an
+    /// idle agent does once a second, whatever the number of mounts.
+    pub fn schedule_due(&self, table: &MountTable, interval: Duration, timeout: Duration, roots: Roots<'_>) {
+        let now = Instant::now();
+        self.crew.check_hung(now);
+        let due = self.crew.store.due.locked().take_due(now);
+        if due.is_empty() {
+            return;
+        }
+        let activity = self.crew.store.activity.snapshot();
+        let plan = Plan { interval, timeout, roots, activity: &activity };
+        let mut store = self.crew.store.lock();
+        for upper in due {
+            let Some(rec) = store.get_mut(&upper) else { continue };
+            if rec.in_flight || rec.next_due > now {
+                continue; // a stale entry: the record has a later one, or its scan notes it
+            }
+            let mounts: Vec<&Mount> = rec.devices.iter().filter_map(|d| table.mounts.get(d)).collect();
+            let ns = match mounts.last() {
+                Some(m) if m.options.userxattr => XattrNamespace::User,
+                _ => XattrNamespace::Trusted,
+            };
+            self.queue_scan(upper, rec, ns, &mounts, &plan);
+        }
+    }
+
+    /// Queues a scan of `upper` (due, none in flight), used by `mounts`.
+    fn queue_scan(
+        &self,
+        upper: UpperDir,
+        rec: &mut ScanRecord,
+        ns: XattrNamespace,
+        mounts: &[&Mount],
+        plan: &Plan<'_>,
+    ) {
+        rec.in_flight = true;
+        self.crew.in_flight.add();
+        let (open_at, work_at) = places_of(&upper, mounts, &plan.roots);
+        if rec.open_at != open_at {
+            rec.open_at = open_at.clone();
+        }
+        let never_scanned = rec.scans_total == 0;
+        // The counts are at hand: no need to wait for the activity thread.
+        if !never_scanned
+            && rec.activity.is_none()
+            && plan.activity.copy_ups(&rec.devices) != rec.copy_ups_at_scan
+        {
+            rec.activity = Some(ActivitySignal::CopyUps);
+            self.crew.store.prioritized[ActivitySignal::CopyUps as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        let active = rec.activity.is_some();
+        let priority = Priority { never_scanned, active, changed: rec.changed, due: Reverse(rec.next_due) };
+        let cache = rec.cache.take().unwrap_or_default();
+        let cancel = Arc::new(Cancel::default());
+        rec.cancel = cancel.clone();
+        rec.job_mounts = mounts.iter().map(|m| (m.device, m.mount_id)).collect();
+        self.crew.queue.push(Job {
+            upper,
+            open_at,
+            work_at,
+            ns,
+            interval: plan.interval,
+            timeout: plan.timeout,
+            cache,
+            cancel,
+            priority,
+            passed_over: 0,
+        });
     }
 
     /// Blocks until no scan is queued or running, except hung ones.
@@ -262,50 +261,66 @@ impl ScanPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::{LayerPath, Mount, MountNs, NsId, OverlayOptions};
+    use crate::discovery::{LayerPath, OverlayOptions};
     use std::collections::HashSet;
+    use std::path::Path;
 
-    fn mount_at(minor: u32, upper: &str, namespace: Option<MountNs>) -> Mount {
-        Mount {
-            mount_id: minor as i32,
-            device: Device { major: 0, minor },
-            mountpoint: PathBuf::from("/merged"),
-            namespace,
-            other_mountpoints: Vec::new(),
-            elsewhere: 0,
-            source: "overlay".to_owned(),
-            read_only: false,
-            options: OverlayOptions { upper: Some(LayerPath::Absolute(upper.into())), ..Default::default() },
-        }
-    }
-
-    /// One path in two namespaces is two upper dirs, each reached under its
-    /// namespace's root; a host mount under the host's root.
+    /// Between two mount tables, a pass queues only the upper dirs that came
+    /// due: none right after every upper dir was scanned, then exactly the one
+    /// made due; a scan that ends notes its next due time (interval 0: due again).
     #[test]
-    fn an_upper_dir_is_named_and_reached_in_its_namespace() {
-        let path = "/var/lib/containerd/snapshots/1/fs";
-        let ns = |id, pid| Some(MountNs { id: NsId(id), pid });
-        let mounts = [mount_at(1, path, None), mount_at(2, path, ns(7, 40)), mount_at(3, path, ns(8, 50))];
+    fn a_pass_between_tables_queues_only_what_came_due() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mounts: Vec<Mount> = (0..3u32)
+            .map(|i| {
+                let upper = tmp.path().join(format!("upper{i}"));
+                std::fs::create_dir(&upper).expect("mkdir");
+                Mount {
+                    mount_id: i as i32,
+                    device: Device { major: 0, minor: 100 + i },
+                    mountpoint: tmp.path().join(format!("merged{i}")),
+                    namespace: None,
+                    other_mountpoints: Vec::new(),
+                    elsewhere: 0,
+                    source: "overlay".to_owned(),
+                    read_only: false,
+                    options: OverlayOptions { upper: Some(LayerPath::Absolute(upper)), ..Default::default() },
+                }
+            })
+            .collect();
         let table =
             MountTable { mounts: mounts.into_iter().map(|m| (m.device, m)).collect(), ..Default::default() };
-        let roots = Roots { rootfs: Path::new("/host"), procfs: Path::new("/hostproc") };
-        let wanted = upper_dirs_of(&table);
-        assert_eq!(wanted.len(), 3);
-        let open_at = |mntns| {
-            let upper = UpperDir { mntns, path: path.into() };
-            places_of(&upper, &wanted[&upper].1, &roots).0
+        let config = ScanConfig { concurrency: 1, idle_priority: false, quota: false, ..Default::default() };
+        let pool = ScanPool::new(&config, Arc::default()).expect("pool");
+        let roots = Roots { rootfs: Path::new("/"), procfs: Path::new("/proc") };
+        let (hour, timeout) = (Duration::from_secs(3600), Duration::from_secs(60));
+        let scans = || -> Vec<u64> {
+            let records = pool.crew.store.lock();
+            let mut v: Vec<_> = records.iter().map(|(u, r)| (u.path.clone(), r.scans_total)).collect();
+            v.sort();
+            v.into_iter().map(|(_, n)| n).collect()
         };
-        assert_eq!(open_at(None), Place::own("/host/var/lib/containerd/snapshots/1/fs"));
-        let joined = |pid, id| Place {
-            path: format!("/hostproc/{pid}/root/var/lib/containerd/snapshots/1/fs").into(),
-            join: Some(Join {
-                root: format!("/hostproc/{pid}/root").into(),
-                ns_file: format!("/hostproc/{pid}/ns/mnt").into(),
-                id,
-            }),
-        };
-        assert_eq!(open_at(Some(NsId(7))), joined(40, 7));
-        assert_eq!(open_at(Some(NsId(8))), joined(50, 8));
+        pool.schedule(&table, hour, timeout, roots);
+        pool.wait_idle();
+        assert_eq!(scans(), [1, 1, 1], "a new table: every upper dir");
+        pool.schedule_due(&table, hour, timeout, roots);
+        pool.wait_idle();
+        assert_eq!(scans(), [1, 1, 1], "nothing due within the hour");
+        {
+            let mut records = pool.crew.store.lock();
+            let upper = UpperDir::host(tmp.path().join("upper1"));
+            let rec = records.get_mut(&upper).expect("record");
+            pool.crew.store.set_due(&upper, rec, Instant::now());
+        }
+        pool.schedule_due(&table, Duration::ZERO, timeout, roots);
+        pool.wait_idle();
+        assert_eq!(scans(), [1, 2, 1], "only the upper dir that came due");
+        pool.schedule_due(&table, hour, timeout, roots);
+        pool.wait_idle();
+        assert_eq!(scans(), [1, 3, 1], "its scan (interval 0) noted it due again");
+        // One entry per record at its due time, and upper1's first one (an hour
+        // out, now stale) until its time passes.
+        assert_eq!(pool.crew.store.due.locked().len(), 4);
     }
 
     /// The ids of this process's threads.

@@ -50,7 +50,7 @@ pub(super) fn quota_reader(store: ScanStore, stop: Arc<(Mutex<bool>, Condvar)>, 
                     tracing::debug!(upper = %upper, reason = e.as_str(), "quota reading failed: walking");
                     rec.quota = Err(e);
                     rec.usage = None;
-                    rec.next_due = Instant::now();
+                    store.set_due(&upper, rec, Instant::now());
                 }
             }
         }

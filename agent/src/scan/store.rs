@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::budget::Budget;
 use super::cancel::Cancel;
+use super::due::DueIndex;
 use super::quota::{QuotaSettings, QuotaTarget, Unavailable, Usage};
 use super::reach::Place;
 use super::{ErrorReason, ScanCache, ScanResult};
@@ -166,6 +167,8 @@ pub struct ScanStore {
     pub(super) prioritized: Arc<[AtomicU64; 2]>,
     /// Scans stopped because their mount left the mount table.
     pub(super) cancelled: Arc<AtomicU64>,
+    /// When the records with no scan in flight are due ([`DueIndex`]).
+    pub(super) due: Arc<Mutex<DueIndex>>,
 }
 
 impl ScanStore {
@@ -186,7 +189,15 @@ impl ScanStore {
             activity,
             prioritized: Arc::default(),
             cancelled: Arc::default(),
+            due: Arc::default(),
         }
+    }
+
+    /// Sets when `rec` (the record of `upper`, held under the records lock) is
+    /// next due, and notes it in the due index.
+    pub(super) fn set_due(&self, upper: &UpperDir, rec: &mut ScanRecord, at: Instant) {
+        rec.next_due = at;
+        self.due.locked().insert(at, upper);
     }
 
     pub fn quota(&self) -> &QuotaSettings {
