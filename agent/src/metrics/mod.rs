@@ -21,6 +21,7 @@ pub mod diagnosis;
 pub mod discovery;
 pub mod ebpf;
 pub mod encode;
+pub mod mount_labels;
 pub mod mounts;
 pub mod native;
 pub mod process;
@@ -32,8 +33,11 @@ mod fixtures;
 
 use std::sync::RwLock;
 
+use std::sync::Arc;
+
 use prometheus::proto::MetricType;
 
+pub use mount_labels::MountLabels;
 pub use native::NativeHistogram;
 
 use crate::sync::RwLockExt;
@@ -125,6 +129,10 @@ enum HistSample {
 
 /// One sample: its label values (in `Family::keys`) and its value.
 struct Row {
+    /// For a per-mount family ([`Family::per_mount`]), the mount's index in its
+    /// [`MountLabels`]: its `mountpoint` and `mntns`, the first two labels, which
+    /// `keys` leaves out. [`NO_MOUNT`] otherwise.
+    mount: u32,
     /// `keys[start..end]`: the label values joined by NUL, the sort key.
     start: u32,
     end: u32,
@@ -139,6 +147,11 @@ enum Value {
     Hist(u32),
 }
 
+const NO_MOUNT: u32 = u32::MAX;
+
+/// The first labels of every per-mount family.
+const MOUNT_LABELS: [&str; 2] = ["mountpoint", "mntns"];
+
 /// One metric family, recorded at collect time in a form both formats write
 /// from (label values in one buffer, values beside them), and sorted at render
 /// time. Recording costs what formatting the text lines did before, and the
@@ -150,6 +163,8 @@ pub struct Family {
     cuts: Vec<u32>,
     rows: Vec<Row>,
     hists: Vec<HistSample>,
+    /// The mounts of a per-mount family.
+    mounts: Option<Arc<MountLabels>>,
 }
 
 /// Offsets into a family's buffers. A family holds far less than 4 GiB: a
@@ -160,7 +175,29 @@ fn offset(n: usize) -> u32 {
 
 impl Family {
     pub fn new(def: &'static Def) -> Self {
-        Family { def, keys: String::new(), cuts: Vec::new(), rows: Vec::new(), hists: Vec::new() }
+        Family {
+            def,
+            keys: String::new(),
+            cuts: Vec::new(),
+            rows: Vec::new(),
+            hists: Vec::new(),
+            mounts: None,
+        }
+    }
+
+    /// A family whose first labels are `mountpoint` and `mntns`, given for each
+    /// sample by the mount's index in `mounts` ([`Family::add_for_mount`]):
+    /// written from the labels rendered once per mount table.
+    pub fn per_mount(def: &'static Def, mounts: &Arc<MountLabels>) -> Self {
+        debug_assert!(def.labels.starts_with(&MOUNT_LABELS), "{}", def.name);
+        Family { mounts: Some(mounts.clone()), ..Family::new(def) }
+    }
+
+    /// Adds a sample of mount `mount` (its index in the family's labels);
+    /// `values`: the labels after `mountpoint` and `mntns`.
+    pub fn add_for_mount(&mut self, mount: u32, values: &[&str], value: f64) {
+        debug_assert!(self.mounts.is_some(), "{}", self.def.name);
+        self.push_row(mount, values, Value::Plain(value));
     }
 
     pub fn name(&self) -> &'static str {
@@ -168,7 +205,21 @@ impl Family {
     }
 
     fn push(&mut self, values: &[&str], value: Value) {
-        debug_assert_eq!(values.len(), self.def.labels.len(), "{}", self.def.name);
+        debug_assert!(self.mounts.is_none(), "{}: a per-mount family", self.def.name);
+        self.push_row(NO_MOUNT, values, value);
+    }
+
+    /// The label names a row's `keys` hold: after `mountpoint` and `mntns` in a
+    /// per-mount family.
+    fn own_labels(&self) -> &'static [&'static str] {
+        match self.mounts {
+            Some(_) => self.def.labels.get(MOUNT_LABELS.len()..).unwrap_or(&[]),
+            None => self.def.labels,
+        }
+    }
+
+    fn push_row(&mut self, mount: u32, values: &[&str], value: Value) {
+        debug_assert_eq!(values.len(), self.own_labels().len(), "{}", self.def.name);
         let start = offset(self.keys.len());
         let cuts = offset(self.cuts.len());
         for (i, v) in values.iter().enumerate() {
@@ -178,7 +229,7 @@ impl Family {
             self.keys.push_str(v);
             self.cuts.push(offset(self.keys.len()));
         }
-        self.rows.push(Row { start, end: offset(self.keys.len()), cuts, value });
+        self.rows.push(Row { mount, start, end: offset(self.keys.len()), cuts, value });
     }
 
     /// Adds a histogram sample: cumulative counts per upper bound (the +Inf
@@ -222,9 +273,14 @@ impl Family {
         self.push(values, Value::Plain(value));
     }
 
-    /// The label values of a row, in the order of `def.labels`.
-    fn values<'a>(&'a self, row: &Row) -> impl Iterator<Item = &'a str> + 'a {
-        let n = self.def.labels.len();
+    /// The mount of a row of a per-mount family.
+    fn mount_of(&self, row: &Row) -> Option<&mount_labels::Labelled> {
+        self.mounts.as_ref()?.get(row.mount)
+    }
+
+    /// The label values a row holds in `keys`, in the order of [`Family::own_labels`].
+    fn own_values<'a>(&'a self, row: &Row) -> impl Iterator<Item = &'a str> + 'a {
+        let n = self.own_labels().len();
         let cuts = self.cuts.get(row.cuts as usize..row.cuts as usize + n).unwrap_or(&[]);
         let mut from = row.start as usize;
         cuts.iter().map(move |&end| {
@@ -234,10 +290,21 @@ impl Family {
         })
     }
 
+    /// The label values of a row, in the order of `def.labels`.
+    fn values<'a>(&'a self, row: &Row) -> impl Iterator<Item = &'a str> + 'a {
+        let mount = self.mount_of(row).map(|m| [m.mountpoint.as_str(), m.mntns.as_str()]);
+        mount.into_iter().flatten().chain(self.own_values(row))
+    }
+
+    /// Sorts the rows by their label values: a per-mount family by its mounts'
+    /// label order, then by the rest.
     fn sort(&mut self) {
-        let keys = &self.keys;
+        let (keys, mounts) = (&self.keys, self.mounts.as_deref());
+        let rank = |r: &Row| mounts.and_then(|m| m.get(r.mount)).map_or(0, |m| m.rank);
         self.rows.sort_unstable_by(|a, b| {
-            keys[a.start as usize..a.end as usize].cmp(&keys[b.start as usize..b.end as usize])
+            rank(a).cmp(&rank(b)).then_with(|| {
+                keys[a.start as usize..a.end as usize].cmp(&keys[b.start as usize..b.end as usize])
+            })
         });
     }
 }

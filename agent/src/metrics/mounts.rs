@@ -2,6 +2,7 @@
 
 use prometheus::proto::MetricType;
 
+use super::mount_labels::LabelCache;
 use super::{Collector, Def, Family};
 use crate::discovery::{LayerPath, OverlayOptions};
 use crate::identity::SharedMountView;
@@ -78,11 +79,12 @@ static MOUNTPOINTS: Def = Def {
 /// from one snapshot.
 pub struct MountCollector {
     mounts: SharedMountView,
+    labels: LabelCache,
 }
 
 impl MountCollector {
     pub fn new(mounts: SharedMountView) -> Self {
-        MountCollector { mounts }
+        MountCollector { mounts, labels: LabelCache::default() }
     }
 }
 
@@ -117,25 +119,25 @@ impl Collector for MountCollector {
     fn collect(&self) -> Vec<Family> {
         let snapshot = self.mounts.get();
         let (table, identities) = (&snapshot.table, &snapshot.identities);
+        let labels = self.labels.get(&snapshot);
         let mut count = Family::new(&MOUNTS);
-        let mut info = Family::new(&INFO);
-        let mut lower = Family::new(&LOWER);
-        let mut data = Family::new(&DATA);
-        let mut relative = Family::new(&RELATIVE);
-        let mut mountpoints = Family::new(&MOUNTPOINTS);
+        let mut info = Family::per_mount(&INFO, &labels);
+        let mut lower = Family::per_mount(&LOWER, &labels);
+        let mut data = Family::per_mount(&DATA, &labels);
+        let mut relative = Family::per_mount(&RELATIVE, &labels);
+        let mut mountpoints = Family::per_mount(&MOUNTPOINTS, &labels);
         count.add(&[], table.mounts.len() as f64);
-        for m in table.mounts.values() {
-            let (mp, ns) = (m.mountpoint_label(), m.mntns_label());
+        for (i, l) in labels.iter() {
+            let Some(m) = table.mounts.get(&l.device) else { continue };
             let o = &m.options;
             let upper = o.upper.as_ref().map(LayerPath::label).unwrap_or_default();
             let work = o.work.as_ref().map(LayerPath::label).unwrap_or_default();
             let device = m.device.to_string();
             let id = identities.get(&m.device);
             let holder = identities.holder(m);
-            info.add(
+            info.add_for_mount(
+                i,
                 &[
-                    &mp,
-                    &ns,
                     &device,
                     &upper,
                     &work,
@@ -167,10 +169,10 @@ impl Collector for MountCollector {
                 ],
                 1.0,
             );
-            lower.add(&[&mp, &ns], o.lower.len() as f64);
-            data.add(&[&mp, &ns], o.data.len() as f64);
-            relative.add(&[&mp, &ns], o.relative_paths() as f64);
-            mountpoints.add(&[&mp, &ns], m.places() as f64);
+            lower.add_for_mount(i, &[], o.lower.len() as f64);
+            data.add_for_mount(i, &[], o.data.len() as f64);
+            relative.add_for_mount(i, &[], o.relative_paths() as f64);
+            mountpoints.add_for_mount(i, &[], m.places() as f64);
         }
         vec![count, info, lower, data, relative, mountpoints]
     }

@@ -1,9 +1,11 @@
 //! Collector for upper-dir scans, joined to the mount table by upper dir.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 use prometheus::proto::MetricType;
 
+use super::mount_labels::{LabelCache, MountLabels};
 use super::{unix_seconds, Collector, Def, Family};
 use crate::identity::SharedMountView;
 use crate::scan::{ActivitySignal, EntryKind, ScanRecord, ScanStore};
@@ -167,24 +169,27 @@ static UPPER_OPENS: Def = Def {
 pub struct UpperCollector {
     mounts: SharedMountView,
     store: ScanStore,
+    labels: LabelCache,
 }
 
 impl UpperCollector {
     pub fn new(mounts: SharedMountView, store: ScanStore) -> Self {
-        UpperCollector { mounts, store }
+        UpperCollector { mounts, store, labels: LabelCache::default() }
     }
 }
 
 impl Collector for UpperCollector {
     fn collect(&self) -> Vec<Family> {
         let mounts = self.mounts.get();
+        let labels = self.labels.get(&mounts);
         let store = self.store.lock();
-        let mut per_mount = MountFamilies::new();
+        let mut per_mount = MountFamilies::new(&labels);
         let now = std::time::Instant::now();
         let behind = store.values().map(|r| r.behind(now)).max().unwrap_or_default();
-        for m in mounts.table.mounts.values() {
+        for (i, l) in labels.iter() {
+            let Some(m) = mounts.table.mounts.get(&l.device) else { continue };
             let Some(rec) = m.upper().and_then(|u| store.get(&u)) else { continue };
-            per_mount.add(&m.mountpoint_label(), &m.mntns_label(), rec);
+            per_mount.add(i, rec);
         }
         let pool = self.pool_families(behind);
         per_mount.into_vec(pool)
@@ -212,62 +217,63 @@ struct MountFamilies {
 }
 
 impl MountFamilies {
-    fn new() -> Self {
+    fn new(labels: &Arc<MountLabels>) -> Self {
+        let family = |def| Family::per_mount(def, labels);
         MountFamilies {
-            bytes: Family::new(&BYTES),
-            apparent: Family::new(&APPARENT),
-            inodes: Family::new(&INODES),
-            entries: Family::new(&ENTRIES),
-            copied: Family::new(&COPIED_UP_BYTES),
-            fs_avail: Family::new(&FS_AVAIL),
-            fs_size: Family::new(&FS_SIZE),
-            duration: Family::new(&DURATION),
-            timestamp: Family::new(&TIMESTAMP),
-            scans: Family::new(&SCANS),
-            errors: Family::new(&ERRORS),
-            stale: Family::new(&STALE),
-            seen: Family::new(&COPY_UPS_SEEN),
-            source: Family::new(&USAGE_SOURCE),
-            usage_ts: Family::new(&USAGE_TIMESTAMP),
-            project: Family::new(&QUOTA_PROJECT),
+            bytes: family(&BYTES),
+            apparent: family(&APPARENT),
+            inodes: family(&INODES),
+            entries: family(&ENTRIES),
+            copied: family(&COPIED_UP_BYTES),
+            fs_avail: family(&FS_AVAIL),
+            fs_size: family(&FS_SIZE),
+            duration: family(&DURATION),
+            timestamp: family(&TIMESTAMP),
+            scans: family(&SCANS),
+            errors: family(&ERRORS),
+            stale: family(&STALE),
+            seen: family(&COPY_UPS_SEEN),
+            source: family(&USAGE_SOURCE),
+            usage_ts: family(&USAGE_TIMESTAMP),
+            project: family(&QUOTA_PROJECT),
         }
     }
 
     /// The series of one mount's upper dir: staleness and errors always, the
     /// rest once a scan completed.
-    fn add(&mut self, mp: &str, ns: &str, rec: &ScanRecord) {
-        self.stale.add(&[mp, ns], if rec.stale { 1.0 } else { 0.0 });
+    fn add(&mut self, m: u32, rec: &ScanRecord) {
+        self.stale.add_for_mount(m, &[], if rec.stale { 1.0 } else { 0.0 });
         for (reason, n) in &rec.errors_total {
-            self.errors.add(&[mp, ns, reason.as_str()], *n as f64);
+            self.errors.add_for_mount(m, &[reason.as_str()], *n as f64);
         }
         let (Some(r), Some(end)) = (&rec.last, rec.last_end) else { return };
         match (&rec.quota, rec.usage) {
             (Ok(t), Some((u, at))) => {
-                self.bytes.add(&[mp, ns], u.allocated_bytes as f64);
-                self.inodes.add(&[mp, ns], u.inodes as f64);
-                self.source.add(&[mp, ns, "quota", "none"], 1.0);
-                self.usage_ts.add(&[mp, ns], unix_seconds(at));
-                self.project.add(&[mp, ns], f64::from(t.project_id));
+                self.bytes.add_for_mount(m, &[], u.allocated_bytes as f64);
+                self.inodes.add_for_mount(m, &[], u.inodes as f64);
+                self.source.add_for_mount(m, &["quota", "none"], 1.0);
+                self.usage_ts.add_for_mount(m, &[], unix_seconds(at));
+                self.project.add_for_mount(m, &[], f64::from(t.project_id));
             }
             (q, _) => {
-                self.bytes.add(&[mp, ns], r.allocated_bytes as f64);
-                self.inodes.add(&[mp, ns], r.inodes as f64);
+                self.bytes.add_for_mount(m, &[], r.allocated_bytes as f64);
+                self.inodes.add_for_mount(m, &[], r.inodes as f64);
                 let reason = q.as_ref().err().copied().unwrap_or(crate::scan::quota::Unavailable::Unknown);
-                self.source.add(&[mp, ns, "walk", reason.as_str()], 1.0);
-                self.usage_ts.add(&[mp, ns], unix_seconds(end));
+                self.source.add_for_mount(m, &["walk", reason.as_str()], 1.0);
+                self.usage_ts.add_for_mount(m, &[], unix_seconds(end));
             }
         }
-        self.apparent.add(&[mp, ns], r.apparent_bytes as f64);
+        self.apparent.add_for_mount(m, &[], r.apparent_bytes as f64);
         for kind in EntryKind::ALL {
-            self.entries.add(&[mp, ns, kind.as_str()], r.entries(kind) as f64);
+            self.entries.add_for_mount(m, &[kind.as_str()], r.entries(kind) as f64);
         }
-        self.copied.add(&[mp, ns], r.copied_up_bytes as f64);
-        self.fs_avail.add(&[mp, ns], r.fs_avail_bytes as f64);
-        self.fs_size.add(&[mp, ns], r.fs_size_bytes as f64);
-        self.duration.add(&[mp, ns], rec.last_duration.as_secs_f64());
-        self.timestamp.add(&[mp, ns], unix_seconds(end));
-        self.scans.add(&[mp, ns], rec.scans_total as f64);
-        self.seen.add(&[mp, ns], rec.copy_ups_seen_total as f64);
+        self.copied.add_for_mount(m, &[], r.copied_up_bytes as f64);
+        self.fs_avail.add_for_mount(m, &[], r.fs_avail_bytes as f64);
+        self.fs_size.add_for_mount(m, &[], r.fs_size_bytes as f64);
+        self.duration.add_for_mount(m, &[], rec.last_duration.as_secs_f64());
+        self.timestamp.add_for_mount(m, &[], unix_seconds(end));
+        self.scans.add_for_mount(m, &[], rec.scans_total as f64);
+        self.seen.add_for_mount(m, &[], rec.copy_ups_seen_total as f64);
     }
 
     /// All families: these, with the scan pool's (`quota_reads` first, then the

@@ -16,7 +16,7 @@ use crate::metrics::{Family, HistSample, Row, Value};
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Label value escaping of the text format: `\`, newline and `"`.
-fn escape_into(out: &mut String, v: &str, quote: bool) {
+pub(in crate::metrics) fn escape_into(out: &mut String, v: &str, quote: bool) {
     if !v.contains(['\\', '\n', '"']) {
         out.push_str(v);
         return;
@@ -78,17 +78,20 @@ impl Family {
         });
         out.push('\n');
         let mut line_values: Vec<&str> = Vec::with_capacity(self.def.labels.len());
+        let names = self.own_labels();
         for row in &self.rows {
             line_values.clear();
-            line_values.extend(self.values(row));
+            line_values.extend(self.own_values(row));
+            let labels =
+                Labels { mount: self.mount_of(row).map(|m| m.text.as_str()), names, values: &line_values };
             match &row.value {
-                Value::Plain(v) => self.line(out, "", &line_values, None, *v),
+                Value::Plain(v) => self.line(out, "", &labels, None, *v),
                 Value::Hist(i) => match self.hists.get(*i as usize) {
                     Some(HistSample::Classic(buckets, count, sum)) => {
-                        self.classic_lines(out, &line_values, buckets, *count, *sum)
+                        self.classic_lines(out, &labels, buckets, *count, *sum)
                     }
                     Some(HistSample::Kernel(h, Some(bounds))) => {
-                        self.classic_lines(out, &line_values, &h.classic(bounds), h.count, h.sum)
+                        self.classic_lines(out, &labels, &h.classic(bounds), h.count, h.sum)
                     }
                     _ => {}
                 },
@@ -96,21 +99,40 @@ impl Family {
         }
     }
 
-    fn classic_lines(&self, out: &mut String, values: &[&str], buckets: &[(f64, u64)], count: u64, sum: f64) {
+    fn classic_lines(
+        &self,
+        out: &mut String,
+        labels: &Labels<'_>,
+        buckets: &[(f64, u64)],
+        count: u64,
+        sum: f64,
+    ) {
         for (le, n) in buckets {
-            self.line(out, "_bucket", values, Some(("le", &le.to_string())), *n as f64);
+            self.line(out, "_bucket", labels, Some(("le", &le.to_string())), *n as f64);
         }
-        self.line(out, "_bucket", values, Some(("le", "+Inf")), count as f64);
-        self.line(out, "_sum", values, None, sum);
-        self.line(out, "_count", values, None, count as f64);
+        self.line(out, "_bucket", labels, Some(("le", "+Inf")), count as f64);
+        self.line(out, "_sum", labels, None, sum);
+        self.line(out, "_count", labels, None, count as f64);
     }
 
     /// `name<suffix>{labels[,extra]} value\n`
-    fn line(&self, out: &mut String, suffix: &str, values: &[&str], extra: Option<(&str, &str)>, value: f64) {
+    fn line(
+        &self,
+        out: &mut String,
+        suffix: &str,
+        labels: &Labels<'_>,
+        extra: Option<(&str, &str)>,
+        value: f64,
+    ) {
         out.push_str(self.def.name);
         out.push_str(suffix);
         let mut sep = '{';
-        for (n, v) in self.def.labels.iter().zip(values).map(|(n, v)| (*n, *v)).chain(extra) {
+        if let Some(text) = labels.mount {
+            out.push(sep);
+            out.push_str(text);
+            sep = ',';
+        }
+        for (n, v) in labels.names.iter().zip(labels.values).map(|(n, v)| (*n, *v)).chain(extra) {
             if !super::super::written(n, v) {
                 continue;
             }
@@ -133,6 +155,14 @@ impl Family {
         }
         out.push('\n');
     }
+}
+
+/// A row's labels as the text format writes them: its mount's, rendered once per
+/// mount table (per-mount families), then its own.
+struct Labels<'a> {
+    mount: Option<&'a str>,
+    names: &'a [&'static str],
+    values: &'a [&'a str],
 }
 
 #[cfg(test)]
