@@ -11,7 +11,7 @@
 //! written under the store's records lock; this index has its own lock, always
 //! taken after that one.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Instant;
 
 use crate::discovery::UpperDir;
@@ -30,13 +30,13 @@ impl DueIndex {
     /// Removes and returns the upper dirs with an entry due at or before `now`,
     /// each once, earliest first.
     pub(super) fn take_due(&mut self, now: Instant) -> Vec<UpperDir> {
-        let mut due = Vec::new();
+        let (mut due, mut seen) = (Vec::new(), HashSet::new());
         while let Some((at, _)) = self.entries.first() {
             if *at > now {
                 break;
             }
             if let Some((_, upper)) = self.entries.pop_first() {
-                if !due.contains(&upper) {
+                if seen.insert(upper.clone()) {
                     due.push(upper);
                 }
             }
