@@ -154,6 +154,10 @@ impl Pipeline {
         );
         // Table and identities in one value: a scrape sees both old or both new.
         self.mounts.set(MountView { table, identities });
+        // The previous table (unless a scrape still holds it), the tables' texts
+        // and the merge's scratch are free now: give their pages back (10,000
+        // mounts, 10 changes: RSS 86.0 MiB at the end without this).
+        crate::memory::release_free_memory();
         Ok(())
     }
 
