@@ -149,7 +149,8 @@ impl Family {
         // f64's Display, as the crate's encoder writes values; whole numbers
         // (most samples) through the integer formatter, which prints the same.
         if value.fract() == 0.0 && value.abs() < 9e15 && !(value == 0.0 && value.is_sign_negative()) {
-            let _ = write!(out, " {}", value as i64);
+            out.push(' ');
+            out.push_str(itoa::Buffer::new().format(value as i64));
         } else {
             let _ = write!(out, " {value}");
         }
