@@ -23,6 +23,10 @@ With --gzip, at the counts of --gzip-counts: scrapes with and without
 `Accept-Encoding: gzip` (what Prometheus sends), in alternating batches of 10 so
 that both see the same host load: response bytes, p50/p99 and the agent's CPU per
 scrape in each encoding (the gzip bodies are checked to decompress to an exposition).
+
+The README's test command runs it as a smoke run (100 mounts, a few scrapes and
+changes, on the static build): it fails when a mount's series never appear or never
+leave, or a gzip answer is not an exposition; it asserts nothing about a figure.
 """
 import argparse
 import ctypes

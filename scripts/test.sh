@@ -39,6 +39,8 @@ cargo test --workspace --exclude overlay-agent-ebpf --locked --features overlay-
 # when a mount is never shown or an unmount is refused, never on a figure.
 static=target/x86_64-unknown-linux-musl/release/overlay-agent
 OVERLAY_AGENT_BIN=$static python3 bench/namespaces.py --smoke --no-build
+OVERLAY_AGENT_BIN=$static python3 bench/mounts10k.py --no-build --counts 100 --scrapes 5 --changes 2 \
+  --node-scrapes 1 --idle 1 --gzip --gzip-counts 100
 python3 bench/teardown.py --smoke --agent "$static"
 [ -f target/qemu-summary.txt ] && cat target/qemu-summary.txt
 [ -f target/qemu-arm64-summary.txt ] && cat target/qemu-arm64-summary.txt
