@@ -164,7 +164,7 @@ fn a_lower_on_an_idmapped_mount_is_seen() {
     let idm = dir.path().join("idm");
     let _bind = IdmappedBind::new(&src, &idm, &child.ns_fd());
     // The kernel shows the mount as idmapped, and the file's owner through it.
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mi = common::mountinfo("/proc/self/mountinfo");
     assert!(
         mi.lines().any(|l| l.contains(&format!(" {} ", idm.display())) && l.contains("idmapped")),
         "{mi}"

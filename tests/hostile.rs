@@ -286,7 +286,7 @@ fn bindfs_over(src: &std::path::Path, upper: &std::path::Path) -> std::process::
             if let Ok(Some(_)) = bindfs.try_wait() {
                 return Some(false);
             }
-            let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let mounts = common::mountinfo("/proc/self/mountinfo");
             mounts.contains(&format!(" {} ", upper.display())).then_some(true)
         })
     };

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{podman, Metrics};
+use common::{mountinfo, podman, Metrics};
 
 /// Debian's docker.io and containerd binaries (a docker client elsewhere in
 /// PATH, e.g. /usr/local/bin, may be another version).
@@ -82,10 +82,6 @@ impl Drop for Sandbox {
 }
 
 /// A mountinfo file, lossily decoded ("" when unreadable): mountpoints need not be UTF-8.
-fn mountinfo(path: impl AsRef<Path>) -> String {
-    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
-}
-
 /// The live processes tied to `dir`: a command line naming a path under it (the
 /// daemons, shims started with `-address <dir>/...`, clients), a working directory
 /// under it (a shim runs in its bundle), or, in another mount namespace, a root

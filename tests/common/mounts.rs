@@ -81,3 +81,11 @@ impl Drop for Bind {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// A mount table (`/proc/<pid>/mountinfo`) as text, or "" when it cannot be
+/// read. A node's table may hold mount points whose names are not UTF-8 (the
+/// hostile-name tests make one, and a killed run leaves it behind): the odd
+/// bytes become U+FFFD, the other lines stay as they are.
+pub fn mountinfo(path: impl AsRef<Path>) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}

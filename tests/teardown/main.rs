@@ -314,7 +314,7 @@ fn in_its_container_the_agent_never_keeps_a_host_mount() {
         run(podman().args(["inspect", "-f", "{{.State.Pid}}", &name])).trim().parse().expect("agent pid");
     let in_agent = format!(" /host{} ", stage.t.display());
     let out = stage.cycles(pid, CYCLES, || {
-        let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        let table = common::mountinfo(format!("/proc/{pid}/mountinfo"));
         table
             .contains(&in_agent)
             .then(|| format!("{} still mounted in the agent's namespace", stage.t.display()))

@@ -166,7 +166,7 @@ fn mount_setattr_idmap(tree: &OwnedFd, ns: &OwnedFd) -> io::Result<()> {
 /// The per-mount options (mountinfo's sixth field) of the mount at `dir`.
 fn mount_options(dir: &Path) -> Option<String> {
     let want = dir.to_str()?;
-    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let text = String::from_utf8_lossy(&fs::read("/proc/self/mountinfo").ok()?).into_owned();
     text.lines().rev().find_map(|l| {
         let f: Vec<&str> = l.split(' ').collect();
         f.get(5).filter(|_| f.get(4) == Some(&want)).map(|o| o.to_string())
