@@ -68,13 +68,18 @@ def detach_inherited_overlays(umount):
     namespace (other running tests'; the host's own are not touched), so that
     they are not kept alive by the namespace. Returns how many were detached."""
     subprocess.run(["mount", "--make-rprivate", "/"], check=True)
-    inherited = [line.split(" - ")[0].split()[4] for line in open("/proc/self/mountinfo")
-                 if line.split(" - ")[-1].startswith("overlay ")]
+    # Bytes: a mount point's name need not be UTF-8 (the hostile-name tests make
+    # one ending in 0xff); mountinfo escapes space, tab, newline and backslash
+    # as octal.
+    with open("/proc/self/mountinfo", "rb") as f:
+        inherited = [line.split(b" - ")[0].split()[4] for line in f
+                     if line.split(b" - ")[-1].startswith(b"overlay ")]
     for m in reversed(inherited):
+        path = os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda o: bytes([int(o.group(1), 8)]), m))
         try:
-            umount(m.encode().decode("unicode_escape"))
+            umount(path)
         except OSError as e:
-            print(f"(could not detach the inherited overlay {m}: {e})")
+            print(f"(could not detach the inherited overlay {path!r}: {e})")
     return len(inherited)
 
 

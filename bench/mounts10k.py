@@ -52,7 +52,7 @@ def sys_mount(src, target, fstype, opts):
 
 
 def sys_umount(target):
-    if libc.umount2(target.encode(), MNT_DETACH) != 0:
+    if libc.umount2(os.fsencode(target), MNT_DETACH) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"umount {target}: {os.strerror(e)}")
 
