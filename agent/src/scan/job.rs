@@ -3,7 +3,6 @@
 //! the mount table meanwhile, nothing but the count of cancelled scans.
 
 use crate::discovery::UpperDir;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::queue::{changed_since, Job};
 use super::quota::{self, QuotaSettings, QuotaTarget, Reading, Unavailable, Usage};
 use super::reach::open_upper;
-use super::store::{RootStamp, ScanRecord, ScanStore};
+use super::store::{Records, RootStamp, ScanRecord, ScanStore};
 use super::{ErrorReason, OwnCwd, ScanError, ScanOptions, ScanResult};
 
 /// What a finished walk leaves for the store.
@@ -81,8 +80,8 @@ pub(super) fn run_job(store: &ScanStore, own_cwd: Option<&OwnCwd>, mut job: Job)
 
 /// The record `job` was queued for: not one made since for the same upper dir
 /// (after its mount left and another came).
-fn own_record<'a>(records: &'a mut HashMap<UpperDir, ScanRecord>, job: &Job) -> Option<&'a mut ScanRecord> {
-    records.get_mut(&job.upper).filter(|r| Arc::ptr_eq(&r.cancel, &job.cancel))
+fn own_record<'a>(records: &'a mut Records, job: &Job) -> Option<&'a mut ScanRecord> {
+    records.get_mut(&job.upper).filter(|r| Arc::ptr_eq(&r.cancel, &job.cancel)).map(|r| &mut **r)
 }
 
 /// A scan stopped from outside: counted, and nothing else recorded. Its record is

@@ -160,7 +160,7 @@ impl ScanPool {
         due.clear();
         let plan = Plan { interval, timeout, roots, activity: &activity };
         for (upper, (ns, mounts)) in wanted {
-            let rec = store.entry(upper.clone()).or_insert_with(|| ScanRecord::new(now));
+            let rec = store.entry(upper.clone()).or_insert_with(|| Box::new(ScanRecord::new(now)));
             if !rec.devices.iter().copied().eq(mounts.iter().map(|m| m.device)) {
                 rec.devices = mounts.iter().map(|m| m.device).collect();
             }

@@ -120,7 +120,7 @@ fn check_activity(queue: &Queue, store: &ScanStore, due_by: Instant) {
         let mut records = store.lock();
         for (upper, scans, signal) in found {
             // Unless a scan started meanwhile (it sees the change).
-            let unscanned = |r: &&mut ScanRecord| r.started.is_none() && r.scans_total == scans;
+            let unscanned = |r: &&mut Box<ScanRecord>| r.started.is_none() && r.scans_total == scans;
             if let Some(rec) = records.get_mut(&upper).filter(|r| unscanned(r) && r.activity.is_none()) {
                 rec.activity = Some(signal);
                 store.prioritized[signal as usize].fetch_add(1, Ordering::Relaxed);
@@ -187,7 +187,7 @@ mod tests {
             rec.root_stamp = RootStamp::of(&dir);
             rec.open_at = crate::scan::Place::own(&dir);
             assert!(rec.root_stamp.is_some());
-            store.lock().insert(crate::discovery::UpperDir::host(name), rec);
+            store.lock().insert(crate::discovery::UpperDir::host(name), Box::new(rec));
             if name == "not-due" {
                 continue;
             }
