@@ -162,6 +162,8 @@ fn read_ns(
     let text = mountinfo::read_text(&path)?;
     let (mut lines, bad) = mountinfo::parse(&text);
     lines.retain(|l| select(&super::path_label(&l.mountpoint)));
+    // Kept until the next read: no slack from doubling (2.4 MB at 10,000 mounts).
+    lines.shrink_to_fit();
     if !reference {
         for l in &mut lines {
             l.namespace = Some(ns);
