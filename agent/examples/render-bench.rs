@@ -62,8 +62,9 @@ fn main() {
     );
     pool.wait_idle();
     let exposition = metrics::Exposition::default();
-    exposition.register(Box::new(metrics::mounts::MountCollector::new(mounts.clone())));
-    exposition.register(Box::new(metrics::upper::UpperCollector::new(mounts.clone(), pool.store())));
+    let labels = metrics::mount_labels::LabelCache::default();
+    exposition.register(Box::new(metrics::mounts::MountCollector::new(mounts.clone(), labels.clone())));
+    exposition.register(Box::new(metrics::upper::UpperCollector::new(mounts.clone(), pool.store(), labels)));
     match args.get(3).map(String::as_str) {
         Some("classic") => exposition.register(Box::new(Histograms { mounts: n, classic: true })),
         Some("native") => exposition.register(Box::new(Histograms { mounts: n, classic: false })),

@@ -64,9 +64,10 @@ impl Pipeline {
             .map_err(|source| AgentError::Start { what: "scan threads", source })?;
         let exposition = Arc::new(metrics::Exposition::default());
         let classic_histograms = Arc::new(RwLock::new(config.ebpf.classic_histograms));
+        let labels = metrics::mount_labels::LabelCache::default();
         let collectors: [Box<dyn metrics::Collector>; 7] = [
-            Box::new(metrics::mounts::MountCollector::new(mounts.clone())),
-            Box::new(metrics::upper::UpperCollector::new(mounts.clone(), pool.store())),
+            Box::new(metrics::mounts::MountCollector::new(mounts.clone(), labels.clone())),
+            Box::new(metrics::upper::UpperCollector::new(mounts.clone(), pool.store(), labels)),
             Box::new(metrics::build::BuildInfoCollector),
             Box::new(metrics::diagnosis::KernelFeatureCollector),
             Box::new(metrics::discovery::DiscoveryCollector::new(mounts.clone(), stats.clone())),

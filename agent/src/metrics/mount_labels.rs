@@ -84,12 +84,17 @@ impl MountLabels {
     }
 }
 
-/// The labels of the last mount table a collector saw (held weakly: the old
-/// table is not kept alive by its labels).
-#[derive(Default)]
+/// The labels of the last mount table the collectors saw (held weakly: the old
+/// table is not kept alive by its labels). A clone shares the cache: the mount
+/// and upper-dir collectors use one, so a table's labels are built and held
+/// once (1.8 MB at 10,000 mounts).
+#[derive(Default, Clone)]
 pub struct LabelCache {
-    last: Mutex<Option<(Weak<MountView>, Arc<MountLabels>)>>,
+    last: Arc<Mutex<Option<Built>>>,
 }
+
+/// A view, and the labels built for its table.
+type Built = (Weak<MountView>, Arc<MountLabels>);
 
 impl LabelCache {
     /// The labels of `view`'s table: the cached ones when `view` is the one
@@ -212,7 +217,8 @@ mod tests {
         assert_eq!(proto(ours2), proto(plain2));
     }
 
-    /// A new view builds new labels; the same view reuses them.
+    /// A new view builds new labels; the same view reuses them, through every
+    /// clone of the cache (the mount and upper-dir collectors hold one each).
     #[test]
     fn labels_are_built_once_per_view() {
         let cache = LabelCache::default();
@@ -220,8 +226,9 @@ mod tests {
             table: table("1 2 0:51 / /m rw - overlay overlay rw,upperdir=/u,workdir=/w\n"),
             ..Default::default()
         });
-        let (a, b) = (cache.get(&view), cache.get(&view));
+        let (a, b) = (cache.get(&view), cache.clone().get(&view));
         assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &LabelCache::default().get(&view)), "an unrelated cache builds its own");
         let other = Arc::new(MountView { table: table(""), ..Default::default() });
         assert_eq!(cache.get(&other).iter().count(), 0);
     }

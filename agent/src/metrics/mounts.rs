@@ -83,8 +83,9 @@ pub struct MountCollector {
 }
 
 impl MountCollector {
-    pub fn new(mounts: SharedMountView) -> Self {
-        MountCollector { mounts, labels: LabelCache::default() }
+    /// `labels`: shared with the upper-dir collector.
+    pub fn new(mounts: SharedMountView, labels: LabelCache) -> Self {
+        MountCollector { mounts, labels }
     }
 }
 
@@ -209,7 +210,7 @@ mod tests {
         let (a, b) = (snapshot(&[50, 51]), snapshot(&[51, 52]));
         shared.set(a.clone());
         let exposition = crate::metrics::Exposition::default();
-        exposition.register(Box::new(MountCollector::new(shared.clone())));
+        exposition.register(Box::new(MountCollector::new(shared.clone(), LabelCache::default())));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
             let (shared, stop) = (shared.clone(), stop.clone());

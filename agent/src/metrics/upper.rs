@@ -173,8 +173,9 @@ pub struct UpperCollector {
 }
 
 impl UpperCollector {
-    pub fn new(mounts: SharedMountView, store: ScanStore) -> Self {
-        UpperCollector { mounts, store, labels: LabelCache::default() }
+    /// `labels`: shared with the mount collector.
+    pub fn new(mounts: SharedMountView, store: ScanStore, labels: LabelCache) -> Self {
+        UpperCollector { mounts, store, labels }
     }
 }
 
