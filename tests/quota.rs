@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -67,6 +68,13 @@ fn without_quota_support_the_agent_says_why_and_walks() {
     // And an upper dir on tmpfs: no project id at all.
     let plain = Overlay::new(&tmp.path().join("plain"), "merged", "", |_| {});
     write_file(&plain.merged.join("g"), 10);
+    // A mount point whose name is not UTF-8 elsewhere in the table: the block
+    // device is still found (it once hid every one, and the reason read
+    // "not_accounted" on a kernel without quota support).
+    let odd = tmp.path().join(std::ffi::OsStr::from_bytes(b"odd \xff"));
+    std::fs::create_dir(&odd).expect("mkdir");
+    run(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&odd));
+    let _odd = common::Bind(odd);
 
     let base = tmp.path();
     let m = once(&config_for(base, ""));

@@ -4,44 +4,28 @@
 use std::ffi::CString;
 use std::path::Path;
 
+use crate::discovery::options::unescape_octal_bytes;
+
 /// The mount source (block device) of the filesystem with device number `dev`.
+/// Read as bytes: one mount point anywhere on the node whose name is not UTF-8
+/// must not hide every block device (it did: quota mode then read `/` and said
+/// `not_accounted` on a kernel without quota support).
 pub(super) fn device_of(mountinfo: &Path, dev: u64) -> Option<CString> {
-    let text = std::fs::read_to_string(mountinfo).ok()?;
+    let text = std::fs::read(mountinfo).ok()?;
     device_in(&text, rustix::fs::major(dev), rustix::fs::minor(dev))
 }
 
 /// The source field of the first mountinfo line with `major:minor`.
-fn device_in(mountinfo: &str, major: u32, minor: u32) -> Option<CString> {
+fn device_in(mountinfo: &[u8], major: u32, minor: u32) -> Option<CString> {
     let want = format!("{major}:{minor}");
-    mountinfo.lines().find_map(|line| {
-        let mut fields = line.split(' ');
-        (fields.nth(2)? == want).then_some(())?;
-        let (_, after) = line.split_once(" - ")?;
-        let source = after.split(' ').nth(1)?;
-        source.starts_with('/').then(|| CString::new(unescape(source)).ok())?
+    mountinfo.split(|&b| b == b'\n').find_map(|line| {
+        let mut fields = line.split(|&b| b == b' ');
+        (fields.nth(2)? == want.as_bytes()).then_some(())?;
+        // The first " - ": the fields before it escape their spaces.
+        let sep = line.windows(3).position(|w| w == b" - ")?;
+        let source = line.get(sep + 3..)?.split(|&b| b == b' ').nth(1)?;
+        source.starts_with(b"/").then(|| CString::new(unescape_octal_bytes(source)).ok())?
     })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        // Three octal digits of at most 0o377 (a byte); `b[i + 1..i + 4]` needs i + 3 < len.
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && (b'0'..=b'3').contains(&b[i + 1])
-            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -50,7 +34,7 @@ mod tests {
 
     #[test]
     fn block_device_from_mountinfo() {
-        let mi = "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n\
+        let mi = b"22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n\
                   40 22 7:0 / /mnt/x\\040y rw - xfs /dev/loop\\0400 rw,prjquota\n\
                   41 22 0:5 / /dev rw - devtmpfs dev rw\n";
         assert_eq!(device_in(mi, 8, 1).as_deref(), Some(c"/dev/sda1"));
@@ -59,13 +43,23 @@ mod tests {
         assert_eq!(device_in(mi, 9, 9), None);
     }
 
+    /// A mount point whose name is not UTF-8 (mountinfo escapes only space, tab,
+    /// newline and backslash) before the wanted line, and a source that is not.
     #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape(r"/dev/a\040b"), b"/dev/a b", "an escape at the very end");
-        assert_eq!(unescape(r"\134"), b"\\");
-        assert_eq!(unescape(r"/x\377"), b"/x\xff");
-        assert_eq!(unescape(r"/x\777"), br"/x\777", "more than a byte: left as it is");
-        assert_eq!(unescape(r"/x\04"), br"/x\04", "too short");
-        assert_eq!(unescape(r"/x\"), br"/x\");
+    fn lines_that_are_not_utf8_hide_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mountinfo");
+        let mut mi =
+            b"63 46 0:50 / /tmp/odd\\012mount\\040\xff rw - overlay overlay rw,lowerdir=/l\n".to_vec();
+        mi.extend_from_slice(b"40 22 7:3 / /mnt/q rw - xfs /dev/loop3 rw,prjquota\n");
+        mi.extend_from_slice(b"41 22 7:4 / /mnt/\xfe rw - xfs /dev/disk/by-label/\xfe rw\n");
+        std::fs::write(&path, &mi).expect("write");
+        let dev = |maj, min| rustix::fs::makedev(maj, min);
+        assert_eq!(device_of(&path, dev(7, 3)).as_deref(), Some(c"/dev/loop3"));
+        assert_eq!(
+            device_of(&path, dev(7, 4)).as_deref().map(|c| c.to_bytes()),
+            Some(&b"/dev/disk/by-label/\xfe"[..])
+        );
+        assert_eq!(device_of(&path, dev(0, 50)), None, "an overlay: no block device");
     }
 }
