@@ -71,7 +71,8 @@ fn namespaces(procfs: &Path) -> Finding {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
                 processes += 1;
-                let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+                let comm = String::from_utf8_lossy(&std::fs::read(e.path().join("comm")).unwrap_or_default())
+                    .into_owned();
                 unreadable.push(format!("{} ({}): {err}", e.file_name().to_string_lossy(), comm.trim()));
             }
         }
