@@ -81,7 +81,6 @@ impl Drop for Sandbox {
     }
 }
 
-/// A mountinfo file, lossily decoded ("" when unreadable): mountpoints need not be UTF-8.
 /// The live processes tied to `dir`: a command line naming a path under it (the
 /// daemons, shims started with `-address <dir>/...`, clients), a working directory
 /// under it (a shim runs in its bundle), or, in another mount namespace, a root
