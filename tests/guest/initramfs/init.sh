@@ -2,8 +2,9 @@
 # /init of the QEMU test guests (tests/guest): the common setup (proc, sys, dev,
 # tracefs, loopback, the overlay module; for every mode but quota, three
 # overlays on tmpfs: A plain, B plain, C metacopy=on), the helpers the modes
-# share, then the mode's script (/modes/MODE.sh, MODE from /mode), which prints
-# its results between markers; then power off.
+# share (helpers.sh: scrape, ready, terminate, runs; kprobes here), then the
+# mode's script (/modes/MODE.sh, MODE from /mode), which prints its results
+# between markers; then power off.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -28,23 +29,7 @@ if [ "$mode" != quota ]; then
   mount -t overlay overlay -o lowerdir=/t/c/lower,upperdir=/t/c/upper,workdir=/t/c/work,metacopy=on /t/c/merged
 fi
 
-scrape() { wget -q -O - http://127.0.0.1:9864/metrics; }
-ready() {
-  i=0
-  until wget -q -O /dev/null http://127.0.0.1:9864/readyz; do
-    i=$((i + 1)); [ $i -gt 1200 ] && return 1
-    usleep 100000
-  done
-}
-# Program runs of process $1's eBPF programs (kernel.bpf_stats_enabled on).
-runs() {
-  n=0
-  for f in /proc/$1/fdinfo/*; do
-    c=$(awk '/^run_cnt:/ {print $2}' $f)
-    [ -n "$c" ] && n=$((n + c))
-  done
-  echo $n
-}
+. /helpers.sh
 # Overlay kprobes registered in the kernel (kprobe and kretprobe lines).
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 kprobes() { grep ' ovl_' /sys/kernel/debug/kprobes/list 2>/dev/null | grep -vc DISABLED; }

@@ -2,21 +2,23 @@
 # which has mounted A, B and C and defines scrape, ready, runs and kprobes); tests/guest checks the output.
 # D: io_uring copy-ups; E: 64 x 2 MiB for the parallel copy-ups (this mode only:
 # the other modes need the guest's memory).
-/qemu-workload uring-prepare /t/d/lower || echo "=== PREPARE FAILED"
-/qemu-workload parallel-prepare /t/e/lower 64 || echo "=== PREPARE FAILED"
+step /qemu-workload uring-prepare /t/d/lower || echo "=== PREPARE FAILED"
+step /qemu-workload parallel-prepare /t/e/lower 64 || echo "=== PREPARE FAILED"
 mount -t overlay overlay -o lowerdir=/t/d/lower,upperdir=/t/d/upper,workdir=/t/d/work /t/d/merged
 mount -t overlay overlay -o lowerdir=/t/e/lower,upperdir=/t/e/upper,workdir=/t/e/work /t/e/merged
 
 /overlay-agent --config /agent.yaml > /agent.log 2>&1 &
 agent=$!
-i=0
-until wget -q -O /dev/null http://127.0.0.1:9864/readyz; do
-  i=$((i + 1)); [ $i -gt 1200 ] && { echo "=== AGENT NOT READY"; break; }
-  usleep 100000
-done
+# An agent that never gets ready ends the mode here, with its log: every step
+# below needs it, and their own waits would add up past the host's deadline.
+if ! ready $agent; then
+  echo "=== AGENT NOT READY"
+  echo "=== AGENT LOG BEGIN"; cat /agent.log; echo "=== AGENT LOG END"
+  return
+fi
 scrape | grep -q '^overlayfs_ebpf_enabled 1' || echo "=== PROBES OFF"
 # The preflight on a kernel where everything works (exact_counts/preflight.rs).
-/overlay-agent check --json > /check.json 2> /check.err
+timeout 300 /overlay-agent check --json > /check.json 2> /check.err
 echo "=== CHECK EXIT $?"
 echo "=== CHECK BEGIN"
 cat /check.json
@@ -33,13 +35,13 @@ mkdir -p /t/x
 dd if=/dev/zero of=/t/x.img bs=1024 count=2048 2> /dev/null
 { losetup /dev/loop0 /t/x.img && mke2fs /dev/loop0 > /dev/null && mount -t ext4 /dev/loop0 /t/x; } \
   || echo "=== PREPARE FAILED"
-/qemu-workload userxattr-mount /t/u || echo "=== PREPARE FAILED"
-/qemu-workload idmapped-mount /t || echo "=== PREPARE FAILED"
+step /qemu-workload userxattr-mount /t/u || echo "=== PREPARE FAILED"
+step /qemu-workload idmapped-mount /t || echo "=== PREPARE FAILED"
 # The agent has every overlay under /t in its table before the copy-ups.
 for mp in $(awk '$3 == "overlay" && $2 ~ /^\/t\// {print $2}' /proc/mounts); do
   i=0
   until scrape | grep -q "^overlayfs_mount_info{mountpoint=\"$mp\""; do
-    i=$((i + 1)); [ $i -gt 300 ] && { echo "=== DISCOVERY TIMEOUT $mp"; break; }
+    i=$((i + 1)); [ $i -gt 300 ] && { echo "=== DISCOVERY TIMEOUT $mp"; break 2; }
     usleep 100000
   done
 done
@@ -48,14 +50,14 @@ done
 tracer=$!
 i=0
 until grep -q '^TIME' /trace.log 2>/dev/null; do
-  i=$((i + 1)); [ $i -gt 1200 ] && { echo "=== TRACE NOT READY"; cat /trace.err; break; }
+  i=$((i + 1))
+  { [ $i -gt 1200 ] || ! alive $tracer; } && { echo "=== TRACE NOT READY"; cat /trace.err; break; }
   usleep 100000
 done
-/qemu-workload run /t/a/merged /t/b/merged /t/c/merged || echo "=== WORKLOAD FAILED"
-/qemu-workload userxattr-run /t/u/merged || echo "=== WORKLOAD FAILED"
-/qemu-workload idmapped-run /t || echo "=== WORKLOAD FAILED"
-kill -INT $tracer
-wait $tracer
+step /qemu-workload run /t/a/merged /t/b/merged /t/c/merged || echo "=== WORKLOAD FAILED"
+step /qemu-workload userxattr-run /t/u/merged || echo "=== WORKLOAD FAILED"
+step /qemu-workload idmapped-run /t || echo "=== WORKLOAD FAILED"
+terminate $tracer INT TRACE
 echo "=== TRACE EXIT $?"
 echo "=== TRACE BEGIN"
 cat /trace.log
@@ -78,21 +80,21 @@ done
 # The same, as Prometheus asks for it with native histograms on (delimited
 # protobuf), base64 on the console (tests/guest, exact_counts/protobuf.rs).
 echo "=== PROTO BEGIN"
-wget -q -O - --header "Accept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited" \
+get -O - --header "Accept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited" \
   http://127.0.0.1:9864/metrics | base64
 echo "=== PROTO END"
 # The kernel table (kernel::hooks) against this kernel's BTF.
-/qemu-btf-check
+step /qemu-btf-check
 echo "=== BTF CHECK EXIT $?"
 # Copy-ups issued through io_uring (mount D).
-/qemu-workload uring /t/d/merged || echo "=== URING FAILED"
+step /qemu-workload uring /t/d/merged || echo "=== URING FAILED"
 echo "=== URING METRICS BEGIN"
 scrape
 echo "=== URING METRICS END"
 # Overlay work that copies nothing up runs none of the agent's programs.
 sysctl -w kernel.bpf_stats_enabled=1 > /dev/null
 before=$(runs $agent)
-/qemu-workload churn /t/a/merged/churn 1000 || echo "=== CHURN FAILED"
+step /qemu-workload churn /t/a/merged/churn 1000 || echo "=== CHURN FAILED"
 echo "=== CHURN RUNS $(( $(runs $agent) - before ))"
 sysctl -w kernel.bpf_stats_enabled=0 > /dev/null
 # 64 processes copying up distinct 2 MiB files at once (mount E): every copy-up
@@ -100,7 +102,7 @@ sysctl -w kernel.bpf_stats_enabled=0 > /dev/null
 # statistics (only the agent's programs are loaded now: the tracer has exited).
 sysctl -w kernel.bpf_stats_enabled=1 > /dev/null
 /qemu-bare-probe stats > /progs-before.txt
-/qemu-workload parallel /t/e/merged 64 || echo "=== PARALLEL FAILED"
+step /qemu-workload parallel /t/e/merged 64 || echo "=== PARALLEL FAILED"
 /qemu-bare-probe stats > /progs-after.txt
 sysctl -w kernel.bpf_stats_enabled=0 > /dev/null
 while read -r _ name after _; do
@@ -122,8 +124,7 @@ echo "=== FORGOTTEN METRICS BEGIN"
 scrape
 echo "=== FORGOTTEN METRICS END"
 echo "=== KPROBES RUNNING $(kprobes)"
-kill -TERM $agent
-wait $agent
+terminate $agent TERM AGENT
 echo "=== AGENT EXIT $?"
 echo "=== AGENT LOG BEGIN"
 cat /agent.log
@@ -132,19 +133,18 @@ echo "=== KPROBES AFTER SIGTERM $(kprobes)"
 # SIGKILL leaves nothing attached either, and a restart comes back clean.
 /overlay-agent --config /agent.yaml > /agent2.log 2>&1 &
 agent=$!
-ready || echo "=== RESTART NOT READY"
+ready $agent || echo "=== RESTART NOT READY"
 kill -KILL $agent
 wait $agent
 echo "=== KPROBES AFTER SIGKILL $(kprobes)"
 /overlay-agent --config /agent.yaml > /agent3.log 2>&1 &
 agent=$!
-ready || echo "=== RESTART NOT READY"
+ready $agent || echo "=== RESTART NOT READY"
 chown 4:4 /t/b/merged/restart.dat
 echo "=== RESTART METRICS BEGIN"
 scrape
 echo "=== RESTART METRICS END"
-kill -TERM $agent
-wait $agent
+terminate $agent TERM RESTART
 
 # The documented minimal capabilities for the probes: CAP_BPF, CAP_PERFMON and
 # (for RLIMIT_MEMLOCK before 5.11) CAP_SYS_RESOURCE, with perf_event_paranoid
@@ -153,13 +153,12 @@ wait $agent
 caps_run() {
   /qemu-workload caps-exec bpf,perfmon,sys_resource -- /overlay-agent --config /agent.yaml > /agent-$1.log 2>&1 &
   agent=$!
-  ready || echo "=== $1 NOT READY"
+  ready $agent || echo "=== $1 NOT READY"
   [ -n "$2" ] && chown 5:5 /t/b/merged/$2
   echo "=== $1 METRICS BEGIN"
   scrape
   echo "=== $1 METRICS END"
-  kill -TERM $agent
-  wait $agent
+  terminate $agent TERM $1
   echo "=== $1 LOG BEGIN"
   cat /agent-$1.log
   echo "=== $1 LOG END"

@@ -21,7 +21,7 @@ in_worker mount --bind $o/$p $v/live/$p/volume
 printf 'web:\n  listen_address: 127.0.0.1:9864\ndiscovery:\n  resync_interval: 5m\nscan:\n  interval: 1s\n' > /concourse.yaml
 /overlay-agent --config /concourse.yaml > /agent.log 2>&1 &
 agent=$!
-ready || echo "=== AGENT NOT READY"
+ready $agent || echo "=== AGENT NOT READY"
 scrape | grep -q '^overlayfs_ebpf_enabled 1' || echo "=== PROBES OFF"
 # Waits until the volume's mount_info names the state's mountpoint and the handle.
 at() {
@@ -45,6 +45,5 @@ at dead
 echo "=== DEAD METRICS BEGIN"; scrape; echo "=== DEAD METRICS END"
 in_worker umount $v/dead/$h/volume
 kill $w
-kill -TERM $agent
-wait $agent
+terminate $agent TERM AGENT
 echo "=== AGENT LOG BEGIN"; cat /agent.log; echo "=== AGENT LOG END"

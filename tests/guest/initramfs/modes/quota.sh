@@ -90,7 +90,7 @@ racer=$!
 # Every mount measured once (source info for all eight).
 i=0
 until [ "$(scrape | grep -c '^overlayfs_upper_usage_source_info')" = 8 ]; do
-  i=$((i + 1)); [ $i -gt 1200 ] && { echo "=== AGENT NOT READY"; break; }
+  i=$((i + 1)); { [ $i -gt 1200 ] || ! alive $agent; } && { echo "=== AGENT NOT READY"; break; }
   usleep 100000
 done
 echo "=== QUOTA FIRST BEGIN"
@@ -123,8 +123,7 @@ for p in a a/diff b/upper c/upper c/work d/upper d/work e/upper e/work e/upper/f
   echo "=== PROJECT $p $($q getproj /q/$p)"
 done
 # The readout against a walk and du -s, cold and warm (bench/quota.py sets the size).
-kill -TERM $agent
-wait $agent
+terminate $agent TERM AGENT
 echo "=== AGENT EXIT $?"
 files=$(cat /bench-files 2>/dev/null || echo 2000)
 mkdir -p /q/g/upper /q/g/work && $q setproj /q/g/upper 600 && $q setproj /q/g/work 600

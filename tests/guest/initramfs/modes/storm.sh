@@ -28,7 +28,7 @@ mount -t overlay overlay -o lowerdir=/t/s/lower,upperdir=/t/s/upper,workdir=/t/s
 agent=$!
 i=0
 until /qemu-workload scrape 127.0.0.1:9864 1 > /dev/null 2>&1 && grep -q 'copy-up probes attached' /agent.log; do
-  i=$((i + 1)); [ $i -gt 600 ] && { echo "=== AGENT NOT READY"; break; }
+  i=$((i + 1)); { [ $i -gt 600 ] || ! alive $agent; } && { echo "=== AGENT NOT READY"; break; }
   usleep 100000
 done
 echo steady > /phase
@@ -80,8 +80,7 @@ wait $recorder
 echo "=== STORM SCRAPES BEGIN"
 cat /scrapes.txt
 echo "=== STORM SCRAPES END"
-kill -TERM $agent
-wait $agent
+terminate $agent TERM AGENT
 echo "=== AGENT EXIT $?"
 echo "=== AGENT LOG BEGIN"
 tail -20 /agent.log

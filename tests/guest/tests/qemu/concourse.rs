@@ -3,7 +3,7 @@
 //! a private mount namespace of its own.
 
 use crate::common::{grep, require_root, Metrics};
-use crate::guest::{kernels, run_guest, section, section_of};
+use crate::guest::{hang, kernels, run_guest, section, section_of};
 
 /// A Concourse volume on real kernels: the six chown copy-ups the probes count
 /// while the volume is in init/ stay on the handle after the renames to live/
@@ -25,6 +25,10 @@ fn concourse_copy_ups_follow_the_volume_across_renames() {
         {
             let agent_log = section(&console, "=== AGENT LOG BEGIN", "=== AGENT LOG END").unwrap_or("");
             failures.push(fail(format!("{marker}\n{agent_log}")));
+            continue;
+        }
+        if let Some(line) = hang(&console) {
+            failures.push(fail(line.to_owned()));
             continue;
         }
         let Some(mntns) = console

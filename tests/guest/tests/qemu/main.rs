@@ -16,6 +16,7 @@ mod common;
 mod concourse;
 mod exact_counts;
 mod guest;
+mod helpers;
 mod overhead;
 mod quota;
 mod storm;

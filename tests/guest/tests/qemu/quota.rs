@@ -5,7 +5,7 @@
 //! it walks elsewhere. And the benchmark of quota mode's cost.
 
 use crate::common::{promtool_check, repo_root, require_root, Metrics};
-use crate::guest::{kernels, marker_value, quota_bench, run_guest, section, section_of};
+use crate::guest::{hang, kernels, marker_value, quota_bench, run_guest, section, section_of};
 
 /// overlayfs_upper_usage_source_info{mountpoint, source, reason}.
 fn source(q: &Metrics, mp: &str, source: &str, reason: &str) -> Option<f64> {
@@ -136,9 +136,9 @@ fn check_quota(version: &str) -> Result<String, String> {
     let (console, log) = run_guest(version, "quota", "qemu-quota");
     let fail = |what: String| Err(format!("kernel {version}: {what} (console: {})", log.display()));
     let agent_log = section(&console, "=== AGENT LOG BEGIN", "=== AGENT LOG END").unwrap_or("").to_owned();
-    if let Some(l) =
+    if let Some(l) = hang(&console).or_else(|| {
         console.lines().find(|l| l.contains("FAILED") || l.contains("NOT READY") || l.contains("NO FRESH"))
-    {
+    }) {
         return fail(format!("{l}\nagent log:\n{agent_log}"));
     }
     let (Some(q), Some(w)) = (section_of(&console, "QUOTA"), section_of(&console, "WALK")) else {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::common::{repo_root, require_root, Metrics};
-use crate::guest::{kernels, run_guest, section};
+use crate::guest::{hang, kernels, run_guest, section};
 use crate::storms;
 
 /// overlayfs_copy_up_seconds_total in the capture: per mount (the storm mount's
@@ -74,6 +74,7 @@ fn rules_fire_on_a_recorded_storm() {
     for marker in ["INSMOD FAILED", "AGENT NOT READY", "STEADY FAILED", "STORM FAILED", "HUGE FAILED"] {
         assert!(!console.contains(&format!("=== {marker}")), "{marker} (console: {})", log.display());
     }
+    assert_eq!(hang(&console), None, "console: {}", log.display());
     let scrapes = section(&console, "=== STORM SCRAPES BEGIN\n", "=== STORM SCRAPES END")
         .unwrap_or_else(|| panic!("no scrapes in the console (console: {})", log.display()));
     let capture = repo_root().join(format!("target/qemu-storm-{version}.scrapes"));

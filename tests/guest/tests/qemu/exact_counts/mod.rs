@@ -15,7 +15,7 @@ mod protobuf;
 use std::time::Instant;
 
 use crate::common::{repo_root, require_root, Metrics};
-use crate::guest::{arm64_kernels, kernels, run_guest_on, section, Arch};
+use crate::guest::{arm64_kernels, hang, kernels, run_guest_on, section, Arch};
 
 /// What the workload does, and what the agent must count: (mount, cause, kind,
 /// copy-ups); with the rows of the mounts the kernel accepted, layers.rs
@@ -153,6 +153,9 @@ fn check_kernel(arch: Arch, version: &str) -> Result<String, String> {
             let agent_log = section(&console, "=== AGENT LOG BEGIN", "=== AGENT LOG END").unwrap_or("");
             return fail(format!("{marker}\n{agent_log}"));
         }
+    }
+    if let Some(line) = hang(&console) {
+        return fail(line.to_owned());
     }
     let Some(text) = section(&console, "=== METRICS BEGIN\n", "=== METRICS END") else {
         return fail("no metrics in the console output".into());

@@ -58,9 +58,32 @@ pub fn boot(arch: Arch, kernel: &Path, initrd: &Path, log: &Path, memory_mib: u3
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("guest did not power off within 600 s; console: {}", log.display());
+            // The console file stays on the machine that ran the test: its
+            // tail goes into the failure, so a CI log shows where the guest stood.
+            panic!(
+                "guest did not power off within 600 s; console: {}; its last lines:\n{}",
+                log.display(),
+                console_tail(log, 40)
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// The last `n` lines of the console log (lossy: a guest may print any byte).
+fn console_tail(log: &Path, n: usize) -> String {
+    let bytes = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[test]
+fn the_tail_is_the_last_lines_even_when_not_utf8() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("console.log");
+    std::fs::write(&log, b"one\ntwo \xff\nthree\n").expect("write");
+    assert_eq!(console_tail(&log, 2), "two \u{fffd}\nthree");
+    assert_eq!(console_tail(&log, 9), "one\ntwo \u{fffd}\nthree");
 }

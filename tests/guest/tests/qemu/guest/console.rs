@@ -17,3 +17,25 @@ pub fn section_of<'a>(console: &'a str, name: &str) -> Option<&'a str> {
 pub fn marker_value<T: std::str::FromStr>(console: &str, name: &str) -> Option<T> {
     console.lines().find_map(|l| l.strip_prefix(&format!("=== {name} "))?.trim().parse().ok())
 }
+
+/// The first line where the guest's own bounds cut a wait short (helpers.sh's
+/// get, step and terminate): a request without answer within 60 s, a step cut
+/// after 300 s, or a process that outlived its signal by 60 s. Every mode's
+/// test fails on it.
+pub fn hang(console: &str) -> Option<&str> {
+    console.lines().find(|l| {
+        *l == "=== SCRAPE TIMEOUT"
+            || l.starts_with("=== STEP TIMEOUT ")
+            || (l.starts_with("=== ") && l.ends_with(" DID NOT EXIT"))
+    })
+}
+
+#[test]
+fn a_hang_is_found_and_a_name_in_a_section_is_not() {
+    let console = "=== AGENT LOG BEGIN\nwhat DID NOT EXIT\n=== AGENT LOG END\n";
+    assert_eq!(hang(console), None);
+    assert_eq!(hang(&format!("{console}=== TRACE DID NOT EXIT\n")), Some("=== TRACE DID NOT EXIT"));
+    assert_eq!(hang("x\n=== SCRAPE TIMEOUT\n"), Some("=== SCRAPE TIMEOUT"));
+    let step = "=== STEP TIMEOUT /qemu-workload uring /t/d/merged";
+    assert_eq!(hang(&format!("{console}{step}\n")), Some(step));
+}

@@ -22,6 +22,7 @@ pub fn build(arch: Arch, dir: &Path, kernel: &Path, mode: &str) -> PathBuf {
     let files = repo_root().join("tests/guest/initramfs");
     copy(&arch.busybox(kernel), &root.join("bin/busybox"));
     copy(&files.join("init.sh"), &root.join("init"));
+    copy(&files.join("helpers.sh"), &root.join("helpers.sh"));
     for f in std::fs::read_dir(files.join("modes")).expect("tests/guest/initramfs/modes").flatten() {
         copy(&f.path(), &root.join("modes").join(f.file_name()));
     }

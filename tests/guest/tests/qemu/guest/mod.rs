@@ -13,7 +13,7 @@ use std::process::Command;
 use crate::common::repo_root;
 
 pub use arch::{arm64_kernels, Arch};
-pub use console::{marker_value, section, section_of};
+pub use console::{hang, marker_value, section, section_of};
 pub use initramfs::quota_bench;
 
 const KERNELS: &[&str] = &["5.10", "6.1", "6.12", "7.2"];
