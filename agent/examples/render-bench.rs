@@ -13,6 +13,9 @@
 //!
 //!     cargo run --release --example render-bench -- 1000 200 classic|native
 //!
+//! `RENDER_BENCH_FORMAT=text` (or `protobuf`) renders that format only, without
+//! gzip: what to run under `perf record` to see one encoder alone.
+//!
 //! adds synthetic per-mount copy-up histograms (latency and bytes, every one of
 //! the 11 causes on every mount, 8 observations each over schema-3 buckets), as
 //! the per-mount native histograms of issue 17 would export them: `classic`
@@ -73,25 +76,49 @@ fn main() {
 
     let series =
         String::from_utf8_lossy(&exposition.render()).lines().filter(|l| !l.starts_with('#')).count();
+    let only = std::env::var("RENDER_BENCH_FORMAT").ok();
     for format in [metrics::Format::Text, metrics::Format::Protobuf] {
+        if only.as_deref().is_some_and(|f| !format!("{format:?}").eq_ignore_ascii_case(f)) {
+            continue;
+        }
         let mut times = Vec::with_capacity(rounds);
         let mut body = Vec::new();
+        let before = thread_usage();
         for _ in 0..rounds {
             let t = Instant::now();
             body = exposition.render_as(format);
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        let after = thread_usage();
         let size = body.len();
         times.sort_by(f64::total_cmp);
         let pct = |p: f64| times[((times.len() - 1) as f64 * p) as usize];
+        let per = |a: f64, b: f64| (b - a) / rounds.max(1) as f64;
         println!(
-            "{n} mounts, {format:?}: render p50 {:.2} ms, p99 {:.2} ms, {} KiB, {series} series",
+            "{n} mounts, {format:?}: render p50 {:.2} ms, p99 {:.2} ms, {} KiB, {series} series; \
+             per render: CPU {:.1} ms user + {:.1} ms system, {:.0} page faults",
             pct(0.5),
             pct(0.99),
             size / 1024,
+            per(before.0, after.0),
+            per(before.1, after.1),
+            per(before.2, after.2),
         );
-        gzip_levels(format, &body, rounds);
+        if only.is_none() {
+            gzip_levels(format, &body, rounds);
+        }
     }
+}
+
+/// This thread's user and system CPU time (ms) and minor page faults so far.
+fn thread_usage() -> (f64, f64, f64) {
+    // SAFETY: getrusage writes into the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) } != 0 {
+        return (0.0, 0.0, 0.0);
+    }
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    (ms(u.ru_utime), ms(u.ru_stime), u.ru_minflt as f64)
 }
 
 /// gzip `body` at levels 1, 2, 3 and 6: time p50 and compressed size.

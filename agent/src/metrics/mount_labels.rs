@@ -69,6 +69,15 @@ impl MountLabels {
         MountLabels { entries, by_device }
     }
 
+    /// How many mounts.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The mounts in label order, with their index.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Labelled)> {
         self.entries.iter().enumerate().map(|(i, e)| (super::offset(i), e))

@@ -224,7 +224,7 @@ impl MountFamilies {
             bytes: family(&BYTES),
             apparent: family(&APPARENT),
             inodes: family(&INODES),
-            entries: family(&ENTRIES),
+            entries: Family::per_mount_rows(&ENTRIES, labels, EntryKind::ALL.len()),
             copied: family(&COPIED_UP_BYTES),
             fs_avail: family(&FS_AVAIL),
             fs_size: family(&FS_SIZE),

@@ -2,5 +2,6 @@
 //! (`metrics::Family`, sorted by name) and the process metrics in its format.
 //! `metrics::Format` says which one a scrape gets.
 
+pub mod append;
 pub mod proto;
 pub mod text;

@@ -9,6 +9,7 @@
 //! prometheus-client's protobuf is the OpenMetrics data model
 //! (`openmetrics.MetricSet`), which Prometheus does not scrape.
 
+mod sample;
 mod wire;
 
 use prometheus::core::Collector as _;
@@ -20,6 +21,7 @@ pub use wire::{
 };
 
 use crate::metrics::{Family, HistSample, Value};
+use sample::Sample;
 
 /// `Accept` media type and `Content-Type` of the delimited protobuf exposition.
 pub const CONTENT_TYPE: &str =
@@ -84,10 +86,10 @@ pub(in crate::metrics) fn render(
 
 impl Family {
     /// Appends the family as one delimited protobuf `MetricFamily` (nothing
-    /// when empty). Each metric is encoded as it is built, into `scratch`, with
-    /// one `Metric` whose label strings are reused: no allocation per sample
-    /// but for histograms (owned label strings per sample made the prometheus
-    /// crate's model cost 3x the text, docs/performance.md).
+    /// when empty). Each metric is written into `scratch` straight from the
+    /// row's borrowed label values (`sample`): no allocation per sample but for
+    /// histograms (owned label strings per sample made the prometheus crate's
+    /// model cost 3x the text, docs/performance.md).
     pub(in crate::metrics) fn write_proto(mut self, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
         if self.rows.is_empty() {
             return;
@@ -110,38 +112,25 @@ impl Family {
         // Encoding into a Vec cannot run out of room; the fields of a message
         // are its encoding, so the metrics (field 4) can follow the header.
         let _ = prost::Message::encode(&header, scratch);
-        let mut m = Metric {
-            label: self
-                .def
-                .labels
-                .iter()
-                .map(|n| LabelPair { name: (*n).to_owned(), value: String::new() })
-                .collect(),
-            ..Default::default()
-        };
-        // Every label, for rows after one that left an empty optional label out.
-        let all = m.label.clone();
+        let mut labels: Vec<(&str, &str)> = Vec::with_capacity(self.def.labels.len());
         for row in &self.rows {
-            if m.label.len() != all.len() {
-                m.label.clone_from(&all);
-            }
-            for (l, v) in m.label.iter_mut().zip(self.values(row)) {
-                l.value.clear();
-                l.value.push_str(v);
-            }
-            if m.label.iter().any(|l| !super::super::written(&l.name, &l.value)) {
-                m.label.retain(|l| super::super::written(&l.name, &l.value));
-            }
-            match (&row.value, kind) {
-                (Value::Plain(v), MetricType::Counter) => m.counter = Some(Counter { value: *v }),
-                (Value::Plain(v), MetricType::Untyped) => m.untyped = Some(Untyped { value: *v }),
-                (Value::Plain(v), _) => m.gauge = Some(Gauge { value: *v }),
+            labels.clear();
+            let values = self.def.labels.iter().copied().zip(self.values(row));
+            labels.extend(values.filter(|(n, v)| super::super::written(n, v)));
+            let hist;
+            let value = match (&row.value, kind) {
+                (Value::Plain(v), MetricType::Counter) => Sample::Counter(*v),
+                (Value::Plain(v), MetricType::Untyped) => Sample::Untyped(*v),
+                (Value::Plain(v), _) => Sample::Gauge(*v),
                 (Value::Hist(i), _) => match self.hists.get(*i as usize) {
-                    Some(h) => m.histogram = Some(histogram_proto(h)),
+                    Some(h) => {
+                        hist = histogram_proto(h);
+                        Sample::Histogram(&hist)
+                    }
                     None => continue,
                 },
-            }
-            prost::encoding::message::encode(4, &m, scratch);
+            };
+            sample::write(scratch, &labels, &value);
         }
         prost::encoding::encode_varint(scratch.len() as u64, out);
         out.extend_from_slice(scratch);

@@ -15,46 +15,7 @@ use crate::metrics::{Family, HistSample, Row, Value};
 /// The Content-Type of the text exposition format, as Prometheus 2 and 3 accept it.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Appends a string of at most 32 bytes with two overlapping fixed-size moves
-/// instead of a call to the C library's `memcpy`. A render writes about a
-/// million such pieces at 10,000 mounts (names, label names and values,
-/// numbers), and the shipped static binary's musl `memcpy` is slow for a few
-/// bytes: this cut its text render of 10,000 mounts from 160-171 ms to
-/// 115-123 ms (docs/performance.md, "The shipped static binary and musl").
-/// Hand-written: no crate offers it, and `push_str` is what it replaces.
-#[inline(always)]
-fn put(out: &mut String, s: &str) {
-    let b = s.as_bytes();
-    let n = b.len();
-    if n > 32 || n == 0 {
-        out.push_str(s);
-        return;
-    }
-    out.reserve(32);
-    // SAFETY: 32 bytes are reserved past len; the n bytes written come from a
-    // &str, so the String stays UTF-8; reads stay within b (n >= the width).
-    unsafe {
-        let v = out.as_mut_vec();
-        let len = v.len();
-        let dst = v.as_mut_ptr().add(len);
-        let src = b.as_ptr();
-        if n >= 16 {
-            dst.cast::<u128>().write_unaligned(src.cast::<u128>().read_unaligned());
-            dst.add(n - 16).cast::<u128>().write_unaligned(src.add(n - 16).cast::<u128>().read_unaligned());
-        } else if n >= 8 {
-            dst.cast::<u64>().write_unaligned(src.cast::<u64>().read_unaligned());
-            dst.add(n - 8).cast::<u64>().write_unaligned(src.add(n - 8).cast::<u64>().read_unaligned());
-        } else if n >= 4 {
-            dst.cast::<u32>().write_unaligned(src.cast::<u32>().read_unaligned());
-            dst.add(n - 4).cast::<u32>().write_unaligned(src.add(n - 4).cast::<u32>().read_unaligned());
-        } else {
-            *dst = *src;
-            *dst.add(n / 2) = *src.add(n / 2);
-            *dst.add(n - 1) = *src.add(n - 1);
-        }
-        v.set_len(len + n);
-    }
-}
+use super::append::{str as put, Writer};
 
 /// Label value escaping of the text format: `\`, newline and `"`.
 pub(in crate::metrics) fn escape_into(out: &mut String, v: &str, quote: bool) {
@@ -170,7 +131,7 @@ impl Family {
         let mut sep = '{';
         if let Some(text) = labels.mount {
             out.push(sep);
-            out.push_str(text);
+            put(out, text);
             sep = ',';
         }
         for (n, v) in labels.names.iter().zip(labels.values).map(|(n, v)| (*n, *v)).chain(extra) {
@@ -193,7 +154,7 @@ impl Family {
             out.push(' ');
             put(out, itoa::Buffer::new().format(value as i64));
         } else {
-            let _ = write!(out, " {value}");
+            let _ = write!(Writer(out), " {value}");
         }
         out.push('\n');
     }
@@ -211,27 +172,6 @@ struct Labels<'a> {
 mod tests {
     use super::*;
 
-    /// Every length from 0 to 40 bytes (both sides of each move's width), ASCII
-    /// and multi-byte UTF-8, onto strings of every alignment: the same bytes as
-    /// `push_str`.
-    #[test]
-    fn put_appends_exactly_what_push_str_does() {
-        let ascii: String = (0..40u8).map(|i| char::from(b'a' + i % 26)).collect();
-        let wide = "é€😀ü".repeat(4);
-        for source in [ascii.as_str(), wide.as_str()] {
-            for end in (0..=source.len()).filter(|&i| source.is_char_boundary(i)) {
-                let piece = &source[..end];
-                for before in 0..9 {
-                    let mut ours = "x".repeat(before);
-                    let mut theirs = ours.clone();
-                    put(&mut ours, piece);
-                    theirs.push_str(piece);
-                    assert_eq!(ours, theirs, "{} bytes after {before}", piece.len());
-                    assert_eq!(ours.len(), before + piece.len());
-                }
-            }
-        }
-    }
     use crate::metrics::fixtures::{kernel_hist, samples, Ours, Sample, H};
     use crate::metrics::{Def, Exposition};
 
