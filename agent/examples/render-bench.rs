@@ -13,14 +13,15 @@
 //!
 //!     cargo run --release --example render-bench -- 1000 200 classic|native
 //!
-//! `RENDER_BENCH_FORMAT=text` (or `protobuf`) renders that format only, without
-//! gzip: what to run under `perf record` to see one encoder alone.
-//!
 //! adds synthetic per-mount copy-up histograms (latency and bytes, every one of
 //! the 11 causes on every mount, 8 observations each over schema-3 buckets), as
 //! the per-mount native histograms of issue 17 would export them: `classic`
 //! with classic buckets too (text: classic histograms; protobuf: both), `native`
 //! without (protobuf only; text leaves them out).
+//!
+//! `RENDER_BENCH_FORMAT=text` (or `protobuf`) renders that format only, without
+//! gzip: what to run under `perf record` to see one encoder alone. Each line
+//! gives the CPU time (user, system) and page faults of one render.
 
 use std::time::Instant;
 
@@ -114,9 +115,8 @@ fn main() {
 fn thread_usage() -> (f64, f64, f64) {
     // SAFETY: getrusage writes into the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) } != 0 {
-        return (0.0, 0.0, 0.0);
-    }
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    assert_eq!(rc, 0, "getrusage: {}", std::io::Error::last_os_error());
     let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
     (ms(u.ru_utime), ms(u.ru_stime), u.ru_minflt as f64)
 }

@@ -10,12 +10,11 @@ use prometheus::core::Collector as _;
 use prometheus::proto::MetricType;
 use prometheus::{Encoder, TextEncoder};
 
+use super::append::{str as put, Writer};
 use crate::metrics::{Family, HistSample, Row, Value};
 
 /// The Content-Type of the text exposition format, as Prometheus 2 and 3 accept it.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-use super::append::{str as put, Writer};
 
 /// Label value escaping of the text format: `\`, newline and `"`.
 pub(in crate::metrics) fn escape_into(out: &mut String, v: &str, quote: bool) {
@@ -171,7 +170,6 @@ struct Labels<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use crate::metrics::fixtures::{kernel_hist, samples, Ours, Sample, H};
     use crate::metrics::{Def, Exposition};
 

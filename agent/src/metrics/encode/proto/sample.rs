@@ -19,9 +19,14 @@ use crate::metrics::encode::append;
 const LEN: u8 = 2;
 const I64: u8 = 1;
 
-/// `MetricFamily.metric`, `Metric.label` and the value fields of `Metric`.
+/// Field numbers: `MetricFamily.metric`, `Metric.label`, `LabelPair.name` and
+/// `.value`, and the `value` of `Gauge`, `Counter` and `Untyped` (the value
+/// fields of `Metric` itself: [`Sample::tag`]).
 const FAMILY_METRIC: u8 = 4;
 const METRIC_LABEL: u8 = 1;
+const LABEL_NAME: u8 = 1;
+const LABEL_VALUE: u8 = 2;
+const DOUBLE_VALUE: u8 = 1;
 
 /// A sample's value, as the `Metric` field it goes in.
 pub enum Sample<'a> {
@@ -45,7 +50,7 @@ impl Sample<'_> {
     /// The length of its field, key included.
     fn field_len(&self) -> usize {
         match self {
-            Sample::Histogram(h) => prost::encoding::message::encoded_len(7, *h),
+            Sample::Histogram(h) => prost::encoding::message::encoded_len(self.tag().into(), *h),
             Sample::Gauge(v) | Sample::Counter(v) | Sample::Untyped(v) => 2 + double_len(*v),
         }
     }
@@ -92,16 +97,16 @@ pub fn write(out: &mut Vec<u8>, labels: &[(&str, &str)], sample: &Sample<'_>) {
     for l in labels {
         key(out, METRIC_LABEL, LEN);
         encode_varint(pair_len(l) as u64, out);
-        string(out, 1, l.0);
-        string(out, 2, l.1);
+        string(out, LABEL_NAME, l.0);
+        string(out, LABEL_VALUE, l.1);
     }
     match sample {
-        Sample::Histogram(h) => prost::encoding::message::encode(7, *h, out),
+        Sample::Histogram(h) => prost::encoding::message::encode(sample.tag().into(), *h, out),
         Sample::Gauge(v) | Sample::Counter(v) | Sample::Untyped(v) => {
             key(out, sample.tag(), LEN);
             out.push(double_len(*v) as u8);
             if *v != 0.0 {
-                key(out, 1, I64);
+                key(out, DOUBLE_VALUE, I64);
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
