@@ -220,11 +220,15 @@ fn odd_mounts_escaped_readonly_relative_bind_userxattr_metacopy() {
     chown(ux.merged.join("f"), Some(7), Some(7)).expect("chown");
     let ux_mp = ux.merged.display().to_string();
     // metacopy=on: a chown copies metadata only.
+    let placeholder = Bind::new(&base.join("ro/l1"), &base.join("placeholder"));
     let mc =
         Overlay::new(&base.join("mc"), "m", "metacopy=on,redirect_dir=on", |l| write_file(&l.join("f"), 100));
     chown(mc.merged.join("f"), Some(7), Some(7)).expect("chown");
     let mc_mp = mc.merged.display().to_string();
-    // A bind mount of the metacopy overlay: same superblock, one set of series.
+    // A bind mount of the metacopy overlay: same superblock, one set of series,
+    // labelled with the overlay's own mountpoint. Mount ids are reused lowest
+    // first, so the bind, made after the placeholder is gone, takes its lower id.
+    drop(placeholder);
     let _bind = Bind::new(&mc.merged, &base.join("mc-bind"));
 
     let cfg = config_for(base, "");

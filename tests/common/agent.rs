@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::exposition::Metrics;
 use super::host::{free_port, wait_for};
@@ -87,10 +87,24 @@ pub fn config_for(base: &Path, extra: &str) -> PathBuf {
     path
 }
 
-/// Scrapes until `f` accepts the metrics (scans run in the background).
+/// Scrapes until `f` accepts the metrics (scans run in the background). On a
+/// timeout, the panic lists the mounts of the last scrape, with their labels.
 pub fn scrape_until(agent: &Agent, what: &str, f: impl Fn(&Metrics) -> bool) -> Metrics {
-    wait_for(what, Duration::from_secs(20), || {
+    let timeout = Duration::from_secs(20);
+    let deadline = Instant::now() + timeout;
+    loop {
         let m = agent.metrics();
-        f(&m).then_some(m)
-    })
+        if f(&m) {
+            return m;
+        }
+        if Instant::now() >= deadline {
+            let mounts: Vec<&str> =
+                m.text.lines().filter(|l| l.starts_with("overlayfs_mount_info{")).collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; the last scrape's mounts:\n{}",
+                mounts.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

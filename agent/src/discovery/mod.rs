@@ -204,14 +204,17 @@ impl MountTable {
 /// The order in which a superblock's places are taken as its primary mountpoint:
 /// not the root of a namespace (a container sees its overlay at `/`: the place
 /// its mounter made is elsewhere), the whole overlay rather than a bind of a
-/// subdirectory, the reference namespace first, then the lowest mount id.
-fn place_rank(l: &mountinfo::OverlayLine) -> (bool, bool, bool, i32) {
-    (l.mountpoint == Path::new("/"), l.root != "/", l.namespace.is_some(), l.mount_id)
+/// subdirectory, the reference namespace first; ties go to the first line of
+/// the table. mountinfo lists a namespace's mounts in the order they were made,
+/// while mount ids are reused lowest-free-first: a bind made after the overlay
+/// often has the lower id.
+fn place_rank(l: &mountinfo::OverlayLine) -> (bool, bool, bool) {
+    (l.mountpoint == Path::new("/"), l.root != "/", l.namespace.is_some())
 }
 
 /// The primary place of one superblock: the previous primary while it is still
 /// a place (a label does not move when another namespace appears), else the
-/// first by [`place_rank`].
+/// first by [`place_rank`] (`min_by_key` keeps the first of equals).
 fn choose_primary(places: &[mountinfo::OverlayLine], previous: Option<&Mount>) -> usize {
     let same = |l: &mountinfo::OverlayLine, m: &Mount| {
         l.mountpoint == m.mountpoint && l.namespace.map(|n| n.id) == m.namespace.map(|n| n.id)
@@ -319,6 +322,20 @@ mod tests {
         assert_eq!(m.other_mountpoints, vec![PathBuf::from("/again"), PathBuf::from("/bind/sub")]);
         let t = group_by_superblock(mountinfo::parse(text.as_bytes()).0, |m| m != "/other", None);
         assert_eq!(t.len(), 1);
+    }
+
+    /// Mount ids are reused lowest-free-first: a bind made after the overlay can
+    /// have the lower id. The table's order is the order mounts were made.
+    #[test]
+    fn a_later_bind_with_a_reused_lower_id_does_not_take_the_label() {
+        let text = "\
+48 27 0:60 / /made-first rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w
+45 27 0:60 / /bind-made-later rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w
+";
+        let t = group_by_superblock(mountinfo::parse(text.as_bytes()).0, |_| true, None);
+        let m = &t[&Device { major: 0, minor: 60 }];
+        assert_eq!((m.mountpoint.as_path(), m.mount_id), (Path::new("/made-first"), 48));
+        assert_eq!(m.other_mountpoints, vec![PathBuf::from("/bind-made-later")]);
     }
 
     #[test]

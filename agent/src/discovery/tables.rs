@@ -283,9 +283,10 @@ mod tests {
     fn a_primary_place_stays_while_it_exists() {
         let tmp = tempfile::tempdir().expect("tempdir");
         fake(tmp.path());
-        // The host also binds the container's overlay somewhere with a lower id.
+        // The host binds the container's private overlay: a place that ranks first
+        // (the host's namespace), yet the label stays where it was.
         let host = format!(
-            "{HOST}5 27 0:60 / /aaa-bind rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n"
+            "{HOST}5 27 0:70 / /host-bind rw - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n"
         );
         let mut t = Tables::default();
         let census = Census::take(tmp.path(), 10).expect("census");
@@ -294,10 +295,11 @@ mod tests {
         std::fs::write(tmp.path().join("1/mountinfo"), host).expect("write");
         t.refresh(tmp.path(), census, &Dirty::all(), |_| true);
         let after = t.table(Some(&before));
-        let m = &after.mounts[&Device { major: 0, minor: 60 }];
-        assert_eq!(m.mountpoint, PathBuf::from("/var/lib/docker/overlay2/aa/merged"));
-        assert_eq!(m.other_mountpoints, vec![PathBuf::from("/aaa-bind")]);
+        let m = &after.mounts[&Device { major: 0, minor: 70 }];
+        assert_eq!((m.mountpoint.as_path(), m.mntns_label().as_str()), (Path::new("/merged"), "200"));
+        assert_eq!((m.places(), m.elsewhere), (2, 1));
         let fresh = t.table(None);
-        assert_eq!(fresh.mounts[&Device { major: 0, minor: 60 }].mountpoint, PathBuf::from("/aaa-bind"));
+        let m = &fresh.mounts[&Device { major: 0, minor: 70 }];
+        assert_eq!((m.mountpoint.as_path(), m.mntns_label().as_str()), (Path::new("/host-bind"), ""));
     }
 }
