@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::exposition::Metrics;
-use super::host::{free_port, wait_for};
+use super::host::{free_port, wait_for, wait_for_explained};
 use super::http::http_get;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_overlay-agent");
@@ -90,21 +90,16 @@ pub fn config_for(base: &Path, extra: &str) -> PathBuf {
 /// Scrapes until `f` accepts the metrics (scans run in the background). On a
 /// timeout, the panic lists the mounts of the last scrape, with their labels.
 pub fn scrape_until(agent: &Agent, what: &str, f: impl Fn(&Metrics) -> bool) -> Metrics {
-    let timeout = Duration::from_secs(20);
-    let deadline = Instant::now() + timeout;
-    loop {
+    let last_mounts = std::cell::Cell::new(String::new());
+    let scrape = || {
         let m = agent.metrics();
         if f(&m) {
-            return m;
+            return Some(m);
         }
-        if Instant::now() >= deadline {
-            let mounts: Vec<&str> =
-                m.text.lines().filter(|l| l.starts_with("overlayfs_mount_info{")).collect();
-            panic!(
-                "timed out after {timeout:?} waiting for {what}; the last scrape's mounts:\n{}",
-                mounts.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let mounts: Vec<&str> = m.text.lines().filter(|l| l.starts_with("overlayfs_mount_info{")).collect();
+        last_mounts.set(mounts.join("\n"));
+        None
+    };
+    let explain = || format!("; the last scrape's mounts:\n{}", last_mounts.take());
+    wait_for_explained(what, Duration::from_secs(20), scrape, explain)
 }

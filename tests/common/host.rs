@@ -31,13 +31,26 @@ pub fn run(cmd: &mut Command) -> String {
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout` with `what`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_explained(what, timeout, f, String::new)
+}
+
+/// [`wait_for`], whose timeout panic ends with what `explain` says (the last
+/// state `f` saw).
+pub fn wait_for_explained<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}{}", explain());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
